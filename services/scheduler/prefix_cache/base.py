@@ -1,0 +1,82 @@
+"""The prefix cache interface: token ids -> KV page ids, shared between requests."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from radixmesh.services.scheduler.page_allocator import PageAllocator
+
+
+@dataclass(frozen=True, slots=True)
+class PrefixMatch:
+    """The longest cached page-aligned prefix of a token sequence.
+
+    `handle` names the deepest matched entry; pass it to `lock`/`unlock`. It is opaque to callers.
+    """
+
+    page_ids: tuple[int, ...]
+    num_tokens: int
+    handle: object
+
+
+class PrefixCache(ABC):
+    """Maps page-aligned token prefixes to the KV pages that hold them.
+
+    Invariants every implementation keeps:
+    - Whole pages only: a match, an insert and an eviction cover a multiple of `page_size` tokens.
+    - Pages the cache holds are owned by it: it frees them into `allocator` when it evicts them,
+      and no caller frees them.
+    - A locked entry and all its ancestors are never evicted. `lock` and `unlock` nest: an entry
+      is evictable again once every lock on it (or on a descendant) is released.
+    - Eviction takes least-recently-used unlocked leaves first; `match_prefix` and `insert` count
+      as uses.
+    - `num_cached_pages` counts every page held, locked or not; `num_evictable_pages` only those
+      that `evict` could free now.
+    """
+
+    def __init__(self, page_size: int, allocator: PageAllocator) -> None:
+        if page_size < 1:
+            raise ValueError(f"page_size must be >= 1, got {page_size}")
+        self.page_size = page_size
+        self.allocator = allocator
+
+    @abstractmethod
+    def match_prefix(self, token_ids: Sequence[int]) -> PrefixMatch:
+        """Longest cached prefix of `token_ids`, rounded down to whole pages."""
+
+    @abstractmethod
+    def insert(self, token_ids: Sequence[int], page_ids: Sequence[int]) -> int:
+        """Caches `page_ids` as the KV of `token_ids` (len(token_ids) == len(page_ids) * page_size).
+
+        Returns how many leading tokens were already cached. Those tokens' entries in `page_ids`
+        are duplicates that the cache did not take: the caller still owns them and must free them.
+        Every page after that prefix now belongs to the cache.
+        """
+
+    @abstractmethod
+    def lock(self, handle: object) -> None:
+        """Protects the entry and its ancestors from eviction."""
+
+    @abstractmethod
+    def unlock(self, handle: object) -> None:
+        """Releases one `lock` on the entry."""
+
+    @abstractmethod
+    def evict(self, num_pages: int) -> int:
+        """Frees up to `num_pages` pages into the allocator, LRU leaves first. Returns how many."""
+
+    @property
+    @abstractmethod
+    def num_cached_pages(self) -> int:
+        """Pages held by the cache, locked or not."""
+
+    @property
+    @abstractmethod
+    def num_evictable_pages(self) -> int:
+        """Pages `evict` could free right now."""
+
+    @abstractmethod
+    def reset(self) -> None:
+        """Frees every page into the allocator. Only valid while nothing is locked."""

@@ -1,0 +1,71 @@
+"""The attention backend interface and the per-layer attention module the models use."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from radixmesh.services.worker.forward_batch import ForwardBatch
+from radixmesh.services.worker.kv_pool import KVPool
+
+
+@dataclass(frozen=True, slots=True)
+class AttentionSpec:
+    """The shape of one attention layer, fixed at model construction."""
+
+    layer_id: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    scaling: float
+    sliding_window: int | None = None  # attend to the last `sliding_window` positions only
+
+
+class AttentionBackend(ABC):
+    """Attention over the paged KV cache.
+
+    Invariants every backend keeps:
+    - `forward` first stores the batch's new K and V at `batch.out_cache_loc`, then attends.
+    - The query at position p of a sequence attends to exactly that sequence's KV positions
+      [0, p] (causal), or (p - sliding_window, p] for a sliding-window layer; nothing else, in
+      particular never to padding page 0 nor to another sequence's pages.
+    - Output is [T, num_heads * head_dim] in the query dtype, tokens in batch order.
+    - `prepare` is called once per forward pass before any layer; per-layer calls reuse what it
+      built, so per-step host work is paid once, not once per layer.
+    Backends are chosen by name from the registry in `attention/__init__.py`.
+    """
+
+    name: str = ""
+
+    def __init__(self, kv_pool: KVPool) -> None:
+        self.kv_pool = kv_pool
+
+    def prepare(self, batch: ForwardBatch) -> None:
+        """Builds per-pass metadata (index tensors, kernel plans). Optional."""
+
+    @abstractmethod
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: AttentionSpec,
+                batch: ForwardBatch) -> torch.Tensor:
+        """q: [T, num_heads, head_dim]; k, v: [T, num_kv_heads, head_dim]."""
+
+
+class PagedAttention(nn.Module):
+    """What a model's attention block calls instead of computing attention itself.
+
+    It has no parameters, so models keep HF's module names and checkpoints load by name.
+    """
+
+    def __init__(self, spec: AttentionSpec) -> None:
+        super().__init__()
+        self.spec = spec
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                batch: ForwardBatch) -> torch.Tensor:
+        spec = self.spec
+        q = q.view(-1, spec.num_heads, spec.head_dim)
+        k = k.view(-1, spec.num_kv_heads, spec.head_dim)
+        v = v.view(-1, spec.num_kv_heads, spec.head_dim)
+        return batch.attn_backend.forward(q, k, v, spec, batch)

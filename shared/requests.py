@@ -1,0 +1,61 @@
+"""Requests and outputs as they travel between the tokenizer, scheduler and detokenizer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from radixmesh.shared.sampling_params import SamplingParams
+
+
+@dataclass(frozen=True, slots=True)
+class TokenizedRequest:
+    """A validated request, ready for the scheduler."""
+
+    rid: str
+    input_ids: tuple[int, ...]
+    sampling: SamplingParams
+
+
+class FinishKind(str, Enum):
+    STOP = "stop"      # EOS, a stop token id or a stop string
+    LENGTH = "length"  # max_new_tokens reached
+    ABORT = "abort"    # cancelled by the client or failed
+
+
+@dataclass(frozen=True, slots=True)
+class FinishReason:
+    kind: FinishKind
+    matched: int | str | None = None  # the stop token id or stop string that ended it
+    message: str = ""
+
+    def to_dict(self) -> dict:
+        out: dict = {"type": self.kind.value}
+        if self.matched is not None:
+            out["matched"] = self.matched
+        if self.message:
+            out["message"] = self.message
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+
+    def to_dict(self) -> dict:
+        return {"prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens,
+                "total_tokens": self.prompt_tokens + self.completion_tokens,
+                "prompt_tokens_details": {"cached_tokens": self.cached_tokens}}
+
+
+@dataclass(slots=True)
+class TokenDelta:
+    """New output tokens of one request from one scheduler step (finish set on its last delta)."""
+
+    rid: str
+    token_ids: list[int]
+    finish: FinishReason | None = None
+    usage: Usage | None = None

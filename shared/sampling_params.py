@@ -1,0 +1,124 @@
+"""Per-request sampling parameters, shared by every service, and their validation."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from radixmesh.shared.errors import InvalidRequestError
+
+MAX_SEED = 2**63 - 1
+PENALTY_RANGE = (-2.0, 2.0)
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    """What a client may ask of sampling and stopping. Names follow SGLang's.
+
+    `temperature == 0` (or `top_k == 1`) means greedy. `top_k` of -1 or 0 means no limit.
+    Penalties follow vLLM's semantics: frequency and presence penalties look at output tokens,
+    the repetition penalty at prompt and output tokens alike.
+    """
+
+    max_new_tokens: int = 128
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    min_p: float = 0.0
+    seed: int | None = None
+    stop: tuple[str, ...] = field(default_factory=tuple)
+    stop_token_ids: tuple[int, ...] = field(default_factory=tuple)
+    ignore_eos: bool = False
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+
+    @property
+    def is_greedy(self) -> bool:
+        return self.temperature == 0.0 or self.top_k == 1
+
+    @property
+    def has_penalties(self) -> bool:
+        return (self.frequency_penalty != 0.0 or self.presence_penalty != 0.0
+                or self.repetition_penalty != 1.0)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> SamplingParams:
+        """Builds from a JSON-like dict, rejecting unknown keys and wrong types by name."""
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise InvalidRequestError(unknown[0], "unknown sampling parameter")
+        kwargs = dict(values)
+        for name in ("stop", "stop_token_ids"):
+            if name in kwargs:
+                kwargs[name] = _as_tuple(name, kwargs[name])
+        params = cls(**kwargs)
+        params.check_types()
+        return params
+
+    def check_types(self) -> None:
+        ints = ("max_new_tokens", "top_k")
+        floats = ("temperature", "top_p", "min_p", "frequency_penalty", "presence_penalty",
+                  "repetition_penalty")
+        for name in ints:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise InvalidRequestError(name, f"must be an integer, got {value!r}")
+        for name in floats:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise InvalidRequestError(name, f"must be a number, got {value!r}")
+            if not math.isfinite(value):
+                raise InvalidRequestError(name, f"must be finite, got {value!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise InvalidRequestError("seed", f"must be an integer, got {self.seed!r}")
+        if not isinstance(self.ignore_eos, bool):
+            raise InvalidRequestError("ignore_eos", "must be a boolean")
+
+    def validate(self, vocab_size: int) -> None:
+        """Raises InvalidRequestError naming the first field out of its range."""
+        self.check_types()
+        if self.max_new_tokens < 1:
+            raise InvalidRequestError("max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise InvalidRequestError("temperature", f"must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise InvalidRequestError("top_p", f"must be in (0, 1], got {self.top_p}")
+        if self.top_k < -1:
+            raise InvalidRequestError("top_k", f"must be -1, 0 (no limit) or >= 1, got {self.top_k}")
+        if not 0 <= self.min_p <= 1:
+            raise InvalidRequestError("min_p", f"must be in [0, 1], got {self.min_p}")
+        if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
+            raise InvalidRequestError("seed", f"must be in [0, 2**63 - 1], got {self.seed}")
+        low, high = PENALTY_RANGE
+        for name in ("frequency_penalty", "presence_penalty"):
+            value = getattr(self, name)
+            if not low <= value <= high:
+                raise InvalidRequestError(name, f"must be in [{low}, {high}], got {value}")
+        if not 0 < self.repetition_penalty <= 2:
+            raise InvalidRequestError(
+                "repetition_penalty", f"must be in (0, 2], got {self.repetition_penalty}")
+        for text in self.stop:
+            if not isinstance(text, str) or not text:
+                raise InvalidRequestError("stop", "stop strings must be non-empty strings")
+        for token_id in self.stop_token_ids:
+            if isinstance(token_id, bool) or not isinstance(token_id, int):
+                raise InvalidRequestError("stop_token_ids", f"must be integers, got {token_id!r}")
+            if not 0 <= token_id < vocab_size:
+                raise InvalidRequestError(
+                    "stop_token_ids", f"{token_id} is outside the vocabulary [0, {vocab_size})")
+
+
+def _as_tuple(name: str, value: object) -> tuple:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,) if name == "stop" else _raise_list(name)
+    if isinstance(value, (list, tuple)):
+        return tuple(value)
+    return _raise_list(name)
+
+
+def _raise_list(name: str) -> tuple:
+    raise InvalidRequestError(name, "must be a list")

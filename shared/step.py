@@ -1,0 +1,114 @@
+"""The scheduler ⇄ worker contract: one step plan in, one step result out.
+
+These plain types are what the scheduler->worker gRPC stream carries (design §3). The
+scheduler decides everything that runs; the worker keeps per-request state between steps
+(token ids, its mirror of the request's page table, the KV length) and executes plans
+without making decisions. Only ids and page-table diffs cross; never KV bytes.
+
+Applying a plan on the worker, in this order:
+  1. drop the state of every rid in `released`;
+  2. register every `new_requests` entry;
+  3. apply every `page_writes` entry to the request's page table;
+  4. run one forward pass over `extends` (in order) then `decodes` (in order);
+  5. sample one token for every extend with `sample=True` and for every decode.
+The result lists the sampled tokens in that same order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from radixmesh.shared.sampling_params import SamplingParams
+
+
+@dataclass(frozen=True, slots=True)
+class NewRequest:
+    """A request the worker has not seen (or has released, after a retraction).
+
+    `token_ids` is every token known so far: the prompt, then any output generated before a
+    retraction. Tokens `[0, num_cached_tokens)` already have KV in pages shared from the
+    prefix cache; the request's extends compute the rest.
+    """
+
+    rid: str
+    token_ids: tuple[int, ...]
+    num_prompt_tokens: int
+    num_cached_tokens: int
+    sampling: SamplingParams
+
+
+@dataclass(frozen=True, slots=True)
+class PageTableWrite:
+    """Sets `page_table[start : start + len(page_ids)] = page_ids` for one request.
+
+    Grants (appending fresh pages) and remaps (pointing a range at identical pages the prefix
+    cache already held) are both writes. The table grows to fit.
+    """
+
+    rid: str
+    start: int
+    page_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ExtendChunk:
+    """Compute KV for tokens `[start, start + length)` of a request, whose tokens the worker holds.
+
+    `start` equals the request's KV length on the worker. `sample` is true on the chunk that
+    ends at the last known token: the worker then samples the request's next token.
+    """
+
+    rid: str
+    start: int
+    length: int
+    sample: bool
+
+
+@dataclass(slots=True)
+class StepPlan:
+    """Everything the worker does in one step. A decode's input token is the token the worker
+    itself sampled last for that request, so the scheduler can plan ahead of results."""
+
+    step_id: int
+    new_requests: list[NewRequest] = field(default_factory=list)
+    page_writes: list[PageTableWrite] = field(default_factory=list)
+    extends: list[ExtendChunk] = field(default_factory=list)
+    decodes: list[str] = field(default_factory=list)
+    released: list[str] = field(default_factory=list)
+
+    @property
+    def is_empty(self) -> bool:
+        return not (self.extends or self.decodes)
+
+    @property
+    def num_extend_tokens(self) -> int:
+        return sum(chunk.length for chunk in self.extends)
+
+
+@dataclass(slots=True)
+class StepResult:
+    """Tokens sampled by one step, in plan order (sampled extends, then decodes)."""
+
+    step_id: int
+    rids: list[str]
+    next_token_ids: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """What the worker tells the scheduler when they connect: the shape of the KV pool and model.
+
+    Page ids run from 1 to `num_pages`; page 0 is the worker's padding page and is never granted.
+    """
+
+    model_id: str
+    num_pages: int
+    page_size: int
+    context_len: int
+    vocab_size: int
+    eos_token_ids: tuple[int, ...]
+    kv_dtype: str
+
+    @property
+    def max_total_tokens(self) -> int:
+        return self.num_pages * self.page_size
