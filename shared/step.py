@@ -108,6 +108,7 @@ class WorkerInfo:
     vocab_size: int
     eos_token_ids: tuple[int, ...]
     kv_dtype: str
+    max_running_requests: int  # request slots the worker holds (sampler and page-table rows)
 
     @property
     def max_total_tokens(self) -> int:

@@ -1,0 +1,110 @@
+"""The whole pipeline in one process: tokenizer -> scheduler <-> worker -> detokenizer.
+
+The same objects the services wrap, wired by direct calls instead of gRPC streams. `offline`
+and the benchmarks use it; tests use it to hold the engine against HF transformers.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from radixmesh.make_model import default_model_path
+from radixmesh.services.detokenizer.detokenizer import Detokenizer
+from radixmesh.services.scheduler.config import SchedulerConfig
+from radixmesh.services.scheduler.scheduler import Scheduler
+from radixmesh.services.tokenizer.request_builder import RequestBuilder
+from radixmesh.services.tokenizer.tokenizer import TextTokenizer
+from radixmesh.services.worker.config import WorkerConfig
+from radixmesh.services.worker.model_runner import ModelRunner
+from radixmesh.shared.requests import FinishReason, TextDelta, Usage
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Completion:
+    """What one request produced, accumulated from its deltas."""
+
+    rid: str
+    output_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    finish: FinishReason | None = None
+    usage: Usage | None = None
+
+
+class Engine:
+    def __init__(self, worker_config: WorkerConfig = WorkerConfig(),
+                 scheduler_config: SchedulerConfig = SchedulerConfig()) -> None:
+        model_path = Path(worker_config.model_path) if worker_config.model_path \
+            else default_model_path()
+        self.runner = ModelRunner(worker_config, model_path)
+        self.info = self.runner.info()
+        self.scheduler = Scheduler(scheduler_config, self.info)
+        self.tokenizer = load_tokenizer_if_present(model_path)
+        self.builder = RequestBuilder(self.tokenizer, self.info.vocab_size, self.info.context_len)
+        self.detokenizer = Detokenizer(self.tokenizer) if self.tokenizer is not None else None
+
+    def submit(self, rid: str, body: dict) -> None:
+        """Validates, tokenizes and queues one request; raises InvalidRequestError if it is bad."""
+        request = self.builder.build(rid, body)
+        self.scheduler.add_request(request)
+        if self.detokenizer is not None:
+            self.detokenizer.add_request(rid, request.sampling.stop, request.input_ids)
+
+    def abort(self, rid: str) -> None:
+        delta = self.scheduler.abort(rid)
+        if delta is not None and self.detokenizer is not None:
+            self.detokenizer.release(rid)
+
+    @property
+    def has_work(self) -> bool:
+        return self.scheduler.has_work
+
+    def step(self) -> list[TextDelta]:
+        """Runs one scheduler step through the worker; returns the text deltas it produced."""
+        plan = self.scheduler.schedule()
+        if plan is None:
+            return []
+        result = self.runner.execute(plan)
+        token_deltas = self.scheduler.process_result(result)
+        if self.detokenizer is None:
+            return [TextDelta(d.rid, "", d.token_ids, d.finish, d.usage) for d in token_deltas]
+        text_deltas = self.detokenizer.feed(token_deltas)
+        for delta in text_deltas:
+            if delta.finish is not None:
+                # A stop string matched: the scheduler runs the request until it is told.
+                ended = self.scheduler.abort(delta.rid, delta.finish)
+                if ended is not None:
+                    delta.usage = ended.usage
+        return text_deltas
+
+    def generate(self, bodies: list[dict]) -> list[Completion]:
+        """Runs `bodies` to completion (each must be valid) and returns them in order."""
+        completions = {}
+        for index, body in enumerate(bodies):
+            rid = f"req-{index}"
+            self.submit(rid, body)
+            completions[rid] = Completion(rid)
+        self.run_until_done(completions)
+        return list(completions.values())
+
+    def run_until_done(self, completions: dict[str, Completion], on_finish=None) -> None:
+        while self.has_work:
+            for delta in self.step():
+                completion = completions[delta.rid]
+                completion.output_ids.extend(delta.token_ids)
+                completion.text += delta.text
+                if delta.finish is not None:
+                    completion.finish, completion.usage = delta.finish, delta.usage
+                    if on_finish is not None:
+                        on_finish(completion)
+
+
+def load_tokenizer_if_present(model_path: Path) -> TextTokenizer | None:
+    if not (model_path / "tokenizer.json").exists() and \
+            not (model_path / "tokenizer_config.json").exists():
+        logger.warning("%s has no tokenizer: only input_ids prompts are accepted", model_path)
+        return None
+    return TextTokenizer.from_pretrained(model_path)

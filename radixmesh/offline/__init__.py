@@ -1,0 +1,1 @@
+"""`radixmesh offline`: in-process batch inference, JSONL in and JSONL out."""

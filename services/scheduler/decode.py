@@ -1,0 +1,48 @@
+"""Plans a decode step: one more token for every decoding request, retracting if KV runs out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from radixmesh.services.scheduler.kv_manager import KVManager
+from radixmesh.services.scheduler.request import SchedReq
+from radixmesh.shared.step import PageTableWrite
+
+
+@dataclass
+class DecodePlan:
+    decoding: list[SchedReq] = field(default_factory=list)
+    page_writes: list[PageTableWrite] = field(default_factory=list)
+    retracted: list[SchedReq] = field(default_factory=list)
+
+
+def retraction_order(req: SchedReq) -> tuple[int, int]:
+    """Smaller sorts first = retracted first: least output to redo, then the longest prompt,
+    whose pages relieve the pool most (its prefix usually stays cached for the re-run)."""
+    return (len(req.output_ids), -len(req.input_ids))
+
+
+class DecodePlanner:
+    def __init__(self, kv: KVManager) -> None:
+        self.kv = kv
+
+    def plan(self, decoding: list[SchedReq]) -> DecodePlan:
+        plan = DecodePlan(decoding=sorted(decoding, key=retraction_order, reverse=True))
+        while plan.decoding and self._pages_needed(plan.decoding) > self.kv.available_pages:
+            victim = plan.decoding.pop()
+            if not plan.decoding:
+                raise RuntimeError(
+                    f"request {victim.rid} alone does not fit in the KV pool; admission control "
+                    "should have rejected it")
+            self.kv.release(victim, computed_tokens=victim.kv_len)
+            plan.retracted.append(victim)
+        for req in plan.decoding:
+            write = self.kv.grow(req, req.kv_len + 1)
+            assert write is not None, "pages were counted as available above"
+            if write.page_ids:
+                plan.page_writes.append(write)
+            req.kv_len += 1
+        return plan
+
+    def _pages_needed(self, decoding: list[SchedReq]) -> int:
+        return sum(self.kv.pages_for(req.kv_len + 1) - len(req.page_ids) for req in decoding)

@@ -1,0 +1,57 @@
+"""The scheduler's view of one request: token ids, pages and progress. State only, no logic
+beyond what follows from the fields."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from radixmesh.shared.requests import FinishReason
+from radixmesh.shared.sampling_params import SamplingParams
+
+
+class ReqStatus(Enum):
+    WAITING = "waiting"    # queued, or retracted and queued again
+    RUNNING = "running"    # holds pages and is known to the worker
+    FINISHED = "finished"
+
+
+@dataclass(eq=False)
+class SchedReq:
+    """Page layout: `page_ids[:num_tree_pages]` belong to the prefix cache and are protected by
+    the lock held through `cache_handle`; the rest belong to this request alone.
+
+    `kv_len` counts tokens whose KV is computed or planned; the last known token has no KV yet
+    while the request decodes, so a decoding request has `kv_len == seq_len - 1`.
+    """
+
+    rid: str
+    input_ids: tuple[int, ...]
+    sampling: SamplingParams
+    arrival: int
+    output_ids: list[int] = field(default_factory=list)
+    status: ReqStatus = ReqStatus.WAITING
+    page_ids: list[int] = field(default_factory=list)
+    num_tree_pages: int = 0
+    cache_handle: object | None = None
+    kv_len: int = 0
+    num_cached_prompt_tokens: int = 0  # reported in usage: prompt tokens served from the cache
+    prefill_done: bool = False  # the chunk that ends at the last known token has been planned
+    admitted_once: bool = False
+    finish: FinishReason | None = None
+
+    @property
+    def seq_len(self) -> int:
+        return len(self.input_ids) + len(self.output_ids)
+
+    @property
+    def all_ids(self) -> tuple[int, ...]:
+        return self.input_ids + tuple(self.output_ids)
+
+    @property
+    def remaining_new_tokens(self) -> int:
+        return self.sampling.max_new_tokens - len(self.output_ids)
+
+    @property
+    def owned_pages(self) -> list[int]:
+        return self.page_ids[self.num_tree_pages:]

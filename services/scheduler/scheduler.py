@@ -1,0 +1,188 @@
+"""The scheduler: request state machine, admission, batch formation, stop conditions.
+
+It never touches tensors. Each `schedule()` returns the next StepPlan; each StepResult fed to
+`process_result()` advances the requests and yields their new tokens.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from radixmesh.services.scheduler.config import SchedulerConfig
+from radixmesh.services.scheduler.decode import DecodePlanner
+from radixmesh.services.scheduler.kv_manager import KVManager
+from radixmesh.services.scheduler.page_allocator import PageAllocator
+from radixmesh.services.scheduler.policy import order_waiting
+from radixmesh.services.scheduler.prefill import PrefillPlan, PrefillPlanner
+from radixmesh.services.scheduler.prefix_cache import make_prefix_cache
+from radixmesh.services.scheduler.request import ReqStatus, SchedReq
+from radixmesh.services.scheduler.stats import SchedulerStats
+from radixmesh.services.scheduler.stop_conditions import check_stop
+from radixmesh.services.scheduler.token_ratio import NewTokenRatio
+from radixmesh.shared.errors import InvalidRequestError
+from radixmesh.shared.requests import FinishKind, FinishReason, TokenDelta, TokenizedRequest, Usage
+from radixmesh.shared.step import NewRequest, StepPlan, StepResult, WorkerInfo
+
+logger = logging.getLogger(__name__)
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig, worker: WorkerInfo) -> None:
+        self.config = config
+        self.worker = worker
+        self.max_running = min(config.max_running_requests or worker.max_running_requests,
+                               worker.max_running_requests)
+        allocator = PageAllocator(worker.num_pages)
+        cache = make_prefix_cache(config.disable_radix_cache, worker.page_size, allocator)
+        self.kv = KVManager(allocator, cache, worker.page_size,
+                            share_running_prefixes=not config.disable_radix_cache)
+        chunk_budget = None if config.chunked_prefill_size == -1 else config.chunked_prefill_size
+        self.prefill_planner = PrefillPlanner(self.kv, chunk_budget, self.max_running)
+        self.decode_planner = DecodePlanner(self.kv)
+        self.ratio = NewTokenRatio(config.schedule_conservativeness)
+        self.eos_token_ids = frozenset(worker.eos_token_ids)
+        self.stats = SchedulerStats(config.decode_log_interval)
+        self.waiting: list[SchedReq] = []
+        self.running: dict[str, SchedReq] = {}
+        self.partial: SchedReq | None = None  # a prompt in the middle of chunked prefill
+        self._released: list[str] = []
+        self._last_plan: StepPlan | None = None
+        self._step_id = 0
+        self._arrivals = 0
+
+    # ---- requests in and out -------------------------------------------------------------
+
+    def add_request(self, request: TokenizedRequest) -> None:
+        if request.rid in self.running or any(r.rid == request.rid for r in self.waiting):
+            raise InvalidRequestError("rid", f"request id {request.rid!r} is already in use")
+        max_len = len(request.input_ids) + request.sampling.max_new_tokens
+        if self.kv.pages_for(max_len) > self.worker.num_pages:
+            raise InvalidRequestError(
+                "max_new_tokens", f"prompt ({len(request.input_ids)}) + max_new_tokens "
+                f"({request.sampling.max_new_tokens}) exceeds the KV pool "
+                f"({self.worker.max_total_tokens} tokens)")
+        self._arrivals += 1
+        self.waiting.append(SchedReq(request.rid, request.input_ids, request.sampling,
+                                     arrival=self._arrivals))
+
+    def abort(self, rid: str, finish: FinishReason | None = None) -> TokenDelta | None:
+        """Ends a request wherever it is; its pages are freed at once. None if unknown."""
+        finish = finish or FinishReason(FinishKind.ABORT, message="aborted")
+        for req in self.waiting:
+            if req.rid == rid:
+                self.waiting.remove(req)
+                return self._finish(req, finish)
+        req = self.running.get(rid)
+        return None if req is None else self._finish(req, finish)
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    # ---- one step --------------------------------------------------------------------------
+
+    def schedule(self) -> StepPlan | None:
+        """The next step's plan, or None when there is nothing to run and nothing to release."""
+        self._step_id += 1
+        plan = StepPlan(self._step_id, released=self._released)
+        self._released = []
+        prefill = self._plan_prefill()
+        if prefill.chunks:
+            self._apply_prefill(plan, prefill)
+        else:
+            self._plan_decode(plan)
+        if plan.is_empty and not plan.released:
+            return None
+        self._last_plan = plan
+        return plan
+
+    def process_result(self, result: StepResult) -> list[TokenDelta]:
+        plan = self._last_plan
+        assert plan is not None and plan.step_id == result.step_id, "results must follow plans"
+        for chunk in plan.extends:
+            req = self.running.get(chunk.rid)
+            if req is not None:
+                self.kv.share_computed(req)
+        deltas = []
+        for rid, token in zip(result.rids, result.next_token_ids, strict=True):
+            req = self.running.get(rid)
+            if req is None:  # aborted after the plan was sent
+                continue
+            req.output_ids.append(token)
+            finish = check_stop(req, self.eos_token_ids, self.worker.context_len)
+            deltas.append(self._finish(req, finish, [token]) if finish
+                          else TokenDelta(rid, [token]))
+        self.stats.on_step(plan, len(result.rids), self)
+        if not self.has_work:
+            self.check_integrity()
+        return deltas
+
+    def check_integrity(self) -> None:
+        """free + cached + in use == total pages; raises PageLeakError otherwise."""
+        self.kv.check_integrity(self.running.values())
+
+    # ---- internals -------------------------------------------------------------------------
+
+    def _plan_prefill(self) -> PrefillPlan:
+        decoding = [req for req in self.running.values() if req.prefill_done]
+        ordered = order_waiting(self.waiting, self.config.schedule_policy, self.kv)
+        return self.prefill_planner.plan(self.partial, ordered, decoding, self.ratio)
+
+    def _apply_prefill(self, plan: StepPlan, prefill: PrefillPlan) -> None:
+        for req in prefill.admitted:
+            self.waiting.remove(req)
+            req.status = ReqStatus.RUNNING
+            num_cached = req.kv_len - self._chunk_len(prefill, req)
+            if not req.admitted_once:
+                req.num_cached_prompt_tokens = num_cached
+                req.admitted_once = True
+            self.running[req.rid] = req
+            plan.new_requests.append(NewRequest(req.rid, req.all_ids, len(req.input_ids),
+                                                num_cached, req.sampling))
+        self.partial = prefill.partial
+        plan.extends = prefill.chunks
+        plan.page_writes = prefill.page_writes
+        self.stats.on_prefill(prefill, self)
+
+    @staticmethod
+    def _chunk_len(prefill: PrefillPlan, req: SchedReq) -> int:
+        return next(chunk.length for chunk in prefill.chunks if chunk.rid == req.rid)
+
+    def _plan_decode(self, plan: StepPlan) -> None:
+        decoding = [req for req in self.running.values() if req.prefill_done]
+        if not decoding:
+            return
+        decode = self.decode_planner.plan(decoding)
+        for req in decode.retracted:
+            self._requeue(req)
+            plan.released.append(req.rid)
+        if decode.retracted:
+            self.ratio.after_retraction(decode.decoding)
+            logger.warning("KV pool exhausted: retracted %d requests; new_token_ratio=%.3f",
+                           len(decode.retracted), self.ratio.value)
+        else:
+            self.ratio.step()
+        plan.decodes = [req.rid for req in decode.decoding]
+        plan.page_writes = decode.page_writes
+
+    def _requeue(self, req: SchedReq) -> None:
+        del self.running[req.rid]
+        req.status = ReqStatus.WAITING
+        req.prefill_done = False
+        self.waiting.append(req)
+        self.stats.num_retractions += 1
+
+    def _finish(self, req: SchedReq, finish: FinishReason,
+                tokens: list[int] | None = None) -> TokenDelta:
+        if req.status is ReqStatus.RUNNING:
+            computed = min(req.kv_len, req.seq_len - 1) if req.prefill_done else req.kv_len
+            self.kv.release(req, computed_tokens=computed)
+            del self.running[req.rid]
+            self._released.append(req.rid)
+            if self.partial is req:
+                self.partial = None
+        req.status = ReqStatus.FINISHED
+        req.finish = finish
+        self.stats.on_finish(req)
+        usage = Usage(len(req.input_ids), len(req.output_ids), req.num_cached_prompt_tokens)
+        return TokenDelta(req.rid, tokens or [], finish=finish, usage=usage)

@@ -1,0 +1,68 @@
+"""Turns the requests of one step into a flat ForwardBatch of tensors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from radixmesh.services.worker.attention.base import AttentionBackend
+from radixmesh.services.worker.forward_batch import ForwardBatch, ForwardMode
+from radixmesh.services.worker.kv_pool import KVPool
+from radixmesh.services.worker.request_state import WorkerRequest
+
+
+@dataclass(frozen=True, slots=True)
+class BatchEntry:
+    """Compute tokens [start, start + length) of `req`; `sample` asks for the next token."""
+
+    req: WorkerRequest
+    start: int
+    length: int
+    sample: bool
+
+
+def build_forward_batch(entries: list[BatchEntry], num_extends: int, kv_pool: KVPool,
+                        backend: AttentionBackend, device: torch.device) -> ForwardBatch:
+    page_size = kv_pool.page_size
+    input_ids: list[int] = []
+    positions: list[int] = []
+    slots: list[int] = []
+    logits_indices: list[int] = []
+    extend_starts: list[int] = []
+    for entry in entries:
+        req, start, end = entry.req, entry.start, entry.start + entry.length
+        extend_starts.append(len(input_ids))
+        input_ids.extend(req.token_ids[start:end])
+        span = range(start, end)
+        positions.extend(span)
+        table = req.page_table
+        slots.extend(table[pos // page_size] * page_size + pos % page_size for pos in span)
+        if entry.sample:
+            logits_indices.append(len(input_ids) - 1)
+    seq_lens = [entry.start + entry.length for entry in entries]
+    max_pages = max(-(-n // page_size) for n in seq_lens)
+    page_table = [entry.req.page_table[:max_pages] + [0] * (max_pages - len(entry.req.page_table))
+                  for entry in entries]
+    mode = (ForwardMode.DECODE if num_extends == 0 else
+            ForwardMode.EXTEND if num_extends == len(entries) else ForwardMode.MIXED)
+
+    def as_tensor(values: list, dtype: torch.dtype) -> torch.Tensor:
+        return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
+
+    return ForwardBatch(
+        mode=mode,
+        input_ids=as_tensor(input_ids, torch.int64),
+        positions=as_tensor(positions, torch.int64),
+        out_cache_loc=as_tensor(slots, torch.int64),
+        seq_lens=as_tensor(seq_lens, torch.int32),
+        extend_lens=as_tensor([entry.length for entry in entries], torch.int32),
+        extend_starts=as_tensor(extend_starts, torch.int32),
+        page_table=as_tensor(page_table, torch.int32),
+        logits_indices=as_tensor(logits_indices, torch.int64),
+        seq_lens_cpu=seq_lens,
+        extend_lens_cpu=[entry.length for entry in entries],
+        num_extends=num_extends,
+        attn_backend=backend,
+        kv_pool=kv_pool,
+    )

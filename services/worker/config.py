@@ -1,0 +1,39 @@
+"""The model-worker service's configuration: every field is a CLI flag of the same name."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    model_path: str | None = field(default=None, metadata={
+        "help": "HF-format model directory (default: a tiny random Llama made on first use)"})
+    load_format: str = field(default="auto", metadata={
+        "help": "auto: read safetensors; dummy: random weights from config.json alone",
+        "choices": ("auto", "dummy")})
+    dtype: str = field(default="auto", metadata={
+        "help": "weights and activations dtype", "choices": ("auto", "float32", "bfloat16", "float16")})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
+    attention_backend: str = field(default="auto", metadata={
+        "help": "attention kernels; auto picks the fastest available"})
+    page_size: int | None = field(default=None, metadata={
+        "help": "tokens per KV page (default: 1 on CPU, 16 on GPU)"})
+    max_total_tokens: int | None = field(default=None, metadata={
+        "help": "KV pool size in tokens (default: from --mem-fraction-static on a GPU)"})
+    mem_fraction_static: float = field(default=0.85, metadata={
+        "help": "share of GPU memory for weights plus the KV pool"})
+    max_running_requests: int | None = field(default=None, metadata={
+        "help": "request slots on the worker (default: from the pool size)"})
+    context_length: int | None = field(default=None, metadata={
+        "help": "override the model's max_position_embeddings"})
+    random_seed: int = field(default=0, metadata={
+        "help": "seeds dummy weights and the seeds of requests that bring none"})
+
+    def __post_init__(self) -> None:
+        if self.page_size is not None and self.page_size < 1:
+            raise ValueError("--page-size must be >= 1")
+        if self.max_total_tokens is not None and self.max_total_tokens < 1:
+            raise ValueError("--max-total-tokens must be >= 1")
+        if not 0 < self.mem_fraction_static < 1:
+            raise ValueError("--mem-fraction-static must be in (0, 1)")
