@@ -35,8 +35,10 @@ class Completion:
 
 
 class Engine:
-    def __init__(self, worker_config: WorkerConfig = WorkerConfig(),
-                 scheduler_config: SchedulerConfig = SchedulerConfig()) -> None:
+    def __init__(self, worker_config: WorkerConfig | None = None,
+                 scheduler_config: SchedulerConfig | None = None) -> None:
+        worker_config = worker_config or WorkerConfig()
+        scheduler_config = scheduler_config or SchedulerConfig()
         model_path = Path(worker_config.model_path) if worker_config.model_path \
             else default_model_path()
         self.runner = ModelRunner(worker_config, model_path)
@@ -45,6 +47,7 @@ class Engine:
         self.tokenizer = load_tokenizer_if_present(model_path)
         self.builder = RequestBuilder(self.tokenizer, self.info.vocab_size, self.info.context_len)
         self.detokenizer = Detokenizer(self.tokenizer) if self.tokenizer is not None else None
+        self._num_generated = 0
 
     def submit(self, rid: str, body: dict) -> None:
         """Validates, tokenizes and queues one request; raises InvalidRequestError if it is bad."""
@@ -78,13 +81,15 @@ class Engine:
                 ended = self.scheduler.abort(delta.rid, delta.finish)
                 if ended is not None:
                     delta.usage = ended.usage
+                self.detokenizer.release(delta.rid)
         return text_deltas
 
     def generate(self, bodies: list[dict]) -> list[Completion]:
         """Runs `bodies` to completion (each must be valid) and returns them in order."""
         completions = {}
-        for index, body in enumerate(bodies):
-            rid = f"req-{index}"
+        for body in bodies:
+            self._num_generated += 1
+            rid = f"generate-{self._num_generated}"
             self.submit(rid, body)
             completions[rid] = Completion(rid)
         self.run_until_done(completions)

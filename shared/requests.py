@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from radixmesh.shared.sampling_params import SamplingParams
 
@@ -17,7 +17,7 @@ class TokenizedRequest:
     sampling: SamplingParams
 
 
-class FinishKind(str, Enum):
+class FinishKind(StrEnum):
     STOP = "stop"      # EOS, a stop token id or a stop string
     LENGTH = "length"  # max_new_tokens reached
     ABORT = "abort"    # cancelled by the client or failed
@@ -56,6 +56,23 @@ class TokenDelta:
     """New output tokens of one request from one scheduler step (finish set on its last delta)."""
 
     rid: str
+    token_ids: list[int]
+    finish: FinishReason | None = None
+    usage: Usage | None = None
+
+
+@dataclass(slots=True)
+class TextDelta:
+    """New text of one request from one detokenizer round (finish set on its last delta).
+
+    `token_ids` are the ids of the TokenDelta it came from. `text` may be empty while text is
+    held back (a partial character, a possible stop string). A stop string match ends the
+    request here with `FinishReason(FinishKind.STOP, matched=<the stop string>)`, before the
+    scheduler knows: the caller must abort the request there.
+    """
+
+    rid: str
+    text: str
     token_ids: list[int]
     finish: FinishReason | None = None
     usage: Usage | None = None

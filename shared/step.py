@@ -26,14 +26,16 @@ class NewRequest:
     """A request the worker has not seen (or has released, after a retraction).
 
     `token_ids` is every token known so far: the prompt, then any output generated before a
-    retraction. Tokens `[0, num_cached_tokens)` already have KV in pages shared from the
-    prefix cache; the request's extends compute the rest.
+    retraction. Tokens `[0, num_cached_tokens)` already have KV in `cached_page_ids`, pages
+    shared from the prefix cache, which start the request's page table; the request's extends
+    compute the rest, in pages granted by page-table writes.
     """
 
     rid: str
     token_ids: tuple[int, ...]
     num_prompt_tokens: int
     num_cached_tokens: int
+    cached_page_ids: tuple[int, ...]
     sampling: SamplingParams
 
 

@@ -21,7 +21,7 @@ from radixmesh.services.scheduler.stop_conditions import check_stop
 from radixmesh.services.scheduler.token_ratio import NewTokenRatio
 from radixmesh.shared.errors import InvalidRequestError
 from radixmesh.shared.requests import FinishKind, FinishReason, TokenDelta, TokenizedRequest, Usage
-from radixmesh.shared.step import NewRequest, StepPlan, StepResult, WorkerInfo
+from radixmesh.shared.step import NewRequest, PageTableWrite, StepPlan, StepResult, WorkerInfo
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +46,8 @@ class Scheduler:
         self.running: dict[str, SchedReq] = {}
         self.partial: SchedReq | None = None  # a prompt in the middle of chunked prefill
         self._released: list[str] = []
+        # Remaps from process_result, sent with the next plan before its own writes.
+        self._pending_writes: dict[str, list[PageTableWrite]] = {}
         self._last_plan: StepPlan | None = None
         self._step_id = 0
         self._arrivals = 0
@@ -77,7 +79,8 @@ class Scheduler:
 
     @property
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running)
+        """True while requests remain or the worker has yet to hear of finished ones."""
+        return bool(self.waiting or self.running or self._released)
 
     # ---- one step --------------------------------------------------------------------------
 
@@ -86,12 +89,15 @@ class Scheduler:
         self._step_id += 1
         plan = StepPlan(self._step_id, released=self._released)
         self._released = []
+        pending = [write for writes in self._pending_writes.values() for write in writes]
+        self._pending_writes = {}
         prefill = self._plan_prefill()
         if prefill.chunks:
             self._apply_prefill(plan, prefill)
         else:
             self._plan_decode(plan)
-        if plan.is_empty and not plan.released:
+        plan.page_writes = pending + plan.page_writes
+        if plan.is_empty and not plan.released and not plan.page_writes:
             return None
         self._last_plan = plan
         return plan
@@ -102,7 +108,9 @@ class Scheduler:
         for chunk in plan.extends:
             req = self.running.get(chunk.rid)
             if req is not None:
-                self.kv.share_computed(req)
+                remap = self.kv.share_computed(req)
+                if remap is not None:
+                    self._pending_writes.setdefault(req.rid, []).append(remap)
         deltas = []
         for rid, token in zip(result.rids, result.next_token_ids, strict=True):
             req = self.running.get(rid)
@@ -137,8 +145,9 @@ class Scheduler:
                 req.num_cached_prompt_tokens = num_cached
                 req.admitted_once = True
             self.running[req.rid] = req
+            cached_pages = tuple(req.page_ids[:self.kv.pages_for(num_cached)])
             plan.new_requests.append(NewRequest(req.rid, req.all_ids, len(req.input_ids),
-                                                num_cached, req.sampling))
+                                                num_cached, cached_pages, req.sampling))
         self.partial = prefill.partial
         plan.extends = prefill.chunks
         plan.page_writes = prefill.page_writes
@@ -167,6 +176,7 @@ class Scheduler:
 
     def _requeue(self, req: SchedReq) -> None:
         del self.running[req.rid]
+        self._pending_writes.pop(req.rid, None)
         req.status = ReqStatus.WAITING
         req.prefill_done = False
         self.waiting.append(req)
@@ -178,6 +188,7 @@ class Scheduler:
             computed = min(req.kv_len, req.seq_len - 1) if req.prefill_done else req.kv_len
             self.kv.release(req, computed_tokens=computed)
             del self.running[req.rid]
+            self._pending_writes.pop(req.rid, None)
             self._released.append(req.rid)
             if self.partial is req:
                 self.partial = None

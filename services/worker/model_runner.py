@@ -117,7 +117,8 @@ class ModelRunner:
         if seed is None:
             seed = int(torch.randint(0, 2**62, (), generator=self._seed_generator))
         req = WorkerRequest(new.rid, list(new.token_ids), new.num_prompt_tokens,
-                            new.num_cached_tokens, new.sampling, seed, self._free_slots.pop())
+                            new.num_cached_tokens, new.sampling, seed, self._free_slots.pop(),
+                            page_table=list(new.cached_page_ids))
         self.requests[new.rid] = req
         self.sampler.add_request(req.slot, new.sampling, new.token_ids[:new.num_prompt_tokens],
                                  new.token_ids[new.num_prompt_tokens:])

@@ -43,7 +43,7 @@ class AttentionBackend(ABC):
     def __init__(self, kv_pool: KVPool) -> None:
         self.kv_pool = kv_pool
 
-    def prepare(self, batch: ForwardBatch) -> None:
+    def prepare(self, batch: ForwardBatch) -> None:  # noqa: B027 (optional hook)
         """Builds per-pass metadata (index tensors, kernel plans). Optional."""
 
     @abstractmethod

@@ -1,0 +1,76 @@
+"""Incremental detokenization of one request: token ids in, newly completed text out.
+
+Decoding each new token alone is wrong twice over: a byte-level token may hold only part of a
+UTF-8 character, and some decoders (SentencePiece's) drop the leading space of a sequence's
+first word. So each step decodes a short window that starts a little before the new tokens
+and emits only what the window adds beyond its already-emitted head:
+
+    ids:   ... [prefix_offset ......... read_offset ......... end)
+                 head: decoded, emitted   tail: new, not yet emitted
+
+The emitted text grows only when the window's text does not end in U+FFFD, the mark of a
+character still incomplete. Such a window ends on a character boundary, and UTF-8 decoding
+restarts cleanly after one, so the deltas concatenate exactly to the text decoded at once.
+
+Invariant (byte-level tokenizers; tested): for any ids split into any chunks,
+`"".join(feed(chunk) for chunk in chunks) + flush() == decode(ids, skip_special_tokens=True)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+REPLACEMENT_CHAR = "\ufffd"
+# Prompt tokens kept before the first output token, so the first word decodes in context.
+PROMPT_CONTEXT_TOKENS = 5
+
+
+class TokenDecoder(Protocol):
+    def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str: ...
+
+
+class IncrementalDetokenizer:
+    """Per-request decoding state; special tokens are skipped.
+
+    `prompt_ids`, when given, seeds the window with the prompt's last few tokens. They are
+    used only if they decode to whole characters; otherwise decoding starts from scratch,
+    since a window that opens on a broken character would shift every later delta.
+    """
+
+    def __init__(self, tokenizer: TokenDecoder, prompt_ids: Sequence[int] = ()) -> None:
+        self._tokenizer = tokenizer
+        context = list(prompt_ids[-PROMPT_CONTEXT_TOKENS:])
+        if self._decode(context).endswith(REPLACEMENT_CHAR):
+            context = []
+        self._ids: list[int] = context
+        self._prefix_offset = 0
+        self._read_offset = len(context)
+
+    def feed(self, token_ids: Sequence[int]) -> str:
+        """Adds output tokens; returns the text they complete (possibly empty)."""
+        self._ids.extend(token_ids)
+        head = self._decode(self._ids[self._prefix_offset:self._read_offset])
+        window = self._decode(self._ids[self._prefix_offset:])
+        if len(window) <= len(head) or window.endswith(REPLACEMENT_CHAR):
+            return ""
+        self._advance()
+        return window[len(head):]
+
+    def flush(self) -> str:
+        """Releases the text held back at the end, broken characters included."""
+        head = self._decode(self._ids[self._prefix_offset:self._read_offset])
+        window = self._decode(self._ids[self._prefix_offset:])
+        self._advance()
+        return window[len(head):]
+
+    def _advance(self) -> None:
+        # The emitted tail becomes the next window's head; older ids are no longer needed.
+        del self._ids[:self._read_offset]
+        self._prefix_offset = 0
+        self._read_offset = len(self._ids)
+
+    def _decode(self, token_ids: Sequence[int]) -> str:
+        if not token_ids:
+            return ""
+        return self._tokenizer.decode(token_ids, skip_special_tokens=True)

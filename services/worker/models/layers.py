@@ -1,0 +1,116 @@
+"""Building blocks shared by the decoder models: RMSNorm, RoPE and the gated MLP.
+
+Each matches HF transformers' arithmetic op for op (same dtypes, same order), so that a model
+built from them reproduces HF's logits on the same weights, not just approximately.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+RopeTables = tuple[torch.Tensor, torch.Tensor]  # (cos, sin), each [T, head_dim // 2]
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * weight, normalized in float32 and cast back before the weight, as HF does."""
+
+    def __init__(self, hidden_size: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        input_dtype = x.dtype
+        x = x.to(torch.float32)
+        variance = x.pow(2).mean(-1, keepdim=True)
+        x = x * torch.rsqrt(variance + self.eps)
+        return self.weight * x.to(input_dtype)
+
+
+class GatedMLP(nn.Module):
+    """down(silu(gate(x)) * up(x)): the SwiGLU MLP of Llama, Mistral and Qwen."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int, bias: bool) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=bias)
+        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=bias)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class RotaryEmbedding(nn.Module):
+    """Neox-style RoPE (HF Llama's rotate-half) with cos/sin tables for every position.
+
+    The tables are computed once in float32 exactly as HF computes them per step
+    (`position * inv_freq`, then cos and sin), and only half of head_dim is stored: HF's
+    `cat((freqs, freqs))` repeats it. `forward` looks up the rows for a `positions` tensor;
+    `apply_rotary` rotates q and k with them.
+    """
+
+    def __init__(self, head_dim: int, max_position: int, rope_theta: float,
+                 rope_scaling: dict[str, Any] | None) -> None:
+        super().__init__()
+        inv_freq = rope_inverse_frequencies(head_dim, rope_theta, rope_scaling, max_position)
+        positions = torch.arange(max_position, dtype=torch.int64).to(torch.float32)
+        freqs = positions[:, None] * inv_freq.to(positions.device)[None, :]
+        # Not persistent: never in a checkpoint, rebuilt from the config.
+        self.register_buffer("cos_cache", freqs.cos(), persistent=False)
+        self.register_buffer("sin_cache", freqs.sin(), persistent=False)
+
+    def forward(self, positions: torch.Tensor) -> RopeTables:
+        return self.cos_cache[positions], self.sin_cache[positions]
+
+
+def apply_rotary(q: torch.Tensor, k: torch.Tensor, rope: RopeTables) -> tuple[torch.Tensor,
+                                                                               torch.Tensor]:
+    """Rotates q [T, heads, D] and k [T, kv_heads, D] in their own dtype, like HF."""
+    cos, sin = (table.to(q.dtype)[:, None, :] for table in rope)
+    return _rotate(q, cos, sin), _rotate(k, cos, sin)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # HF: x * cat(cos, cos) + cat(-x2, x1) * cat(sin, sin); written per half, the same products.
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+def rope_inverse_frequencies(head_dim: int, rope_theta: float,
+                             rope_scaling: dict[str, Any] | None,
+                             max_position: int) -> torch.Tensor:
+    """inv_freq [head_dim // 2] in float32 for rope types default, linear and llama3."""
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64, device="cpu").to(torch.float32)
+    inv_freq = 1.0 / (rope_theta ** (exponents / head_dim))
+    rope_type = (rope_scaling or {}).get("rope_type", "default")
+    if rope_type == "default":
+        return inv_freq
+    assert rope_scaling is not None
+    if rope_type == "linear":
+        return inv_freq / rope_scaling["factor"]
+    if rope_type == "llama3":
+        return _llama3_scaling(inv_freq, rope_scaling, max_position)
+    raise ValueError(f"unsupported rope_type {rope_type!r}; supported: default, linear, llama3")
+
+
+def _llama3_scaling(inv_freq: torch.Tensor, scaling: dict[str, Any],
+                    max_position: int) -> torch.Tensor:
+    """Llama 3.1: long wavelengths slowed by `factor`, short kept, the band between blended."""
+    factor = scaling["factor"]
+    low_freq_factor = scaling["low_freq_factor"]
+    high_freq_factor = scaling["high_freq_factor"]
+    old_context_len = scaling.get("original_max_position_embeddings") or max_position
+    low_freq_wavelen = old_context_len / low_freq_factor
+    high_freq_wavelen = old_context_len / high_freq_factor
+
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
+    smooth = (old_context_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    is_medium = ~(wavelen < high_freq_wavelen) * ~(wavelen > low_freq_wavelen)
+    return torch.where(is_medium, smoothed, scaled)

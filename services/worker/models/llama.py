@@ -1,0 +1,122 @@
+"""Llama (and Mistral, which has the same structure): the decoder the other models extend.
+
+Module names are HF's (`model.layers.{i}.self_attn.q_proj`, ...), so a HF checkpoint loads by
+name. Qwen2 and Qwen3 subclass `LlamaAttention` through two hooks (`projection_biases`,
+`normalize_qk`) and swap it in with the `attention_class` attribute of `LlamaForCausalLM`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from radixmesh.services.worker.attention.base import AttentionSpec, PagedAttention
+from radixmesh.services.worker.forward_batch import ForwardBatch
+from radixmesh.services.worker.model_config import ModelConfig
+from radixmesh.services.worker.models.layers import (
+    GatedMLP,
+    RMSNorm,
+    RopeTables,
+    RotaryEmbedding,
+    apply_rotary,
+)
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, config: ModelConfig, layer_id: int) -> None:
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        qkv_bias, o_bias = self.projection_biases(config)
+        hidden, q_size = config.hidden_size, self.num_heads * self.head_dim
+        kv_size = self.num_kv_heads * self.head_dim
+        self.q_proj = nn.Linear(hidden, q_size, bias=qkv_bias)
+        self.k_proj = nn.Linear(hidden, kv_size, bias=qkv_bias)
+        self.v_proj = nn.Linear(hidden, kv_size, bias=qkv_bias)
+        self.o_proj = nn.Linear(q_size, hidden, bias=o_bias)
+        self.attn = PagedAttention(AttentionSpec(
+            layer_id=layer_id, num_heads=self.num_heads, num_kv_heads=self.num_kv_heads,
+            head_dim=self.head_dim, scaling=self.head_dim ** -0.5,
+            sliding_window=config.layer_sliding_window(layer_id)))
+
+    @staticmethod
+    def projection_biases(config: ModelConfig) -> tuple[bool, bool]:
+        """(bias on q/k/v, bias on o). Llama's `attention_bias` covers all four."""
+        return config.attention_bias, config.attention_bias
+
+    def normalize_qk(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hook before RoPE on q [T, heads, D] and k [T, kv_heads, D]; Llama has none."""
+        return q, k
+
+    def forward(self, hidden: torch.Tensor, rope: RopeTables, batch: ForwardBatch) -> torch.Tensor:
+        num_tokens = hidden.shape[0]
+        q = self.q_proj(hidden).view(num_tokens, self.num_heads, self.head_dim)
+        k = self.k_proj(hidden).view(num_tokens, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(hidden)
+        q, k = apply_rotary(*self.normalize_qk(q, k), rope)
+        return self.o_proj(self.attn(q, k, v, batch))
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig, layer_id: int,
+                 attention_class: type[LlamaAttention]) -> None:
+        super().__init__()
+        self.self_attn = attention_class(config, layer_id)
+        self.mlp = GatedMLP(config.hidden_size, config.intermediate_size, config.mlp_bias)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, hidden: torch.Tensor, rope: RopeTables, batch: ForwardBatch) -> torch.Tensor:
+        hidden = hidden + self.self_attn(self.input_layernorm(hidden), rope, batch)
+        return hidden + self.mlp(self.post_attention_layernorm(hidden))
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, config: ModelConfig, attention_class: type[LlamaAttention]) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(
+            LlamaDecoderLayer(config, layer_id, attention_class)
+            for layer_id in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        # One table for all layers: looked up once per pass, not once per layer.
+        self.rotary_emb = RotaryEmbedding(config.head_dim, config.max_position_embeddings,
+                                          config.rope_theta, config.rope_scaling)
+
+    def forward(self, batch: ForwardBatch) -> torch.Tensor:
+        hidden = self.embed_tokens(batch.input_ids)
+        rope = self.rotary_emb(batch.positions)
+        for layer in self.layers:
+            hidden = layer(hidden, rope, batch)
+        return self.norm(hidden)
+
+
+class LlamaForCausalLM(nn.Module):
+    """forward(batch) -> final hidden states [T, hidden]; compute_logits(hidden) -> [S, vocab].
+
+    With tied embeddings there is no `lm_head` module: the logits reuse `embed_tokens.weight`.
+    """
+
+    attention_class: type[LlamaAttention] = LlamaAttention
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.model = LlamaModel(config, self.attention_class)
+        if not config.tie_word_embeddings:
+            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+
+    @property
+    def output_embedding(self) -> torch.Tensor:
+        if self.config.tie_word_embeddings:
+            return self.model.embed_tokens.weight
+        return self.lm_head.weight
+
+    def forward(self, batch: ForwardBatch) -> torch.Tensor:
+        return self.model(batch)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Next-token logits in float32 for the rows of `hidden` ([S, hidden])."""
+        return F.linear(hidden, self.output_embedding).float()
