@@ -26,10 +26,13 @@ class DecodePlanner:
     def __init__(self, kv: KVManager) -> None:
         self.kv = kv
 
-    def plan(self, decoding: list[SchedReq]) -> DecodePlan:
+    def plan(self, decoding: list[SchedReq], preemptible: list[SchedReq]) -> DecodePlan:
+        """`preemptible` holds running requests that are not decoding (a prompt mid-chunking):
+        they need no page now but hold some, and are retracted before any decoder."""
         plan = DecodePlan(decoding=sorted(decoding, key=retraction_order, reverse=True))
+        victims = list(preemptible)
         while plan.decoding and self._pages_needed(plan.decoding) > self.kv.available_pages:
-            victim = plan.decoding.pop()
+            victim = victims.pop() if victims else plan.decoding.pop()
             if not plan.decoding:
                 raise RuntimeError(
                     f"request {victim.rid} alone does not fit in the KV pool; admission control "

@@ -68,10 +68,10 @@ class PrefillPlanner:
         remaining = req.seq_len - req.kv_len
         length = remaining
         if remaining > budget:
-            # Page-aligned chunks keep every later chunk starting on a fresh page.
-            length = budget - (req.kv_len + budget) % self.kv.page_size
-            if length <= 0:
-                return budget
+            # Page-aligned chunks keep every later chunk starting on a fresh page; a budget
+            # under one page cannot align, and progress matters more.
+            aligned = budget - (req.kv_len + budget) % self.kv.page_size
+            length = aligned if aligned > 0 else budget
         write = self.kv.grow(req, req.kv_len + length)
         if write is None:
             return budget

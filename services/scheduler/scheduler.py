@@ -89,13 +89,14 @@ class Scheduler:
         self._step_id += 1
         plan = StepPlan(self._step_id, released=self._released)
         self._released = []
-        pending = [write for writes in self._pending_writes.values() for write in writes]
-        self._pending_writes = {}
         prefill = self._plan_prefill()
         if prefill.chunks:
             self._apply_prefill(plan, prefill)
         else:
             self._plan_decode(plan)
+        # Gathered only now: planning may have retracted a request whose remap was pending.
+        pending = [write for writes in self._pending_writes.values() for write in writes]
+        self._pending_writes = {}
         plan.page_writes = pending + plan.page_writes
         if plan.is_empty and not plan.released and not plan.page_writes:
             return None
@@ -161,8 +162,11 @@ class Scheduler:
         decoding = [req for req in self.running.values() if req.prefill_done]
         if not decoding:
             return
-        decode = self.decode_planner.plan(decoding)
+        preemptible = [self.partial] if self.partial is not None else []
+        decode = self.decode_planner.plan(decoding, preemptible)
         for req in decode.retracted:
+            if req is self.partial:
+                self.partial = None
             self._requeue(req)
             plan.released.append(req.rid)
         if decode.retracted:

@@ -1,0 +1,1 @@
+"""The model-worker service: weights, KV tensors, attention backends, sampling."""

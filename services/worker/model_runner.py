@@ -12,26 +12,26 @@ from pathlib import Path
 import torch
 
 from radixmesh.services.worker.attention import make_attention_backend
-from radixmesh.services.worker.batch_builder import BatchEntry, build_forward_batch
+from radixmesh.services.worker.base import ModelWorker
+from radixmesh.services.worker.batch_builder import build_forward_batch
 from radixmesh.services.worker.config import WorkerConfig
 from radixmesh.services.worker.kv_pool import KVPool
 from radixmesh.services.worker.loader import load_model, resolve_dtype
 from radixmesh.services.worker.memory import kv_pool_tokens
 from radixmesh.services.worker.model_config import ModelConfig
 from radixmesh.services.worker.request_state import WorkerRequest
+from radixmesh.services.worker.request_table import RequestTable
 from radixmesh.services.worker.sampling import Sampler, SamplingBatch
-from radixmesh.shared.step import NewRequest, StepPlan, StepResult, WorkerInfo
+from radixmesh.shared.step import StepPlan, StepResult, WorkerInfo
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_RUNNING = 256
 
 
-class PlanError(ValueError):
-    """A plan contradicts the worker's state: scheduler and worker disagree, a bug."""
+class ModelRunner(ModelWorker):
+    name = "model"
 
-
-class ModelRunner:
     def __init__(self, config: WorkerConfig, model_path: Path) -> None:
         self.config = config
         self.device = resolve_device(config.device)
@@ -48,9 +48,11 @@ class ModelRunner:
                                               self.kv_pool)
         vocab_width = self.model_config.vocab_size
         self.sampler = Sampler(vocab_width, self.max_running, self.device)
-        self.requests: dict[str, WorkerRequest] = {}
-        self._free_slots = list(range(self.max_running - 1, -1, -1))
-        self._seed_generator = torch.Generator().manual_seed(config.random_seed)
+        seeds = torch.Generator().manual_seed(config.random_seed)
+        self.table = RequestTable(
+            self.max_running, lambda: int(torch.randint(0, 2**62, (), generator=seeds)),
+            on_register=self._register_sampling,
+            on_release=lambda req: self.sampler.release_request(req.slot))
         self.model_id = str(model_path)
 
     def info(self) -> WorkerInfo:
@@ -60,20 +62,15 @@ class ModelRunner:
             eos_token_ids=self.model_config.eos_token_ids, kv_dtype=str(self.dtype).removeprefix("torch."),
             max_running_requests=self.max_running)
 
+    @property
+    def num_requests(self) -> int:
+        return len(self.table)
+
     @torch.inference_mode()
     def execute(self, plan: StepPlan) -> StepResult:
-        for rid in plan.released:
-            self._release(rid)
-        for new in plan.new_requests:
-            self._register(new)
-        for write in plan.page_writes:
-            table = self._request(write.rid).page_table
-            end = write.start + len(write.page_ids)
-            table.extend([0] * (end - len(table)))
-            table[write.start:end] = write.page_ids
-        if plan.is_empty:
+        entries = self.table.apply(plan)
+        if not entries:
             return StepResult(plan.step_id, [], [])
-        entries = self._entries(plan)
         batch = build_forward_batch(entries, len(plan.extends), self.kv_pool, self.backend,
                                     self.device)
         self.backend.prepare(batch)
@@ -81,59 +78,16 @@ class ModelRunner:
         logits = self.model.compute_logits(hidden[batch.logits_indices])
         sampled = [entry.req for entry in entries if entry.sample]
         next_ids = self.sampler.sample(logits, self._sampling_batch(sampled)).tolist()
-        for entry in entries:
-            entry.req.kv_len += entry.length
-        for req, token in zip(sampled, next_ids, strict=True):
-            req.token_ids.append(token)
-        return StepResult(plan.step_id, [req.rid for req in sampled], next_ids)
-
-    def _entries(self, plan: StepPlan) -> list[BatchEntry]:
-        entries = []
-        for chunk in plan.extends:
-            req = self._request(chunk.rid)
-            if chunk.start != req.kv_len or chunk.start + chunk.length > len(req.token_ids):
-                raise PlanError(f"{chunk} does not follow {req.rid}'s state: kv_len "
-                                f"{req.kv_len}, {len(req.token_ids)} tokens")
-            entries.append(BatchEntry(req, chunk.start, chunk.length, chunk.sample))
-        for rid in plan.decodes:
-            req = self._request(rid)
-            if req.kv_len != len(req.token_ids) - 1:
-                raise PlanError(f"decode of {rid} with kv_len {req.kv_len} and "
-                                f"{len(req.token_ids)} tokens")
-            entries.append(BatchEntry(req, req.kv_len, 1, True))
-        return entries
+        return self.table.commit(plan, entries, next_ids)
 
     def _sampling_batch(self, reqs: list[WorkerRequest]) -> SamplingBatch:
         return SamplingBatch.build([req.sampling for req in reqs], [req.seed for req in reqs],
                                    [req.num_output_tokens for req in reqs],
                                    [req.slot for req in reqs], self.device)
 
-    def _register(self, new: NewRequest) -> None:
-        if new.rid in self.requests:
-            raise PlanError(f"request {new.rid} registered twice")
-        if not self._free_slots:
-            raise PlanError(f"more than {self.max_running} running requests")
-        seed = new.sampling.seed
-        if seed is None:
-            seed = int(torch.randint(0, 2**62, (), generator=self._seed_generator))
-        req = WorkerRequest(new.rid, list(new.token_ids), new.num_prompt_tokens,
-                            new.num_cached_tokens, new.sampling, seed, self._free_slots.pop(),
-                            page_table=list(new.cached_page_ids))
-        self.requests[new.rid] = req
-        self.sampler.add_request(req.slot, new.sampling, new.token_ids[:new.num_prompt_tokens],
-                                 new.token_ids[new.num_prompt_tokens:])
-
-    def _release(self, rid: str) -> None:
-        req = self.requests.pop(rid, None)
-        if req is not None:
-            self.sampler.release_request(req.slot)
-            self._free_slots.append(req.slot)
-
-    def _request(self, rid: str) -> WorkerRequest:
-        try:
-            return self.requests[rid]
-        except KeyError:
-            raise PlanError(f"unknown request {rid}") from None
+    def _register_sampling(self, req: WorkerRequest) -> None:
+        prompt, output = req.token_ids[:req.num_prompt_tokens], req.token_ids[req.num_prompt_tokens:]
+        self.sampler.add_request(req.slot, req.sampling, prompt, output)
 
     def _make_kv_pool(self) -> KVPool:
         mc = self.model_config

@@ -42,4 +42,4 @@ def make_engine() -> Iterator[Callable[..., Engine]]:
         engine.scheduler.check_integrity()
         assert engine.scheduler.kv.allocator.num_free + \
             engine.scheduler.kv.cache.num_cached_pages == engine.info.num_pages
-        assert not engine.runner.requests, "the worker kept state of finished requests"
+        assert engine.runner.num_requests == 0, "the worker kept state of finished requests"

@@ -1,0 +1,66 @@
+"""A worker that does no model math: it keeps the same per-request state as the real one and
+answers every sampling slot with a fixed token sequence. It measures the mesh by itself, and
+in tests it drives the scheduler while checking that no step writes a page another live
+request reads."""
+
+from __future__ import annotations
+
+import itertools
+
+from radixmesh.services.worker.base import ModelWorker
+from radixmesh.services.worker.batch_builder import BatchEntry
+from radixmesh.services.worker.request_table import PlanError, RequestTable
+from radixmesh.shared.step import StepPlan, StepResult, WorkerInfo
+
+# Token n of an output is FIRST_TOKEN + n modulo the vocabulary, skipping EOS ids, so a null
+# run always lasts max_new_tokens and its output is easy to predict in tests.
+FIRST_TOKEN = 7
+
+
+class NullWorker(ModelWorker):
+    name = "null"
+
+    def __init__(self, info: WorkerInfo, check_pages: bool = False) -> None:
+        self._info = info
+        self.check_pages = check_pages
+        seeds = itertools.count()
+        self.table = RequestTable(info.max_running_requests, lambda: next(seeds))
+        self._eos = frozenset(info.eos_token_ids)
+
+    def info(self) -> WorkerInfo:
+        return self._info
+
+    @property
+    def num_requests(self) -> int:
+        return len(self.table)
+
+    def execute(self, plan: StepPlan) -> StepResult:
+        entries = self.table.apply(plan)
+        if self.check_pages:
+            self._check_pages(entries)
+        tokens = [self.token_at(entry.req.num_output_tokens) for entry in entries if entry.sample]
+        return self.table.commit(plan, entries, tokens)
+
+    def token_at(self, output_position: int) -> int:
+        vocab = self._info.vocab_size
+        token = (FIRST_TOKEN + output_position) % vocab
+        while token in self._eos:
+            token = (token + 1) % vocab
+        return token
+
+    def _check_pages(self, entries: list[BatchEntry]) -> None:
+        """Every page this step writes must be in range and read by no other live request."""
+        page_size, num_pages = self._info.page_size, self._info.num_pages
+        writers: dict[int, str] = {}
+        for entry in entries:
+            table = entry.req.page_table
+            for position in range(entry.start, entry.start + entry.length):
+                index = position // page_size
+                if index >= len(table) or not 1 <= table[index] <= num_pages:
+                    raise PlanError(f"{entry.req.rid} writes position {position} without a page")
+                writers[table[index]] = entry.req.rid
+        for req in self.table.requests.values():
+            for page in req.page_table[:-(-req.kv_len // page_size)]:
+                writer = writers.get(page)
+                if writer is not None and writer != req.rid:
+                    raise PlanError(f"{writer} writes page {page}, which {req.rid} reads")

@@ -1,0 +1,97 @@
+"""The worker's per-request state and how a step plan changes it: shared by every worker."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from radixmesh.services.worker.batch_builder import BatchEntry
+from radixmesh.services.worker.request_state import WorkerRequest
+from radixmesh.shared.step import NewRequest, StepPlan, StepResult
+
+
+class PlanError(ValueError):
+    """A plan contradicts the worker's state: scheduler and worker disagree, a bug."""
+
+
+class RequestTable:
+    """Applies plans to per-request state and checks that they follow from it.
+
+    `apply` handles releases, registrations and page-table writes, and turns the plan's work
+    into batch entries (extends in order, then decodes); `commit` records what the step
+    computed and sampled. Between them the worker runs its forward pass.
+    """
+
+    def __init__(self, max_slots: int, draw_seed: Callable[[], int],
+                 on_register: Callable[[WorkerRequest], None] = lambda req: None,
+                 on_release: Callable[[WorkerRequest], None] = lambda req: None) -> None:
+        self.requests: dict[str, WorkerRequest] = {}
+        self.max_slots = max_slots
+        self._free_slots = list(range(max_slots - 1, -1, -1))
+        self._draw_seed = draw_seed
+        self._on_register = on_register
+        self._on_release = on_release
+
+    def __len__(self) -> int:
+        return len(self.requests)
+
+    def apply(self, plan: StepPlan) -> list[BatchEntry]:
+        for rid in plan.released:
+            self._release(rid)
+        for new in plan.new_requests:
+            self._register(new)
+        for write in plan.page_writes:
+            table = self.get(write.rid).page_table
+            end = write.start + len(write.page_ids)
+            table.extend([0] * (end - len(table)))
+            table[write.start:end] = write.page_ids
+        return self._entries(plan)
+
+    def commit(self, plan: StepPlan, entries: list[BatchEntry],
+               next_token_ids: list[int]) -> StepResult:
+        """`next_token_ids` holds one token per sampling entry, in entry order."""
+        sampled = [entry.req for entry in entries if entry.sample]
+        for entry in entries:
+            entry.req.kv_len += entry.length
+        for req, token in zip(sampled, next_token_ids, strict=True):
+            req.token_ids.append(token)
+        return StepResult(plan.step_id, [req.rid for req in sampled], next_token_ids)
+
+    def get(self, rid: str) -> WorkerRequest:
+        try:
+            return self.requests[rid]
+        except KeyError:
+            raise PlanError(f"unknown request {rid}") from None
+
+    def _entries(self, plan: StepPlan) -> list[BatchEntry]:
+        entries = []
+        for chunk in plan.extends:
+            req = self.get(chunk.rid)
+            if chunk.start != req.kv_len or chunk.start + chunk.length > len(req.token_ids):
+                raise PlanError(f"{chunk} does not follow {req.rid}'s state: kv_len "
+                                f"{req.kv_len}, {len(req.token_ids)} tokens")
+            entries.append(BatchEntry(req, chunk.start, chunk.length, chunk.sample))
+        for rid in plan.decodes:
+            req = self.get(rid)
+            if req.kv_len != len(req.token_ids) - 1:
+                raise PlanError(f"decode of {rid} with kv_len {req.kv_len} and "
+                                f"{len(req.token_ids)} tokens")
+            entries.append(BatchEntry(req, req.kv_len, 1, True))
+        return entries
+
+    def _register(self, new: NewRequest) -> None:
+        if new.rid in self.requests:
+            raise PlanError(f"request {new.rid} registered twice")
+        if not self._free_slots:
+            raise PlanError(f"more than {self.max_slots} running requests")
+        seed = new.sampling.seed if new.sampling.seed is not None else self._draw_seed()
+        req = WorkerRequest(new.rid, list(new.token_ids), new.num_prompt_tokens,
+                            new.num_cached_tokens, new.sampling, seed, self._free_slots.pop(),
+                            page_table=list(new.cached_page_ids))
+        self.requests[new.rid] = req
+        self._on_register(req)
+
+    def _release(self, rid: str) -> None:
+        req = self.requests.pop(rid, None)
+        if req is not None:
+            self._free_slots.append(req.slot)
+            self._on_release(req)
