@@ -26,18 +26,27 @@ class DecodePlanner:
     def __init__(self, kv: KVManager) -> None:
         self.kv = kv
 
-    def plan(self, decoding: list[SchedReq], preemptible: list[SchedReq]) -> DecodePlan:
+    def plan(self, decoding: list[SchedReq], preemptible: list[SchedReq],
+             results_pending: bool) -> DecodePlan:
         """`preemptible` holds running requests that are not decoding (a prompt mid-chunking):
-        they need no page now but hold some, and are retracted before any decoder."""
+        they need no page now but hold some, and are retracted before any decoder. With
+        `results_pending`, steps in flight will finish requests and free pages, so a last
+        decoder that does not fit waits a step instead of failing."""
         plan = DecodePlan(decoding=sorted(decoding, key=retraction_order, reverse=True))
         victims = list(preemptible)
         while plan.decoding and self._pages_needed(plan.decoding) > self.kv.available_pages:
-            victim = victims.pop() if victims else plan.decoding.pop()
-            if not plan.decoding:
+            if victims:
+                victim = victims.pop()
+            elif len(plan.decoding) > 1:
+                victim = plan.decoding.pop()
+            elif results_pending:
+                plan.decoding = []
+                break
+            else:
                 raise RuntimeError(
-                    f"request {victim.rid} alone does not fit in the KV pool; admission control "
-                    "should have rejected it")
-            self.kv.release(victim, computed_tokens=victim.kv_len)
+                    f"request {plan.decoding[0].rid} alone does not fit in the KV pool; "
+                    "admission control should have rejected it")
+            self.kv.release(victim, computed_tokens=min(victim.kv_len, victim.seq_len))
             plan.retracted.append(victim)
         for req in plan.decoding:
             write = self.kv.grow(req, req.kv_len + 1)

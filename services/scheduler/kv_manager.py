@@ -71,7 +71,8 @@ class KVManager:
         """
         if not self.share_running_prefixes:
             return None
-        num_pages = req.kv_len // self.page_size
+        # Ahead of results, KV can be planned for a token whose id is not known here yet.
+        num_pages = min(req.kv_len, req.seq_len) // self.page_size
         if num_pages <= req.num_tree_pages:
             return None
         tokens = req.all_ids[:num_pages * self.page_size]

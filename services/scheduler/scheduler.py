@@ -7,6 +7,7 @@ It never touches tensors. Each `schedule()` returns the next StepPlan; each Step
 from __future__ import annotations
 
 import logging
+from collections import deque
 
 from radixmesh.services.scheduler.config import SchedulerConfig
 from radixmesh.services.scheduler.decode import DecodePlanner
@@ -48,7 +49,9 @@ class Scheduler:
         self._released: list[str] = []
         # Remaps from process_result, sent with the next plan before its own writes.
         self._pending_writes: dict[str, list[PageTableWrite]] = {}
-        self._last_plan: StepPlan | None = None
+        # Plans sent but whose results are not processed yet, oldest first. The worker runs them
+        # in order, so any plan made now executes after them: metadata may run ahead of KV.
+        self._inflight: deque[StepPlan] = deque()
         self._step_id = 0
         self._arrivals = 0
 
@@ -100,12 +103,16 @@ class Scheduler:
         plan.page_writes = pending + plan.page_writes
         if plan.is_empty and not plan.released and not plan.page_writes:
             return None
-        self._last_plan = plan
+        self._inflight.append(plan)
         return plan
 
+    @property
+    def num_inflight(self) -> int:
+        return len(self._inflight)
+
     def process_result(self, result: StepResult) -> list[TokenDelta]:
-        plan = self._last_plan
-        assert plan is not None and plan.step_id == result.step_id, "results must follow plans"
+        plan = self._inflight.popleft()
+        assert plan.step_id == result.step_id, "results must come back in plan order"
         for chunk in plan.extends:
             req = self.running.get(chunk.rid)
             if req is not None:
@@ -115,7 +122,7 @@ class Scheduler:
         deltas = []
         for rid, token in zip(result.rids, result.next_token_ids, strict=True):
             req = self.running.get(rid)
-            if req is None:  # aborted after the plan was sent
+            if req is None:  # finished, aborted or retracted after the plan was sent
                 continue
             req.output_ids.append(token)
             finish = check_stop(req, self.eos_token_ids, self.worker.context_len)
@@ -159,11 +166,12 @@ class Scheduler:
         return next(chunk.length for chunk in prefill.chunks if chunk.rid == req.rid)
 
     def _plan_decode(self, plan: StepPlan) -> None:
-        decoding = [req for req in self.running.values() if req.prefill_done]
+        decoding = [req for req in self.running.values()
+                    if req.prefill_done and self._may_grow(req)]
         if not decoding:
             return
         preemptible = [self.partial] if self.partial is not None else []
-        decode = self.decode_planner.plan(decoding, preemptible)
+        decode = self.decode_planner.plan(decoding, preemptible, results_pending=bool(self._inflight))
         for req in decode.retracted:
             if req is self.partial:
                 self.partial = None
@@ -178,6 +186,12 @@ class Scheduler:
         plan.decodes = [req.rid for req in decode.decoding]
         plan.page_writes = decode.page_writes
 
+    def _may_grow(self, req: SchedReq) -> bool:
+        """False when the steps in flight already produce the request's last allowed token."""
+        planned_outputs = req.kv_len + 1 - len(req.input_ids)
+        return (planned_outputs < req.sampling.max_new_tokens
+                and req.kv_len + 1 < self.worker.context_len)
+
     def _requeue(self, req: SchedReq) -> None:
         del self.running[req.rid]
         self._pending_writes.pop(req.rid, None)
@@ -189,8 +203,8 @@ class Scheduler:
     def _finish(self, req: SchedReq, finish: FinishReason,
                 tokens: list[int] | None = None) -> TokenDelta:
         if req.status is ReqStatus.RUNNING:
-            computed = min(req.kv_len, req.seq_len - 1) if req.prefill_done else req.kv_len
-            self.kv.release(req, computed_tokens=computed)
+            # Ahead of results, kv_len may count a token whose id has not come back yet.
+            self.kv.release(req, computed_tokens=min(req.kv_len, req.seq_len))
             del self.running[req.rid]
             self._pending_writes.pop(req.rid, None)
             self._released.append(req.rid)

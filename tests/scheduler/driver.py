@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 
 from radixmesh.services.scheduler.config import SchedulerConfig
@@ -9,7 +10,7 @@ from radixmesh.services.scheduler.scheduler import Scheduler
 from radixmesh.services.worker.null_worker import NullWorker
 from radixmesh.shared.requests import FinishReason, TokenizedRequest
 from radixmesh.shared.sampling_params import SamplingParams
-from radixmesh.shared.step import StepPlan, WorkerInfo
+from radixmesh.shared.step import StepPlan, StepResult, WorkerInfo
 
 VOCAB = 64
 EOS = 2
@@ -27,6 +28,7 @@ class Run:
     outputs: dict[str, list[int]] = field(default_factory=dict)
     finishes: dict[str, FinishReason] = field(default_factory=dict)
     plans: list[StepPlan] = field(default_factory=list)
+    max_inflight: int = 0
 
 
 class Driver:
@@ -38,22 +40,33 @@ class Driver:
         params = SamplingParams(max_new_tokens=max_new_tokens, **sampling)
         self.scheduler.add_request(TokenizedRequest(rid, tuple(prompt), params))
 
-    def run(self, max_steps: int = 100_000, run: Run | None = None) -> Run:
+    def run(self, max_steps: int = 100_000, run: Run | None = None,
+            pipelined: bool = False) -> Run:
+        """Pipelined: like the scheduler service, plan step N+1 before processing result N."""
         run = run or Run()
+        depth = 2 if pipelined else 1
+        inflight: deque[StepResult] = deque()
         for _ in range(max_steps):
-            if not self.scheduler.has_work:
+            if not self.scheduler.has_work and not inflight:
                 break
-            plan = self.scheduler.schedule()
-            assert plan is not None, "a scheduler with work must plan"
-            run.plans.append(plan)
-            for delta in self.scheduler.process_result(self.worker.execute(plan)):
-                run.outputs.setdefault(delta.rid, []).extend(delta.token_ids)
-                if delta.finish is not None:
-                    run.finishes[delta.rid] = delta.finish
-        assert not self.scheduler.has_work, "did not finish within max_steps"
+            plan = self.scheduler.schedule() if self.scheduler.has_work else None
+            if plan is not None:
+                run.plans.append(plan)
+                inflight.append(self.worker.execute(plan))
+                run.max_inflight = max(run.max_inflight, self.scheduler.num_inflight)
+            assert inflight, "a scheduler with work and nothing in flight must plan"
+            if plan is None or len(inflight) >= depth:
+                self._process(inflight.popleft(), run)
+        assert not self.scheduler.has_work and not inflight, "did not finish within max_steps"
         self.scheduler.check_integrity()
         assert self.worker.num_requests == 0
         return run
+
+    def _process(self, result: StepResult, run: Run) -> None:
+        for delta in self.scheduler.process_result(result):
+            run.outputs.setdefault(delta.rid, []).extend(delta.token_ids)
+            if delta.finish is not None:
+                run.finishes[delta.rid] = delta.finish
 
     def expected_output(self, num_tokens: int) -> list[int]:
         return [self.worker.token_at(n) for n in range(num_tokens)]

@@ -113,3 +113,16 @@ def test_disabled_radix_cache_never_shares():
     run = driver.run()
     assert all(new.num_cached_tokens == 0 for plan in run.plans for new in plan.new_requests)
     assert driver.scheduler.kv.cache.num_cached_pages == 0
+
+
+def test_pipelined_planning_runs_ahead_and_loses_nothing():
+    driver = Driver(worker_info(num_pages=60, page_size=2), chunked_prefill_size=8)
+    for i in range(12):
+        driver.add(f"r{i}", list(range(5, 9 + i)), max_new_tokens=3 + i, stop_token_ids=(40,))
+    run = driver.run(pipelined=True)
+    assert run.max_inflight == 2
+    for i in range(12):
+        want = driver.expected_output(3 + i)
+        if 40 in want:
+            want = want[:want.index(40) + 1]
+        assert run.outputs[f"r{i}"] == want

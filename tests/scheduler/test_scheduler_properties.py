@@ -31,23 +31,23 @@ def workloads(draw: st.DrawFn) -> tuple[dict, list[tuple[list[int], int]]]:
         "disable_radix_cache": draw(st.booleans()),
         "schedule_conservativeness": draw(st.sampled_from([0.3, 1.0, 2.0])),
     }
-    return settings_, requests
+    return settings_, requests, draw(st.booleans())
 
 
 @settings(max_examples=150, deadline=None)
 @given(workloads())
 def test_random_workloads_complete_without_leaks(workload):
-    config, requests = workload
+    config, requests, pipelined = workload
     info = worker_info(config.pop("num_pages"), config.pop("page_size"))
     driver = Driver(info, **config)
     for index, (prompt, max_new) in enumerate(requests):
         driver.add(f"r{index}", prompt, max_new)
-    run = driver.run(max_steps=20_000)
+    run = driver.run(max_steps=20_000, pipelined=pipelined)
     for index, (_, max_new) in enumerate(requests):
         assert run.outputs[f"r{index}"] == driver.expected_output(max_new)
     # Twice through: the second round exercises cached prefixes and their eviction.
     for index, (prompt, max_new) in enumerate(requests):
         driver.add(f"again{index}", prompt, max_new)
-    run = driver.run(max_steps=20_000)
+    run = driver.run(max_steps=20_000, pipelined=pipelined)
     for index, (_, max_new) in enumerate(requests):
         assert run.outputs[f"again{index}"] == driver.expected_output(max_new)

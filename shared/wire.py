@@ -1,0 +1,195 @@
+"""Conversions between the plain dataclasses the cores use and the generated proto messages.
+
+Servicers call these and nothing else touches protobuf types, so the cores stay testable
+without gRPC and the protos stay the single source of truth for what crosses the wire.
+"""
+
+from __future__ import annotations
+
+from radixmesh.shared.protos_gen import common_pb2, internal_pb2
+from radixmesh.shared.requests import (
+    FinishKind,
+    FinishReason,
+    TextDelta,
+    TokenDelta,
+    TokenizedRequest,
+    Usage,
+)
+from radixmesh.shared.sampling_params import SamplingParams
+from radixmesh.shared.step import (
+    ExtendChunk,
+    NewRequest,
+    PageTableWrite,
+    StepPlan,
+    StepResult,
+    WorkerInfo,
+)
+
+_OPTIONAL_SAMPLING = ("max_new_tokens", "temperature", "top_p", "top_k", "min_p", "seed",
+                      "frequency_penalty", "presence_penalty", "repetition_penalty")
+
+# ---- sampling, finish, usage ----------------------------------------------------------------
+
+
+def sampling_to_proto(params: SamplingParams) -> common_pb2.SamplingParams:
+    message = common_pb2.SamplingParams(stop=list(params.stop),
+                                        stop_token_ids=list(params.stop_token_ids),
+                                        ignore_eos=params.ignore_eos)
+    for name in _OPTIONAL_SAMPLING:
+        value = getattr(params, name)
+        if value is not None:
+            setattr(message, name, value)
+    return message
+
+
+def sampling_body_from_proto(message: common_pb2.SamplingParams) -> dict:
+    """Only the fields the client set, as a request-body dict for RequestBuilder."""
+    body: dict = {name: getattr(message, name) for name in _OPTIONAL_SAMPLING
+                  if message.HasField(name)}
+    if message.stop:
+        body["stop"] = list(message.stop)
+    if message.stop_token_ids:
+        body["stop_token_ids"] = list(message.stop_token_ids)
+    if message.ignore_eos:
+        body["ignore_eos"] = True
+    return body
+
+
+def sampling_from_proto(message: common_pb2.SamplingParams) -> SamplingParams:
+    return SamplingParams.from_dict(sampling_body_from_proto(message))
+
+
+def finish_to_proto(finish: FinishReason) -> common_pb2.FinishReason:
+    message = common_pb2.FinishReason(type=finish.kind.value, message=finish.message)
+    if isinstance(finish.matched, str):
+        message.matched_text = finish.matched
+    elif finish.matched is not None:
+        message.matched_token_id = finish.matched
+    return message
+
+
+def finish_from_proto(message: common_pb2.FinishReason) -> FinishReason | None:
+    """None for an unset message (type empty)."""
+    if not message.type:
+        return None
+    which = message.WhichOneof("matched")
+    matched = getattr(message, which) if which else None
+    return FinishReason(FinishKind(message.type), matched=matched, message=message.message)
+
+
+def usage_to_proto(usage: Usage) -> common_pb2.Usage:
+    return common_pb2.Usage(prompt_tokens=usage.prompt_tokens,
+                            completion_tokens=usage.completion_tokens,
+                            cached_tokens=usage.cached_tokens)
+
+
+def usage_from_proto(message: common_pb2.Usage) -> Usage:
+    return Usage(message.prompt_tokens, message.completion_tokens, message.cached_tokens)
+
+
+# ---- tokenizer -> scheduler -----------------------------------------------------------------
+
+
+def tokenized_request_to_proto(request: TokenizedRequest,
+                               traceparent: str = "") -> internal_pb2.TokenizedRequest:
+    return internal_pb2.TokenizedRequest(
+        rid=request.rid, input_ids=list(request.input_ids),
+        sampling=sampling_to_proto(request.sampling),
+        trace=common_pb2.TraceContext(traceparent=traceparent))
+
+
+def tokenized_request_from_proto(message: internal_pb2.TokenizedRequest) -> TokenizedRequest:
+    return TokenizedRequest(message.rid, tuple(message.input_ids),
+                            sampling_from_proto(message.sampling))
+
+
+# ---- scheduler <-> worker -------------------------------------------------------------------
+
+
+def plan_to_proto(plan: StepPlan) -> internal_pb2.StepPlan:
+    return internal_pb2.StepPlan(
+        step_id=plan.step_id,
+        new_requests=[internal_pb2.NewRequest(
+            rid=new.rid, token_ids=list(new.token_ids), num_prompt_tokens=new.num_prompt_tokens,
+            num_cached_tokens=new.num_cached_tokens, cached_page_ids=list(new.cached_page_ids),
+            sampling=sampling_to_proto(new.sampling)) for new in plan.new_requests],
+        page_writes=[internal_pb2.PageTableWrite(rid=w.rid, start=w.start, page_ids=list(w.page_ids))
+                     for w in plan.page_writes],
+        extends=[internal_pb2.ExtendChunk(rid=c.rid, start=c.start, length=c.length, sample=c.sample)
+                 for c in plan.extends],
+        decodes=list(plan.decodes),
+        released=list(plan.released))
+
+
+def plan_from_proto(message: internal_pb2.StepPlan) -> StepPlan:
+    return StepPlan(
+        step_id=message.step_id,
+        new_requests=[NewRequest(new.rid, tuple(new.token_ids), new.num_prompt_tokens,
+                                 new.num_cached_tokens, tuple(new.cached_page_ids),
+                                 sampling_from_proto(new.sampling))
+                      for new in message.new_requests],
+        page_writes=[PageTableWrite(w.rid, w.start, tuple(w.page_ids)) for w in message.page_writes],
+        extends=[ExtendChunk(c.rid, c.start, c.length, c.sample) for c in message.extends],
+        decodes=list(message.decodes),
+        released=list(message.released))
+
+
+def result_to_proto(result: StepResult, forward_seconds: float = 0.0,
+                    idle_seconds: float = 0.0) -> internal_pb2.StepResult:
+    return internal_pb2.StepResult(step_id=result.step_id, rids=result.rids,
+                                   next_token_ids=result.next_token_ids,
+                                   forward_seconds=forward_seconds, idle_seconds=idle_seconds)
+
+
+def result_from_proto(message: internal_pb2.StepResult) -> StepResult:
+    return StepResult(message.step_id, list(message.rids), list(message.next_token_ids))
+
+
+def worker_info_to_proto(info: WorkerInfo, worker: str = "",
+                         cuda_graph: bool = False) -> internal_pb2.WorkerInfo:
+    return internal_pb2.WorkerInfo(
+        model_id=info.model_id, num_pages=info.num_pages, page_size=info.page_size,
+        context_len=info.context_len, vocab_size=info.vocab_size,
+        eos_token_ids=list(info.eos_token_ids), kv_dtype=info.kv_dtype,
+        max_running_requests=info.max_running_requests, worker=worker, cuda_graph=cuda_graph)
+
+
+def worker_info_from_proto(message: internal_pb2.WorkerInfo) -> WorkerInfo:
+    return WorkerInfo(
+        model_id=message.model_id, num_pages=message.num_pages, page_size=message.page_size,
+        context_len=message.context_len, vocab_size=message.vocab_size,
+        eos_token_ids=tuple(message.eos_token_ids), kv_dtype=message.kv_dtype,
+        max_running_requests=message.max_running_requests)
+
+
+# ---- scheduler -> detokenizer -> tokenizer --------------------------------------------------
+
+
+def token_delta_to_proto(delta: TokenDelta, num_cached_tokens: int = 0) -> internal_pb2.TokenDelta:
+    message = internal_pb2.TokenDelta(rid=delta.rid, token_ids=delta.token_ids,
+                                      num_cached_tokens=num_cached_tokens)
+    if delta.finish is not None:
+        message.finish.CopyFrom(finish_to_proto(delta.finish))
+    if delta.usage is not None:
+        message.usage.CopyFrom(usage_to_proto(delta.usage))
+    return message
+
+
+def token_delta_from_proto(message: internal_pb2.TokenDelta) -> TokenDelta:
+    return TokenDelta(message.rid, list(message.token_ids), finish_from_proto(message.finish),
+                      usage_from_proto(message.usage) if message.HasField("usage") else None)
+
+
+def text_delta_to_proto(delta: TextDelta) -> internal_pb2.TextDelta:
+    message = internal_pb2.TextDelta(rid=delta.rid, text=delta.text, token_ids=delta.token_ids)
+    if delta.finish is not None:
+        message.finish.CopyFrom(finish_to_proto(delta.finish))
+    if delta.usage is not None:
+        message.usage.CopyFrom(usage_to_proto(delta.usage))
+    return message
+
+
+def text_delta_from_proto(message: internal_pb2.TextDelta) -> TextDelta:
+    return TextDelta(message.rid, message.text, list(message.token_ids),
+                     finish_from_proto(message.finish),
+                     usage_from_proto(message.usage) if message.HasField("usage") else None)
