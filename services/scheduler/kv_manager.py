@@ -118,9 +118,7 @@ class KVManager:
             raise PageLeakError(
                 f"KV page leak: free {free} + cached {cached} + in use {in_use} "
                 f"!= total {self.allocator.num_pages}")
-        consistency_check = getattr(self.cache, "check_consistency", None)
-        if consistency_check is not None:
-            consistency_check()
+        self.cache.check_consistency()
 
     def _alloc(self, count: int) -> list[int] | None:
         shortfall = count - self.allocator.num_free

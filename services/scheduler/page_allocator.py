@@ -27,6 +27,8 @@ class PageAllocator:
 
     def alloc(self, count: int) -> list[int] | None:
         """Returns `count` page ids, or None (taking nothing) if fewer are free."""
+        if count < 0:
+            raise ValueError(f"cannot allocate {count} pages")
         if count > len(self._free):
             return None
         if count == 0:
@@ -38,10 +40,15 @@ class PageAllocator:
         return pages
 
     def free(self, pages: Iterable[int]) -> None:
+        """All or nothing: a bad id leaves every page as it was."""
+        pages = list(pages)
+        seen: set[int] = set()
         for page in pages:
             if not 1 <= page <= self.num_pages:
                 raise ValueError(f"page {page} is not in this pool (1..{self.num_pages})")
-            if self._is_free[page]:
+            if self._is_free[page] or page in seen:
                 raise ValueError(f"page {page} freed twice")
+            seen.add(page)
+        for page in pages:
             self._is_free[page] = 1
-            self._free.append(page)
+        self._free.extend(pages)

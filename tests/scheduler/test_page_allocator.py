@@ -63,3 +63,17 @@ def test_foreign_ids_raise(page: int) -> None:
 def test_pool_needs_a_page() -> None:
     with pytest.raises(ValueError):
         PageAllocator(0)
+
+
+def test_negative_allocation_and_partial_bad_frees_change_nothing():
+    allocator = PageAllocator(4)
+    with pytest.raises(ValueError):
+        allocator.alloc(-1)
+    pages = allocator.alloc(2)
+    with pytest.raises(ValueError):
+        allocator.free([pages[0], 99])
+    with pytest.raises(ValueError):
+        allocator.free([pages[0], pages[0]])
+    assert allocator.num_free == 2
+    allocator.free(pages)
+    assert allocator.num_free == 4

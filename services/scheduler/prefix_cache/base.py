@@ -33,7 +33,8 @@ class PrefixCache(ABC):
     - Eviction takes least-recently-used unlocked leaves first; `match_prefix` and `insert` count
       as uses.
     - `num_cached_pages` counts every page held, locked or not; `num_evictable_pages` only those
-      that `evict` could free now.
+      that `evict` could free now, and `evict(n)` frees exactly `min(n, num_evictable_pages)`.
+    - A handle from `match_prefix` is only safe until the next `evict` unless it is locked.
     """
 
     def __init__(self, page_size: int, allocator: PageAllocator) -> None:
@@ -50,9 +51,9 @@ class PrefixCache(ABC):
     def insert(self, token_ids: Sequence[int], page_ids: Sequence[int]) -> int:
         """Caches `page_ids` as the KV of `token_ids` (len(token_ids) == len(page_ids) * page_size).
 
-        Returns how many leading tokens were already cached. Those tokens' entries in `page_ids`
-        are duplicates that the cache did not take: the caller still owns them and must free them.
-        Every page after that prefix now belongs to the cache.
+        Returns how many leading tokens were already cached; the cache did not take the caller's
+        pages for them. Of those, the caller frees the ones it owns (those past the prefix it had
+        matched from the cache). Every page after that prefix now belongs to the cache.
         """
 
     @abstractmethod
@@ -76,6 +77,10 @@ class PrefixCache(ABC):
     @abstractmethod
     def num_evictable_pages(self) -> int:
         """Pages `evict` could free right now."""
+
+    @abstractmethod
+    def check_consistency(self) -> None:
+        """Recomputes every counter from the structure; raises AssertionError on a mismatch."""
 
     @abstractmethod
     def reset(self) -> None:
