@@ -8,14 +8,19 @@ from dataclasses import dataclass, field
 from radixmesh.shared.errors import InvalidRequestError
 
 MAX_SEED = 2**63 - 1
+MAX_INT32 = 2**31 - 1  # the wire's width for counts
 PENALTY_RANGE = (-2.0, 2.0)
+# Below this, temperature means greedy: dividing logits by it overflows float32 (inf - inf is
+# NaN) long before 0, and the tempered distribution is already one-hot to float precision.
+GREEDY_TEMPERATURE = 1e-5
 
 
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
     """What a client may ask of sampling and stopping. Names follow SGLang's.
 
-    `temperature == 0` (or `top_k == 1`) means greedy. `top_k` of -1 or 0 means no limit.
+    A temperature below GREEDY_TEMPERATURE (0 included) or `top_k == 1` means greedy. `top_k`
+    of -1 or 0 means no limit.
     Penalties follow vLLM's semantics: frequency and presence penalties look at output tokens,
     the repetition penalty at prompt and output tokens alike.
     """
@@ -35,7 +40,7 @@ class SamplingParams:
 
     @property
     def is_greedy(self) -> bool:
-        return self.temperature == 0.0 or self.top_k == 1
+        return self.temperature < GREEDY_TEMPERATURE or self.top_k == 1
 
     @property
     def has_penalties(self) -> bool:
@@ -69,7 +74,7 @@ class SamplingParams:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise InvalidRequestError(name, f"must be a number, got {value!r}")
-            if not math.isfinite(value):
+            if not _is_finite(value):
                 raise InvalidRequestError(name, f"must be finite, got {value!r}")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise InvalidRequestError("seed", f"must be an integer, got {self.seed!r}")
@@ -85,8 +90,11 @@ class SamplingParams:
             raise InvalidRequestError("temperature", f"must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise InvalidRequestError("top_p", f"must be in (0, 1], got {self.top_p}")
-        if self.top_k < -1:
-            raise InvalidRequestError("top_k", f"must be -1, 0 (no limit) or >= 1, got {self.top_k}")
+        if not -1 <= self.top_k <= MAX_INT32:
+            raise InvalidRequestError(
+                "top_k", f"must be -1, 0 (no limit) or in [1, 2**31 - 1], got {self.top_k}")
+        if self.max_new_tokens > MAX_INT32:
+            raise InvalidRequestError("max_new_tokens", f"must be < 2**31, got {self.max_new_tokens}")
         if not 0 <= self.min_p <= 1:
             raise InvalidRequestError("min_p", f"must be in [0, 1], got {self.min_p}")
         if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
@@ -108,6 +116,14 @@ class SamplingParams:
             if not 0 <= token_id < vocab_size:
                 raise InvalidRequestError(
                     "stop_token_ids", f"{token_id} is outside the vocabulary [0, {vocab_size})")
+
+
+def _is_finite(value: int | float) -> bool:
+    """False for inf and NaN, and for ints too large for a float (math.isfinite raises)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _as_tuple(name: str, value: object) -> tuple:

@@ -17,6 +17,8 @@ class SchedulerConfig:
         "help": "higher reserves more KV for running requests' future tokens before admitting"})
     disable_radix_cache: bool = field(default=False, metadata={
         "help": "do not reuse KV across requests with a shared prefix"})
+    random_seed: int = field(default=0, metadata={
+        "help": "seeds the sampling seeds of requests that bring none"})
     decode_log_interval: int = field(default=40, metadata={
         "help": "log a decode batch line every this many decode steps"})
 

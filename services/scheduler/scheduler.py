@@ -7,7 +7,9 @@ It never touches tensors. Each `schedule()` returns the next StepPlan; each Step
 from __future__ import annotations
 
 import logging
+import random
 from collections import deque
+from dataclasses import replace
 
 from radixmesh.services.scheduler.config import SchedulerConfig
 from radixmesh.services.scheduler.decode import DecodePlanner
@@ -54,6 +56,7 @@ class Scheduler:
         self._inflight: deque[StepPlan] = deque()
         self._step_id = 0
         self._arrivals = 0
+        self._seeds = random.Random(config.random_seed)
 
     # ---- requests in and out -------------------------------------------------------------
 
@@ -67,7 +70,11 @@ class Scheduler:
                 f"({request.sampling.max_new_tokens}) exceeds the KV pool "
                 f"({self.worker.max_total_tokens} tokens)")
         self._arrivals += 1
-        self.waiting.append(SchedReq(request.rid, request.input_ids, request.sampling,
+        sampling = request.sampling
+        if sampling.seed is None:
+            # Fixed here, not on the worker, so a retracted request resumes the same draw.
+            sampling = replace(sampling, seed=self._seeds.getrandbits(62))
+        self.waiting.append(SchedReq(request.rid, request.input_ids, sampling,
                                      arrival=self._arrivals))
 
     def abort(self, rid: str, finish: FinishReason | None = None) -> TokenDelta | None:

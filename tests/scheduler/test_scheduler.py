@@ -126,3 +126,16 @@ def test_pipelined_planning_runs_ahead_and_loses_nothing():
         if 40 in want:
             want = want[:want.index(40) + 1]
         assert run.outputs[f"r{i}"] == want
+
+
+def test_unseeded_requests_get_a_seed_that_survives_retraction():
+    driver = Driver(worker_info(num_pages=40))
+    for i in range(6):
+        driver.add(f"r{i}", [10 + i] * 6, max_new_tokens=24)
+    seeds = {req.rid: req.sampling.seed for req in driver.scheduler.waiting}
+    assert None not in seeds.values() and len(set(seeds.values())) == 6
+    run = driver.run()
+    assert driver.scheduler.stats.num_retractions > 0
+    readmitted = [new for plan in run.plans for new in plan.new_requests]
+    assert len(readmitted) > 6
+    assert all(new.sampling.seed == seeds[new.rid] for new in readmitted)

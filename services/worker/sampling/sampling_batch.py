@@ -74,7 +74,8 @@ class SamplingBatch:
             + [p.presence_penalty for p in params]
             + [p.repetition_penalty for p in params],
             dtype=torch.float32).to(device).view(_FLOAT_FIELDS, size)
-        top_ks = [NO_TOP_K if g or p.top_k <= 0 else p.top_k
+        # Clamped, as a top-k beyond the vocabulary is no limit and may not fit in int64.
+        top_ks = [NO_TOP_K if g or p.top_k <= 0 else min(p.top_k, NO_TOP_K)
                   for p, g in zip(params, greedy, strict=True)]
         ints = torch.tensor(top_ks + list(seeds) + list(output_positions) + list(slots) + greedy
                             + top_p_rows + top_k_rows, dtype=torch.int64).to(device)
