@@ -6,12 +6,17 @@ import argparse
 import logging
 import sys
 
-from radixmesh import make_model
+from radixmesh import generate_cli, launcher, make_model, serve
+from radixmesh.bench import cli as bench_cli
 from radixmesh.offline import cli as offline_cli
 
 COMMANDS = {
     "offline": (offline_cli, "in-process batch inference, JSONL in and out"),
     "make-model": (make_model, "write a random HF-format model directory with a tokenizer"),
+    "bench": (bench_cli, "load generator: a standard workload through the mesh or in-process"),
+    "serve": (serve, "run one service of the mesh: tokenizer, scheduler, worker or detokenizer"),
+    "up": (launcher, "start the whole mesh on this machine, one process per service"),
+    "generate": (generate_cli, "stream a completion from a running mesh's gRPC API"),
 }
 
 

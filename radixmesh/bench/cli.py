@@ -1,0 +1,169 @@
+"""`radixmesh bench`: runs a standard workload through the mesh or the in-process engine.
+
+    radixmesh bench --workload sharegpt-like                  # a running mesh at --server
+    radixmesh bench --workload sharegpt-like --path offline   # the same, in-process
+
+Prints a summary table and writes the result JSON to load-tests/results/ (see results.py).
+The ratio of the two paths' output throughputs on one workload is the cost of the mesh.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from radixmesh.bench.mesh_path import run_on_mesh
+from radixmesh.bench.metrics import error_counts, summarize
+from radixmesh.bench.offline_path import run_on_engine
+from radixmesh.bench.results import (
+    DEFAULT_RESULTS_DIR,
+    Device,
+    build_result,
+    labelled_device,
+    local_device,
+    write_result,
+)
+from radixmesh.bench.table import format_summary
+from radixmesh.bench.trace import RequestTrace
+from radixmesh.bench.workloads import (
+    FIRST_TOKEN_ID,
+    WORKLOADS,
+    Workload,
+    WorkloadOptions,
+    build_workload,
+)
+from radixmesh.client import DEFAULT_ADDRESS, AsyncClient, RadixMeshClientError
+from radixmesh.engine import Engine
+from radixmesh.services.scheduler.config import SchedulerConfig
+from radixmesh.services.worker.config import WorkerConfig
+from radixmesh.shared.cli_args import add_config_arguments, config_from_args
+
+
+@dataclass
+class CompletedRun:
+    workload: Workload
+    traces: list[RequestTrace]
+    device: Device
+    settings: dict  # what else the result JSON records about the run: model, worker, ...
+
+
+def add_cli_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workload", required=True, choices=WORKLOADS)
+    parser.add_argument("--path", choices=("mesh", "offline"), default="mesh",
+                        help="mesh: a running mesh at --server; offline: the in-process engine")
+    parser.add_argument("--server", default=DEFAULT_ADDRESS, help="gRPC address of the mesh")
+    parser.add_argument("--num-prompts", type=int, default=None,
+                        help="number of requests (default: the workload's)")
+    parser.add_argument("--request-rate", type=float, default=None,
+                        help="requests per second, Poisson; inf sends all at once "
+                             "(default: the workload's, 8 for online, else inf)")
+    parser.add_argument("--max-concurrency", type=int, default=None,
+                        help="most requests in flight at once (default: no limit)")
+    parser.add_argument("--seed", type=int, default=1, help="seeds lengths, token ids, arrivals")
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="multiply every length (a smaller run of the same shape)")
+    parser.add_argument("--vocab-size", type=int, default=None,
+                        help="token ids are drawn in [5, vocab) (default: the model's)")
+    parser.add_argument("--temperature", type=float, default=0.0, help="default: greedy")
+    parser.add_argument("--disable-ignore-eos", action="store_true",
+                        help="let requests stop at EOS (default: always run to max tokens)")
+    parser.add_argument("--device-label", default=None,
+                        help="the device recorded for a mesh run (default: this machine's)")
+    parser.add_argument("--output-dir", type=Path, default=DEFAULT_RESULTS_DIR)
+    parser.add_argument("--no-save", action="store_true", help="print only; write no JSON")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    engine = parser.add_argument_group("engine flags (--path offline only)")
+    add_config_arguments(engine, WorkerConfig)
+    add_config_arguments(engine, SchedulerConfig)
+
+
+def workload_from_args(args: argparse.Namespace, model_vocab_size: int) -> Workload:
+    options = WorkloadOptions(
+        vocab_size=model_vocab_size if args.vocab_size is None else args.vocab_size, num_prompts=args.num_prompts,
+        request_rate=args.request_rate, scale=args.scale, seed=args.seed)
+    return build_workload(args.workload, options)
+
+
+def sampling_from_args(args: argparse.Namespace) -> dict:
+    return {"temperature": args.temperature, "ignore_eos": not args.disable_ignore_eos}
+
+
+def run_offline(args: argparse.Namespace) -> CompletedRun:
+    engine = Engine(config_from_args(WorkerConfig, args), config_from_args(SchedulerConfig, args))
+    workload = workload_from_args(args, engine.info.vocab_size)
+    traces = run_on_engine(engine, workload, sampling_from_args(args), args.max_concurrency,
+                           progress=not args.no_progress)
+    device = local_device(use_cuda=engine.runner.device.type == "cuda")
+    return CompletedRun(workload, traces, device, {"model": engine.info.model_id,
+                                                   "worker": "model"})
+
+
+async def run_mesh(args: argparse.Namespace) -> CompletedRun:
+    async with AsyncClient(args.server) as client:
+        info = await client.model_info()
+        workload = workload_from_args(args, info.vocab_size)
+        traces = await run_on_mesh(client, workload, sampling_from_args(args),
+                                   args.max_concurrency, progress=not args.no_progress)
+    device = labelled_device(args.device_label) if args.device_label \
+        else local_device(use_cuda=False)
+    return CompletedRun(workload, traces, device, {"model": info.model_id, "worker": info.worker,
+                                                   "server": args.server})
+
+
+def run_settings(args: argparse.Namespace, run: CompletedRun) -> dict:
+    rate = run.workload.request_rate
+    return {**run.settings, "num_prompts": len(run.workload.requests), "scale": args.scale,
+            "request_rate": "inf" if math.isinf(rate) else rate,
+            "max_concurrency": args.max_concurrency, "seed": args.seed,
+            "temperature": args.temperature, "ignore_eos": not args.disable_ignore_eos}
+
+
+def rounded(values: dict, digits: int = 4) -> dict:
+    return {key: round(value, digits) if isinstance(value, float) else value
+            for key, value in values.items()}
+
+
+def check_args(args: argparse.Namespace) -> str | None:
+    """The first thing wrong with the options, found before a model loads or a stream opens."""
+    try:
+        WorkloadOptions(vocab_size=FIRST_TOKEN_ID + 1 if args.vocab_size is None
+                        else args.vocab_size,
+                        num_prompts=args.num_prompts, request_rate=args.request_rate,
+                        scale=args.scale, seed=args.seed)
+        if args.max_concurrency is not None and args.max_concurrency < 1:
+            raise ValueError("--max-concurrency must be >= 1")
+        if args.path == "offline":
+            config_from_args(WorkerConfig, args)
+            config_from_args(SchedulerConfig, args)
+    except ValueError as error:
+        return str(error)
+    return None
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    problem = check_args(args)
+    if problem is not None:
+        print(f"radixmesh bench: {problem}", file=sys.stderr)
+        return 2
+    try:
+        run = run_offline(args) if args.path == "offline" else asyncio.run(run_mesh(args))
+    except RadixMeshClientError as error:  # only model_info(): a failed stream is a figure
+        print(f"radixmesh bench: the mesh at {args.server} did not answer: {error}",
+              file=sys.stderr)
+        return 1
+    metrics = summarize(run.traces)
+    print(format_summary(run.workload.name, args.path, run.workload.request_rate,
+                         args.max_concurrency, metrics))
+    errors = error_counts(run.traces)
+    for message, count in errors.items():
+        print(f"failed x{count}: {message}", file=sys.stderr)
+    if not args.no_save:
+        result = build_result(run.workload.name, args.path, run.device, sys.argv,
+                              rounded(metrics.to_dict()), **run_settings(args, run),
+                              errors=errors)
+        print(f"result: {write_result(result, args.output_dir, run.device)}")
+    return 0 if metrics.completed else 1

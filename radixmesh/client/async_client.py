@@ -1,0 +1,96 @@
+"""The asyncio client of the gRPC `Generation` API."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from types import TracebackType
+
+import grpc
+
+from radixmesh.client.messages import (
+    build_generate_request,
+    chunk_from_response,
+    client_error,
+    model_info_from_proto,
+)
+from radixmesh.client.types import Completion, GenerateChunk, ModelInfo
+from radixmesh.shared.protos_gen import common_pb2, generate_pb2, generate_pb2_grpc
+
+DEFAULT_ADDRESS = "127.0.0.1:30001"
+# Prompts of a long context exceed gRPC's 4 MiB default only in extreme cases; the server
+# enforces its own limit and says so.
+CHANNEL_OPTIONS = (("grpc.max_send_message_length", -1),
+                   ("grpc.max_receive_message_length", -1))
+
+
+class AsyncClient:
+    """One channel to a front door; safe to share among many concurrent `generate` calls.
+
+    Every failed call raises RadixMeshClientError with the gRPC status code's name. Leaving
+    a `generate` iteration early (break, cancellation) cancels the call, and the server aborts
+    the request and frees its pages.
+    """
+
+    def __init__(self, address: str = DEFAULT_ADDRESS) -> None:
+        self.address = address
+        self._channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self._stub = generate_pb2_grpc.GenerationStub(self._channel)
+
+    async def generate(self, *, text: str | None = None, input_ids: Sequence[int] | None = None,
+                       messages: Sequence[dict] | None = None, rid: str | None = None,
+                       traceparent: str | None = None, timeout: float | None = None,
+                       **sampling: object) -> AsyncIterator[GenerateChunk]:
+        """Streams one request; `sampling` takes SamplingParams' names (max_new_tokens,
+        temperature, top_p, top_k, min_p, seed, stop, stop_token_ids, ignore_eos, penalties).
+        An id is made here when `rid` is None, so every chunk and `abort` can name it."""
+        request = build_generate_request(text=text, input_ids=input_ids, messages=messages,
+                                         rid=rid or uuid.uuid4().hex, traceparent=traceparent,
+                                         sampling=sampling)
+        call = self._stub.Generate(request, timeout=timeout)
+        try:
+            async for response in call:
+                yield chunk_from_response(response)
+        except grpc.RpcError as exc:
+            raise client_error(exc) from None
+        finally:
+            call.cancel()  # no-op once finished; otherwise the server aborts the request
+
+    async def complete(self, **kwargs: object) -> Completion:
+        """Runs `generate` to the end and returns everything it produced."""
+        completion: Completion | None = None
+        async for chunk in self.generate(**kwargs):
+            completion = completion or Completion(chunk.rid)
+            completion.add(chunk)
+        assert completion is not None, "a stream always ends with a finishing chunk"
+        return completion
+
+    async def abort(self, rid: str) -> bool:
+        """Aborts a live request; False if the server did not know it (finished or never)."""
+        try:
+            response = await self._stub.Abort(generate_pb2.AbortRequest(rid=rid))
+        except grpc.RpcError as exc:
+            raise client_error(exc) from None
+        return response.found
+
+    async def model_info(self) -> ModelInfo:
+        try:
+            return model_info_from_proto(await self._stub.GetModelInfo(common_pb2.Empty()))
+        except grpc.RpcError as exc:
+            raise client_error(exc) from None
+
+    async def wait_ready(self, timeout: float | None = None) -> None:
+        """Waits until the server accepts connections."""
+        await asyncio.wait_for(self._channel.channel_ready(), timeout)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, traceback: TracebackType | None) -> None:
+        await self.close()
+

@@ -1,0 +1,117 @@
+"""What `radixmesh up` starts: one command line per service, wired to each other's ports.
+
+Internal services listen on 127.0.0.1 at ports picked free at launch; only the front door
+listens on `--host` at the public ports. Engine flags go to the service that owns them, and
+only where they differ from the default, so each service keeps its own defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import sys
+from dataclasses import dataclass, field
+
+from radixmesh.services.scheduler.config import SchedulerConfig
+from radixmesh.services.tokenizer.config import TokenizerServiceConfig
+from radixmesh.services.worker.config import WorkerConfig
+from radixmesh.shared.grpc_service import host_port
+
+INTERNAL_HOST = "127.0.0.1"
+# Set by the launcher itself, never taken from the user's tokenizer flags.
+TOKENIZER_WIRING = frozenset({"scheduler_address", "detokenizer_address", "model_path"})
+
+
+@dataclass(frozen=True)
+class UpConfig:
+    worker: str = field(default="model", metadata={
+        "help": "model: run the model; null: no model math, fixed tokens (measures the mesh)",
+        "choices": ("model", "null")})
+    startup_timeout: float = field(default=600.0, metadata={
+        "help": "seconds to wait for every service to report healthy"})
+
+
+@dataclass(frozen=True)
+class ServiceCommand:
+    name: str
+    argv: tuple[str, ...]
+    health_address: str  # host:port whose gRPC health says when the service is up
+
+
+@dataclass(frozen=True)
+class MeshPlan:
+    """The services in start order; they are stopped in reverse."""
+
+    services: tuple[ServiceCommand, ...]
+    http_url: str
+    grpc_address: str
+
+
+def plan_mesh(up: UpConfig, worker: WorkerConfig, scheduler: SchedulerConfig,
+              front_door: TokenizerServiceConfig, log_level: str) -> MeshPlan:
+    """`worker.model_path` must be resolved: every service reads the same directory."""
+    assert worker.model_path is not None, "resolve the model path before planning"
+    worker_port, detok_port, scheduler_port = pick_free_ports(3)
+    worker_address = host_port(INTERNAL_HOST, worker_port)
+    detok_address = host_port(INTERNAL_HOST, detok_port)
+    scheduler_address = host_port(INTERNAL_HOST, scheduler_port)
+    model = ("--model-path", worker.model_path)
+    services = (
+        ServiceCommand("worker", serve_argv(
+            log_level, "worker", "--host", INTERNAL_HOST, "--port", str(worker_port),
+            "--worker", up.worker, *config_to_argv(worker)), worker_address),
+        ServiceCommand("detokenizer", serve_argv(
+            log_level, "detokenizer", "--host", INTERNAL_HOST, "--port", str(detok_port),
+            *model), detok_address),
+        ServiceCommand("scheduler", serve_argv(
+            log_level, "scheduler", "--host", INTERNAL_HOST, "--port", str(scheduler_port),
+            "--worker-address", worker_address, "--detokenizer-address", detok_address,
+            "--peer-timeout", str(up.startup_timeout), *config_to_argv(scheduler)),
+            scheduler_address),
+        ServiceCommand("tokenizer", serve_argv(
+            log_level, "tokenizer", "--scheduler-address", scheduler_address,
+            "--detokenizer-address", detok_address, *model,
+            *config_to_argv(front_door, skip=TOKENIZER_WIRING)),
+            host_port(_reachable(front_door.host), front_door.grpc_port)),
+    )
+    http_url = f"http://{host_port(_reachable(front_door.host), front_door.port)}"
+    return MeshPlan(services, http_url, host_port(_reachable(front_door.host),
+                                                  front_door.grpc_port))
+
+
+def serve_argv(log_level: str, service: str, *flags: str) -> tuple[str, ...]:
+    # `radixmesh.serve` rather than the full CLI: it skips seconds of unrelated imports.
+    return (sys.executable, "-m", "radixmesh.serve", "--log-level", log_level, service, *flags)
+
+
+def config_to_argv(config: object, skip: frozenset[str] = frozenset()) -> list[str]:
+    """The flags that reproduce `config`'s non-default fields (`shared/cli_args.py` naming)."""
+    argv: list[str] = []
+    for spec in dataclasses.fields(config):
+        value = getattr(config, spec.name)
+        if spec.name in skip or value == spec.default or value is None:
+            continue
+        flag = "--" + spec.name.replace("_", "-")
+        if isinstance(value, bool):
+            argv.append(flag if value else "--no-" + flag[2:])
+        else:
+            argv.extend((flag, str(value)))
+    return argv
+
+
+def pick_free_ports(count: int) -> list[int]:
+    """Ports free right now on the internal host. Held open together so they differ; another
+    process could still take one before the service binds it, which would fail loudly."""
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind((INTERNAL_HOST, 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _reachable(host: str) -> str:
+    """Where a local client reaches a server listening on `host`."""
+    return INTERNAL_HOST if host in ("0.0.0.0", "", "::") else host

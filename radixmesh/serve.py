@@ -1,0 +1,127 @@
+"""`radixmesh serve tokenizer|scheduler|worker|detokenizer`: one service of the mesh, alone.
+
+Each service takes its own flags (its config dataclasses' fields) and runs until SIGINT or
+SIGTERM, which stop it cleanly (exit status 0); a failure exits with status 1. Service
+modules are imported only for the service being run, so a detokenizer never loads torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from radixmesh.services.detokenizer.config import DetokenizerServiceConfig
+from radixmesh.services.scheduler.config import SchedulerConfig
+from radixmesh.services.scheduler.service_config import SchedulerServiceConfig
+from radixmesh.services.tokenizer.config import TokenizerServiceConfig
+from radixmesh.services.worker.config import WorkerConfig
+from radixmesh.services.worker.service_config import WorkerServiceConfig
+from radixmesh.shared.cli_args import add_config_arguments, config_from_args
+
+logger = logging.getLogger(__name__)
+
+ServiceMain = Coroutine[Any, Any, None]
+
+
+@dataclass(frozen=True)
+class ServiceEntry:
+    help: str
+    configs: tuple[type, ...]  # their fields are the service's flags
+    main: Callable[[argparse.Namespace], ServiceMain]
+
+
+def _tokenizer(args: argparse.Namespace) -> ServiceMain:
+    from radixmesh.services.tokenizer.server import serve
+    return serve(config_from_args(TokenizerServiceConfig, args))
+
+
+def _scheduler(args: argparse.Namespace) -> ServiceMain:
+    from radixmesh.services.scheduler.server import serve
+    return serve(config_from_args(SchedulerServiceConfig, args),
+                 config_from_args(SchedulerConfig, args))
+
+
+def _worker(args: argparse.Namespace) -> ServiceMain:
+    from radixmesh.services.worker.server import serve
+    return serve(config_from_args(WorkerServiceConfig, args), config_from_args(WorkerConfig, args))
+
+
+def _detokenizer(args: argparse.Namespace) -> ServiceMain:
+    from radixmesh.services.detokenizer.server import serve
+    return serve(config_from_args(DetokenizerServiceConfig, args))
+
+
+SERVICES: dict[str, ServiceEntry] = {
+    "tokenizer": ServiceEntry("the front door: OpenAI HTTP and the gRPC Generation API",
+                              (TokenizerServiceConfig,), _tokenizer),
+    "scheduler": ServiceEntry("batches requests into step plans for the worker",
+                              (SchedulerServiceConfig, SchedulerConfig), _scheduler),
+    "worker": ServiceEntry("executes step plans: the model, its KV cache and sampling",
+                           (WorkerServiceConfig, WorkerConfig), _worker),
+    "detokenizer": ServiceEntry("turns token batches into text batches, with stop strings",
+                                (DetokenizerServiceConfig,), _detokenizer),
+}
+
+
+def add_cli_args(parser: argparse.ArgumentParser) -> None:
+    services = parser.add_subparsers(dest="service", required=True, metavar="SERVICE")
+    for name, entry in SERVICES.items():
+        sub = services.add_parser(name, help=entry.help, description=entry.help)
+        for config in entry.configs:
+            add_config_arguments(sub, config)
+        sub.set_defaults(service_entry=entry)
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    try:
+        main = args.service_entry.main(args)
+    except ValueError as error:  # a config's __post_init__ rejected a flag
+        logger.error("%s", error)
+        return 2
+    return run_until_signalled(main)
+
+
+def run_until_signalled(main: ServiceMain) -> int:
+    """Runs `main` until it returns, fails (1) or SIGINT/SIGTERM cancels it (0)."""
+    async def runner() -> None:
+        task = asyncio.ensure_future(main)
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, task.cancel)
+        try:
+            await task
+        except asyncio.CancelledError:
+            logger.info("stopped by signal")
+
+    try:
+        asyncio.run(runner())
+    except KeyboardInterrupt:
+        return 130
+    except Exception:
+        logger.exception("service failed")
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m radixmesh.serve SERVICE ...`: the same as `radixmesh serve`, without the
+    import time of the other subcommands (torch, transformers), which `radixmesh up` pays
+    once per service otherwise."""
+    parser = argparse.ArgumentParser(prog="radixmesh serve", description=__doc__)
+    parser.add_argument("--log-level", default="warning",
+                        choices=("debug", "info", "warning", "error"))
+    add_cli_args(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run_cli(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

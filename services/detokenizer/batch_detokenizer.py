@@ -1,0 +1,81 @@
+"""The detokenizer service's core: one scheduler TokenBatch in, one round of TextDeltas out.
+
+Wraps `Detokenizer` with what the service needs around it: registration ahead of the first
+delta, the usage of requests a stop string ends (the scheduler, which fills usage for every
+other finish, learns of those only later), release of finished requests, and a pass-through
+for models without a tokenizer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from radixmesh.services.detokenizer.detokenizer import Detokenizer
+from radixmesh.services.detokenizer.incremental import TokenDecoder
+from radixmesh.shared.requests import TextDelta, TokenDelta, Usage
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class RequestProgress:
+    num_prompt_tokens: int
+    num_cached_tokens: int = 0
+    num_output_tokens: int = 0
+
+
+class BatchDetokenizer:
+    """Invariants: a delta for an unregistered (or already finished) rid yields nothing; every
+    finish releases the rid; each finishing TextDelta carries usage."""
+
+    def __init__(self, tokenizer: TokenDecoder | None) -> None:
+        self._detokenizer = Detokenizer(tokenizer) if tokenizer is not None else None
+        self._requests: dict[str, RequestProgress] = {}
+
+    def __len__(self) -> int:
+        return len(self._requests)
+
+    def register(self, rid: str, stop: Sequence[str], prompt_tail_ids: Sequence[int],
+                 num_prompt_tokens: int) -> None:
+        if rid in self._requests:  # the scheduler never reuses a live rid: drop the stale one
+            logger.warning("request %r registered twice: restarting its stream", rid)
+            self._release(rid)
+        self._requests[rid] = RequestProgress(num_prompt_tokens)
+        if self._detokenizer is not None:
+            self._detokenizer.add_request(rid, stop, prompt_tail_ids)
+
+    def process(self, deltas: Sequence[TokenDelta],
+                num_cached_tokens: dict[str, int]) -> list[TextDelta]:
+        """`num_cached_tokens` holds the prompt tokens served from the cache, by rid, for the
+        requests whose first delta is in `deltas`."""
+        out: list[TextDelta] = []
+        for delta in deltas:
+            progress = self._requests.get(delta.rid)
+            if progress is None:
+                continue
+            progress.num_output_tokens += len(delta.token_ids)
+            if delta.rid in num_cached_tokens:
+                progress.num_cached_tokens = num_cached_tokens[delta.rid]
+            text = self._decode(delta)
+            if text is None:
+                continue
+            if text.finish is not None:
+                if text.usage is None:  # a stop string ended it here
+                    text.usage = Usage(progress.num_prompt_tokens, progress.num_output_tokens,
+                                       progress.num_cached_tokens)
+                self._release(delta.rid)
+            out.append(text)
+        return out
+
+    def _decode(self, delta: TokenDelta) -> TextDelta | None:
+        if self._detokenizer is None:
+            return TextDelta(delta.rid, "", list(delta.token_ids), delta.finish, delta.usage)
+        texts = self._detokenizer.feed([delta])
+        return texts[0] if texts else None
+
+    def _release(self, rid: str) -> None:
+        self._requests.pop(rid, None)
+        if self._detokenizer is not None:
+            self._detokenizer.release(rid)

@@ -1,0 +1,22 @@
+"""The detokenizer service's configuration: every field is a CLI flag of the same name."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DEFAULT_DETOKENIZER_PORT = 30030
+
+
+@dataclass(frozen=True)
+class DetokenizerServiceConfig:
+    model_path: str | None = field(default=None, metadata={
+        "help": "HF-format model directory whose tokenizer decodes the output (default: the "
+                "tiny random model made on first use); without a tokenizer, ids pass through "
+                "with empty text"})
+    host: str = field(default="127.0.0.1", metadata={"help": "interface to listen on"})
+    port: int = field(default=DEFAULT_DETOKENIZER_PORT, metadata={
+        "help": "gRPC port of the Detokenizer service (0: any free port)"})
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError("--port must be in [0, 65535]")

@@ -1,0 +1,209 @@
+"""The scheduler's step loop: plans out to the worker, results back, token batches onward.
+
+Pipelined (design §3): while the worker executes plan N, plan N+1 is already on its way, so
+the worker never waits for the scheduler between steps. The loop knows its peers only as
+async callables, so it runs the same against the gRPC streams and against an in-process
+worker in tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+from radixmesh.services.detokenizer.incremental import PROMPT_CONTEXT_TOKENS
+from radixmesh.services.scheduler.scheduler import Scheduler
+from radixmesh.shared.errors import InvalidRequestError
+from radixmesh.shared.requests import FinishKind, FinishReason, TokenDelta, TokenizedRequest, Usage
+from radixmesh.shared.step import StepPlan, StepResult
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class DetokenizeRegistration:
+    """What the detokenizer must know of a request before its first tokens arrive."""
+
+    rid: str
+    stop: tuple[str, ...]
+    prompt_tail_ids: tuple[int, ...]
+    num_prompt_tokens: int
+
+
+@dataclass(slots=True)
+class TokenBatch:
+    """One message to the detokenizer. Registrations come before any delta of their rid."""
+
+    registrations: list[DetokenizeRegistration] = field(default_factory=list)
+    deltas: list[TokenDelta] = field(default_factory=list)
+    # Prompt tokens served from the prefix cache, for each rid whose first delta is here.
+    num_cached_tokens: dict[str, int] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.registrations or self.deltas)
+
+
+@dataclass(slots=True)
+class LoopStats:
+    num_steps: int = 0
+    num_pipelined_steps: int = 0  # plans sent while an earlier plan's result was outstanding
+    max_inflight: int = 0
+
+
+SendPlan = Callable[[StepPlan], Awaitable[None]]
+ReceiveResult = Callable[[], Awaitable[StepResult]]
+PublishBatch = Callable[[TokenBatch], Awaitable[None]]
+
+
+class SchedulerLoop:
+    """Owns the Scheduler's calling order; every method runs on one event loop.
+
+    Invariants:
+    - at most `max_inflight` plans are sent and not yet answered; results are processed in
+      the order their plans were sent;
+    - each step's deltas go out as one TokenBatch, together with whatever submissions and
+      aborts produced since the previous batch;
+    - every request the loop accepts or rejects gets a registration and, eventually, exactly
+      one delta carrying a finish (a rejection finishes at once with FinishKind.ABORT);
+    - with nothing to run, the loop sleeps on an event that submissions set: no polling.
+    """
+
+    def __init__(self, scheduler: Scheduler, send_plan: SendPlan, receive_result: ReceiveResult,
+                 publish: PublishBatch, max_inflight: int = 2) -> None:
+        if max_inflight < 1:
+            raise ValueError("max_inflight must be >= 1")
+        self.scheduler = scheduler
+        self.max_inflight = max_inflight
+        self.stats = LoopStats()
+        self._send_plan = send_plan
+        self._receive_result = receive_result
+        self._publish = publish
+        self._inflight = 0
+        self._outbox = TokenBatch()
+        self._wakeup = asyncio.Event()
+        self._owners: dict[str, object] = {}  # live rid -> the submitter that sent it
+        self._streaming: set[str] = set()     # live rids whose first delta went out
+
+    @property
+    def num_inflight(self) -> int:
+        return self._inflight
+
+    # ---- requests in ---------------------------------------------------------------------
+
+    def submit(self, requests: Sequence[TokenizedRequest], aborts: Sequence[str] = (),
+               owner: object = None) -> None:
+        """Queues new requests and aborts; a request the scheduler refuses finishes with an
+        abort carrying the reason. A rid that is still live is ignored (and logged)."""
+        for request in requests:
+            if request.rid in self._owners:
+                logger.error("request id %r is already live: ignoring the duplicate", request.rid)
+                continue
+            self._register(request.rid, request.sampling.stop, request.input_ids)
+            try:
+                check_request(request, self.scheduler.worker.vocab_size)
+                self.scheduler.add_request(request)
+            except Exception as error:  # a bad request must never take the scheduler down
+                logger.info("rejected %s: %s", request.rid, error)
+                self._finish_unscheduled(request.rid, len(request.input_ids), str(error))
+                continue
+            self._owners[request.rid] = owner
+        for rid in aborts:
+            self.abort(rid)
+        self._wakeup.set()
+
+    def reject(self, rid: str, input_ids: Sequence[int], message: str) -> None:
+        """Finishes a request that never reached the scheduler (it could not be decoded)."""
+        if rid in self._owners:
+            logger.error("cannot reject live request %r: %s", rid, message)
+            return
+        self._register(rid, (), input_ids)
+        self._finish_unscheduled(rid, len(input_ids), message)
+        self._wakeup.set()
+
+    def abort(self, rid: str) -> None:
+        delta = self.scheduler.abort(rid)
+        if delta is not None:
+            self._collect([delta])
+            self._wakeup.set()
+
+    def abort_owned_by(self, owner: object) -> None:
+        """Aborts every live request `owner` submitted (its stream to us has closed)."""
+        for rid in [rid for rid, who in self._owners.items() if who is owner]:
+            self.abort(rid)
+
+    # ---- the loop --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Runs until cancelled, or until a peer callable raises."""
+        while True:
+            # Cleared before planning, so a submission arriving during any await below
+            # is never missed: planning sees everything submitted before this point.
+            self._wakeup.clear()
+            await self._fill_pipeline()
+            # Published only after the next plan is out: the worker is busy meanwhile.
+            await self._flush()
+            if self._inflight == 0:
+                await self._wakeup.wait()
+                continue
+            result = await self._receive_result()
+            self._inflight -= 1
+            self._collect(self.scheduler.process_result(result))
+
+    async def _fill_pipeline(self) -> None:
+        while self._inflight < self.max_inflight:
+            plan = self.scheduler.schedule()
+            if plan is None:
+                return
+            if self._inflight:
+                self.stats.num_pipelined_steps += 1
+            self._inflight += 1
+            self.stats.num_steps += 1
+            self.stats.max_inflight = max(self.stats.max_inflight, self._inflight)
+            await self._send_plan(plan)
+
+    async def _flush(self) -> None:
+        if not self._outbox:
+            return
+        batch, self._outbox = self._outbox, TokenBatch()
+        await self._publish(batch)
+
+    # ---- bookkeeping -----------------------------------------------------------------------
+
+    def _register(self, rid: str, stop: Sequence[str], input_ids: Sequence[int]) -> None:
+        self._outbox.registrations.append(DetokenizeRegistration(
+            rid, tuple(stop), tuple(input_ids[-PROMPT_CONTEXT_TOKENS:]), len(input_ids)))
+
+    def _finish_unscheduled(self, rid: str, num_prompt_tokens: int, message: str) -> None:
+        finish = FinishReason(FinishKind.ABORT, message=message)
+        self._outbox.deltas.append(TokenDelta(rid, [], finish, Usage(num_prompt_tokens, 0, 0)))
+
+    def _collect(self, deltas: Sequence[TokenDelta]) -> None:
+        """Adds deltas to the outbox, noting the cached prompt tokens on each first delta."""
+        for delta in deltas:
+            rid = delta.rid
+            if rid not in self._streaming:
+                self._outbox.num_cached_tokens[rid] = self._num_cached_tokens(delta)
+                self._streaming.add(rid)
+            if delta.finish is not None:
+                self._streaming.discard(rid)
+                self._owners.pop(rid, None)
+            self._outbox.deltas.append(delta)
+
+    def _num_cached_tokens(self, delta: TokenDelta) -> int:
+        if delta.usage is not None:
+            return delta.usage.cached_tokens
+        req = self.scheduler.running.get(delta.rid)
+        return 0 if req is None else req.num_cached_prompt_tokens
+
+
+def check_request(request: TokenizedRequest, vocab_size: int) -> None:
+    """What the worker relies on, checked again at the scheduler's edge: the tokenizer should
+    have refused such a request, but one id outside the vocabulary would fail a whole step."""
+    if not request.input_ids:
+        raise InvalidRequestError("prompt", "must not be empty")
+    bad = next((i for i in request.input_ids if not 0 <= i < vocab_size), None)
+    if bad is not None:
+        raise InvalidRequestError("input_ids", f"{bad} is outside the vocabulary [0, {vocab_size})")
+    request.sampling.validate(vocab_size)

@@ -1,0 +1,80 @@
+"""The Scheduler gRPC service: a thin layer over the SchedulerLoop.
+
+It only converts messages: request batches from the tokenizers go into the loop; model info
+and load come from the scheduler's state.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+
+from radixmesh.services.scheduler.loop import SchedulerLoop, TokenBatch
+from radixmesh.services.scheduler.stats import token_usage
+from radixmesh.shared import wire
+from radixmesh.shared.protos_gen import common_pb2, generate_pb2, internal_pb2, internal_pb2_grpc
+from radixmesh.shared.requests import TokenizedRequest
+
+logger = logging.getLogger(__name__)
+
+
+class SchedulerServicer(internal_pb2_grpc.SchedulerServicer):
+    def __init__(self, loop: SchedulerLoop, model_info: generate_pb2.ModelInfo) -> None:
+        self._loop = loop
+        self._model_info = model_info
+
+    async def Submit(self, request_iterator: AsyncIterator[internal_pb2.RequestBatch],
+                     context: grpc.aio.ServicerContext) -> common_pb2.Empty:
+        """One long-lived stream per tokenizer. When it closes, that tokenizer's unfinished
+        requests are aborted: nobody is left to read their output."""
+        owner = object()
+        try:
+            async for batch in request_iterator:
+                self._submit(batch, owner)
+        finally:
+            self._loop.abort_owned_by(owner)
+        return common_pb2.Empty()
+
+    async def GetInfo(self, request: common_pb2.Empty,
+                      context: grpc.aio.ServicerContext) -> generate_pb2.ModelInfo:
+        return self._model_info
+
+    async def GetLoad(self, request: common_pb2.Empty,
+                      context: grpc.aio.ServicerContext) -> internal_pb2.SchedulerLoad:
+        scheduler = self._loop.scheduler
+        stats = scheduler.stats
+        return internal_pb2.SchedulerLoad(
+            num_running_reqs=len(scheduler.running), num_queue_reqs=len(scheduler.waiting),
+            token_usage=token_usage(scheduler), cache_hit_rate=stats.cache_hit_rate,
+            num_prompt_tokens=stats.num_prompt_tokens, num_cached_tokens=stats.num_cached_tokens,
+            num_generated_tokens=stats.num_generated_tokens,
+            num_retractions=stats.num_retractions)
+
+    def _submit(self, batch: internal_pb2.RequestBatch, owner: object) -> None:
+        requests: list[TokenizedRequest] = []
+        for message in batch.requests:
+            try:
+                requests.append(wire.tokenized_request_from_proto(message))
+            except Exception as error:  # the tokenizer validates; this is the last line
+                logger.warning("undecodable request %s: %s", message.rid, error)
+                self._loop.reject(message.rid, message.input_ids, str(error))
+        self._loop.submit(requests, list(batch.aborts), owner)
+
+
+def model_info_to_proto(info: internal_pb2.WorkerInfo) -> generate_pb2.ModelInfo:
+    """What the tokenizers learn of the model, from what the worker reported."""
+    return generate_pb2.ModelInfo(
+        model_id=info.model_id, context_len=info.context_len, vocab_size=info.vocab_size,
+        eos_token_ids=list(info.eos_token_ids), max_total_tokens=info.num_pages * info.page_size,
+        page_size=info.page_size, worker=info.worker)
+
+
+def token_batch_to_proto(batch: TokenBatch) -> internal_pb2.TokenBatch:
+    return internal_pb2.TokenBatch(
+        new_requests=[internal_pb2.DetokenizeRequest(
+            rid=reg.rid, stop=list(reg.stop), prompt_tail_ids=list(reg.prompt_tail_ids),
+            num_prompt_tokens=reg.num_prompt_tokens) for reg in batch.registrations],
+        deltas=[wire.token_delta_to_proto(delta, batch.num_cached_tokens.get(delta.rid, 0))
+                for delta in batch.deltas])

@@ -1,0 +1,109 @@
+"""One client's request while it lives at the front door, and the stream its handler reads.
+
+The router owns `LiveRequest`s and feeds their queues; a gRPC or HTTP handler holds the
+matching `RequestStream` and iterates it. Leaving the stream's `async with` block before the
+last delta (client gone, handler cancelled) aborts the request through the mesh, so a
+disconnected client never keeps pages busy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from radixmesh.shared.requests import TextDelta, Usage
+
+# What a queue holds: deltas in order, then either the finishing delta or an exception
+# (the mesh went away) that the reader raises.
+QueueItem = TextDelta | BaseException
+
+
+@dataclass(slots=True)
+class LiveRequest:
+    """Router-side state of one request between submit and its finishing delta."""
+
+    rid: str
+    num_prompt_tokens: int
+    queue: asyncio.Queue[QueueItem] = field(default_factory=asyncio.Queue)
+    created: float = field(default_factory=time.perf_counter)
+    num_output_tokens: int = 0
+    last_token_at: float | None = None  # None until the first token arrived
+
+    def usage_so_far(self) -> Usage:
+        """Usage of a request the front door ends itself (abort, stop string): the scheduler's
+        cached-token count is not known here, so it reads 0."""
+        return Usage(self.num_prompt_tokens, self.num_output_tokens, 0)
+
+
+class RequestStream:
+    """Async iterator over one request's TextDeltas; ends after the delta carrying `finish`.
+
+    Deltas that piled up while the reader was busy come out merged into one, so a front door
+    that falls behind sends fewer, larger messages instead of falling further behind; one that
+    keeps up sends each delta as it comes. Raises whatever exception the router queued (e.g.
+    the mesh became unavailable), after the deltas before it.
+    """
+
+    def __init__(self, live: LiveRequest, on_abandon: Callable[[str], object]) -> None:
+        self.rid = live.rid
+        self.num_prompt_tokens = live.num_prompt_tokens
+        self._queue = live.queue
+        self._on_abandon = on_abandon
+        self._finished = False
+        self._deferred_error: BaseException | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+    def __aiter__(self) -> RequestStream:
+        return self
+
+    async def __anext__(self) -> TextDelta:
+        if self._finished:
+            raise StopAsyncIteration
+        item = self._deferred_error or await self._queue.get()
+        if isinstance(item, BaseException):
+            self._finished = True
+            raise item
+        while item.finish is None and not self._queue.empty():
+            following = self._queue.get_nowait()
+            if isinstance(following, BaseException):
+                self._deferred_error = following
+                break
+            item = merge_deltas(item, following)
+        if item.finish is not None:
+            self._finished = True
+        return item
+
+    async def collect(self) -> tuple[str, list[int], TextDelta]:
+        """Reads to the end: (all text, all token ids, the finishing delta)."""
+        texts: list[str] = []
+        token_ids: list[int] = []
+        last: TextDelta | None = None
+        async for delta in self:
+            texts.append(delta.text)
+            token_ids.extend(delta.token_ids)
+            last = delta
+        assert last is not None and last.finish is not None, "streams end with a finish"
+        return "".join(texts), token_ids, last
+
+    def abandon(self) -> None:
+        """Aborts the request unless it already finished; safe to call more than once."""
+        if not self._finished:
+            self._finished = True
+            self._on_abandon(self.rid)
+
+    async def __aenter__(self) -> RequestStream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.abandon()
+
+
+def merge_deltas(first: TextDelta, second: TextDelta) -> TextDelta:
+    """One delta saying what `first` then `second` said."""
+    return TextDelta(first.rid, first.text + second.text, first.token_ids + second.token_ids,
+                     second.finish, second.usage)

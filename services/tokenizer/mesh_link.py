@@ -1,0 +1,128 @@
+"""The router's gRPC link to the mesh: the scheduler's `Submit` stream and `GetInfo`/`GetLoad`,
+and a `Subscribe` stream from the detokenizer.
+
+Everything gRPC stays in this file: every RPC failure is raised as MeshUnavailableError, and
+messages are converted with `shared/wire.py`, so the router only sees plain objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+
+import grpc
+
+from radixmesh.services.tokenizer.router import MeshUnavailableError
+from radixmesh.shared import wire
+from radixmesh.shared.protos_gen import common_pb2, generate_pb2, internal_pb2, internal_pb2_grpc
+from radixmesh.shared.requests import TextDelta, TokenizedRequest
+
+# Internal batches carry whole prompts of many requests: no small message limit.
+INTERNAL_CHANNEL_OPTIONS = (("grpc.max_send_message_length", -1),
+                            ("grpc.max_receive_message_length", -1))
+UNARY_TIMEOUT_S = 5.0
+# The detokenizer sends initial metadata once the subscriber is registered; until then a
+# request's first deltas could be missed, so nothing is sent before it.
+SUBSCRIBE_ACK_TIMEOUT_S = 10.0
+
+
+class GrpcSubmitStream:
+    """The tokenizer's half of the scheduler's client-streaming `Submit`."""
+
+    def __init__(self, stub: internal_pb2_grpc.SchedulerStub) -> None:
+        self._call = stub.Submit()
+
+    async def send(self, requests: Sequence[tuple[TokenizedRequest, str]],
+                   aborts: Sequence[str]) -> None:
+        batch = internal_pb2.RequestBatch(
+            requests=[wire.tokenized_request_to_proto(request, traceparent)
+                      for request, traceparent in requests],
+            aborts=list(aborts))
+        try:
+            await self._call.write(batch)
+        except (grpc.RpcError, asyncio.InvalidStateError) as exc:
+            raise MeshUnavailableError(f"scheduler stream broke: {_describe(exc)}") from exc
+
+    async def wait_closed(self) -> None:
+        """Returns never: raises once the scheduler ends or breaks the stream."""
+        try:
+            await self._call
+        except grpc.RpcError as exc:
+            raise MeshUnavailableError(f"scheduler stream broke: {_describe(exc)}") from exc
+        raise MeshUnavailableError("the scheduler closed the request stream")
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+
+class GrpcTextSubscription:
+    """The detokenizer's `Subscribe` stream, as batches of TextDeltas."""
+
+    def __init__(self, call: grpc.aio.UnaryStreamCall) -> None:
+        self._call = call
+
+    async def __aiter__(self) -> AsyncIterator[list[TextDelta]]:
+        try:
+            async for batch in self._call:
+                yield [wire.text_delta_from_proto(delta) for delta in batch.deltas]
+        except grpc.RpcError as exc:
+            raise MeshUnavailableError(f"detokenizer stream broke: {_describe(exc)}") from exc
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+
+class GrpcMeshLink:
+    def __init__(self, scheduler_address: str, detokenizer_address: str) -> None:
+        self.scheduler_address = scheduler_address
+        self.detokenizer_address = detokenizer_address
+        self._scheduler_channel = grpc.aio.insecure_channel(
+            scheduler_address, options=INTERNAL_CHANNEL_OPTIONS)
+        self._detokenizer_channel = grpc.aio.insecure_channel(
+            detokenizer_address, options=INTERNAL_CHANNEL_OPTIONS)
+        self._scheduler = internal_pb2_grpc.SchedulerStub(self._scheduler_channel)
+        self._detokenizer = internal_pb2_grpc.DetokenizerStub(self._detokenizer_channel)
+
+    async def get_info(self) -> generate_pb2.ModelInfo:
+        try:
+            return await self._scheduler.GetInfo(common_pb2.Empty(), timeout=UNARY_TIMEOUT_S)
+        except grpc.RpcError as exc:
+            raise MeshUnavailableError(
+                f"scheduler at {self.scheduler_address}: {_describe(exc)}") from exc
+
+    async def get_load(self) -> internal_pb2.SchedulerLoad:
+        try:
+            return await self._scheduler.GetLoad(common_pb2.Empty(), timeout=UNARY_TIMEOUT_S)
+        except grpc.RpcError as exc:
+            raise MeshUnavailableError(
+                f"scheduler at {self.scheduler_address}: {_describe(exc)}") from exc
+
+    async def open_subscription(self) -> GrpcTextSubscription:
+        where = f"detokenizer at {self.detokenizer_address}"
+        call = self._detokenizer.Subscribe(common_pb2.Empty())
+        try:
+            await asyncio.wait_for(call.initial_metadata(), SUBSCRIBE_ACK_TIMEOUT_S)
+        except (grpc.RpcError, TimeoutError) as exc:
+            call.cancel()
+            raise MeshUnavailableError(f"{where} did not accept the subscription: "
+                                       f"{_describe(exc)}") from exc
+        if call.done():  # a failed call yields empty metadata rather than raising
+            raise MeshUnavailableError(
+                f"{where} ended the subscription: {(await call.code()).name}: "
+                f"{await call.details()}")
+        return GrpcTextSubscription(call)
+
+    def open_submit(self) -> GrpcSubmitStream:
+        return GrpcSubmitStream(self._scheduler)
+
+    async def close(self) -> None:
+        await self._scheduler_channel.close()
+        await self._detokenizer_channel.close()
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return repr(exc)

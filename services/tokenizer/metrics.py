@@ -1,0 +1,75 @@
+"""Prometheus metrics of the front door, named under `radixmesh:` as SGLang names its own.
+
+Latencies are observed here, where the client's request arrives and its tokens leave, so they
+include every hop of the mesh. Scheduler gauges (`num_running_reqs`, ...) are copied from the
+scheduler's `GetLoad` at scrape time rather than pushed, so they are never stale. Each
+instance has its own registry: several servers in one process (tests) do not collide.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from radixmesh.shared.protos_gen import internal_pb2
+from radixmesh.shared.requests import FinishReason, Usage
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                   10.0, 30.0, 60.0, 120.0, 300.0)
+_LOAD_GAUGES = {
+    "num_running_reqs": "requests the scheduler is running",
+    "num_queue_reqs": "requests waiting in the scheduler's queue",
+    "token_usage": "share of the KV pool in use",
+    "cache_hit_rate": "prompt tokens served from the prefix cache / all prompt tokens",
+}
+
+
+class FrontDoorMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self._gauges = {name: Gauge(f"radixmesh:{name}", doc, registry=self.registry)
+                        for name, doc in _LOAD_GAUGES.items()}
+        self.requests = Counter("radixmesh:num_requests", "requests finished, by reason",
+                                ["finish_reason"], registry=self.registry)
+        self.bad_requests = Counter("radixmesh:num_bad_requests",
+                                    "requests rejected as invalid", registry=self.registry)
+        self.prompt_tokens = Counter("radixmesh:prompt_tokens", "prompt tokens of finished "
+                                     "requests", registry=self.registry)
+        self.generation_tokens = Counter("radixmesh:generation_tokens", "output tokens streamed",
+                                         registry=self.registry)
+        self.cached_tokens = Counter("radixmesh:cached_tokens", "prompt tokens served from the "
+                                     "prefix cache", registry=self.registry)
+        self.ttft = Histogram("radixmesh:time_to_first_token_seconds", "arrival to first token",
+                              buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.itl = Histogram("radixmesh:inter_token_latency_seconds",
+                             "gap between successive tokens of a request",
+                             buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.e2e = Histogram("radixmesh:e2e_request_latency_seconds", "arrival to finish",
+                             buckets=LATENCY_BUCKETS, registry=self.registry)
+
+    def on_tokens(self, num_tokens: int, since_previous: float | None,
+                  since_arrival: float) -> None:
+        """`since_previous` is None for a request's first tokens: they give its TTFT."""
+        self.generation_tokens.inc(num_tokens)
+        if since_previous is None:
+            self.ttft.observe(since_arrival)
+            return
+        # Tokens arriving together share the gap, so batching deltas does not hide latency.
+        for _ in range(num_tokens):
+            self.itl.observe(since_previous / num_tokens)
+
+    def on_finish(self, finish: FinishReason, usage: Usage, since_arrival: float) -> None:
+        self.requests.labels(finish_reason=finish.kind.value).inc()
+        self.prompt_tokens.inc(usage.prompt_tokens)
+        self.cached_tokens.inc(usage.cached_tokens)
+        self.e2e.observe(since_arrival)
+
+    def on_bad_request(self) -> None:
+        self.bad_requests.inc()
+
+    def set_load(self, load: internal_pb2.SchedulerLoad) -> None:
+        for name, gauge in self._gauges.items():
+            gauge.set(getattr(load, name))
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)

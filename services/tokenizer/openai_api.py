@@ -1,0 +1,173 @@
+"""The OpenAI-compatible HTTP API of the front door (aiohttp).
+
+`/v1/completions` and `/v1/chat/completions` (JSON or SSE), `/v1/models`, `/health` (200 once
+connected to the mesh) and `/metrics` (Prometheus text). Translation lives in
+`openai_protocol` / `openai_responses`; this file only moves bytes. A client that goes away
+mid-request cancels its handler (aiohttp's handler cancellation is on), which leaves the
+request stream's `async with` block and aborts the request through the mesh.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from radixmesh.services.tokenizer import openai_responses as responses
+from radixmesh.services.tokenizer.config import TokenizerServiceConfig
+from radixmesh.services.tokenizer.live_request import RequestStream
+from radixmesh.services.tokenizer.metrics import FrontDoorMetrics
+from radixmesh.services.tokenizer.openai_protocol import (
+    OpenAIRequest,
+    parse_chat_request,
+    parse_completion_request,
+)
+from radixmesh.services.tokenizer.openai_responses import (
+    ChatFormat,
+    CompletionFormat,
+    ResponseFormat,
+)
+from radixmesh.services.tokenizer.router import MeshUnavailableError, Router
+from radixmesh.shared.errors import InvalidRequestError
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class HttpError(Exception):
+    """An error reported to the client as an OpenAI-style body."""
+
+    def __init__(self, status: int, message: str, param: str | None = None,
+                 error_type: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.error_type = status, message, param, error_type
+
+    def response(self) -> web.Response:
+        body = responses.error_body(self.message, self.param, self.status, self.error_type)
+        return web.json_response(body, status=self.status)
+
+
+class OpenAIApi:
+    def __init__(self, router: Router, metrics: FrontDoorMetrics,
+                 config: TokenizerServiceConfig) -> None:
+        self.router = router
+        self.metrics = metrics
+        self.config = config
+        self.model = config.served_model_name
+        self.started = int(time.time())
+
+    def build_app(self) -> web.Application:
+        app = web.Application(client_max_size=self.config.max_request_bytes,
+                              middlewares=[self._errors_and_auth])
+        app.router.add_post("/v1/completions", self.completions)
+        app.router.add_post("/v1/chat/completions", self.chat_completions)
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/metrics", self.prometheus)
+        return app
+
+    # ---- endpoints -------------------------------------------------------------------------
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        parsed = parse_completion_request(await self._read_json(request), self.model)
+        return await self._generate(request, parsed, CompletionFormat())
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        parsed = parse_chat_request(await self._read_json(request), self.model)
+        return await self._generate(request, parsed, ChatFormat())
+
+    async def models(self, request: web.Request) -> web.Response:
+        context_len = self.router.info.context_len if self.router.info is not None else 0
+        return web.json_response(responses.models_list(self.model, self.started, context_len))
+
+    async def health(self, request: web.Request) -> web.Response:
+        if not self.router.ready:
+            return web.Response(status=503, text="not connected to the mesh\n")
+        return web.Response(text="ok\n")
+
+    async def prometheus(self, request: web.Request) -> web.Response:
+        try:
+            self.metrics.set_load(await self.router.get_load())
+        except MeshUnavailableError:
+            pass  # the scheduler's gauges keep their last values; ours are still worth serving
+        return web.Response(body=self.metrics.render(),
+                            headers={"Content-Type": PROMETHEUS_CONTENT_TYPE})
+
+    # ---- the shared generation path --------------------------------------------------------
+
+    async def _generate(self, request: web.Request, parsed: OpenAIRequest,
+                        fmt: ResponseFormat) -> web.StreamResponse:
+        try:
+            built = self.router.build(parsed.rid, parsed.body)
+        except InvalidRequestError as exc:
+            raise HttpError(400, f"{parsed.param_name(exc.field)}: {exc.message}",
+                            parsed.param_name(exc.field)) from exc
+        stream = self.router.submit(built, request.headers.get("traceparent", ""))
+        ids = (fmt.id_prefix + built.rid, int(time.time()), self.model)
+        async with stream:
+            if not parsed.stream:
+                text, _, last = await stream.collect()
+                return web.json_response(fmt.response(*ids, text, last))
+            return await self._stream(request, stream, fmt, ids, parsed.include_usage)
+
+    async def _stream(self, request: web.Request, stream: RequestStream, fmt: ResponseFormat,
+                      ids: tuple[str, int, str], include_usage: bool) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                               "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        try:
+            for event in fmt.opening(*ids):
+                await response.write(responses.sse_event(event))
+            async for delta in stream:
+                for event in fmt.chunks(*ids, delta):
+                    await response.write(responses.sse_event(event))
+                if delta.finish is not None and include_usage:
+                    usage = responses.usage_chunk(fmt.chunk_object, *ids, delta.usage)
+                    await response.write(responses.sse_event(usage))
+        except MeshUnavailableError as exc:  # headers are gone: report in the stream
+            body = responses.error_body(str(exc), None, 503, "service_unavailable")
+            await response.write(responses.sse_event(body))
+        except ConnectionResetError:
+            return response  # the client left; leaving `async with` aborts the request
+        await response.write(responses.SSE_DONE)
+        await response.write_eof()
+        return response
+
+    async def _read_json(self, request: web.Request) -> object:
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge as exc:
+            raise HttpError(413, f"request body exceeds the limit of "
+                            f"{self.config.max_request_bytes} bytes", "body") from exc
+        try:
+            return json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise HttpError(400, f"malformed JSON body: {exc}", "body") from exc
+
+    @web.middleware
+    async def _errors_and_auth(self, request: web.Request,
+                               handler: Handler) -> web.StreamResponse:
+        try:
+            self._check_auth(request)
+            return await handler(request)
+        except HttpError as exc:
+            if exc.status in (400, 413):
+                self.metrics.on_bad_request()
+            return exc.response()
+        except InvalidRequestError as exc:
+            self.metrics.on_bad_request()
+            return HttpError(400, str(exc), exc.field).response()
+        except MeshUnavailableError as exc:
+            return HttpError(503, str(exc), None, "service_unavailable").response()
+        except web.HTTPException as exc:  # aiohttp's own 404, 405, ...: OpenAI-shaped too
+            if exc.status < 400:
+                raise
+            return HttpError(exc.status, exc.reason, None).response()
+
+    def _check_auth(self, request: web.Request) -> None:
+        key = self.config.api_key
+        if key and request.path.startswith("/v1/") \
+                and request.headers.get("Authorization") != f"Bearer {key}":
+            raise HttpError(401, "invalid or missing API key", None, "authentication_error")

@@ -1,0 +1,265 @@
+"""The front door's core: validated requests out to the scheduler, text deltas back to clients.
+
+Plain asyncio, no gRPC: the mesh is reached through a `MeshLink` (`mesh_link.py` is the gRPC
+one). Invariants:
+- Every live request has exactly one queue, fed in order, ending with one finishing delta or
+  one exception; after that its id is forgotten and later deltas for it are dropped.
+- New requests and aborts go out in batches: everything submitted while the sender task was
+  waiting leaves in one RequestBatch (so at most one batch per event-loop tick).
+- A request the front door ends itself (client abort, disconnect, stop string) is also
+  aborted at the scheduler, so its pages are freed at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from typing import Protocol
+
+from radixmesh.services.tokenizer.limits import apply_limits
+from radixmesh.services.tokenizer.live_request import LiveRequest, RequestStream
+from radixmesh.services.tokenizer.metrics import FrontDoorMetrics
+from radixmesh.services.tokenizer.request_builder import RequestBuilder, select_prompt_field
+from radixmesh.services.tokenizer.tokenizer import TextTokenizer
+from radixmesh.shared.errors import InvalidRequestError, RadixMeshError
+from radixmesh.shared.protos_gen import generate_pb2, internal_pb2
+from radixmesh.shared.requests import FinishKind, FinishReason, TextDelta, TokenizedRequest
+
+logger = logging.getLogger(__name__)
+MAX_RID_LENGTH = 256
+UNBOUNDED_CONTEXT = 2**62
+
+
+class MeshUnavailableError(RadixMeshError):
+    """The scheduler or detokenizer cannot be reached; the client may retry later."""
+
+    grpc_status = "UNAVAILABLE"
+    http_status = 503
+
+
+class SubmitStream(Protocol):
+    async def send(self, requests: Sequence[tuple[TokenizedRequest, str]],
+                   aborts: Sequence[str]) -> None: ...
+    async def wait_closed(self) -> None: ...
+    def cancel(self) -> None: ...
+
+
+class TextSubscription(Protocol):
+    def __aiter__(self) -> AsyncIterator[list[TextDelta]]: ...
+    def cancel(self) -> None: ...
+
+
+class MeshLink(Protocol):
+    """The router's view of the mesh. Every failure is raised as MeshUnavailableError."""
+
+    async def get_info(self) -> generate_pb2.ModelInfo: ...
+    async def get_load(self) -> internal_pb2.SchedulerLoad: ...
+    async def open_subscription(self) -> TextSubscription: ...
+    def open_submit(self) -> SubmitStream: ...
+
+
+class Router:
+    def __init__(self, link: MeshLink, tokenizer: TextTokenizer | None,
+                 metrics: FrontDoorMetrics | None = None, retry_delay: float = 0.1,
+                 max_retry_delay: float = 2.0) -> None:
+        self._link = link
+        self._tokenizer = tokenizer
+        self._metrics = metrics
+        self._retry_delay = retry_delay
+        self._max_retry_delay = max_retry_delay
+        self.info: generate_pb2.ModelInfo | None = None
+        self._builder: RequestBuilder | None = None
+        self._live: dict[str, LiveRequest] = {}
+        self._outbox: dict[str, tuple[TokenizedRequest, str]] = {}  # not sent yet
+        self._outbox_aborts: list[str] = []
+        self._wakeup = asyncio.Event()
+        self._ready = asyncio.Event()
+        self._lost = asyncio.Event()  # the complement of _ready
+        self._lost.set()
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    @property
+    def num_live(self) -> int:
+        return len(self._live)
+
+    async def wait_ready(self) -> None:
+        await self._ready.wait()
+
+    async def wait_disconnected(self) -> None:
+        await self._lost.wait()
+
+    def _set_ready(self, ready: bool) -> None:
+        if ready:
+            self._lost.clear()
+            self._ready.set()
+        else:
+            self._ready.clear()
+            self._lost.set()
+
+    async def run(self) -> None:
+        """Connects to the mesh and serves until cancelled, reconnecting after failures.
+
+        Requests live while a connection breaks end with MeshUnavailableError: the scheduler
+        may have lost them, so the front door does not pretend they go on.
+        """
+        delay = self._retry_delay
+        while True:
+            connected = False
+            try:
+                await self._connect()
+                connected = True
+                await self._serve_connection()
+            except MeshUnavailableError as exc:
+                # Waiting for peers that are still starting is normal; losing them is not.
+                logger.log(logging.WARNING if connected else logging.INFO,
+                           "mesh unavailable: %s", exc)
+            except Exception:  # a bug must not take the front door down for good
+                logger.exception("front door router failed; reconnecting")
+            finally:
+                self._set_ready(False)
+                self._fail_all("lost the connection to the mesh")
+            delay = self._retry_delay if connected else min(delay * 2, self._max_retry_delay)
+            await asyncio.sleep(delay)
+
+    async def _connect(self) -> None:
+        info = await self._link.get_info()
+        self.info = info
+        # Unbounded here: `apply_limits` checks the context and the KV pool together, naming
+        # the prompt when it is the prompt that is too long.
+        self._builder = RequestBuilder(self._tokenizer, info.vocab_size, UNBOUNDED_CONTEXT)
+
+    async def _serve_connection(self) -> None:
+        # Subscribe first: a delta of a request sent before the subscription would be lost.
+        subscription = await self._link.open_subscription()
+        submit = self._link.open_submit()
+        tasks = [asyncio.ensure_future(coro) for coro in (
+            self._receive(subscription), self._send(submit), submit.wait_closed())]
+        self._set_ready(True)
+        logger.info("connected to the mesh: model %s", self.info.model_id)
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # raises the failure that ended the connection
+            raise MeshUnavailableError("a mesh stream ended")
+        finally:
+            for task in tasks:
+                task.cancel()
+            subscription.cancel()
+            submit.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    # ---- requests in -----------------------------------------------------------------------
+
+    def build(self, rid: str | None, body: dict) -> TokenizedRequest:
+        """Validates and tokenizes a request body; raises InvalidRequestError naming the field.
+
+        An empty or missing `rid` gets a fresh one; a client's must not be live already.
+        """
+        if self._builder is None or self.info is None:
+            raise MeshUnavailableError("the front door is not connected to the mesh yet")
+        rid = rid or uuid.uuid4().hex
+        if len(rid) > MAX_RID_LENGTH:
+            raise InvalidRequestError("rid", f"must be at most {MAX_RID_LENGTH} characters")
+        if rid in self._live:
+            raise InvalidRequestError("rid", f"request id {rid!r} is already in use")
+        request = self._builder.build(rid, body)
+        return apply_limits(request, select_prompt_field(body), self.info.context_len,
+                            self.info.max_total_tokens,
+                            max_new_tokens_given=body.get("max_new_tokens") is not None)
+
+    def submit(self, request: TokenizedRequest, traceparent: str = "") -> RequestStream:
+        """Queues a built request for the scheduler; its deltas arrive on the returned stream."""
+        if not self.ready:
+            raise MeshUnavailableError("the front door is not connected to the mesh")
+        if request.rid in self._live:
+            raise InvalidRequestError("rid", f"request id {request.rid!r} is already in use")
+        live = LiveRequest(request.rid, len(request.input_ids))
+        self._live[request.rid] = live
+        self._outbox[request.rid] = (request, traceparent)
+        self._wakeup.set()
+        return RequestStream(live, self.abort)
+
+    def abort(self, rid: str) -> bool:
+        """Ends a live request now (its stream gets a final "abort" delta) and frees it in
+        the mesh. False if the id is not live here."""
+        live = self._live.pop(rid, None)
+        if live is None:
+            return False
+        self._cancel_in_mesh(rid)
+        self._finish(live, TextDelta(rid, "", [], FinishReason(FinishKind.ABORT,
+                                                              message="aborted by the client")))
+        return True
+
+    async def get_load(self) -> internal_pb2.SchedulerLoad:
+        return await self._link.get_load()
+
+    def _cancel_in_mesh(self, rid: str) -> None:
+        if self._outbox.pop(rid, None) is None:  # already sent: the scheduler must hear of it
+            self._outbox_aborts.append(rid)
+            self._wakeup.set()
+
+    async def _send(self, submit: SubmitStream) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            requests, aborts = list(self._outbox.values()), self._outbox_aborts
+            self._outbox, self._outbox_aborts = {}, []
+            if requests or aborts:
+                await submit.send(requests, aborts)
+
+    # ---- deltas out ------------------------------------------------------------------------
+
+    async def _receive(self, subscription: TextSubscription) -> None:
+        async for deltas in subscription:
+            self.route(deltas)
+        raise MeshUnavailableError("the detokenizer ended the subscription")
+
+    def route(self, deltas: Sequence[TextDelta]) -> None:
+        """Hands each delta to its request's queue; deltas of unknown ids are dropped."""
+        now = time.perf_counter()
+        for delta in deltas:
+            live = self._live.get(delta.rid)
+            if live is None:
+                continue
+            self._count_tokens(live, delta, now)
+            if delta.finish is None:
+                live.queue.put_nowait(delta)
+                continue
+            del self._live[delta.rid]
+            if delta.finish.kind is FinishKind.STOP and isinstance(delta.finish.matched, str):
+                # The detokenizer saw the stop string; the scheduler would run on without this.
+                self._cancel_in_mesh(delta.rid)
+            self._finish(live, delta)
+
+    def _count_tokens(self, live: LiveRequest, delta: TextDelta, now: float) -> None:
+        if not delta.token_ids:
+            return
+        live.num_output_tokens += len(delta.token_ids)
+        if self._metrics is not None:
+            since_previous = None if live.last_token_at is None else now - live.last_token_at
+            self._metrics.on_tokens(len(delta.token_ids), since_previous, now - live.created)
+        live.last_token_at = now
+
+    def _finish(self, live: LiveRequest, delta: TextDelta) -> None:
+        assert delta.finish is not None
+        if delta.usage is None:
+            delta = dataclasses.replace(delta, usage=live.usage_so_far())
+        if self._metrics is not None:
+            self._metrics.on_finish(delta.finish, delta.usage, time.perf_counter() - live.created)
+        live.queue.put_nowait(delta)
+
+    def _fail_all(self, reason: str) -> None:
+        live, self._live = self._live, {}
+        self._outbox, self._outbox_aborts = {}, []
+        for request in live.values():
+            request.queue.put_nowait(MeshUnavailableError(reason))
+

@@ -1,0 +1,118 @@
+"""The tokenizer service (the front door): gRPC `Generation` and OpenAI-compatible HTTP.
+
+`serve(config)` runs until cancelled. Health (gRPC health service and `/health`) reads
+SERVING / 200 only while the router is connected to the scheduler and the detokenizer; the
+service starts and keeps retrying without them, so the mesh's processes may start in any order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from aiohttp import web
+
+from radixmesh.services.tokenizer.config import TokenizerServiceConfig
+from radixmesh.services.tokenizer.mesh_link import GrpcMeshLink
+from radixmesh.services.tokenizer.metrics import FrontDoorMetrics
+from radixmesh.services.tokenizer.openai_api import OpenAIApi
+from radixmesh.services.tokenizer.router import Router
+from radixmesh.services.tokenizer.servicer import GenerationServicer
+from radixmesh.services.tokenizer.tokenizer import TextTokenizer
+from radixmesh.shared.grpc_service import ServiceServer, host_port, start_server
+from radixmesh.shared.protos_gen import generate_pb2, generate_pb2_grpc
+
+logger = logging.getLogger(__name__)
+GENERATION_SERVICE = generate_pb2.DESCRIPTOR.services_by_name["Generation"].full_name
+# gRPC itself refuses messages past this multiple of the limit; below it the servicer answers
+# INVALID_ARGUMENT with the sizes, which says more than RESOURCE_EXHAUSTED would.
+GRPC_HARD_LIMIT_FACTOR = 4
+
+
+class TokenizerServer:
+    """The front door's servers and router, started and stopped together."""
+
+    def __init__(self, config: TokenizerServiceConfig) -> None:
+        self.config = config
+        self.metrics = FrontDoorMetrics()
+        self.link = GrpcMeshLink(config.scheduler_address, config.detokenizer_address)
+        self.router: Router | None = None
+        self._grpc: ServiceServer | None = None
+        self._http: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._serving = asyncio.Event()  # health says SERVING
+
+    async def start(self) -> None:
+        tokenizer = await asyncio.to_thread(load_tokenizer, self.config.model_path)
+        self.router = Router(self.link, tokenizer, self.metrics)
+        await self._start_grpc()
+        await self._start_http()
+        self._tasks = [asyncio.create_task(self.router.run(), name="router"),
+                       asyncio.create_task(self._track_health(), name="health")]
+        logger.info("front door: HTTP on %s:%d, gRPC on %s:%d, model %r",
+                    self.config.host, self.config.port, self.config.host,
+                    self.config.grpc_port, self.config.served_model_name)
+
+    async def wait_ready(self) -> None:
+        """Until the router is connected and health reports SERVING."""
+        await self._serving.wait()
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._http is not None:
+            await self._http.cleanup()
+        if self._grpc is not None:
+            await self._grpc.stop(grace=1.0)
+        await self.link.close()
+
+    async def _start_grpc(self) -> None:
+        servicer = GenerationServicer(self.router, self.metrics, self.config.served_model_name,
+                                      self.config.max_request_bytes)
+        limit = self.config.max_request_bytes * GRPC_HARD_LIMIT_FACTOR
+        self._grpc = await start_server(
+            host_port(self.config.host, self.config.grpc_port),
+            lambda server: generate_pb2_grpc.add_GenerationServicer_to_server(servicer, server),
+            [GENERATION_SERVICE], options=[("grpc.max_receive_message_length", limit)])
+
+    async def _start_http(self) -> None:
+        app = OpenAIApi(self.router, self.metrics, self.config).build_app()
+        # Handler cancellation turns a client disconnect into a cancelled handler: an abort.
+        runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, self.config.host, self.config.port).start()
+        self._http = runner
+
+    async def _track_health(self) -> None:
+        """Mirrors the router's connection into the gRPC health service."""
+        while True:
+            await self.router.wait_ready()
+            await self._grpc.set_serving(True)
+            self._serving.set()
+            await self.router.wait_disconnected()
+            self._serving.clear()
+            await self._grpc.set_serving(False)
+
+async def serve(config: TokenizerServiceConfig) -> None:
+    """Runs the front door until cancelled; stops its servers cleanly on the way out."""
+    server = TokenizerServer(config)
+    try:
+        await server.start()
+        await asyncio.Event().wait()
+    finally:
+        await server.stop()
+
+
+def load_tokenizer(model_path: str | None) -> TextTokenizer | None:
+    """The model directory's tokenizer; None if it has none (then only input_ids work)."""
+    if model_path is None:
+        from radixmesh.make_model import default_model_path
+        path = default_model_path()
+    else:
+        path = Path(model_path)
+    if not (path / "tokenizer.json").exists() and not (path / "tokenizer_config.json").exists():
+        logger.warning("%s has no tokenizer: only input_ids prompts are accepted", path)
+        return None
+    return TextTokenizer.from_pretrained(path)

@@ -1,0 +1,111 @@
+"""The Worker gRPC service: a thin layer over a ModelWorker.
+
+Plans are decoded, executed and encoded on the worker's one dedicated thread, in arrival
+order, so model math never blocks the event loop and the worker's state is only ever touched
+by that thread. The event loop meanwhile keeps reading the stream: with a pipelined scheduler
+the next plan is already waiting when a step ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+
+from radixmesh.services.worker.base import ModelWorker
+from radixmesh.services.worker.metrics import WorkerMetrics
+from radixmesh.shared import wire
+from radixmesh.shared.protos_gen import common_pb2, internal_pb2, internal_pb2_grpc
+from radixmesh.shared.step import StepPlan
+
+logger = logging.getLogger(__name__)
+# How long a new Execute stream waits for the previous one to finish its cleanup (a scheduler
+# reconnecting) before it is refused as a second scheduler.
+STREAM_HANDOVER_S = 1.0
+
+
+class WorkerServicer(internal_pb2_grpc.WorkerServicer):
+    """Serves one Execute stream at a time: the worker's per-request state belongs to the
+    scheduler at the other end. When the stream ends, the requests it left registered are
+    released, so a restarted scheduler meets a clean worker.
+
+    `idle_seconds` of a step is the time from the end of the previous step's execution to the
+    start of this one's, counted only while the worker held requests (a worker with nothing to
+    do is not waiting on the scheduler): the cost of the scheduler and the wire, which
+    pipelining hides.
+    """
+
+    def __init__(self, worker: ModelWorker, executor: ThreadPoolExecutor,
+                 metrics: WorkerMetrics | None = None) -> None:
+        self._worker = worker
+        self._executor = executor  # exactly one thread
+        self._metrics = metrics
+        self._info = wire.worker_info_to_proto(worker.info(), worker=worker.name)
+        self._stream_open = False
+        self._last_step_end: float | None = None  # read and written on the executor thread
+
+    async def GetInfo(self, request: common_pb2.Empty,
+                      context: grpc.aio.ServicerContext) -> internal_pb2.WorkerInfo:
+        return self._info
+
+    async def Execute(self, request_iterator: AsyncIterator[internal_pb2.StepPlan],
+                      context: grpc.aio.ServicerContext) -> None:
+        if not await self._claim_stream():
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                "another scheduler holds this worker's Execute stream")
+        loop = asyncio.get_running_loop()
+        live: set[str] = set()  # rids registered by this stream and not released
+        try:
+            async for message in request_iterator:
+                try:
+                    result = await loop.run_in_executor(self._executor, self._step, message, live)
+                except Exception as error:  # a plan the worker cannot follow: a bug upstream
+                    logger.exception("step %d failed", message.step_id)
+                    await context.abort(grpc.StatusCode.INTERNAL, f"step failed: {error}")
+                await context.write(result)
+        finally:
+            # Queued, not awaited (this may run while the call is being cancelled): the one
+            # executor thread runs it before any step of the next stream.
+            with contextlib.suppress(RuntimeError):  # the executor is shut: we are exiting
+                self._executor.submit(self._release, live)
+            self._stream_open = False
+
+    async def _claim_stream(self) -> bool:
+        deadline = time.monotonic() + STREAM_HANDOVER_S
+        while self._stream_open:
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.01)
+        self._stream_open = True
+        return True
+
+    def _step(self, message: internal_pb2.StepPlan, live: set[str]) -> internal_pb2.StepResult:
+        plan = wire.plan_from_proto(message)
+        waited_on_scheduler = self._worker.num_requests > 0 and self._last_step_end is not None
+        start = time.perf_counter()
+        idle = start - self._last_step_end if waited_on_scheduler else None
+        result = self._worker.execute(plan)
+        end = time.perf_counter()
+        self._last_step_end = end
+        live.difference_update(plan.released)
+        live.update(new.rid for new in plan.new_requests)
+        if self._metrics is not None:
+            self._metrics.observe_step(end - start, idle)
+        return wire.result_to_proto(result, forward_seconds=end - start,
+                                    idle_seconds=idle or 0.0)
+
+    def _release(self, live: set[str]) -> None:
+        self._last_step_end = None
+        if not live:
+            return
+        logger.warning("Execute stream ended with %d requests registered: releasing them",
+                       len(live))
+        try:
+            self._worker.execute(StepPlan(step_id=-1, released=sorted(live)))
+        except Exception:
+            logger.exception("could not release the requests of a closed stream")

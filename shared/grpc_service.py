@@ -1,0 +1,101 @@
+"""What every radixmesh gRPC service shares: an asyncio server that carries the standard health
+service and server reflection, and waiting until a peer reports SERVING.
+
+A server starts NOT_SERVING and flips to SERVING once its service is ready to take calls, so
+`radixmesh up`, the tests and peers can all wait on the same signal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+# Internal messages carry whole batches (a long prompt's ids, a 1000-request token batch):
+# far above gRPC's 4 MiB default, and both ends are ours.
+INTERNAL_MESSAGE_BYTES = 256 << 20
+INTERNAL_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.max_send_message_length", INTERNAL_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", INTERNAL_MESSAGE_BYTES),
+)
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@dataclass
+class ServiceServer:
+    """A started server; `service_names` are the full names health reports on."""
+
+    server: grpc.aio.Server
+    health: health.aio.HealthServicer
+    service_names: tuple[str, ...]
+    port: int
+
+    async def set_serving(self, serving: bool = True) -> None:
+        status = SERVING if serving else NOT_SERVING
+        for name in ("", *self.service_names):
+            await self.health.set(name, status)
+
+    async def stop(self, grace: float = 1.0) -> None:
+        await self.set_serving(False)
+        await self.server.stop(grace)
+
+
+async def start_server(address: str, register: Callable[[grpc.aio.Server], None],
+                       service_names: Sequence[str],
+                       options: Sequence[tuple[str, int]] = INTERNAL_OPTIONS) -> ServiceServer:
+    """Binds `address` (host:port; port 0 picks a free one), registers the services, starts.
+
+    Health answers NOT_SERVING for everything until `set_serving()` is called.
+    """
+    server = grpc.aio.server(options=list(options))
+    register(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+    started = ServiceServer(server, health_servicer, tuple(service_names), port)
+    await started.set_serving(False)
+    await server.start()
+    return started
+
+
+def host_port(host: str, port: int) -> str:
+    """`host:port`, bracketing IPv6 literals."""
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+async def wait_until_serving(channel: grpc.aio.Channel, timeout: float,
+                             service: str = "") -> None:
+    """Polls the peer's health until SERVING; raises TimeoutError after `timeout` seconds."""
+    stub = health_pb2_grpc.HealthStub(channel)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1.0)
+            if reply.status == SERVING:
+                return
+        except grpc.aio.AioRpcError:
+            pass  # not listening yet, or still starting
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"peer not SERVING after {timeout:.0f}s")
+        await asyncio.sleep(0.1)
+
+
+def is_serving(address: str, timeout: float = 1.0) -> bool:
+    """One blocking health check of `address`; False on any failure."""
+    with grpc.insecure_channel(address) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=timeout)
+        except grpc.RpcError:
+            return False
+    return reply.status == SERVING

@@ -1,0 +1,72 @@
+"""The mesh path against a real null-worker mesh (`radixmesh up --worker null`)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from radixmesh.bench.mesh_path import run_on_mesh
+from radixmesh.bench.trace import RequestTrace
+from radixmesh.bench.workloads import Workload, WorkloadOptions, build_workload
+from radixmesh.cli import build_parser
+from radixmesh.client import AsyncClient
+from radixmesh.make_model import make_model
+from tests.mesh.conftest import MeshProcess, start_mesh
+
+GREEDY = {"temperature": 0.0, "ignore_eos": True}
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshProcess]:
+    model = make_model(tmp_path_factory.mktemp("bench-mesh-model") / "llama", "llama")
+    with start_mesh(model, worker="null") as running:
+        yield running
+
+
+def run(mesh: MeshProcess, workload: Workload,
+        max_concurrency: int | None = None) -> list[RequestTrace]:
+    async def drive() -> list[RequestTrace]:
+        async with AsyncClient(mesh.grpc_address) as client:
+            return await run_on_mesh(client, workload, GREEDY, max_concurrency, progress=False)
+    return asyncio.run(drive())
+
+
+def test_every_stream_completes_with_its_tokens_and_usage(mesh: MeshProcess) -> None:
+    workload = build_workload("null-worker", WorkloadOptions(
+        vocab_size=100, num_prompts=64, scale=0.1, request_rate=400.0))
+    traces = run(mesh, workload, max_concurrency=16)
+    for request, trace in zip(workload.requests, traces, strict=True):
+        assert trace.succeeded, trace.error
+        assert trace.output_tokens == request.max_new_tokens == 26
+        assert trace.usage["completion_tokens"] == 26
+        assert trace.usage["prompt_tokens"] == len(request.input_ids) == 2
+        assert trace.chunk_times == sorted(trace.chunk_times)
+        assert sum(1 for other in traces
+                   if other.send_time <= trace.send_time < other.end_time) <= 16
+
+
+def test_rejected_requests_are_counted_as_failures(mesh: MeshProcess) -> None:
+    # 128 * 20 prompt tokens: longer than the tiny model's 2048-token context.
+    workload = build_workload("decode-b1", WorkloadOptions(vocab_size=100, num_prompts=2,
+                                                           scale=20.0))
+    traces = run(mesh, workload)
+    assert all(t.error is not None and t.error.startswith("INVALID_ARGUMENT") for t in traces)
+
+
+def test_cli_writes_a_mesh_result(mesh: MeshProcess, tmp_path: Path) -> None:
+    args = build_parser().parse_args([
+        "bench", "--workload", "null-worker", "--server", mesh.grpc_address,
+        "--num-prompts", "40", "--scale", "0.1", "--device-label", "test box CPU",
+        "--output-dir", str(tmp_path), "--no-progress"])
+    assert args.run(args) == 0
+    [path] = tmp_path.glob("null-worker-mesh-cpu-*.json")
+    result = json.loads(path.read_text())
+    assert (result["path"], result["worker"], result["device"]) == ("mesh", "null",
+                                                                    "test box CPU")
+    assert result["metrics"]["completed"] == 40
+    assert result["metrics"]["total_output_tokens"] == 40 * 26
+    assert result["metrics"]["output_throughput"] > 0

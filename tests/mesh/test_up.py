@@ -1,0 +1,100 @@
+"""`radixmesh up`: the whole mesh as child processes, started, watched and stopped."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import signal
+import socket
+import time
+import urllib.request
+from pathlib import Path
+
+from radixmesh import serve
+from radixmesh.launcher.mesh_plan import UpConfig, plan_mesh
+from radixmesh.services.scheduler.config import SchedulerConfig
+from radixmesh.services.scheduler.service_config import SchedulerServiceConfig
+from radixmesh.services.tokenizer.config import TokenizerServiceConfig
+from radixmesh.services.worker.config import WorkerConfig
+from radixmesh.shared.cli_args import config_from_args
+from radixmesh.shared.grpc_service import is_serving
+
+from .conftest import child_pids, pid_alive, spawn_mesh, stop_process, wait_mesh_up
+
+SERVICES = {"worker", "detokenizer", "scheduler"}
+
+
+def wait_gone(pids: list[int], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while any(pid_alive(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_up_reports_healthy_endpoints_and_stops_every_service_on_sigterm(
+        mesh_model_path: Path):
+    mesh = spawn_mesh(mesh_model_path, worker="null")
+    try:
+        wait_mesh_up(mesh)
+        children = child_pids(mesh.process.pid)
+        assert len(children) == 4, "one process per service"
+        assert set(mesh.internal) == SERVICES
+        for address in [mesh.grpc_address, *mesh.internal.values()]:
+            assert is_serving(address), address
+        with urllib.request.urlopen(f"{mesh.http_url}/v1/models", timeout=5) as reply:
+            assert json.load(reply)["data"][0]["id"] == mesh_model_path.name
+        mesh.process.send_signal(signal.SIGTERM)
+        assert mesh.process.wait(30) == 0
+        assert wait_gone(children), "a service outlived `radixmesh up`"
+    finally:
+        stop_process(mesh.process)
+
+
+def test_up_stops_everything_and_fails_when_a_service_dies(mesh_model_path: Path):
+    with socket.socket() as taken:  # the front door cannot bind its HTTP port: it exits
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        mesh = spawn_mesh(mesh_model_path, "--port", str(port), worker="null")
+        try:
+            seen: set[int] = set()
+            deadline = time.monotonic() + 60
+            while mesh.process.poll() is None and time.monotonic() < deadline:
+                seen.update(child_pids(mesh.process.pid))
+                time.sleep(0.05)
+            assert mesh.process.wait(30) == 1
+            assert any("tokenizer exited" in line for line in mesh.process.stdout)
+            assert seen and wait_gone(list(seen))
+        finally:
+            stop_process(mesh.process)
+
+
+def test_the_planned_command_lines_carry_every_engine_flag_and_wire_the_peers():
+    worker = WorkerConfig(model_path="/models/m", page_size=4, max_total_tokens=4096,
+                          dtype="bfloat16")
+    scheduler = SchedulerConfig(chunked_prefill_size=512, disable_radix_cache=True,
+                                schedule_conservativeness=1.5)
+    front_door = TokenizerServiceConfig(model_path="/models/m", port=31000, api_key="k")
+    plan = plan_mesh(UpConfig(worker="null"), worker, scheduler, front_door, "info")
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--log-level")
+    serve.add_cli_args(parser)
+    parsed = {command.name: parser.parse_args(command.argv[3:]) for command in plan.services}
+    assert [command.name for command in plan.services] == \
+        ["worker", "detokenizer", "scheduler", "tokenizer"]
+    assert config_from_args(WorkerConfig, parsed["worker"]) == worker
+    assert parsed["worker"].worker == "null"
+    assert config_from_args(SchedulerConfig, parsed["scheduler"]) == scheduler
+    wiring = config_from_args(SchedulerServiceConfig, parsed["scheduler"])
+    addresses = {command.name: command.health_address for command in plan.services}
+    assert wiring.worker_address == addresses["worker"]
+    assert wiring.detokenizer_address == addresses["detokenizer"]
+    tokenizer = config_from_args(TokenizerServiceConfig, parsed["tokenizer"])
+    assert tokenizer == dataclasses.replace(front_door, scheduler_address=addresses["scheduler"],
+                                            detokenizer_address=addresses["detokenizer"])
+    assert parsed["detokenizer"].model_path == "/models/m"
+    assert plan.http_url == "http://127.0.0.1:31000" and plan.grpc_address == "127.0.0.1:30001"
