@@ -12,7 +12,7 @@ import pytest
 from radixmesh.bench.mesh_path import run_on_mesh
 from radixmesh.bench.trace import RequestTrace
 from radixmesh.bench.workloads import Workload, WorkloadOptions, build_workload
-from radixmesh.cli import build_parser
+from radixmesh.cli import main
 from radixmesh.client import AsyncClient
 from radixmesh.make_model import make_model
 from tests.mesh.conftest import MeshProcess, start_mesh
@@ -58,11 +58,10 @@ def test_rejected_requests_are_counted_as_failures(mesh: MeshProcess) -> None:
 
 
 def test_cli_writes_a_mesh_result(mesh: MeshProcess, tmp_path: Path) -> None:
-    args = build_parser().parse_args([
+    assert main([
         "bench", "--workload", "null-worker", "--server", mesh.grpc_address,
         "--num-prompts", "40", "--scale", "0.1", "--device-label", "test box CPU",
-        "--output-dir", str(tmp_path), "--no-progress"])
-    assert args.run(args) == 0
+        "--output-dir", str(tmp_path), "--no-progress"]) == 0
     [path] = tmp_path.glob("null-worker-mesh-cpu-*.json")
     result = json.loads(path.read_text())
     assert (result["path"], result["worker"], result["device"]) == ("mesh", "null",
