@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from radixmesh.make_model import default_model_path
 from radixmesh.services.detokenizer.detokenizer import Detokenizer
 from radixmesh.services.scheduler.config import SchedulerConfig
 from radixmesh.services.scheduler.scheduler import Scheduler
 from radixmesh.services.tokenizer.request_builder import RequestBuilder
-from radixmesh.services.tokenizer.tokenizer import TextTokenizer
+from radixmesh.services.tokenizer.tokenizer import load_tokenizer
 from radixmesh.services.worker.config import WorkerConfig
 from radixmesh.services.worker.model_runner import ModelRunner
+from radixmesh.services.worker.worker_registry import model_path_of
 from radixmesh.shared.requests import FinishReason, TextDelta, Usage
 
 logger = logging.getLogger(__name__)
@@ -39,12 +38,11 @@ class Engine:
                  scheduler_config: SchedulerConfig | None = None) -> None:
         worker_config = worker_config or WorkerConfig()
         scheduler_config = scheduler_config or SchedulerConfig()
-        model_path = Path(worker_config.model_path) if worker_config.model_path \
-            else default_model_path()
+        model_path = model_path_of(worker_config)
         self.runner = ModelRunner(worker_config, model_path)
         self.info = self.runner.info()
         self.scheduler = Scheduler(scheduler_config, self.info)
-        self.tokenizer = load_tokenizer_if_present(model_path)
+        self.tokenizer = load_tokenizer(model_path)
         self.builder = RequestBuilder(self.tokenizer, self.info.vocab_size, self.info.context_len)
         self.detokenizer = Detokenizer(self.tokenizer) if self.tokenizer is not None else None
         self._num_generated = 0
@@ -106,10 +104,3 @@ class Engine:
                     if on_finish is not None:
                         on_finish(completion)
 
-
-def load_tokenizer_if_present(model_path: Path) -> TextTokenizer | None:
-    if not (model_path / "tokenizer.json").exists() and \
-            not (model_path / "tokenizer_config.json").exists():
-        logger.warning("%s has no tokenizer: only input_ids prompts are accepted", model_path)
-        return None
-    return TextTokenizer.from_pretrained(model_path)

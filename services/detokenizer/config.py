@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-DEFAULT_DETOKENIZER_PORT = 30030
+from radixmesh.shared.peers import DEFAULT_PORTS
 
 
 @dataclass(frozen=True)
@@ -14,7 +14,7 @@ class DetokenizerServiceConfig:
                 "tiny random model made on first use); without a tokenizer, ids pass through "
                 "with empty text"})
     host: str = field(default="127.0.0.1", metadata={"help": "interface to listen on"})
-    port: int = field(default=DEFAULT_DETOKENIZER_PORT, metadata={
+    port: int = field(default=DEFAULT_PORTS["detokenizer"], metadata={
         "help": "gRPC port of the Detokenizer service (0: any free port)"})
 
     def __post_init__(self) -> None:

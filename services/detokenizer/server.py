@@ -4,30 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from pathlib import Path
 
 from radixmesh.services.detokenizer.batch_detokenizer import BatchDetokenizer
 from radixmesh.services.detokenizer.config import DetokenizerServiceConfig
 from radixmesh.services.detokenizer.servicer import Broadcaster, DetokenizerServicer
-from radixmesh.services.tokenizer.tokenizer import TextTokenizer
+from radixmesh.services.tokenizer.tokenizer import load_tokenizer
 from radixmesh.shared.grpc_service import host_port, start_server
 from radixmesh.shared.protos_gen import internal_pb2, internal_pb2_grpc
 
 logger = logging.getLogger(__name__)
 SERVICE_NAME = internal_pb2.DESCRIPTOR.services_by_name["Detokenizer"].full_name
-
-
-def load_tokenizer(model_path: str | None) -> TextTokenizer | None:
-    """The model's tokenizer, or None (ids then pass through with empty text)."""
-    if model_path is None:
-        from radixmesh.make_model import default_model_path
-        path = default_model_path()
-    else:
-        path = Path(model_path)
-    if not (path / "tokenizer.json").exists() and not (path / "tokenizer_config.json").exists():
-        logger.warning("%s has no tokenizer: token ids pass through with empty text", path)
-        return None
-    return TextTokenizer.from_pretrained(path)
 
 
 async def serve(config: DetokenizerServiceConfig) -> None:

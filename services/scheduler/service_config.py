@@ -7,14 +7,9 @@ Peer addresses are flags and environment variables alike: a flag left unset fall
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
-from radixmesh.services.worker.service_config import DEFAULT_WORKER_ADDRESS, WORKER_ADDRESS_ENV
-
-DEFAULT_SCHEDULER_PORT = 30010
-DETOKENIZER_ADDRESS_ENV = "RADIXMESH_DETOKENIZER_ADDRESS"
-DEFAULT_DETOKENIZER_ADDRESS = "127.0.0.1:30030"
+from radixmesh.shared.peers import DEFAULT_PORTS, peer_address, peer_help
 
 
 @dataclass(frozen=True)
@@ -22,14 +17,12 @@ class SchedulerServiceConfig:
     """Invariant after construction: both peer addresses are set."""
 
     host: str = field(default="127.0.0.1", metadata={"help": "interface to listen on"})
-    port: int = field(default=DEFAULT_SCHEDULER_PORT, metadata={
+    port: int = field(default=DEFAULT_PORTS["scheduler"], metadata={
         "help": "gRPC port of the Scheduler service (0: any free port)"})
     worker_address: str | None = field(default=None, metadata={
-        "help": f"host:port of the model-worker (env {WORKER_ADDRESS_ENV}, "
-                f"default {DEFAULT_WORKER_ADDRESS})"})
+        "help": peer_help("worker")})
     detokenizer_address: str | None = field(default=None, metadata={
-        "help": f"host:port of the detokenizer (env {DETOKENIZER_ADDRESS_ENV}, "
-                f"default {DEFAULT_DETOKENIZER_ADDRESS})"})
+        "help": peer_help("detokenizer")})
     peer_timeout: float = field(default=600.0, metadata={
         "help": "seconds to wait at startup for the worker and detokenizer to be healthy"})
     max_inflight_steps: int = field(default=2, metadata={
@@ -38,10 +31,8 @@ class SchedulerServiceConfig:
     def __post_init__(self) -> None:
         # Frozen: resolved defaults are written once here, so readers never see None.
         resolve = object.__setattr__
-        resolve(self, "worker_address", self.worker_address
-                or os.environ.get(WORKER_ADDRESS_ENV) or DEFAULT_WORKER_ADDRESS)
-        resolve(self, "detokenizer_address", self.detokenizer_address
-                or os.environ.get(DETOKENIZER_ADDRESS_ENV) or DEFAULT_DETOKENIZER_ADDRESS)
+        resolve(self, "worker_address", peer_address("worker", self.worker_address))
+        resolve(self, "detokenizer_address", peer_address("detokenizer", self.detokenizer_address))
         if not 0 <= self.port <= 65535:
             raise ValueError("--port must be in [0, 65535]")
         if self.max_inflight_steps < 1:

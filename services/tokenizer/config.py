@@ -6,14 +6,11 @@ Peer addresses are flags and environment variables alike: a flag left unset fall
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SCHEDULER_ADDRESS_ENV = "RADIXMESH_SCHEDULER_ADDRESS"
-DETOKENIZER_ADDRESS_ENV = "RADIXMESH_DETOKENIZER_ADDRESS"
-DEFAULT_SCHEDULER_ADDRESS = "127.0.0.1:30010"
-DEFAULT_DETOKENIZER_ADDRESS = "127.0.0.1:30030"
+from radixmesh.shared.peers import peer_address, peer_help
+
 DEFAULT_MAX_REQUEST_BYTES = 1 << 20
 
 
@@ -29,11 +26,9 @@ class TokenizerServiceConfig:
     port: int = field(default=30000, metadata={"help": "OpenAI-compatible HTTP port"})
     grpc_port: int = field(default=30001, metadata={"help": "gRPC Generation API port"})
     scheduler_address: str | None = field(default=None, metadata={
-        "help": f"host:port of the scheduler (env {SCHEDULER_ADDRESS_ENV}, "
-                f"default {DEFAULT_SCHEDULER_ADDRESS})"})
+        "help": peer_help("scheduler")})
     detokenizer_address: str | None = field(default=None, metadata={
-        "help": f"host:port of the detokenizer (env {DETOKENIZER_ADDRESS_ENV}, "
-                f"default {DEFAULT_DETOKENIZER_ADDRESS})"})
+        "help": peer_help("detokenizer")})
     served_model_name: str | None = field(default=None, metadata={
         "help": "model name clients must use in OpenAI requests (default: the model "
                 "directory's name)"})
@@ -45,10 +40,8 @@ class TokenizerServiceConfig:
     def __post_init__(self) -> None:
         # Frozen: resolved defaults are written once here, so readers never see None.
         resolve = object.__setattr__
-        resolve(self, "scheduler_address", self.scheduler_address
-                or os.environ.get(SCHEDULER_ADDRESS_ENV) or DEFAULT_SCHEDULER_ADDRESS)
-        resolve(self, "detokenizer_address", self.detokenizer_address
-                or os.environ.get(DETOKENIZER_ADDRESS_ENV) or DEFAULT_DETOKENIZER_ADDRESS)
+        resolve(self, "scheduler_address", peer_address("scheduler", self.scheduler_address))
+        resolve(self, "detokenizer_address", peer_address("detokenizer", self.detokenizer_address))
         if self.served_model_name is None:
             resolve(self, "served_model_name", _default_model_name(self.model_path))
         for name in ("port", "grpc_port"):

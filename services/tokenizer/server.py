@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from pathlib import Path
 
 from aiohttp import web
 
@@ -19,7 +18,7 @@ from radixmesh.services.tokenizer.metrics import FrontDoorMetrics
 from radixmesh.services.tokenizer.openai_api import OpenAIApi
 from radixmesh.services.tokenizer.router import Router
 from radixmesh.services.tokenizer.servicer import GenerationServicer
-from radixmesh.services.tokenizer.tokenizer import TextTokenizer
+from radixmesh.services.tokenizer.tokenizer import load_tokenizer
 from radixmesh.shared.grpc_service import ServiceServer, host_port, start_server
 from radixmesh.shared.protos_gen import generate_pb2, generate_pb2_grpc
 
@@ -105,14 +104,3 @@ async def serve(config: TokenizerServiceConfig) -> None:
         await server.stop()
 
 
-def load_tokenizer(model_path: str | None) -> TextTokenizer | None:
-    """The model directory's tokenizer; None if it has none (then only input_ids work)."""
-    if model_path is None:
-        from radixmesh.make_model import default_model_path
-        path = default_model_path()
-    else:
-        path = Path(model_path)
-    if not (path / "tokenizer.json").exists() and not (path / "tokenizer_config.json").exists():
-        logger.warning("%s has no tokenizer: only input_ids prompts are accepted", path)
-        return None
-    return TextTokenizer.from_pretrained(path)

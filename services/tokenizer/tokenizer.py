@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
 
 # Files of a model directory that may name the ids ending generation, besides the tokenizer.
 _EOS_CONFIG_FILES = ("generation_config.json", "config.json")
@@ -61,6 +64,19 @@ class TextTokenizer:
         return self.hf_tokenizer.decode(
             list(token_ids), skip_special_tokens=skip_special_tokens,
             clean_up_tokenization_spaces=False)
+
+
+def load_tokenizer(model_path: str | Path | None) -> TextTokenizer | None:
+    """The tokenizer of a model directory (default: the tiny model made on first use), or None
+    when the directory has none: then only `input_ids` prompts work and text stays empty."""
+    if model_path is None:
+        from radixmesh.make_model import default_model_path  # makes the model: only if needed
+        model_path = default_model_path()
+    path = Path(model_path)
+    if not (path / "tokenizer.json").exists() and not (path / "tokenizer_config.json").exists():
+        logger.warning("%s has no tokenizer: only input_ids prompts work, text stays empty", path)
+        return None
+    return TextTokenizer.from_pretrained(path)
 
 
 def _eos_ids_from_configs(model_path: Path) -> list[int]:

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-WORKER_ADDRESS_ENV = "RADIXMESH_WORKER_ADDRESS"
-DEFAULT_WORKER_PORT = 30020
-DEFAULT_WORKER_ADDRESS = f"127.0.0.1:{DEFAULT_WORKER_PORT}"
+from radixmesh.shared.peers import DEFAULT_PORTS
+
 # The null worker holds no KV tensors, so its pool is only metadata: make it roomy enough for
 # the null-worker workload (1000 streams of a few hundred tokens) unless told otherwise.
 NULL_DEFAULT_TOTAL_TOKENS = 1 << 20
@@ -17,7 +16,7 @@ NULL_DEFAULT_MAX_RUNNING = 1024
 @dataclass(frozen=True)
 class WorkerServiceConfig:
     host: str = field(default="127.0.0.1", metadata={"help": "interface to listen on"})
-    port: int = field(default=DEFAULT_WORKER_PORT, metadata={
+    port: int = field(default=DEFAULT_PORTS["worker"], metadata={
         "help": "gRPC port of the Worker service (0: any free port)"})
     worker: str = field(default="model", metadata={
         "help": "model: run the model; null: no model math, fixed tokens (measures the mesh)",
