@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Run HERE (a machine with network), from the repo root, before a GPU run. Fills .whl/ with
+# what the bare GPU machine lacks (see design §9): radixmesh itself as a wheel (its gRPC
+# stubs generated), the pure-Python or manylinux wheels of our dependencies missing there,
+# and the FlashInfer wheels that were seen to work there. `.whl/` is git-ignored and carried.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+rm -rf .whl && mkdir -p .whl
+python3 -m pip wheel --quiet --no-deps -w .whl .
+download() {
+  python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+    --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
+    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any -d .whl "$@"
+}
+# Missing from the GPU image (it has torch, transformers, tokenizers, safetensors, grpcio,
+# protobuf, numpy, jinja2, tqdm).
+# The stubs need the grpcio they were generated for (the image has an older one).
+grpc_version=$(python3 -c "import grpc_tools, importlib.metadata as m; print(m.version('grpcio-tools'))")
+download "grpcio==$grpc_version" "grpcio-health-checking==$grpc_version" \
+  "grpcio-reflection==$grpc_version" prometheus-client \
+  aiohttp aiohappyeyeballs aiosignal frozenlist multidict propcache yarl attrs \
+  pytest-timeout hypothesis sortedcontainers
+if [[ "${WITH_FLASHINFER:-0}" == 1 ]]; then
+  download flashinfer-python==0.5.3 apache-tvm-ffi nvidia-cudnn-frontend
+fi
+du -sh .whl && ls .whl
