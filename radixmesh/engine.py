@@ -43,7 +43,8 @@ class Engine:
         self.info = self.runner.info()
         self.scheduler = Scheduler(scheduler_config, self.info)
         self.tokenizer = load_tokenizer(model_path)
-        self.builder = RequestBuilder(self.tokenizer, self.info.vocab_size, self.info.context_len)
+        self.builder = RequestBuilder(self.tokenizer, self.info.vocab_size, self.info.context_len,
+                                      self.info.max_total_tokens)
         self.detokenizer = Detokenizer(self.tokenizer) if self.tokenizer is not None else None
         self._num_generated = 0
 

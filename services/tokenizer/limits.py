@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from radixmesh.services.tokenizer.request_builder import fit_to_context
 from radixmesh.shared.errors import InvalidRequestError
 from radixmesh.shared.requests import TokenizedRequest
+from radixmesh.shared.sampling_params import SamplingParams
 
 
 def apply_limits(request: TokenizedRequest, prompt_field: str, context_len: int,
@@ -49,3 +49,21 @@ def fit_to_kv_pool(request: TokenizedRequest, max_total_tokens: int,
             "max_new_tokens", f"prompt of {prompt_len} tokens + max_new_tokens {wanted} = "
             f"{prompt_len + wanted} exceeds the KV cache capacity of {max_total_tokens} tokens")
     return request
+
+
+def fit_to_context(params: SamplingParams, prompt_len: int, context_len: int,
+                   max_new_tokens_given: bool) -> SamplingParams:
+    """Checks that prompt and output fit the context window.
+
+    A default `max_new_tokens` shrinks to the room left rather than failing a request over a
+    value the client never chose; one the client chose is checked as given.
+    """
+    room = context_len - prompt_len
+    if not max_new_tokens_given and 1 <= room < params.max_new_tokens:
+        return dataclasses.replace(params, max_new_tokens=room)
+    if prompt_len + params.max_new_tokens > context_len:
+        raise InvalidRequestError(
+            "max_new_tokens",
+            f"prompt of {prompt_len} tokens + max_new_tokens {params.max_new_tokens} = "
+            f"{prompt_len + params.max_new_tokens} exceeds the context length {context_len}")
+    return params

@@ -8,9 +8,9 @@ tested alone; `RequestBuilder` only sequences them around tokenization.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 
+from radixmesh.services.tokenizer.limits import apply_limits
 from radixmesh.services.tokenizer.tokenizer import TextTokenizer
 from radixmesh.shared.errors import InvalidRequestError
 from radixmesh.shared.requests import TokenizedRequest
@@ -96,44 +96,28 @@ def build_sampling_params(body: Mapping, vocab_size: int) -> SamplingParams:
     return params
 
 
-def fit_to_context(params: SamplingParams, prompt_len: int, context_len: int,
-                   max_new_tokens_given: bool) -> SamplingParams:
-    """Checks that prompt and output fit the context window.
-
-    A default `max_new_tokens` shrinks to the room left rather than failing a request over a
-    value the client never chose; one the client chose is checked as given.
-    """
-    room = context_len - prompt_len
-    if not max_new_tokens_given and 1 <= room < params.max_new_tokens:
-        return dataclasses.replace(params, max_new_tokens=room)
-    if prompt_len + params.max_new_tokens > context_len:
-        raise InvalidRequestError(
-            "max_new_tokens",
-            f"prompt of {prompt_len} tokens + max_new_tokens {params.max_new_tokens} = "
-            f"{prompt_len + params.max_new_tokens} exceeds the context length {context_len}")
-    return params
-
-
 class RequestBuilder:
     """Validates and tokenizes request bodies for one model.
 
     Without a tokenizer (a model served from token ids alone) only `input_ids` is accepted.
     """
 
-    def __init__(self, tokenizer: TextTokenizer | None, vocab_size: int,
-                 context_len: int) -> None:
+    def __init__(self, tokenizer: TextTokenizer | None, vocab_size: int, context_len: int,
+                 max_total_tokens: int | None = None) -> None:
         self.tokenizer = tokenizer
         self.vocab_size = vocab_size
         self.context_len = context_len
+        # The KV pool: a request that can never fit it would wait in the queue forever.
+        self.max_total_tokens = max_total_tokens or context_len
 
     def build(self, rid: str, body: dict) -> TokenizedRequest:
         check_known_fields(body)
         prompt_field = select_prompt_field(body)
         sampling = build_sampling_params(body, self.vocab_size)
         input_ids = self._prompt_ids(prompt_field, body[prompt_field])
-        sampling = fit_to_context(sampling, len(input_ids), self.context_len,
-                                  max_new_tokens_given=body.get("max_new_tokens") is not None)
-        return TokenizedRequest(rid=rid, input_ids=input_ids, sampling=sampling)
+        request = TokenizedRequest(rid=rid, input_ids=input_ids, sampling=sampling)
+        return apply_limits(request, prompt_field, self.context_len, self.max_total_tokens,
+                            max_new_tokens_given=body.get("max_new_tokens") is not None)
 
     def _prompt_ids(self, field: str, value: object) -> tuple[int, ...]:
         if field == "input_ids":

@@ -20,10 +20,9 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Protocol
 
-from radixmesh.services.tokenizer.limits import apply_limits
 from radixmesh.services.tokenizer.live_request import LiveRequest, RequestStream
 from radixmesh.services.tokenizer.metrics import FrontDoorMetrics
-from radixmesh.services.tokenizer.request_builder import RequestBuilder, select_prompt_field
+from radixmesh.services.tokenizer.request_builder import RequestBuilder
 from radixmesh.services.tokenizer.tokenizer import TextTokenizer
 from radixmesh.shared.errors import InvalidRequestError, RadixMeshError
 from radixmesh.shared.protos_gen import generate_pb2, internal_pb2
@@ -31,7 +30,6 @@ from radixmesh.shared.requests import FinishKind, FinishReason, TextDelta, Token
 
 logger = logging.getLogger(__name__)
 MAX_RID_LENGTH = 256
-UNBOUNDED_CONTEXT = 2**62
 
 
 class MeshUnavailableError(RadixMeshError):
@@ -133,9 +131,8 @@ class Router:
     async def _connect(self) -> None:
         info = await self._link.get_info()
         self.info = info
-        # Unbounded here: `apply_limits` checks the context and the KV pool together, naming
-        # the prompt when it is the prompt that is too long.
-        self._builder = RequestBuilder(self._tokenizer, info.vocab_size, UNBOUNDED_CONTEXT)
+        self._builder = RequestBuilder(self._tokenizer, info.vocab_size, info.context_len,
+                                       info.max_total_tokens)
 
     async def _serve_connection(self) -> None:
         # Subscribe first: a delta of a request sent before the subscription would be lost.
@@ -171,10 +168,7 @@ class Router:
             raise InvalidRequestError("rid", f"must be at most {MAX_RID_LENGTH} characters")
         if rid in self._live:
             raise InvalidRequestError("rid", f"request id {rid!r} is already in use")
-        request = self._builder.build(rid, body)
-        return apply_limits(request, select_prompt_field(body), self.info.context_len,
-                            self.info.max_total_tokens,
-                            max_new_tokens_given=body.get("max_new_tokens") is not None)
+        return self._builder.build(rid, body)
 
     def submit(self, request: TokenizedRequest, traceparent: str = "") -> RequestStream:
         """Queues a built request for the scheduler; its deltas arrive on the returned stream."""

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from radixmesh.services.tokenizer.limits import fit_to_context
 from radixmesh.services.tokenizer.request_builder import (
     RequestBuilder,
     check_input_ids,
     check_messages,
-    fit_to_context,
 )
 from radixmesh.services.tokenizer.tokenizer import TextTokenizer
 from radixmesh.shared.errors import InvalidRequestError
@@ -128,13 +128,14 @@ def test_too_long_for_the_context_names_max_new_tokens_and_the_numbers(builder: 
     assert all(str(n) in error.message for n in (60, 5, 65, CONTEXT))
 
 
-def test_prompt_filling_the_context_leaves_no_room(builder: RequestBuilder):
+def test_prompt_filling_the_context_is_blamed_on_the_prompt(builder: RequestBuilder):
     error = rejected_field(builder, {"input_ids": [1] * CONTEXT})
-    assert error.field == "max_new_tokens"
+    assert error.field == "input_ids"
+    assert "too long" in error.message
 
 
 def test_long_text_is_checked_after_tokenization(builder: RequestBuilder):
-    assert rejected_field(builder, {"text": "word " * 100}).field == "max_new_tokens"
+    assert rejected_field(builder, {"text": "word " * 100}).field == "text"
 
 
 @pytest.mark.parametrize("body", [{"text": "hi"}, {"messages": [{"role": "user",
