@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from radixmesh.services.scheduler.kv_manager import KVManager
+from radixmesh.services.scheduler.pending_prefixes import PendingPrefixes
 from radixmesh.services.scheduler.request import SchedReq
 from radixmesh.services.scheduler.token_ratio import NewTokenRatio
 from radixmesh.shared.step import ExtendChunk, PageTableWrite
@@ -29,10 +30,12 @@ class PrefillPlanner:
     that admissions rarely force retractions later.
     """
 
-    def __init__(self, kv: KVManager, chunk_budget: int | None, max_running: int) -> None:
+    def __init__(self, kv: KVManager, chunk_budget: int | None, max_running: int,
+                 pending: PendingPrefixes | None) -> None:
         self.kv = kv
         self.chunk_budget = chunk_budget  # None: no chunking
         self.max_running = max_running
+        self.pending = pending  # None: nothing is shared, so nothing is worth waiting for
 
     def plan(self, partial: SchedReq | None, waiting: list[SchedReq],
              decoding: list[SchedReq], ratio: NewTokenRatio) -> PrefillPlan:
@@ -48,6 +51,8 @@ class PrefillPlanner:
             if plan.partial is not None or budget <= 0 or num_running >= self.max_running:
                 break
             match = self.kv.match(req)
+            if self.pending is not None and self.pending.should_defer(req, match.num_tokens):
+                continue
             extend = req.seq_len - match.num_tokens
             need = extend + ratio.reserve(req)
             nothing_else_runs = num_running == 0 and not plan.admitted
@@ -60,6 +65,8 @@ class PrefillPlanner:
             budget -= plan.chunks[-1].length
             pool_tokens -= need
             plan.admitted.append(req)
+            if self.pending is not None:
+                self.pending.add(req)
             num_running += 1
         return plan
 

@@ -15,6 +15,7 @@ from radixmesh.services.scheduler.config import SchedulerConfig
 from radixmesh.services.scheduler.decode import DecodePlanner
 from radixmesh.services.scheduler.kv_manager import KVManager
 from radixmesh.services.scheduler.page_allocator import PageAllocator
+from radixmesh.services.scheduler.pending_prefixes import PREFIX_TOKENS, PendingPrefixes
 from radixmesh.services.scheduler.policy import order_waiting
 from radixmesh.services.scheduler.prefill import PrefillPlan, PrefillPlanner
 from radixmesh.services.scheduler.prefix_cache import make_prefix_cache
@@ -40,7 +41,9 @@ class Scheduler:
         self.kv = KVManager(allocator, cache, worker.page_size,
                             share_running_prefixes=not config.disable_radix_cache)
         chunk_budget = None if config.chunked_prefill_size == -1 else config.chunked_prefill_size
-        self.prefill_planner = PrefillPlanner(self.kv, chunk_budget, self.max_running)
+        self.pending_prefixes = None if config.disable_radix_cache else PendingPrefixes()
+        self.prefill_planner = PrefillPlanner(self.kv, chunk_budget, self.max_running,
+                                              self.pending_prefixes)
         self.decode_planner = DecodePlanner(self.kv)
         self.ratio = NewTokenRatio(config.schedule_conservativeness)
         self.eos_token_ids = frozenset(worker.eos_token_ids)
@@ -123,6 +126,8 @@ class Scheduler:
         for chunk in plan.extends:
             req = self.running.get(chunk.rid)
             if req is not None:
+                if chunk.start + chunk.length >= PREFIX_TOKENS:  # its prefix is computed now
+                    self._forget_prefix(req.rid)
                 remap = self.kv.share_computed(req)
                 if remap is not None:
                     self._pending_writes.setdefault(req.rid, []).append(remap)
@@ -193,6 +198,10 @@ class Scheduler:
         plan.decodes = [req.rid for req in decode.decoding]
         plan.page_writes = decode.page_writes
 
+    def _forget_prefix(self, rid: str) -> None:
+        if self.pending_prefixes is not None:
+            self.pending_prefixes.discard(rid)
+
     def _may_grow(self, req: SchedReq) -> bool:
         """False when the steps in flight already produce the request's last allowed token."""
         planned_outputs = req.kv_len + 1 - len(req.input_ids)
@@ -201,6 +210,7 @@ class Scheduler:
 
     def _requeue(self, req: SchedReq) -> None:
         del self.running[req.rid]
+        self._forget_prefix(req.rid)
         self._pending_writes.pop(req.rid, None)
         req.status = ReqStatus.WAITING
         req.prefill_done = False
@@ -213,6 +223,7 @@ class Scheduler:
             # Ahead of results, kv_len may count a token whose id has not come back yet.
             self.kv.release(req, computed_tokens=min(req.kv_len, req.seq_len))
             del self.running[req.rid]
+            self._forget_prefix(req.rid)
             self._pending_writes.pop(req.rid, None)
             self._released.append(req.rid)
             if self.partial is req:

@@ -139,3 +139,27 @@ def test_unseeded_requests_get_a_seed_that_survives_retraction():
     readmitted = [new for plan in run.plans for new in plan.new_requests]
     assert len(readmitted) > 6
     assert all(new.sampling.seed == seeds[new.rid] for new in readmitted)
+
+
+@pytest.mark.parametrize("pipelined", [False, True])
+def test_requests_sharing_a_prefix_being_computed_wait_for_it(pipelined):
+    driver = Driver(worker_info(num_pages=4096, page_size=4))
+    system = list(range(10, 74))  # 64 tokens, past the 32-token deferral threshold
+    for i in range(8):
+        driver.add(f"r{i}", system + [5 + i, 6, 7], max_new_tokens=4)
+    driver.add("loner", list(range(100, 140)), max_new_tokens=4)
+    run = driver.run(pipelined=pipelined)
+    first_step = run.plans[0].new_requests
+    assert {new.rid for new in first_step} == {"r0", "loner"}  # the others wait for r0
+    later = [new for plan in run.plans[1:] for new in plan.new_requests]
+    assert all(new.num_cached_tokens == 64 for new in later)
+    assert all(run.outputs[f"r{i}"] == driver.expected_output(4) for i in range(8))
+
+
+def test_no_deferral_without_the_radix_cache():
+    driver = Driver(worker_info(num_pages=4096, page_size=4), disable_radix_cache=True)
+    system = list(range(10, 74))
+    for i in range(4):
+        driver.add(f"r{i}", system + [5 + i], max_new_tokens=2)
+    run = driver.run()
+    assert len(run.plans[0].new_requests) == 4
