@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from tests.scheduler.driver import Driver, worker_info
 
-prefixes = st.lists(st.integers(5, 12), min_size=0, max_size=12)
+prefixes = st.lists(st.integers(5, 12), min_size=0, max_size=44)  # past the deferral threshold
 
 
 @st.composite
