@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from radixmesh.services.worker.attention import make_attention_backend
+from radixmesh.services.worker.attention import ATTENTION_BACKENDS, make_attention_backend
 from radixmesh.services.worker.base import ModelWorker
 from radixmesh.services.worker.batch_builder import build_forward_batch
 from radixmesh.services.worker.config import WorkerConfig
@@ -44,8 +44,8 @@ class ModelRunner(ModelWorker):
         self.kv_pool = self._make_kv_pool()
         self.max_running = min(config.max_running_requests or DEFAULT_MAX_RUNNING,
                                self.kv_pool.num_pages)
-        self.backend = make_attention_backend(pick_attention_backend(config.attention_backend),
-                                              self.kv_pool)
+        self.backend = make_attention_backend(
+            pick_attention_backend(config.attention_backend, self.device), self.kv_pool)
         vocab_width = self.model_config.vocab_size
         self.sampler = Sampler(vocab_width, self.max_running, self.device)
         seeds = torch.Generator().manual_seed(config.random_seed)
@@ -110,6 +110,9 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def pick_attention_backend(name: str) -> str:
-    """`auto` takes the fastest backend this machine runs; only `torch` exists so far."""
-    return "torch" if name == "auto" else name
+def pick_attention_backend(name: str, device: torch.device) -> str:
+    """`auto` takes the fastest backend that runs on `device`: Triton on a CUDA device when
+    it is offered (installed, CUDA present), else torch."""
+    if name != "auto":
+        return name
+    return "triton" if device.type == "cuda" and "triton" in ATTENTION_BACKENDS else "torch"

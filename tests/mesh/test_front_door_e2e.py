@@ -13,6 +13,8 @@ from pathlib import Path
 
 import openai
 import pytest
+import torch
+from transformers import AutoModelForCausalLM
 
 from radixmesh.client import AsyncClient, RadixMeshClientError
 from radixmesh.engine import Engine
@@ -51,16 +53,22 @@ def test_greedy_output_through_the_mesh_equals_the_engine(model_mesh: MeshProces
     bodies = [{"text": prompt, "max_new_tokens": 16, "temperature": 0} for prompt in PROMPTS]
     bodies.append({"messages": [{"role": "user", "content": "Hi there"}],
                    "max_new_tokens": 16, "temperature": 0})
-    expected = Engine(WorkerConfig(model_path=str(mesh_model_path), device="cpu")).generate(bodies)
+    engine = Engine(WorkerConfig(model_path=str(mesh_model_path), device="cpu"))
+    expected = engine.generate(bodies)
+    hf = AutoModelForCausalLM.from_pretrained(mesh_model_path, dtype=torch.float32).eval()
 
     async def run() -> list:
         async with AsyncClient(model_mesh.grpc_address) as client:
             return await asyncio.gather(*(client.complete(**body) for body in bodies))
 
-    for got, reference in zip(asyncio.run(run()), expected, strict=True):
+    for body, got, reference in zip(bodies, asyncio.run(run()), expected, strict=True):
         assert got.token_ids == reference.output_ids
         assert got.text == reference.text
         assert got.finish["type"] == reference.finish.kind.value
+        # And HF transformers, from the same prompt ids (both stop at the model's EOS).
+        prompt = engine.builder.build("hf", body).input_ids
+        hf_ids = hf.generate(torch.tensor([prompt]), max_new_tokens=16, do_sample=False)
+        assert got.token_ids == hf_ids[0, len(prompt):].tolist()
     wait_mesh_idle(model_mesh)
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+
+import torch
+
 from radixmesh.services.worker.attention.base import AttentionBackend, AttentionSpec, PagedAttention
 from radixmesh.services.worker.attention.torch_backend import TorchAttentionBackend
 from radixmesh.services.worker.kv_pool import KVPool
@@ -9,6 +13,18 @@ from radixmesh.services.worker.kv_pool import KVPool
 ATTENTION_BACKENDS: dict[str, type[AttentionBackend]] = {
     TorchAttentionBackend.name: TorchAttentionBackend,
 }
+
+
+def _triton_usable() -> bool:
+    """Triton kernels need the package and a CUDA device; without either the backend is not
+    offered (and its module, which imports triton, is never imported)."""
+    return importlib.util.find_spec("triton") is not None and torch.cuda.is_available()
+
+
+if _triton_usable():
+    from radixmesh.services.worker.attention.triton_backend import TritonAttentionBackend
+
+    ATTENTION_BACKENDS[TritonAttentionBackend.name] = TritonAttentionBackend
 
 
 def make_attention_backend(name: str, kv_pool: KVPool) -> AttentionBackend:

@@ -1,0 +1,98 @@
+"""The Triton attention backend: paged extend and decode kernels over the KV pool.
+
+All per-step host work happens once in `prepare` (slicing the batch's device tensors into an
+extend part and a decode part, choosing the decode split count); each layer then costs three
+kernel launches at most (KV store, extend, decode) and never waits on the GPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from radixmesh.kernels.attention import (
+    paged_decode_attention,
+    paged_extend_attention,
+    pick_num_splits,
+)
+from radixmesh.kernels.kv_store import store_kv
+from radixmesh.services.worker.attention.base import AttentionBackend, AttentionSpec
+from radixmesh.services.worker.forward_batch import ForwardBatch
+from radixmesh.services.worker.kv_pool import KVPool
+
+
+@dataclass(frozen=True, slots=True)
+class TritonStepMetadata:
+    """One forward pass's kernel inputs, shared by every layer.
+
+    Extend sequences are rows [0, num_extends) of the batch and own query rows
+    [0, num_extend_tokens); decodes follow, one query row each, in batch order.
+    """
+
+    num_extends: int
+    num_extend_tokens: int
+    max_extend_len: int
+    extend_page_table: torch.Tensor   # [num_extends, max_pages] int32
+    extend_seq_lens: torch.Tensor     # [num_extends] int32
+    extend_lens: torch.Tensor         # [num_extends] int32
+    extend_starts: torch.Tensor       # [num_extends] int32
+    num_decodes: int
+    decode_page_table: torch.Tensor   # [num_decodes, max_pages] int32
+    decode_seq_lens: torch.Tensor     # [num_decodes] int32
+    decode_splits: int
+
+
+class TritonAttentionBackend(AttentionBackend):
+    name = "triton"
+
+    def __init__(self, kv_pool: KVPool) -> None:
+        super().__init__(kv_pool)
+        device = kv_pool.device
+        # The interpreter (TRITON_INTERPRET=1) runs these kernels on the CPU for development.
+        self._num_sms = (torch.cuda.get_device_properties(device).multi_processor_count
+                         if device.type == "cuda" else 1)
+        self._meta: TritonStepMetadata | None = None
+
+    def prepare(self, batch: ForwardBatch) -> None:
+        n = batch.num_extends
+        extend_lens = batch.extend_lens_cpu[:n]
+        decode_lens = batch.seq_lens_cpu[n:]
+        self._meta = TritonStepMetadata(
+            num_extends=n,
+            num_extend_tokens=sum(extend_lens),
+            max_extend_len=max(extend_lens, default=0),
+            extend_page_table=batch.page_table[:n],
+            extend_seq_lens=batch.seq_lens[:n],
+            extend_lens=batch.extend_lens[:n],
+            extend_starts=batch.extend_starts[:n],
+            num_decodes=len(decode_lens),
+            decode_page_table=batch.page_table[n:],
+            decode_seq_lens=batch.seq_lens[n:],
+            decode_splits=pick_num_splits(len(decode_lens), self.kv_pool.num_kv_heads,
+                                          max(decode_lens, default=0), self._num_sms),
+        )
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: AttentionSpec,
+                batch: ForwardBatch) -> torch.Tensor:
+        meta = self._meta
+        assert meta is not None, "prepare(batch) must run before the first layer"
+        keys = self.kv_pool.keys(spec.layer_id)
+        values = self.kv_pool.values(spec.layer_id)
+        store_kv(keys, values, batch.out_cache_loc, k, v)
+        if q.stride(2) != 1:
+            q = q.contiguous()
+        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+        page_size = self.kv_pool.page_size
+        if meta.num_extends:
+            paged_extend_attention(
+                q, keys, values, out, meta.extend_page_table, meta.extend_seq_lens,
+                meta.extend_lens, meta.extend_starts, meta.max_extend_len, page_size,
+                spec.scaling, spec.sliding_window)
+        if meta.num_decodes:
+            first = meta.num_extend_tokens
+            paged_decode_attention(
+                q[first:], keys, values, out[first:], meta.decode_page_table,
+                meta.decode_seq_lens, page_size, spec.scaling, spec.sliding_window,
+                meta.decode_splits)
+        return out.view(q.shape[0], -1)
