@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from radixmesh.services.detokenizer.incremental import IncrementalDetokenizer
@@ -38,6 +38,10 @@ def test_random_ids_stream_to_the_text_decoded_at_once(
 @given(text=st.text(max_size=30), cuts=st.lists(st.integers(0, 1000), max_size=10))
 def test_real_text_never_streams_a_broken_character(
         text_tokenizer: TextTokenizer, text: str, cuts: list[int]):
+    # Text spelling a special token ("<|im_end|>") encodes to that token, which decoding
+    # skips: the round trip holds for everything else.
+    special = text_tokenizer.hf_tokenizer.all_special_tokens
+    assume(not any(token in text for token in special))
     ids = text_tokenizer.encode(text)
     decoder = IncrementalDetokenizer(text_tokenizer)
     deltas = stream(decoder, split(ids, cuts))

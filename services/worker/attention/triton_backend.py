@@ -1,8 +1,8 @@
 """The Triton attention backend: paged extend and decode kernels over the KV pool.
 
 All per-step host work happens once in `prepare` (slicing the batch's device tensors into an
-extend part and a decode part, choosing the decode split count); each layer then costs three
-kernel launches at most (KV store, extend, decode) and never waits on the GPU.
+extend part and a decode part, choosing the decode split count); each layer then only
+launches kernels (KV store, extend, decode and its split merge) and never waits on the GPU.
 """
 
 from __future__ import annotations
