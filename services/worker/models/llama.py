@@ -68,9 +68,21 @@ class LlamaDecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, hidden: torch.Tensor, rope: RopeTables, batch: ForwardBatch) -> torch.Tensor:
-        hidden = hidden + self.self_attn(self.input_layernorm(hidden), rope, batch)
-        return hidden + self.mlp(self.post_attention_layernorm(hidden))
+    def forward(self, hidden: torch.Tensor, residual: torch.Tensor | None, rope: RopeTables,
+                batch: ForwardBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mlp output, residual stream before it); their sum is HF's layer output.
+
+        Each skip connection is added by the next norm (`norm(x, residual)`), so that on the
+        GPU the add and the norm are one kernel; the sums are the same as HF's. `residual` is
+        None for the first layer, whose input is the embeddings alone.
+        """
+        if residual is None:
+            residual, hidden = hidden, self.input_layernorm(hidden)
+        else:
+            hidden, residual = self.input_layernorm(hidden, residual)
+        hidden = self.self_attn(hidden, rope, batch)
+        hidden, residual = self.post_attention_layernorm(hidden, residual)
+        return self.mlp(hidden), residual
 
 
 class LlamaModel(nn.Module):
@@ -88,9 +100,11 @@ class LlamaModel(nn.Module):
     def forward(self, batch: ForwardBatch) -> torch.Tensor:
         hidden = self.embed_tokens(batch.input_ids)
         rope = self.rotary_emb(batch.positions)
+        residual = None
         for layer in self.layers:
-            hidden = layer(hidden, rope, batch)
-        return self.norm(hidden)
+            hidden, residual = layer(hidden, residual, rope, batch)
+        normed, _ = self.norm(hidden, residual)
+        return normed
 
 
 class LlamaForCausalLM(nn.Module):
