@@ -6,6 +6,8 @@ without gRPC and the protos stay the single source of truth for what crosses the
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from radixmesh.shared.protos_gen import common_pb2, internal_pb2
 from radixmesh.shared.requests import (
     FinishKind,
@@ -24,6 +26,8 @@ from radixmesh.shared.step import (
     StepResult,
     WorkerInfo,
 )
+
+DeltaMessage = TypeVar("DeltaMessage", internal_pb2.TokenDelta, internal_pb2.TextDelta)
 
 _OPTIONAL_SAMPLING = ("max_new_tokens", "temperature", "top_p", "top_k", "min_p", "seed",
                       "frequency_penalty", "presence_penalty", "repetition_penalty")
@@ -168,28 +172,33 @@ def worker_info_from_proto(message: internal_pb2.WorkerInfo) -> WorkerInfo:
 def token_delta_to_proto(delta: TokenDelta, num_cached_tokens: int = 0) -> internal_pb2.TokenDelta:
     message = internal_pb2.TokenDelta(rid=delta.rid, token_ids=delta.token_ids,
                                       num_cached_tokens=num_cached_tokens)
-    if delta.finish is not None:
-        message.finish.CopyFrom(finish_to_proto(delta.finish))
-    if delta.usage is not None:
-        message.usage.CopyFrom(usage_to_proto(delta.usage))
-    return message
+    return _with_ending(message, delta.finish, delta.usage)
 
 
 def token_delta_from_proto(message: internal_pb2.TokenDelta) -> TokenDelta:
-    return TokenDelta(message.rid, list(message.token_ids), finish_from_proto(message.finish),
-                      usage_from_proto(message.usage) if message.HasField("usage") else None)
+    return TokenDelta(message.rid, list(message.token_ids), *_ending_from_proto(message))
 
 
 def text_delta_to_proto(delta: TextDelta) -> internal_pb2.TextDelta:
     message = internal_pb2.TextDelta(rid=delta.rid, text=delta.text, token_ids=delta.token_ids)
-    if delta.finish is not None:
-        message.finish.CopyFrom(finish_to_proto(delta.finish))
-    if delta.usage is not None:
-        message.usage.CopyFrom(usage_to_proto(delta.usage))
-    return message
+    return _with_ending(message, delta.finish, delta.usage)
 
 
 def text_delta_from_proto(message: internal_pb2.TextDelta) -> TextDelta:
     return TextDelta(message.rid, message.text, list(message.token_ids),
-                     finish_from_proto(message.finish),
-                     usage_from_proto(message.usage) if message.HasField("usage") else None)
+                     *_ending_from_proto(message))
+
+
+def _with_ending(message: DeltaMessage, finish: FinishReason | None,
+                 usage: Usage | None) -> DeltaMessage:
+    """Sets a delta message's finish and usage, which only a request's last delta carries."""
+    if finish is not None:
+        message.finish.CopyFrom(finish_to_proto(finish))
+    if usage is not None:
+        message.usage.CopyFrom(usage_to_proto(usage))
+    return message
+
+
+def _ending_from_proto(message: DeltaMessage) -> tuple[FinishReason | None, Usage | None]:
+    usage = usage_from_proto(message.usage) if message.HasField("usage") else None
+    return finish_from_proto(message.finish), usage

@@ -8,7 +8,8 @@ messages are converted with `shared/wire.py`, so the router only sees plain obje
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TypeVar
 
 import grpc
 
@@ -16,6 +17,8 @@ from radixmesh.services.tokenizer.router import MeshUnavailableError
 from radixmesh.shared import wire
 from radixmesh.shared.protos_gen import common_pb2, generate_pb2, internal_pb2, internal_pb2_grpc
 from radixmesh.shared.requests import TextDelta, TokenizedRequest
+
+Reply = TypeVar("Reply")
 
 # Internal batches carry whole prompts of many requests: no small message limit.
 INTERNAL_CHANNEL_OPTIONS = (("grpc.max_send_message_length", -1),
@@ -84,15 +87,15 @@ class GrpcMeshLink:
         self._detokenizer = internal_pb2_grpc.DetokenizerStub(self._detokenizer_channel)
 
     async def get_info(self) -> generate_pb2.ModelInfo:
-        try:
-            return await self._scheduler.GetInfo(common_pb2.Empty(), timeout=UNARY_TIMEOUT_S)
-        except grpc.RpcError as exc:
-            raise MeshUnavailableError(
-                f"scheduler at {self.scheduler_address}: {_describe(exc)}") from exc
+        return await self._ask_scheduler(self._scheduler.GetInfo)
 
     async def get_load(self) -> internal_pb2.SchedulerLoad:
+        return await self._ask_scheduler(self._scheduler.GetLoad)
+
+    async def _ask_scheduler(self, rpc: Callable[..., Awaitable[Reply]]) -> Reply:
+        """One argument-less unary call; any gRPC failure means the mesh is unavailable."""
         try:
-            return await self._scheduler.GetLoad(common_pb2.Empty(), timeout=UNARY_TIMEOUT_S)
+            return await rpc(common_pb2.Empty(), timeout=UNARY_TIMEOUT_S)
         except grpc.RpcError as exc:
             raise MeshUnavailableError(
                 f"scheduler at {self.scheduler_address}: {_describe(exc)}") from exc
