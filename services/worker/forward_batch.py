@@ -43,6 +43,10 @@ class ForwardBatch:
     num_extends: int
     attn_backend: AttentionBackend
     kv_pool: KVPool
+    # Set when this pass is captured into or replayed from a CUDA graph: the padded batch size,
+    # rows past the real batch being padding (see AttentionBackend's invariants);
+    # seq_lens_cpu and extend_lens_cpu then cover the padding rows too.
+    graph_batch_size: int | None = None
 
     @property
     def batch_size(self) -> int:

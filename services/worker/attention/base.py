@@ -35,16 +35,29 @@ class AttentionBackend(ABC):
     - Output is [T, num_heads * head_dim] in the query dtype, tokens in batch order.
     - `prepare` is called once per forward pass before any layer; per-layer calls reuse what it
       built, so per-step host work is paid once, not once per layer.
+    - CUDA graphs (`supports_cuda_graph`): `init_cuda_graph_state(max_batch_size)` runs once
+      before any capture. A batch with `graph_batch_size` set is a decode batch padded to that
+      size whose tensors are the graph runner's static buffers (padding rows: seq_len 1 in page
+      0, writing slot 0). For it, `prepare` runs once before that size is captured and again
+      before every replay: it may do host work and copy into persistent buffers, but whatever
+      the layers read must sit at the same addresses on every call for that size, and nothing
+      may wait on the GPU. Layers must launch the same kernels with the same launch shapes for
+      every replay of one size.
     Backends are chosen by name from the registry in `attention/__init__.py`.
     """
 
     name: str = ""
+    supports_cuda_graph: bool = False
 
     def __init__(self, kv_pool: KVPool) -> None:
         self.kv_pool = kv_pool
 
     def prepare(self, batch: ForwardBatch) -> None:  # noqa: B027 (optional hook)
         """Builds per-pass metadata (index tensors, kernel plans). Optional."""
+
+    def init_cuda_graph_state(self, max_batch_size: int) -> None:
+        """Allocates the persistent buffers that decode graphs up to `max_batch_size` read."""
+        raise NotImplementedError(f"the {self.name} backend does not support CUDA graphs")
 
     @abstractmethod
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: AttentionSpec,
