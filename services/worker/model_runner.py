@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from radixmesh.services.worker.attention import ATTENTION_BACKENDS, make_attention_backend
+from radixmesh.services.worker.attention import make_attention_backend, pick_attention_backend
 from radixmesh.services.worker.base import ModelWorker
 from radixmesh.services.worker.batch_builder import build_forward_batch
 from radixmesh.services.worker.config import WorkerConfig
@@ -109,10 +109,3 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
 
-
-def pick_attention_backend(name: str, device: torch.device) -> str:
-    """`auto` takes the fastest backend that runs on `device`: Triton on a CUDA device when
-    it is offered (installed, CUDA present), else torch."""
-    if name != "auto":
-        return name
-    return "triton" if device.type == "cuda" and "triton" in ATTENTION_BACKENDS else "torch"

@@ -7,7 +7,7 @@ import importlib.util
 import torch
 
 from radixmesh.services.worker.attention import ATTENTION_BACKENDS
-from radixmesh.services.worker.model_runner import pick_attention_backend
+from radixmesh.services.worker.attention import pick_attention_backend
 
 
 def test_triton_is_offered_exactly_when_it_can_run():

@@ -36,5 +36,13 @@ def make_attention_backend(name: str, kv_pool: KVPool) -> AttentionBackend:
     return backend_class(kv_pool)
 
 
+def pick_attention_backend(name: str, device: torch.device) -> str:
+    """`auto` takes the fastest backend that runs on `device`: Triton on a CUDA device when
+    it is offered (installed, CUDA present), else torch."""
+    if name != "auto":
+        return name
+    return "triton" if device.type == "cuda" and "triton" in ATTENTION_BACKENDS else "torch"
+
+
 __all__ = ["ATTENTION_BACKENDS", "AttentionBackend", "AttentionSpec", "PagedAttention",
-           "make_attention_backend"]
+           "make_attention_backend", "pick_attention_backend"]
