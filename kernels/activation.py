@@ -30,6 +30,7 @@ def _silu_mul_kernel(gate_ptr, up_ptr, out_ptr, WIDTH: tl.constexpr, GATE_STRIDE
 
 def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
     """silu(gate_up[:, :I]) * gate_up[:, I:] for gate_up [T, 2*I] (a fused gate/up output)."""
+    assert gate_up.shape[-1] % 2 == 0, "gate_up must be [gate | up], two equal halves"
     width = gate_up.shape[-1] // 2
     return silu_mul(gate_up[..., :width], gate_up[..., width:])
 

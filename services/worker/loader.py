@@ -3,6 +3,11 @@
 The model is constructed directly on the target device in the target dtype, so an 8B dummy
 model on a GPU never passes through a float32 or host copy. Checkpoint tensors are copied into
 the parameters one at a time, so host memory holds at most one tensor beyond the model.
+
+Checkpoints are HF's, by HF's names. Most parameters have their HF name; the rows of a fused
+projection (`FusedLinear`, e.g. `self_attn.qkv_proj`) are filled from the HF tensors of the
+shards it declares (`self_attn.q_proj`, `k_proj`, `v_proj`), each into its own block of rows.
+Every mismatch is reported by the HF name.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from safetensors import safe_open
 from torch import nn
 
 from radixmesh.services.worker.model_config import ModelConfig
+from radixmesh.services.worker.models.fused_linear import FusedLinear
 from radixmesh.services.worker.models.registry import model_class
 
 LOAD_FORMATS = ("auto", "dummy")
@@ -85,11 +91,12 @@ def init_dummy_weights(model: nn.Module, seed: int = DUMMY_SEED) -> None:
 
 
 def load_safetensors(model: nn.Module, model_path: Path, tie_word_embeddings: bool) -> None:
-    """Copies every checkpoint tensor into the parameter of the same name.
+    """Copies every checkpoint tensor into its target (see `checkpoint_targets`).
 
-    Raises WeightLoadError naming every missing, unexpected or mis-shaped tensor.
+    Raises WeightLoadError naming every missing, unexpected or mis-shaped tensor by its
+    checkpoint name.
     """
-    params = dict(model.named_parameters())
+    targets = checkpoint_targets(model)
     seen: set[str] = set()
     unexpected: list[str] = []
     misshaped: list[str] = []
@@ -100,20 +107,44 @@ def load_safetensors(model: nn.Module, model_path: Path, tie_word_embeddings: bo
                     continue
                 if name == "lm_head.weight" and tie_word_embeddings:
                     continue  # HF ties over it too: the embedding is the output matrix
-                param = params.get(name)
-                if param is None:
+                target = targets.get(name)
+                if target is None:
                     unexpected.append(name)
                     continue
                 seen.add(name)
                 tensor = reader.get_tensor(name)
-                if tensor.shape != param.shape:
+                if tensor.shape != target.shape:
                     misshaped.append(f"{name} (checkpoint {tuple(tensor.shape)}, "
-                                     f"model {tuple(param.shape)})")
+                                     f"model {tuple(target.shape)})")
                     continue
-                param.copy_(tensor)
-    missing = sorted(set(params) - seen)
+                target.copy_(tensor)
+    missing = sorted(set(targets) - seen)
     if missing or unexpected or misshaped:
         raise WeightLoadError(_mismatch_message(model_path, missing, unexpected, misshaped))
+
+
+def checkpoint_targets(model: nn.Module) -> dict[str, torch.Tensor]:
+    """HF checkpoint name -> the tensor that checkpoint tensor is copied into.
+
+    A parameter under its own name, except in a FusedLinear: there each declared shard's
+    name (`...self_attn.k_proj.weight`) maps to a view of the shard's rows of the fused
+    parameter (`...self_attn.qkv_proj.weight`). The keys are exactly the tensors a complete
+    checkpoint holds (tied ones left out, as HF leaves them out).
+    """
+    targets: dict[str, torch.Tensor] = {}
+    for module_name, module in model.named_modules():
+        for param_name, param in module.named_parameters(recurse=False):
+            if not isinstance(module, FusedLinear):
+                targets[_join(module_name, param_name)] = param.detach()
+                continue
+            parent = module_name.rpartition(".")[0]
+            for shard, rows in module.shard_rows.items():
+                targets[_join(parent, shard, param_name)] = param.detach()[rows]
+    return targets
+
+
+def _join(*parts: str) -> str:
+    return ".".join(part for part in parts if part)
 
 
 def checkpoint_files(model_path: Path) -> list[Path]:

@@ -12,11 +12,16 @@ from collections.abc import Callable
 
 import torch
 
-from radixmesh.kernels.activation import silu_mul as fused_silu_mul
+from radixmesh.kernels.activation import silu_and_mul as fused_silu_and_mul
 from radixmesh.kernels.fused_gate import set_fused_kernels
 from radixmesh.kernels.rmsnorm import fused_add_rms_norm, rms_norm
 from radixmesh.kernels.rotary import apply_rotary_inplace
-from radixmesh.services.worker.models.layers import RMSNorm, RotaryEmbedding, apply_rotary
+from radixmesh.services.worker.models.layers import (
+    RMSNorm,
+    RotaryEmbedding,
+    apply_rotary,
+    silu_and_mul,
+)
 
 Call = Callable[[], object]
 
@@ -38,14 +43,14 @@ def cases(tokens: int) -> dict[str, tuple[Call, Call]]:
     norm = RMSNorm(4096, 1e-5).to(dev, dt)
     w, eps = norm.weight, norm.eps
     x, residual = (torch.randn(tokens, 4096, device=dev, dtype=dt) for _ in range(2))
-    gate, up = (torch.randn(tokens, 14336, device=dev, dtype=dt) for _ in range(2))
+    gate_up = torch.randn(tokens, 2 * 14336, device=dev, dtype=dt)  # the fused gate/up output
     cos, sin = RotaryEmbedding(128, 8192, 500000.0, None).to(dev)(torch.arange(tokens, device=dev))
     q = torch.randn(tokens, 32, 128, device=dev, dtype=dt)
     k = torch.randn(tokens, 8, 128, device=dev, dtype=dt)
     return {
         "rms_norm": (lambda: norm(x), lambda: rms_norm(x, w, eps)),
         "add_rms_norm": (lambda: norm(x, residual), lambda: fused_add_rms_norm(x, residual, w, eps)),
-        "silu_mul": (lambda: torch.nn.functional.silu(gate) * up, lambda: fused_silu_mul(gate, up)),
+        "silu_and_mul": (lambda: silu_and_mul(gate_up), lambda: fused_silu_and_mul(gate_up)),
         "rotary": (lambda: apply_rotary(q, k, (cos, sin)),
                    lambda: apply_rotary_inplace(q, k, cos, sin)),
     }

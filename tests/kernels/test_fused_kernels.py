@@ -17,7 +17,6 @@ from radixmesh.kernels.rotary import apply_rotary_inplace  # noqa: E402
 from radixmesh.make_model import make_model  # noqa: E402
 from radixmesh.services.scheduler.config import SchedulerConfig  # noqa: E402
 from radixmesh.services.worker.config import WorkerConfig  # noqa: E402
-from radixmesh.services.worker.models import layers  # noqa: E402
 from radixmesh.services.worker.models.layers import (  # noqa: E402
     RMSNorm,
     RotaryEmbedding,
@@ -147,10 +146,9 @@ def generate(model, fused: bool) -> list[list[int]]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
-def test_greedy_output_same_with_fused_kernels(tmp_path, monkeypatch, arch):
+def test_greedy_output_same_with_fused_kernels(tmp_path, arch):
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
-    monkeypatch.setattr(layers, "FUSED_SILU_MIN_TOKENS", 1)  # every fused kernel in play
     model = make_model(tmp_path / arch, arch, num_layers=2, hidden_size=256, num_heads=4,
                        num_kv_heads=2, intermediate_size=512)
     expected = generate(model, fused=False)

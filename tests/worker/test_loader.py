@@ -89,6 +89,49 @@ def test_wrong_shape_is_reported(tmp_path: Path) -> None:
         load(tmp_path)
 
 
+def test_fused_projections_hold_the_checkpoint_rows_in_order(tmp_path: Path) -> None:
+    make_model(tmp_path, "qwen2")  # q/k/v biases too
+    weights = load_file(tmp_path / "model.safetensors")
+
+    model = load(tmp_path)
+
+    for i, layer in enumerate(model.model.layers):
+        attn, mlp = f"model.layers.{i}.self_attn", f"model.layers.{i}.mlp"
+        for suffix in ("weight", "bias"):
+            expected = torch.cat([weights[f"{attn}.{name}.{suffix}"]
+                                  for name in ("q_proj", "k_proj", "v_proj")])
+            assert torch.equal(getattr(layer.self_attn.qkv_proj, suffix), expected)
+        expected = torch.cat([weights[f"{mlp}.gate_proj.weight"], weights[f"{mlp}.up_proj.weight"]])
+        assert torch.equal(layer.mlp.gate_up_proj.weight, expected)
+
+
+def test_missing_shard_of_a_fused_projection_is_named(tmp_path: Path) -> None:
+    make_model(tmp_path, "llama")
+    weights = load_file(tmp_path / "model.safetensors")
+    del weights["model.layers.0.self_attn.v_proj.weight"]
+    save_file(weights, tmp_path / "model.safetensors")
+
+    with pytest.raises(WeightLoadError) as error:
+        load(tmp_path)
+
+    assert str(error.value).endswith("  missing: model.layers.0.self_attn.v_proj.weight")
+
+
+def test_wrong_shape_of_a_shard_is_named(tmp_path: Path) -> None:
+    make_model(tmp_path, "llama", hidden_size=64, num_heads=4, num_kv_heads=2)
+    weights = load_file(tmp_path / "model.safetensors")
+    weights["model.layers.1.self_attn.k_proj.weight"] = torch.zeros(48, 64)  # 3 kv heads
+    save_file(weights, tmp_path / "model.safetensors")
+
+    with pytest.raises(WeightLoadError) as error:
+        load(tmp_path)
+
+    message = str(error.value)
+    assert ("wrong shape: model.layers.1.self_attn.k_proj.weight "
+            "(checkpoint (48, 64), model (32, 64))") in message
+    assert "missing" not in message and "unexpected" not in message
+
+
 def test_tied_model_ignores_a_stored_lm_head(tmp_path: Path) -> None:
     make_model(tmp_path, "llama", tie_word_embeddings=True)
     weights = load_file(tmp_path / "model.safetensors")

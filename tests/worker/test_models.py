@@ -14,7 +14,7 @@ from radixmesh.make_model import make_model
 from radixmesh.services.worker.attention.torch_backend import TorchAttentionBackend
 from radixmesh.services.worker.forward_batch import ForwardBatch, ForwardMode
 from radixmesh.services.worker.kv_pool import KVPool
-from radixmesh.services.worker.loader import load_model
+from radixmesh.services.worker.loader import checkpoint_targets, load_model
 from radixmesh.services.worker.model_config import ModelConfig
 from radixmesh.services.worker.models.layers import RMSNorm, RotaryEmbedding
 
@@ -139,10 +139,16 @@ def test_rope_tables_equal_hf_at_long_positions(rope_scaling: dict[str, Any] | N
     torch.testing.assert_close(torch.cat((sin, sin), -1), hf_sin[0], atol=1e-6, rtol=0)
 
 
-def test_module_names_are_hf_names(tmp_path: Path) -> None:
-    config, ours, theirs = make_pair(tmp_path, "qwen3", {"tie_word_embeddings": True})
+@pytest.mark.parametrize("arch", ["qwen2", "qwen3"])
+def test_checkpoint_names_are_hf_names(tmp_path: Path, arch: str) -> None:
+    config, ours, theirs = make_pair(tmp_path, arch, {"tie_word_embeddings": True})
 
-    hf_names = {name for name in theirs.state_dict() if name != "lm_head.weight"}
-    assert set(ours.state_dict()) == hf_names  # the RoPE tables are not persistent
+    hf_shapes = {name: tensor.shape for name, tensor in theirs.state_dict().items()
+                 if name != "lm_head.weight"}
+    targets = checkpoint_targets(ours)
+    assert {name: tensor.shape for name, tensor in targets.items()} == hf_shapes
     assert not hasattr(ours, "lm_head")  # tied: the logits reuse the embedding
-    assert config.qk_norm
+    # Every parameter element is filled from exactly one checkpoint tensor.
+    assert sum(t.numel() for t in targets.values()) == sum(p.numel() for p in ours.parameters())
+    assert "model.layers.0.self_attn.qkv_proj.weight" in dict(ours.named_parameters())
+    assert config.qk_norm == (arch == "qwen3")

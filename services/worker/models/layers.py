@@ -2,9 +2,9 @@
 
 Each matches HF transformers' arithmetic op for op (same dtypes, same order), so that a model
 built from them reproduces HF's logits on the same weights, not just approximately. On a CUDA
-tensor, with triton installed, the norm (with its residual add) and RoPE run as one fused Triton
-kernel each, and so does the MLP's activation for large batches: a small decode step is bound
-by kernel launches. The kernels round where the torch ops do.
+tensor, with triton installed, the norm (with its residual add), RoPE and the MLP's activation
+run as one fused Triton kernel each: a small decode step is bound by kernel launches. The
+kernels round where the torch ops do.
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from radixmesh.kernels.fused_gate import TRITON_USABLE, use_triton
+from radixmesh.services.worker.models.fused_linear import FusedLinear
 
 if TRITON_USABLE:
-    from radixmesh.kernels.activation import silu_mul as triton_silu_mul
+    from radixmesh.kernels.activation import silu_and_mul as triton_silu_and_mul
     from radixmesh.kernels.rmsnorm import fused_add_rms_norm, rms_norm
     from radixmesh.kernels.rotary import apply_rotary_inplace
 
@@ -59,28 +60,29 @@ class RMSNorm(nn.Module):
 
 
 class GatedMLP(nn.Module):
-    """down(silu(gate(x)) * up(x)): the SwiGLU MLP of Llama, Mistral and Qwen."""
+    """down(silu(gate(x)) * up(x)): the SwiGLU MLP of Llama, Mistral and Qwen.
+
+    gate and up are one `gate_up_proj` (rows: HF's `gate_proj`, then `up_proj`), one GEMM.
+    """
 
     def __init__(self, hidden_size: int, intermediate_size: int, bias: bool) -> None:
         super().__init__()
-        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=bias)
-        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=bias)
+        self.gate_up_proj = FusedLinear(
+            hidden_size, {"gate_proj": intermediate_size, "up_proj": intermediate_size}, bias)
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(silu_mul(self.gate_proj(x), self.up_proj(x)))
+        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
 
 
-# Below this many tokens the MLP's activation stays with torch's two kernels: on an H100
-# (triton 3.6) one Triton launch costs ~23 us of host time against ~15 us for the pair, and a
-# small step is bound by the host. Above it, the fused kernel saves two passes over [T, I].
-FUSED_SILU_MIN_TOKENS = 256
+def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up for gate_up = [gate | up] of shape [T, 2 * I]; one Triton kernel on CUDA.
 
-
-def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    """silu(gate) * up for [T, I] tensors; one Triton kernel on CUDA for large T."""
-    if gate.shape[0] >= FUSED_SILU_MIN_TOKENS and use_triton(gate):
-        return triton_silu_mul(gate, up)
+    The torch path is HF's `act_fn(gate_proj(x)) * up_proj(x)` op for op, on column views.
+    """
+    if use_triton(gate_up):
+        return triton_silu_and_mul(gate_up)
+    gate, up = gate_up.chunk(2, dim=-1)
     return F.silu(gate) * up
 
 

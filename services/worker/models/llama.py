@@ -1,7 +1,12 @@
 """Llama (and Mistral, which has the same structure): the decoder the other models extend.
 
-Module names are HF's (`model.layers.{i}.self_attn.q_proj`, ...), so a HF checkpoint loads by
-name. Qwen2 and Qwen3 subclass `LlamaAttention` through two hooks (`projection_biases`,
+Module names are HF's (`model.layers.{i}.self_attn.o_proj`, ...) except for two fused
+projections, each one GEMM: `self_attn.qkv_proj` stacks HF's `q_proj`, `k_proj` and `v_proj`
+(rows in that order, biases likewise) and `mlp.gate_up_proj` stacks `gate_proj` and `up_proj`.
+Each `FusedLinear` names its row blocks by those HF modules, and the loader copies a HF
+checkpoint's tensors into them by that name.
+
+Qwen2 and Qwen3 subclass `LlamaAttention` through two hooks (`projection_biases`,
 `normalize_qk`) and swap it in with the `attention_class` attribute of `LlamaForCausalLM`.
 """
 
@@ -14,6 +19,7 @@ from torch import nn
 from radixmesh.services.worker.attention.base import AttentionSpec, PagedAttention
 from radixmesh.services.worker.forward_batch import ForwardBatch
 from radixmesh.services.worker.model_config import ModelConfig
+from radixmesh.services.worker.models.fused_linear import FusedLinear
 from radixmesh.services.worker.models.layers import (
     GatedMLP,
     RMSNorm,
@@ -32,9 +38,8 @@ class LlamaAttention(nn.Module):
         qkv_bias, o_bias = self.projection_biases(config)
         hidden, q_size = config.hidden_size, self.num_heads * self.head_dim
         kv_size = self.num_kv_heads * self.head_dim
-        self.q_proj = nn.Linear(hidden, q_size, bias=qkv_bias)
-        self.k_proj = nn.Linear(hidden, kv_size, bias=qkv_bias)
-        self.v_proj = nn.Linear(hidden, kv_size, bias=qkv_bias)
+        self.qkv_proj = FusedLinear(
+            hidden, {"q_proj": q_size, "k_proj": kv_size, "v_proj": kv_size}, qkv_bias)
         self.o_proj = nn.Linear(q_size, hidden, bias=o_bias)
         self.attn = PagedAttention(AttentionSpec(
             layer_id=layer_id, num_heads=self.num_heads, num_kv_heads=self.num_kv_heads,
@@ -52,9 +57,10 @@ class LlamaAttention(nn.Module):
 
     def forward(self, hidden: torch.Tensor, rope: RopeTables, batch: ForwardBatch) -> torch.Tensor:
         num_tokens = hidden.shape[0]
-        q = self.q_proj(hidden).view(num_tokens, self.num_heads, self.head_dim)
-        k = self.k_proj(hidden).view(num_tokens, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(hidden)
+        # Column views of one [T, q + 2 kv] output: RoPE and the KV store take strided rows.
+        q, k, v = self.qkv_proj.forward_shards(hidden)
+        q = q.view(num_tokens, self.num_heads, self.head_dim)
+        k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
         q, k = apply_rotary(*self.normalize_qk(q, k), rope)
         return self.o_proj(self.attn(q, k, v, batch))
 

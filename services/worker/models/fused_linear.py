@@ -1,0 +1,42 @@
+"""One nn.Linear computing several of HF's projections of the same input in a single GEMM.
+
+Llama's attention reads q, k and v off the same hidden states, and its MLP reads gate and up
+off the same input: as separate modules that is five GEMM launches per layer where two do, and
+at small batch a decode step pays for every launch (small GEMMs also fill the GPU poorly).
+A `FusedLinear` stacks the HF weights along the output rows in the order it declares, and names
+each block of rows after the HF module it replaces: that is all the loader needs to copy a
+checkpoint's `self_attn.q_proj.weight` into rows of `self_attn.qkv_proj.weight`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class FusedLinear(nn.Linear):
+    """x @ W.T + b, where W (and b) is the row-wise concatenation of the shards' HF weights.
+
+    Invariants: `shard_rows` holds the shards in the declared (row) order, each shard's row
+    slice of `weight` and `bias`, and the slices tile [0, out_features) without gaps. A shard's
+    HF name is relative to this module's parent: `qkv_proj` with shard `q_proj` in
+    `model.layers.0.self_attn` stands for `model.layers.0.self_attn.q_proj`.
+    """
+
+    def __init__(self, in_features: int, shards: dict[str, int], bias: bool) -> None:
+        super().__init__(in_features, sum(shards.values()), bias=bias)
+        self.shard_sizes = list(shards.values())
+        self.shard_rows: dict[str, slice] = {}
+        start = 0
+        for name, rows in shards.items():
+            self.shard_rows[name] = slice(start, start + rows)
+            start += rows
+
+    def forward_shards(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Each shard's output, in order: column views of one [..., out_features] output."""
+        return self(x).split(self.shard_sizes, dim=-1)
+
+    def extra_repr(self) -> str:
+        shards = ", ".join(f"{name}={rows.stop - rows.start}"
+                           for name, rows in self.shard_rows.items())
+        return f"{super().extra_repr()}, shards=({shards})"
