@@ -14,6 +14,7 @@ from radixmesh.services.scheduler.config import SchedulerConfig
 from radixmesh.services.scheduler.scheduler import Scheduler
 from radixmesh.services.tokenizer.request_builder import RequestBuilder
 from radixmesh.services.tokenizer.tokenizer import load_tokenizer
+from radixmesh.services.worker.base import LaunchedStep
 from radixmesh.services.worker.config import WorkerConfig
 from radixmesh.services.worker.model_runner import ModelRunner
 from radixmesh.services.worker.worker_registry import model_path_of
@@ -47,6 +48,7 @@ class Engine:
                                       self.info.max_total_tokens)
         self.detokenizer = Detokenizer(self.tokenizer) if self.tokenizer is not None else None
         self._num_generated = 0
+        self._inflight: LaunchedStep | None = None  # launched, its result not processed yet
 
     def submit(self, rid: str, body: dict) -> None:
         """Validates, tokenizes and queues one request; raises InvalidRequestError if it is bad."""
@@ -62,15 +64,18 @@ class Engine:
 
     @property
     def has_work(self) -> bool:
-        return self.scheduler.has_work
+        return self.scheduler.has_work or self._inflight is not None
 
     def step(self) -> list[TextDelta]:
-        """Runs one scheduler step through the worker; returns the text deltas it produced."""
+        """Plans and launches the next step, then finishes the one launched before it (as the
+        mesh's worker does: the device runs step N while step N + 1 is planned and queued);
+        returns the text deltas of the finished step."""
         plan = self.scheduler.schedule()
-        if plan is None:
+        launched = self.runner.launch(plan) if plan is not None else None
+        finished, self._inflight = self._inflight, launched
+        if finished is None:
             return []
-        result = self.runner.execute(plan)
-        token_deltas = self.scheduler.process_result(result)
+        token_deltas = self.scheduler.process_result(self.runner.finish(finished))
         if self.detokenizer is None:
             return [TextDelta(d.rid, "", d.token_ids, d.finish, d.usage) for d in token_deltas]
         text_deltas = self.detokenizer.feed(token_deltas)

@@ -94,6 +94,7 @@ class StepResult:
     step_id: int
     rids: list[str]
     next_token_ids: list[int]
+    cuda_graph: bool = False  # the step's forward pass was replayed from a CUDA graph
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +112,8 @@ class WorkerInfo:
     eos_token_ids: tuple[int, ...]
     kv_dtype: str
     max_running_requests: int  # request slots the worker holds (sampler and page-table rows)
+    available_memory_gb: float = 0.0  # device memory left free after weights, KV and graphs
+    cuda_graph: bool = False  # decode steps up to some batch size replay CUDA graphs
 
     @property
     def max_total_tokens(self) -> int:

@@ -142,20 +142,22 @@ def result_to_proto(result: StepResult, forward_seconds: float = 0.0,
                     idle_seconds: float = 0.0) -> internal_pb2.StepResult:
     return internal_pb2.StepResult(step_id=result.step_id, rids=result.rids,
                                    next_token_ids=result.next_token_ids,
-                                   forward_seconds=forward_seconds, idle_seconds=idle_seconds)
+                                   forward_seconds=forward_seconds, idle_seconds=idle_seconds,
+                                   cuda_graph=result.cuda_graph)
 
 
 def result_from_proto(message: internal_pb2.StepResult) -> StepResult:
-    return StepResult(message.step_id, list(message.rids), list(message.next_token_ids))
+    return StepResult(message.step_id, list(message.rids), list(message.next_token_ids),
+                      cuda_graph=message.cuda_graph)
 
 
-def worker_info_to_proto(info: WorkerInfo, worker: str = "",
-                         cuda_graph: bool = False) -> internal_pb2.WorkerInfo:
+def worker_info_to_proto(info: WorkerInfo, worker: str = "") -> internal_pb2.WorkerInfo:
     return internal_pb2.WorkerInfo(
         model_id=info.model_id, num_pages=info.num_pages, page_size=info.page_size,
         context_len=info.context_len, vocab_size=info.vocab_size,
         eos_token_ids=list(info.eos_token_ids), kv_dtype=info.kv_dtype,
-        max_running_requests=info.max_running_requests, worker=worker, cuda_graph=cuda_graph)
+        max_running_requests=info.max_running_requests, worker=worker, cuda_graph=info.cuda_graph,
+        available_memory_gb=info.available_memory_gb)
 
 
 def worker_info_from_proto(message: internal_pb2.WorkerInfo) -> WorkerInfo:
@@ -163,7 +165,8 @@ def worker_info_from_proto(message: internal_pb2.WorkerInfo) -> WorkerInfo:
         model_id=message.model_id, num_pages=message.num_pages, page_size=message.page_size,
         context_len=message.context_len, vocab_size=message.vocab_size,
         eos_token_ids=tuple(message.eos_token_ids), kv_dtype=message.kv_dtype,
-        max_running_requests=message.max_running_requests)
+        max_running_requests=message.max_running_requests,
+        available_memory_gb=message.available_memory_gb, cuda_graph=message.cuda_graph)
 
 
 # ---- scheduler -> detokenizer -> tokenizer --------------------------------------------------

@@ -60,6 +60,10 @@ class Scheduler:
         self._step_id = 0
         self._arrivals = 0
         self._seeds = random.Random(config.random_seed)
+        logger.info("max_total_num_tokens=%d, chunked_prefill_size=%d, max_running_requests=%d, "
+                    "context_len=%d, available_gpu_mem=%.2f GB", worker.max_total_tokens,
+                    config.chunked_prefill_size, self.max_running, worker.context_len,
+                    worker.available_memory_gb)
 
     # ---- requests in and out -------------------------------------------------------------
 
@@ -140,7 +144,7 @@ class Scheduler:
             finish = check_stop(req, self.eos_token_ids, self.worker.context_len)
             deltas.append(self._finish(req, finish, [token]) if finish
                           else TokenDelta(rid, [token]))
-        self.stats.on_step(plan, len(result.rids), self)
+        self.stats.on_step(plan, result, self)
         if not self.has_work:
             self.check_integrity()
         return deltas

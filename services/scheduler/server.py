@@ -57,7 +57,6 @@ async def serve(config: SchedulerServiceConfig, scheduler_config: SchedulerConfi
         worker_stub = internal_pb2_grpc.WorkerStub(worker_channel)
         worker_info = await worker_stub.GetInfo(common_pb2.Empty())
         scheduler = Scheduler(scheduler_config, wire.worker_info_from_proto(worker_info))
-        scheduler.stats.cuda_graph = worker_info.cuda_graph
         execute = worker_stub.Execute()
         tokens = internal_pb2_grpc.DetokenizerStub(detok_channel).Tokens()
         loop = SchedulerLoop(scheduler, _plan_sender(execute), _result_receiver(execute),

@@ -7,7 +7,7 @@ import time
 from typing import TYPE_CHECKING
 
 from radixmesh.services.scheduler.request import SchedReq
-from radixmesh.shared.step import StepPlan
+from radixmesh.shared.step import StepPlan, StepResult
 
 if TYPE_CHECKING:
     from radixmesh.services.scheduler.prefill import PrefillPlan
@@ -25,7 +25,7 @@ class SchedulerStats:
         self.num_finished = 0
         self.num_retractions = 0
         self.num_decode_steps = 0
-        self.cuda_graph = False  # set by whoever knows: the worker's report
+        self.cuda_graph = False  # whether the last decode step was replayed from a CUDA graph
         self._window_start = time.perf_counter()
         self._window_tokens = 0
 
@@ -47,11 +47,13 @@ class SchedulerStats:
                     len(prefill.chunks), prefill.num_tokens, cached, token_usage(scheduler),
                     len(scheduler.running), len(scheduler.waiting))
 
-    def on_step(self, plan: StepPlan, num_sampled: int, scheduler: Scheduler) -> None:
+    def on_step(self, plan: StepPlan, result: StepResult, scheduler: Scheduler) -> None:
+        num_sampled = len(result.rids)
         self.num_generated_tokens += num_sampled
         self._window_tokens += num_sampled
         if not plan.decodes:
             return
+        self.cuda_graph = result.cuda_graph
         self.num_decode_steps += 1
         if self.num_decode_steps % self.decode_log_interval:
             return

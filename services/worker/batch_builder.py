@@ -23,23 +23,25 @@ class BatchEntry:
 
 
 def build_forward_batch(entries: list[BatchEntry], num_extends: int, kv_pool: KVPool,
-                        backend: AttentionBackend, device: torch.device) -> ForwardBatch:
+                        backend: AttentionBackend, last_tokens: torch.Tensor) -> ForwardBatch:
+    """Extends (`entries[:num_extends]`) read their tokens from the host; a decode's one input
+    is its request's latest sampled token, which may still be only on the device: it is
+    gathered from `last_tokens` (indexed by request slot), so no host sync is needed."""
+    device = last_tokens.device
     page_size = kv_pool.page_size
-    input_ids: list[int] = []
     positions: list[int] = []
     slots: list[int] = []
     logits_indices: list[int] = []
     extend_starts: list[int] = []
     for entry in entries:
         req, start, end = entry.req, entry.start, entry.start + entry.length
-        extend_starts.append(len(input_ids))
-        input_ids.extend(req.token_ids[start:end])
+        extend_starts.append(len(positions))
         span = range(start, end)
         positions.extend(span)
         table = req.page_table
         slots.extend(table[pos // page_size] * page_size + pos % page_size for pos in span)
         if entry.sample:
-            logits_indices.append(len(input_ids) - 1)
+            logits_indices.append(len(positions) - 1)
     seq_lens = [entry.start + entry.length for entry in entries]
     max_pages = max(-(-n // page_size) for n in seq_lens)
     page_table = [entry.req.page_table[:max_pages] + [0] * (max_pages - len(entry.req.page_table))
@@ -50,9 +52,17 @@ def build_forward_batch(entries: list[BatchEntry], num_extends: int, kv_pool: KV
     def as_tensor(values: list, dtype: torch.dtype) -> torch.Tensor:
         return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
 
+    extend_ids = [token for entry in entries[:num_extends]
+                  for token in entry.req.token_ids[entry.start:entry.start + entry.length]]
+    decode_slots = [entry.req.slot for entry in entries[num_extends:]]
+    parts = []
+    if extend_ids:
+        parts.append(as_tensor(extend_ids, torch.int64))
+    if decode_slots:
+        parts.append(last_tokens.index_select(0, as_tensor(decode_slots, torch.int64)))
     return ForwardBatch(
         mode=mode,
-        input_ids=as_tensor(input_ids, torch.int64),
+        input_ids=parts[0] if len(parts) == 1 else torch.cat(parts),
         positions=as_tensor(positions, torch.int64),
         out_cache_loc=as_tensor(slots, torch.int64),
         seq_lens=as_tensor(seq_lens, torch.int32),

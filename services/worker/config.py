@@ -27,6 +27,11 @@ class WorkerConfig:
         "help": "request slots on the worker (default: from the pool size)"})
     context_length: int | None = field(default=None, metadata={
         "help": "override the model's max_position_embeddings"})
+    cuda_graph_max_bs: int | None = field(default=None, metadata={
+        "help": "largest decode batch replayed from a CUDA graph (default: min(256, "
+                "--max-running-requests)); larger batches run eagerly"})
+    disable_cuda_graph: bool = field(default=False, metadata={
+        "help": "run every decode step eagerly (CUDA graphs are used on a GPU by default)"})
     random_seed: int = field(default=0, metadata={
         "help": "seeds dummy weights and the seeds of requests that bring none"})
 
@@ -35,5 +40,7 @@ class WorkerConfig:
             raise ValueError("--page-size must be >= 1")
         if self.max_total_tokens is not None and self.max_total_tokens < 1:
             raise ValueError("--max-total-tokens must be >= 1")
+        if self.cuda_graph_max_bs is not None and self.cuda_graph_max_bs < 1:
+            raise ValueError("--cuda-graph-max-bs must be >= 1")
         if not 0 < self.mem_fraction_static < 1:
             raise ValueError("--mem-fraction-static must be in (0, 1)")

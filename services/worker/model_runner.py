@@ -2,6 +2,10 @@
 
 It decides nothing: every request, chunk and page comes from the plan. What it keeps between
 steps is the per-request state the plan refers to (tokens, page-table mirror, KV length).
+
+On a GPU a step is launched, not waited for: the sampled tokens stay on the device (where the
+next step's decodes read them) and travel to pinned host memory behind the step's kernels, so
+step N + 1 can be prepared and queued while step N runs; `finish` waits for step N alone.
 """
 
 from __future__ import annotations
@@ -12,9 +16,10 @@ from pathlib import Path
 import torch
 
 from radixmesh.services.worker.attention import make_attention_backend, pick_attention_backend
-from radixmesh.services.worker.base import ModelWorker
-from radixmesh.services.worker.batch_builder import build_forward_batch
+from radixmesh.services.worker.base import FinishedStep, LaunchedStep, ModelWorker
+from radixmesh.services.worker.batch_builder import BatchEntry, build_forward_batch
 from radixmesh.services.worker.config import WorkerConfig
+from radixmesh.services.worker.cuda_graph import CudaGraphRunner
 from radixmesh.services.worker.kv_pool import KVPool
 from radixmesh.services.worker.loader import load_model, resolve_dtype
 from radixmesh.services.worker.memory import kv_pool_tokens
@@ -27,6 +32,22 @@ from radixmesh.shared.step import StepPlan, StepResult, WorkerInfo
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_RUNNING = 256
+DEFAULT_CUDA_GRAPH_MAX_BS = 256
+
+
+class RunnerStep(LaunchedStep):
+    """A launched step: its tokens land in `host_tokens` when `done` (None on the CPU) fires."""
+
+    def __init__(self, plan: StepPlan, entries: list[BatchEntry], host_tokens: torch.Tensor,
+                 done: torch.cuda.Event | None, cuda_graph: bool) -> None:
+        self.plan = plan
+        self.entries = entries
+        self.host_tokens = host_tokens
+        self.done = done
+        self.cuda_graph = cuda_graph
+
+    def ready(self) -> bool:
+        return self.done is None or self.done.query()
 
 
 class ModelRunner(ModelWorker):
@@ -53,36 +74,81 @@ class ModelRunner(ModelWorker):
             self.max_running, lambda: int(torch.randint(0, 2**62, (), generator=seeds)),
             on_register=self._register_sampling,
             on_release=lambda req: self.sampler.release_request(req.slot))
+        # Each slot's latest sampled token, where the next decode of its request reads it.
+        self.last_tokens = torch.zeros(self.max_running, dtype=torch.int64, device=self.device)
+        self.graph_runner = self._make_graph_runner()
         self.model_id = str(model_path)
+        self.available_memory_gb = (torch.cuda.mem_get_info(self.device)[0] / 2**30
+                                    if self.device.type == "cuda" else 0.0)
+
+    def _make_graph_runner(self) -> CudaGraphRunner | None:
+        config = self.config
+        if self.device.type != "cuda" or config.disable_cuda_graph:
+            return None
+        if not self.backend.supports_cuda_graph:
+            logger.warning("CUDA graphs off: the %s attention backend does not support them",
+                           self.backend.name)
+            return None
+        max_bs = min(config.cuda_graph_max_bs or DEFAULT_CUDA_GRAPH_MAX_BS, self.max_running)
+        max_pages_per_seq = -(-self.context_len // self.page_size)
+        runner = CudaGraphRunner(self.model, self.backend, self.kv_pool, max_bs,
+                                 max_pages_per_seq)
+        runner.capture()
+        return runner
 
     def info(self) -> WorkerInfo:
         return WorkerInfo(
             model_id=self.model_id, num_pages=self.kv_pool.num_pages, page_size=self.page_size,
             context_len=self.context_len, vocab_size=self.model_config.vocab_size,
             eos_token_ids=self.model_config.eos_token_ids, kv_dtype=str(self.dtype).removeprefix("torch."),
-            max_running_requests=self.max_running)
+            max_running_requests=self.max_running, available_memory_gb=self.available_memory_gb,
+            cuda_graph=self.graph_runner is not None)
 
     @property
     def num_requests(self) -> int:
         return len(self.table)
 
-    @torch.inference_mode()
     def execute(self, plan: StepPlan) -> StepResult:
+        return self.finish(self.launch(plan))
+
+    @torch.inference_mode()
+    def launch(self, plan: StepPlan) -> LaunchedStep:
         entries = self.table.apply(plan)
         if not entries:
-            return StepResult(plan.step_id, [], [])
+            return FinishedStep(StepResult(plan.step_id, [], []))
         batch = build_forward_batch(entries, len(plan.extends), self.kv_pool, self.backend,
-                                    self.device)
-        self.backend.prepare(batch)
-        hidden = self.model(batch)
-        logits = self.model.compute_logits(hidden[batch.logits_indices])
-        sampled = [entry.req for entry in entries if entry.sample]
-        next_ids = self.sampler.sample(logits, self._sampling_batch(sampled)).tolist()
-        return self.table.commit(plan, entries, next_ids)
+                                    self.last_tokens)
+        graph = self.graph_runner is not None and self.graph_runner.can_run(batch)
+        if graph:
+            logits = self.graph_runner.replay(batch)
+        else:
+            self.backend.prepare(batch)
+            hidden = self.model(batch)
+            logits = self.model.compute_logits(hidden[batch.logits_indices])
+        sampling = self._sampling_batch([entry.req for entry in entries if entry.sample])
+        next_ids = self.sampler.sample(logits, sampling)
+        self.last_tokens.index_copy_(0, sampling.slots, next_ids)
+        if self.device.type != "cuda":
+            return RunnerStep(plan, entries, next_ids, None, graph)
+        host_tokens = torch.empty(next_ids.shape, dtype=next_ids.dtype, pin_memory=True)
+        host_tokens.copy_(next_ids, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return RunnerStep(plan, entries, host_tokens, done, graph)
+
+    def finish(self, step: LaunchedStep) -> StepResult:
+        if isinstance(step, FinishedStep):
+            return step.result
+        assert isinstance(step, RunnerStep)
+        if step.done is not None:
+            step.done.synchronize()
+        return self.table.commit(step.plan, step.entries, step.host_tokens.tolist(),
+                                 cuda_graph=step.cuda_graph)
 
     def _sampling_batch(self, reqs: list[WorkerRequest]) -> SamplingBatch:
+        # `apply` has counted the token being drawn: the draw is output number n - 1.
         return SamplingBatch.build([req.sampling for req in reqs], [req.seed for req in reqs],
-                                   [req.num_output_tokens for req in reqs],
+                                   [req.num_output_tokens - 1 for req in reqs],
                                    [req.slot for req in reqs], self.device)
 
     def _register_sampling(self, req: WorkerRequest) -> None:

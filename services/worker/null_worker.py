@@ -38,7 +38,9 @@ class NullWorker(ModelWorker):
         entries = self.table.apply(plan)
         if self.check_pages:
             self._check_pages(entries)
-        tokens = [self.token_at(entry.req.num_output_tokens) for entry in entries if entry.sample]
+        # `apply` already counted this step's token: the one drawn now is output number n - 1.
+        tokens = [self.token_at(entry.req.num_output_tokens - 1)
+                  for entry in entries if entry.sample]
         return self.table.commit(plan, entries, tokens)
 
     def token_at(self, output_position: int) -> int:

@@ -9,8 +9,10 @@ from radixmesh.shared.sampling_params import SamplingParams
 
 @dataclass(eq=False)
 class WorkerRequest:
-    """`token_ids` holds every known token, outputs appended as the worker samples them;
-    `kv_len` tokens have KV in the pages of `page_table` (a mirror of the scheduler's)."""
+    """`token_ids` holds every token whose value the host knows; `num_pending` more have been
+    sampled by launched steps whose results are still on the device (an overlapped worker
+    launches step N+1 before it reads step N's tokens). `kv_len` counts the tokens whose KV
+    the launched steps write, in the pages of `page_table` (a mirror of the scheduler's)."""
 
     rid: str
     token_ids: list[int]
@@ -20,7 +22,12 @@ class WorkerRequest:
     seed: int
     slot: int
     page_table: list[int] = field(default_factory=list)
+    num_pending: int = 0
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids) + self.num_pending
 
     @property
     def num_output_tokens(self) -> int:
-        return len(self.token_ids) - self.num_prompt_tokens
+        return self.num_tokens - self.num_prompt_tokens

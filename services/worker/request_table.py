@@ -16,9 +16,12 @@ class PlanError(ValueError):
 class RequestTable:
     """Applies plans to per-request state and checks that they follow from it.
 
-    `apply` handles releases, registrations and page-table writes, and turns the plan's work
-    into batch entries (extends in order, then decodes); `commit` records what the step
-    computed and sampled. Between them the worker runs its forward pass.
+    `apply` handles releases, registrations and page-table writes, turns the plan's work
+    into batch entries (extends in order, then decodes) and advances each request past the
+    step (KV length, one pending token per sample), so the next plan can be applied before
+    this step's tokens are known; `commit` records the sampled tokens. Between them the worker
+    runs its forward pass. A request released in between still gets its tokens committed to
+    its (detached) state, which is harmless.
     """
 
     def __init__(self, max_slots: int, draw_seed: Callable[[], int],
@@ -44,17 +47,22 @@ class RequestTable:
             end = write.start + len(write.page_ids)
             table.extend([0] * (end - len(table)))
             table[write.start:end] = write.page_ids
-        return self._entries(plan)
-
-    def commit(self, plan: StepPlan, entries: list[BatchEntry],
-               next_token_ids: list[int]) -> StepResult:
-        """`next_token_ids` holds one token per sampling entry, in entry order."""
-        sampled = [entry.req for entry in entries if entry.sample]
+        entries = self._entries(plan)
         for entry in entries:
             entry.req.kv_len += entry.length
+            entry.req.num_pending += entry.sample
+        return entries
+
+    def commit(self, plan: StepPlan, entries: list[BatchEntry],
+               next_token_ids: list[int], cuda_graph: bool = False) -> StepResult:
+        """`next_token_ids` holds one token per sampling entry, in entry order; steps commit
+        in the order they were applied."""
+        sampled = [entry.req for entry in entries if entry.sample]
         for req, token in zip(sampled, next_token_ids, strict=True):
             req.token_ids.append(token)
-        return StepResult(plan.step_id, [req.rid for req in sampled], next_token_ids)
+            req.num_pending -= 1
+        return StepResult(plan.step_id, [req.rid for req in sampled], next_token_ids,
+                          cuda_graph=cuda_graph)
 
     def get(self, rid: str) -> WorkerRequest:
         try:
@@ -72,9 +80,9 @@ class RequestTable:
             entries.append(BatchEntry(req, chunk.start, chunk.length, chunk.sample))
         for rid in plan.decodes:
             req = self.get(rid)
-            if req.kv_len != len(req.token_ids) - 1:
+            if req.kv_len != req.num_tokens - 1:
                 raise PlanError(f"decode of {rid} with kv_len {req.kv_len} and "
-                                f"{len(req.token_ids)} tokens")
+                                f"{req.num_tokens} tokens")
             entries.append(BatchEntry(req, req.kv_len, 1, True))
         return entries
 

@@ -14,10 +14,11 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import grpc
 
-from radixmesh.services.worker.base import ModelWorker
+from radixmesh.services.worker.base import LaunchedStep, ModelWorker
 from radixmesh.services.worker.metrics import WorkerMetrics
 from radixmesh.shared import wire
 from radixmesh.shared.protos_gen import common_pb2, internal_pb2, internal_pb2_grpc
@@ -27,6 +28,25 @@ logger = logging.getLogger(__name__)
 # How long a new Execute stream waits for the previous one to finish its cleanup (a scheduler
 # reconnecting) before it is refused as a second scheduler.
 STREAM_HANDOVER_S = 1.0
+# How often the stream checks whether the step in flight is done while no plan is waiting.
+READY_POLL_S = 0.0002
+
+
+@dataclass(slots=True)
+class _Inflight:
+    step: LaunchedStep
+    launch_seconds: float
+    idle_seconds: float | None
+
+
+async def _read_plans(request_iterator: AsyncIterator[internal_pb2.StepPlan],
+                      plans: asyncio.Queue[internal_pb2.StepPlan | None]) -> None:
+    """Moves plans from the stream into `plans`, then None when the stream ends."""
+    try:
+        async for message in request_iterator:
+            plans.put_nowait(message)
+    finally:
+        plans.put_nowait(None)
 
 
 class WorkerServicer(internal_pb2_grpc.WorkerServicer):
@@ -34,10 +54,11 @@ class WorkerServicer(internal_pb2_grpc.WorkerServicer):
     scheduler at the other end. When the stream ends, the requests it left registered are
     released, so a restarted scheduler meets a clean worker.
 
-    `idle_seconds` of a step is the time from the end of the previous step's execution to the
-    start of this one's, counted only while the worker held requests (a worker with nothing to
-    do is not waiting on the scheduler): the cost of the scheduler and the wire, which
-    pipelining hides.
+    `idle_seconds` of a step is the time from the end of the previous step's finish to the
+    start of this one's launch, counted only while the worker held requests (a worker with
+    nothing to do is not waiting on the scheduler): the cost of the scheduler and the wire,
+    which pipelining hides. With overlap a launch usually precedes the previous finish, and
+    nothing is counted.
     """
 
     def __init__(self, worker: ModelWorker, executor: ThreadPoolExecutor,
@@ -58,22 +79,50 @@ class WorkerServicer(internal_pb2_grpc.WorkerServicer):
         if not await self._claim_stream():
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                 "another scheduler holds this worker's Execute stream")
-        loop = asyncio.get_running_loop()
         live: set[str] = set()  # rids registered by this stream and not released
+        plans: asyncio.Queue[internal_pb2.StepPlan | None] = asyncio.Queue()
+        reader = asyncio.create_task(_read_plans(request_iterator, plans))
         try:
-            async for message in request_iterator:
-                try:
-                    result = await loop.run_in_executor(self._executor, self._step, message, live)
-                except Exception as error:  # a plan the worker cannot follow: a bug upstream
-                    logger.exception("step %d failed", message.step_id)
-                    await context.abort(grpc.StatusCode.INTERNAL, f"step failed: {error}")
-                await context.write(result)
+            await self._serve_plans(plans, live, context)
         finally:
+            reader.cancel()
             # Queued, not awaited (this may run while the call is being cancelled): the one
             # executor thread runs it before any step of the next stream.
             with contextlib.suppress(RuntimeError):  # the executor is shut: we are exiting
                 self._executor.submit(self._release, live)
             self._stream_open = False
+
+    async def _serve_plans(self, plans: asyncio.Queue[internal_pb2.StepPlan | None],
+                           live: set[str], context: grpc.aio.ServicerContext) -> None:
+        """Launches each plan as soon as it arrives, before finishing the step in flight, so
+        the device always has the next step queued while the scheduler plans the one after;
+        a step is finished early only when no plan is waiting to be launched behind it."""
+        loop = asyncio.get_running_loop()
+        inflight: _Inflight | None = None
+        while True:
+            if inflight is not None and plans.empty():
+                while plans.empty() and not inflight.step.ready():
+                    await asyncio.sleep(READY_POLL_S)
+                if plans.empty():  # it finished first: its tokens go out now
+                    await context.write(await loop.run_in_executor(
+                        self._executor, self._finish, inflight))
+                    inflight = None
+                    continue
+            message = await plans.get()
+            if message is None:
+                break
+            try:
+                launched = await loop.run_in_executor(self._executor, self._launch, message, live,
+                                                      inflight is None)
+            except Exception as error:  # a plan the worker cannot follow: a bug upstream
+                logger.exception("step %d failed", message.step_id)
+                await context.abort(grpc.StatusCode.INTERNAL, f"step failed: {error}")
+            if inflight is not None:
+                await context.write(await loop.run_in_executor(
+                    self._executor, self._finish, inflight))
+            inflight = launched
+        if inflight is not None:
+            await loop.run_in_executor(self._executor, self._finish, inflight)
 
     async def _claim_stream(self) -> bool:
         deadline = time.monotonic() + STREAM_HANDOVER_S
@@ -84,20 +133,28 @@ class WorkerServicer(internal_pb2_grpc.WorkerServicer):
         self._stream_open = True
         return True
 
-    def _step(self, message: internal_pb2.StepPlan, live: set[str]) -> internal_pb2.StepResult:
+    def _launch(self, message: internal_pb2.StepPlan, live: set[str],
+                device_idle: bool) -> _Inflight:
         plan = wire.plan_from_proto(message)
-        waited_on_scheduler = self._worker.num_requests > 0 and self._last_step_end is not None
+        waited_on_scheduler = (device_idle and self._worker.num_requests > 0
+                               and self._last_step_end is not None)
         start = time.perf_counter()
         idle = start - self._last_step_end if waited_on_scheduler else None
-        result = self._worker.execute(plan)
-        end = time.perf_counter()
-        self._last_step_end = end
+        step = self._worker.launch(plan)
         live.difference_update(plan.released)
         live.update(new.rid for new in plan.new_requests)
+        return _Inflight(step, time.perf_counter() - start, idle)
+
+    def _finish(self, inflight: _Inflight) -> internal_pb2.StepResult:
+        start = time.perf_counter()
+        result = self._worker.finish(inflight.step)
+        end = time.perf_counter()
+        self._last_step_end = end
+        busy = inflight.launch_seconds + (end - start)
         if self._metrics is not None:
-            self._metrics.observe_step(end - start, idle)
-        return wire.result_to_proto(result, forward_seconds=end - start,
-                                    idle_seconds=idle or 0.0)
+            self._metrics.observe_step(busy, inflight.idle_seconds)
+        return wire.result_to_proto(result, forward_seconds=busy,
+                                    idle_seconds=inflight.idle_seconds or 0.0)
 
     def _release(self, live: set[str]) -> None:
         self._last_step_end = None

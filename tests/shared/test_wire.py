@@ -42,12 +42,13 @@ def test_step_plan_and_result_round_trip():
         extends=[ExtendChunk("r1", 1, 2, True)],
         decodes=["r0"], released=["old"])
     assert wire.plan_from_proto(wire.plan_to_proto(plan)) == plan
-    result = StepResult(9, ["r1", "r0"], [11, 12])
+    result = StepResult(9, ["r1", "r0"], [11, 12], cuda_graph=True)
     assert wire.result_from_proto(wire.result_to_proto(result, 0.1, 0.2)) == result
 
 
 def test_worker_info_round_trip():
-    info = WorkerInfo("m", 100, 4, 2048, 512, (2, 4), "float32", 64)
+    info = WorkerInfo("m", 100, 4, 2048, 512, (2, 4), "float32", 64, available_memory_gb=1.5,
+                      cuda_graph=True)
     assert wire.worker_info_from_proto(wire.worker_info_to_proto(info)) == info
 
 

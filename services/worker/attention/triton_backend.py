@@ -43,8 +43,14 @@ class TritonStepMetadata:
     decode_splits: int
 
 
+# A graph is captured once per batch size and replayed for any context length, so its split
+# count must not depend on the lengths: it is chosen as if every sequence were this long.
+GRAPH_SPLIT_LENGTH = 1 << 20
+
+
 class TritonAttentionBackend(AttentionBackend):
     name = "triton"
+    supports_cuda_graph = True
 
     def __init__(self, kv_pool: KVPool) -> None:
         super().__init__(kv_pool)
@@ -58,6 +64,9 @@ class TritonAttentionBackend(AttentionBackend):
         n = batch.num_extends
         extend_lens = batch.extend_lens_cpu[:n]
         decode_lens = batch.seq_lens_cpu[n:]
+        # Empty splits of short sequences cost one idle program each: the merge weighs them 0.
+        longest = (GRAPH_SPLIT_LENGTH if batch.graph_batch_size is not None
+                   else max(decode_lens, default=0))
         self._meta = TritonStepMetadata(
             num_extends=n,
             num_extend_tokens=sum(extend_lens),
@@ -69,9 +78,13 @@ class TritonAttentionBackend(AttentionBackend):
             num_decodes=len(decode_lens),
             decode_page_table=batch.page_table[n:],
             decode_seq_lens=batch.seq_lens[n:],
-            decode_splits=pick_num_splits(len(decode_lens), self.kv_pool.num_kv_heads,
-                                          max(decode_lens, default=0), self._num_sms),
+            decode_splits=pick_num_splits(len(decode_lens), self.kv_pool.num_kv_heads, longest,
+                                          self._num_sms),
         )
+
+    def init_cuda_graph_state(self, max_batch_size: int) -> None:
+        """Nothing to allocate: the kernels read the graph runner's static batch tensors, and
+        their scratch (split partials) comes from the graph's memory pool."""
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: AttentionSpec,
                 batch: ForwardBatch) -> torch.Tensor:
