@@ -13,14 +13,17 @@ download() {
     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any -d .whl "$@"
 }
 # Missing from the GPU image (it has torch, transformers, tokenizers, safetensors, grpcio,
-# protobuf, numpy, jinja2, tqdm).
+# protobuf, numpy, jinja2, tqdm). aiohttp and its deps are the front door's HTTP server (the
+# mesh steps); idna (yarl's) is surely there through httpx, carried in case it is not.
 # The stubs need the grpcio they were generated for (the image has an older one).
 grpc_version=$(python3 -c "import grpc_tools, importlib.metadata as m; print(m.version('grpcio-tools'))")
 download "grpcio==$grpc_version" "grpcio-health-checking==$grpc_version" \
   "grpcio-reflection==$grpc_version" prometheus-client \
-  aiohttp aiohappyeyeballs aiosignal frozenlist multidict propcache yarl attrs \
+  aiohttp aiohappyeyeballs aiosignal frozenlist multidict propcache yarl attrs idna \
   pytest-timeout hypothesis sortedcontainers
 if [[ "${WITH_FLASHINFER:-0}" == 1 ]]; then
   download flashinfer-python==0.5.3 apache-tvm-ffi nvidia-cudnn-frontend
 fi
+# The commit the wheel was built from, for the result JSONs (run.sh exports it).
+python3 -c "from radixmesh.bench.results import git_commit; print(git_commit())" > .whl/COMMIT
 du -sh .whl && ls .whl

@@ -1,35 +1,77 @@
 #!/usr/bin/env bash
 # Run ON THE GPU MACHINE from the repo root (the device tool: carry `.whl`), after
-# load-tests/gpu/prepare.sh ran here. Installs the carried wheels, writes a Llama-3.1-8B
-# config (weights are dummy: `--load-format dummy`), runs the GPU tests and the workloads
-# given as arguments (default: decode-b1), and copies results and logs to $OUT.
-#   bash load-tests/gpu/run.sh decode-b1 sharegpt-like
-set -euo pipefail
+# load-tests/gpu/prepare.sh ran here. Installs the carried wheels, writes a Llama-3.1-8B-shaped
+# model directory (weights are dummy), runs the STEPs in order and leaves every result JSON and
+# log in $OUT.
+#
+#   bash load-tests/gpu/run.sh [STEP ...]        (default: offline:decode-b1)
+#
+# STEPs: tests                 tests/kernels and tests/worker
+#        offline:WORKLOAD      `radixmesh bench --path offline` (the engine in-process)
+#        mesh:WORKLOAD         `radixmesh bench --path mesh` against `radixmesh up`
+#        mesh-noradix:WORKLOAD ... against `radixmesh up --disable-radix-cache`
+#        mesh-null:WORKLOAD    ... against `radixmesh up --worker null`
+#        hf                    HF transformers `generate`, batch 1 and 256 (hf_generate.py)
+# Consecutive steps of one mesh variant share one `radixmesh up`; any other step stops it
+# first (one model on the GPU at a time), so keep each variant's steps together.
+#
+# Environment: BENCH_FLAGS (every bench), SERVER_FLAGS (every `radixmesh up`), HF_FLAGS;
+# MODEL (a model dir to use as is; default: the 8B-shaped one, written), MODEL_FLAGS (default
+# "--load-format dummy --dtype bfloat16"), OUT (default /tmp/out), WHEELS (default .whl; empty:
+# use the installed radixmesh), SERVER_TIMEOUT (s to wait for the mesh, default 420),
+# STEP_TIMEOUT (s per bench/test step, default 0: none), LOG_LEVEL (default info).
+# On a CPU: OUT=/tmp/rtest WHEELS= MODEL=<tiny dir> MODEL_FLAGS= BENCH_FLAGS="--num-prompts 8
+# --scale 0.05" HF_FLAGS="--device cpu --dtype float32 --batch-sizes 1 2 --input-len 8
+# --max-new-tokens 8" bash load-tests/gpu/run.sh offline:sharegpt-like mesh:sharegpt-like hf
+set -uo pipefail
 export PYTHONUNBUFFERED=1
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-  --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
+export PY=${PY:-python3} OUT=${OUT:-/tmp/out} LOG_LEVEL=${LOG_LEVEL:-info}
+export MODEL_FLAGS=${MODEL_FLAGS-"--load-format dummy --dtype bfloat16"}
+export SERVER_FLAGS=${SERVER_FLAGS:-} BENCH_FLAGS=${BENCH_FLAGS:-} HF_FLAGS=${HF_FLAGS:-}
+export SERVER_TIMEOUT=${SERVER_TIMEOUT:-420} STEP_TIMEOUT=${STEP_TIMEOUT:-0}
+export RUN_DIR=/tmp/gpurun
+WHEELS=${WHEELS-$REPO/.whl}
+source "$REPO/load-tests/gpu/lib.sh"
+mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
+
+install_wheels "$WHEELS" || { echo "!! installing the wheels failed"; exit 1; }
 # Work outside the checkout: its radixmesh/ folder would shadow the installed package, whose
 # radixmesh.services and radixmesh.shared the install maps from the top-level folders.
-rm -rf /tmp/gpurun && mkdir -p /tmp/gpurun && cp -r tests /tmp/gpurun/ && cd /tmp/gpurun
-MODEL=/tmp/llama-3.1-8b-dummy
-python3 - "$MODEL" <<'PY'
-import sys
-from transformers import LlamaConfig
-LlamaConfig(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
-            num_key_value_heads=8, intermediate_size=14336, vocab_size=128256,
-            max_position_embeddings=131072, rms_norm_eps=1e-5, dtype="bfloat16",
-            bos_token_id=128000, eos_token_id=[128001, 128008, 128009],
-            rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
-                             "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                             "original_max_position_embeddings": 8192},
-            architectures=["LlamaForCausalLM"]).save_pretrained(sys.argv[1])
-PY
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
-python3 -m pytest -q -p no:cacheprovider tests/worker 2>&1 | tee "$OUT/gpu-tests.txt" | tail -5 || true
-for workload in "${@:-decode-b1}"; do
-  python3 -m radixmesh.cli --log-level info bench --workload "$workload" --path offline \
-    --model-path "$MODEL" --load-format dummy --dtype bfloat16 --no-progress \
-    --output-dir "$OUT" ${BENCH_FLAGS:-} 2>&1 | tee "$OUT/$workload.log" | tail -25
+rm -rf "$RUN_DIR" && mkdir -p "$RUN_DIR"
+cp -r "$REPO/tests" "$REPO/pyproject.toml" "$REPO"/load-tests/gpu/*.py "$RUN_DIR/"
+cd "$RUN_DIR" || exit 1
+if [[ -z ${MODEL:-} ]]; then
+  MODEL=/tmp/llama-3.1-8b-dummy
+  write_llama8b_dir "$MODEL" || { echo "!! writing $MODEL failed"; exit 1; }
+fi
+export MODEL
+GPU_NAME=$(gpu_name)
+command -v nvidia-smi >/dev/null &&
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+trap stop_server EXIT
+trap 'exit 130' INT TERM   # through the EXIT trap: never leave a mesh behind
+
+failures=0
+for step in "${@:-offline:decode-b1}"; do
+  kind=${step%%:*} workload=${step#*:}
+  [[ $kind == mesh* ]] || stop_server
+  echo "=== $step"
+  started=$SECONDS status=0
+  case $kind in
+    tests) step_tests || status=$? ;;
+    hf) step_hf || status=$? ;;
+    offline) step_offline "$workload" || status=$? ;;
+    *) if [[ -v "MESH_VARIANTS[$kind]" && $workload != "$step" ]]; then
+         step_mesh "$kind" "$workload" || status=$?
+       else
+         echo "!! unknown step $step"; status=2
+       fi ;;
+  esac
+  ((status == 0)) || failures=$((failures + 1))
+  printf '%-32s status %-3s %5ss\n' "$step" "$status" $((SECONDS - started)) |
+    tee -a "$OUT/summary.txt"
 done
+stop_server
+echo "=== $failures step(s) failed; results and logs in $OUT"
+((failures == 0))

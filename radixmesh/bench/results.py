@@ -60,7 +60,11 @@ def labelled_device(label: str) -> Device:
 
 
 def git_commit(repo: Path = REPO_ROOT) -> str:
-    """Short HEAD, with "-dirty" when tracked files differ from it; "unknown" outside git."""
+    """Short HEAD, with "-dirty" when tracked files differ from it; "unknown" outside git.
+    `RADIXMESH_COMMIT` overrides it: a machine running an installed wheel has no checkout."""
+    if os.environ.get("RADIXMESH_COMMIT"):
+        return os.environ["RADIXMESH_COMMIT"]
+
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True,
                               check=True, timeout=30).stdout.strip()

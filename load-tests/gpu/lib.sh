@@ -1,0 +1,208 @@
+# Helpers of load-tests/gpu/run.sh (sourced). They read the settings run.sh exports: PY, OUT,
+# MODEL, MODEL_FLAGS, SERVER_FLAGS, BENCH_FLAGS, HF_FLAGS, LOG_LEVEL, SERVER_TIMEOUT,
+# STEP_TIMEOUT, RUN_DIR. Functions return non-zero on failure instead of exiting, so one
+# failed step never costs the results of the others.
+
+# Mesh variants: the step prefix names the extra flags of the `radixmesh up` it runs against.
+declare -A MESH_VARIANTS=(
+  [mesh]=""
+  [mesh-noradix]="--disable-radix-cache"
+  [mesh-null]="--worker null"
+)
+
+SERVER_PID=""        # the running `radixmesh up`, if any
+SERVER_VARIANT=""    # its variant; "failed:<variant>" after a start that failed
+SERVER_CHILDREN=""   # its services' pids, checked gone after it stops
+SERVER_STARTS=0
+SERVER_LOG=""
+SERVER_COMMAND=""    # as recorded in its benches' result JSONs
+
+# Installs the carried wheels into /tmp/site (the GPU image lacks them; see prepare.sh).
+install_wheels() {
+  local dir=$1
+  [[ -n $dir ]] || return 0
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site "$dir"/*.whl || return 1
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  # Result JSONs name the commit prepare.sh saw; the GPU machine has no git checkout.
+  [[ -f $dir/COMMIT ]] && export RADIXMESH_COMMIT=$(<"$dir/COMMIT")
+  return 0
+}
+
+# A Llama-3.1-8B-shaped model directory: config.json only (weights come from
+# `--load-format dummy`) and a tokenizer padded to the 128256-id vocabulary, so the mesh's
+# detokenizer does its real work on every generated id.
+write_llama8b_dir() {
+  local dir=$1
+  [[ -f $dir/config.json && -f $dir/tokenizer.json ]] && return 0
+  "$PY" - "$dir" <<'PY'
+import sys
+from pathlib import Path
+from transformers import LlamaConfig
+from radixmesh.make_model.tokenizer import train_tokenizer
+LlamaConfig(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
+            num_key_value_heads=8, intermediate_size=14336, vocab_size=128256,
+            max_position_embeddings=131072, rms_norm_eps=1e-5, dtype="bfloat16",
+            bos_token_id=128000, eos_token_id=[128001, 128008, 128009],
+            rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+                             "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                             "original_max_position_embeddings": 8192},
+            architectures=["LlamaForCausalLM"]).save_pretrained(sys.argv[1])
+train_tokenizer(Path(sys.argv[1]), 128256, model_max_length=131072)
+PY
+}
+
+gpu_name() {
+  command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name --format=csv,noheader | head -n1
+  return 0
+}
+
+# run_logged LOG CMD...: runs CMD (cut off after STEP_TIMEOUT s; 0: never), its output to LOG
+# and the tail to the terminal (the device tool returns only the last 12,000 characters).
+run_logged() {
+  local log=$1; shift
+  local status=0
+  timeout --signal=INT --kill-after=30 "${STEP_TIMEOUT:-0}" "$@" >"$log" 2>&1 || status=$?
+  tail -n 25 "$log"
+  return "$status"
+}
+
+# Adds KEY=VALUE string fields to the result JSON a bench named in LOG ("result: PATH").
+annotate_result() {
+  local log=$1; shift
+  local json
+  json=$(sed -n 's/^result: //p' "$log" | tail -n1)
+  [[ -n $json ]] || return 0
+  "$PY" - "$json" "$@" <<'PY'
+import json, sys
+path, pairs = sys.argv[1], sys.argv[2:]
+result = json.load(open(path))
+result.update(pair.split("=", 1) for pair in pairs)
+open(path, "w").write(json.dumps(result, indent=2) + "\n")
+PY
+}
+
+start_server() {
+  local variant=$1
+  SERVER_STARTS=$((SERVER_STARTS + 1))
+  local log="$OUT/server-$variant-$SERVER_STARTS.log"
+  SERVER_LOG=$log
+  # shellcheck disable=SC2086  # the flag variables are word lists on purpose
+  local -a argv=("$PY" -m radixmesh.cli --log-level "$LOG_LEVEL" up --model-path "$MODEL"
+                 $MODEL_FLAGS ${MESH_VARIANTS[$variant]} $SERVER_FLAGS)
+  echo "== starting: ${argv[*]}  (log: $log)"
+  : >"$log"  # before the poll below reads it
+  "${argv[@]}" >>"$log" 2>&1 &
+  SERVER_PID=$! SERVER_VARIANT=$variant SERVER_COMMAND="radixmesh ${argv[*]:3}"
+  local deadline=$((SECONDS + SERVER_TIMEOUT))
+  # The launcher prints "radixmesh is up:" once every service reports SERVING on gRPC health.
+  until grep -q '^radixmesh is up' "$log"; do
+    if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+      local status=0; wait "$SERVER_PID" || status=$?
+      echo "!! radixmesh up exited (status $status) before it was up; its log ends:"
+      tail -n 40 "$log"
+      SERVER_PID="" SERVER_VARIANT="failed:$variant"
+      return 1
+    fi
+    if ((SECONDS > deadline)); then
+      echo "!! radixmesh up not up after ${SERVER_TIMEOUT}s; its log ends:"
+      tail -n 40 "$log"
+      stop_server
+      SERVER_VARIANT="failed:$variant"
+      return 1
+    fi
+    sleep 1
+  done
+  SERVER_CHILDREN=$(children_of "$SERVER_PID")
+  echo "== mesh up after $((SECONDS - deadline + SERVER_TIMEOUT))s (services: $SERVER_CHILDREN)"
+}
+
+# The pids whose parent is $1 (from /proc: the image may lack procps).
+children_of() {
+  local stat line fields
+  for stat in /proc/[0-9]*/stat; do
+    read -r line 2>/dev/null <"$stat" || continue
+    # After the ")" that closes the command name come the state, then the parent's pid.
+    read -r -a fields <<<"${line##*) }"
+    [[ ${fields[1]} == "$1" ]] || continue
+    stat=${stat#/proc/}; printf '%s ' "${stat%/stat}"
+  done
+}
+
+# SIGTERM to the launcher, which stops its services in order; then make sure none outlived it.
+stop_server() {
+  [[ -n $SERVER_PID ]] || return 0
+  echo "== stopping radixmesh up (pid $SERVER_PID)"
+  SERVER_CHILDREN+=" $(children_of "$SERVER_PID")"  # also those started since it was up
+  kill -TERM "$SERVER_PID" 2>/dev/null || true
+  local waited=0
+  while kill -0 "$SERVER_PID" 2>/dev/null && ((waited < 60)); do sleep 1; waited=$((waited + 1)); done
+  kill -KILL "$SERVER_PID" 2>/dev/null || true
+  local status=0; wait "$SERVER_PID" 2>/dev/null || status=$?
+  echo "== radixmesh up exited with status $status after ${waited}s"
+  local pid
+  for pid in $SERVER_CHILDREN; do
+    # Still a service (the pid not reused since)? `up` runs each as `-m radixmesh.serve`.
+    if tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -q 'radixmesh\.serve'; then
+      echo "!! service pid $pid outlived radixmesh up: killing it"
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+  done
+  SERVER_PID="" SERVER_VARIANT="" SERVER_CHILDREN=""
+}
+
+step_tests() {
+  run_logged "$OUT/gpu-tests.log" "$PY" -m pytest -q -p no:cacheprovider tests/kernels tests/worker
+}
+
+step_offline() {
+  local workload=$1 log="$OUT/offline-$1.log"
+  # shellcheck disable=SC2086
+  run_logged "$log" "$PY" -m radixmesh.cli --log-level "$LOG_LEVEL" bench --workload "$workload" \
+    --path offline --model-path "$MODEL" $MODEL_FLAGS --no-progress --output-dir "$OUT" \
+    $BENCH_FLAGS
+  local status=$?
+  annotate_result "$log" "recipe=bash load-tests/gpu/run.sh offline:$workload"
+  return "$status"
+}
+
+step_mesh() {
+  local variant=$1 workload=$2 log="$OUT/$1-$2.log"
+  if [[ $SERVER_VARIANT != "$variant" && $SERVER_VARIANT != "failed:$variant" ]]; then
+    stop_server  # one mesh at a time: each holds most of the GPU's memory
+    start_server "$variant" || return 1
+  fi
+  [[ $SERVER_VARIANT == "$variant" ]] || { echo "!! skipped: its mesh is down"; return 1; }
+  check_server || return 1
+  local -a label=()
+  [[ -n $GPU_NAME ]] && label=(--device-label "$GPU_NAME")
+  # shellcheck disable=SC2086
+  run_logged "$log" "$PY" -m radixmesh.cli --log-level "$LOG_LEVEL" bench --workload "$workload" \
+    --path mesh --no-progress --output-dir "$OUT" "${label[@]}" $BENCH_FLAGS
+  local status=$?
+  annotate_result "$log" "recipe=bash load-tests/gpu/run.sh $variant:$workload" \
+    "server_command=$SERVER_COMMAND"
+  check_server || return 1
+  return "$status"
+}
+
+# Fails (and stops what is left of it) when the running mesh lost a service: the launcher
+# then says "...; stopping the mesh" and exits, which may take it a few seconds.
+check_server() {
+  if kill -0 "$SERVER_PID" 2>/dev/null && ! grep -q '^radixmesh up: .*stopping the mesh' "$SERVER_LOG"
+  then
+    return 0
+  fi
+  echo "!! the mesh died; its log ends:"
+  tail -n 40 "$SERVER_LOG"
+  local variant=$SERVER_VARIANT
+  stop_server
+  SERVER_VARIANT="failed:$variant"
+  return 1
+}
+
+step_hf() {
+  # shellcheck disable=SC2086
+  run_logged "$OUT/hf-generate.log" "$PY" "$RUN_DIR/hf_generate.py" --model-path "$MODEL" \
+    --output-dir "$OUT" $HF_FLAGS
+}
