@@ -31,7 +31,9 @@ def generate(model, disable_cuda_graph: bool, backend: str = "triton") -> tuple[
     return [c.output_ids for c in engine.generate(bodies)], engine
 
 
-@pytest.mark.parametrize("backend", sorted(set(ATTENTION_BACKENDS) - {"torch"}))
+# float32, where eager and replayed kernels must agree exactly: the Triton backend. (FlashInfer
+# has no float32 kernels; its own tests compare its graph replays with eager passes.)
+@pytest.mark.parametrize("backend", ["triton"])
 def test_graph_replay_matches_eager(tmp_path, backend):
     model = make_model(tmp_path / "llama", "llama", num_layers=2, hidden_size=256, num_heads=4,
                        num_kv_heads=2)
