@@ -72,7 +72,7 @@ class ModelRunner(ModelWorker):
         self.max_running = min(config.max_running_requests or default_max_running,
                                self.kv_pool.num_pages)
         self.backend = make_attention_backend(
-            pick_attention_backend(config.attention_backend, self.device), self.kv_pool)
+            pick_attention_backend(config.attention_backend, self.device, self.dtype), self.kv_pool)
         vocab_width = self.model_config.vocab_size
         self.sampler = Sampler(vocab_width, self.max_running, self.device)
         seeds = torch.Generator().manual_seed(config.random_seed)

@@ -27,6 +27,18 @@ if _triton_usable():
     ATTENTION_BACKENDS[TritonAttentionBackend.name] = TritonAttentionBackend
 
 
+def _flashinfer_usable() -> bool:
+    """FlashInfer needs the package and a CUDA device. Only its presence is checked here: the
+    backend imports it on construction, so offering it costs nothing at startup."""
+    return importlib.util.find_spec("flashinfer") is not None and torch.cuda.is_available()
+
+
+if _flashinfer_usable():
+    from radixmesh.services.worker.attention.flashinfer_backend import FlashInferAttentionBackend
+
+    ATTENTION_BACKENDS[FlashInferAttentionBackend.name] = FlashInferAttentionBackend
+
+
 def make_attention_backend(name: str, kv_pool: KVPool) -> AttentionBackend:
     try:
         backend_class = ATTENTION_BACKENDS[name]
@@ -36,12 +48,19 @@ def make_attention_backend(name: str, kv_pool: KVPool) -> AttentionBackend:
     return backend_class(kv_pool)
 
 
-def pick_attention_backend(name: str, device: torch.device) -> str:
-    """`auto` takes the fastest backend that runs on `device`: Triton on a CUDA device when
-    it is offered (installed, CUDA present), else torch."""
+def pick_attention_backend(name: str, device: torch.device, dtype: torch.dtype) -> str:
+    """`auto` takes the fastest backend that runs on `device` in `dtype`: FlashInfer on a Hopper
+    GPU (compute capability 9.x) when it is offered and supports `dtype` (it has no float32
+    kernels), else Triton on a CUDA device when it is offered, else torch."""
     if name != "auto":
         return name
-    return "triton" if device.type == "cuda" and "triton" in ATTENTION_BACKENDS else "torch"
+    if device.type != "cuda":
+        return "torch"
+    flashinfer = ATTENTION_BACKENDS.get("flashinfer")
+    if (flashinfer is not None and dtype in flashinfer.supported_dtypes
+            and torch.cuda.get_device_capability(device)[0] == 9):
+        return "flashinfer"
+    return "triton" if "triton" in ATTENTION_BACKENDS else "torch"
 
 
 __all__ = ["ATTENTION_BACKENDS", "AttentionBackend", "AttentionSpec", "PagedAttention",
