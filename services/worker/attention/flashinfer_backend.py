@@ -1,0 +1,250 @@
+"""The FlashInfer attention backend: FlashInfer's paged prefill and decode kernels over the KV pool.
+
+FlashInfer reads the pool's per-layer K and V buffers in place, viewed as
+[num_pages + 1, page_size, kv_heads, head_dim] (its "NHD" layout); page 0 is padding and is
+never listed in a sequence's pages.
+
+FlashInfer splits attention into `plan` (host work: partitioning the work, copying index arrays
+to the device) and `run` (kernel launches only). A plan is bound to a layer *kind* (head count,
+window, softmax scale; see `LayerKind`), so `prepare` plans every kind met so far once per pass
+and the layers only run. A kind first met in `forward` (the model's first pass) is planned
+there, once. That cannot happen inside a CUDA-graph capture: a graph runner must run each
+size's pass eagerly once before capturing it, as its warm-up does anyway.
+
+CUDA graphs: a graph batch of size B uses, per kind, a decode wrapper dedicated to B whose index
+arrays live in fixed buffers. The buffers are shared by all sizes (one size is replayed at a
+time and every replay is re-planned first), and so is each kind's integer plan workspace.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from radixmesh.kernels.kv_store import store_kv
+from radixmesh.kernels.page_indices import flatten_page_table
+from radixmesh.services.worker.attention.base import AttentionBackend, AttentionSpec
+from radixmesh.services.worker.forward_batch import ForwardBatch
+from radixmesh.services.worker.kv_pool import KVPool
+
+# FlashInfer's scratch for split-KV partial results; one buffer serves every wrapper because
+# runs are stream-ordered and nothing in it outlives one run.
+FLOAT_WORKSPACE_BYTES = 128 * 1024 * 1024
+# FlashInfer's size for a wrapper's integer workspace, which holds a plan until the next one.
+INT_WORKSPACE_BYTES = 8 * 1024 * 1024
+# From this many query heads per KV head, decode runs FlashInfer's tensor-core (prefill) kernel:
+# the CUDA-core decode kernel re-reads K/V once per query head of the group.
+TENSOR_CORE_MIN_GROUP = 4
+
+
+@dataclass(frozen=True, slots=True)
+class LayerKind:
+    """What a FlashInfer plan is bound to; all layers of one kind share one plan per pass."""
+
+    num_heads: int
+    window_left: int  # FlashInfer's: the query at p sees keys >= p - window_left; -1: no window
+    sm_scale: float
+
+    @classmethod
+    def of(cls, spec: AttentionSpec) -> LayerKind:
+        # Our window W lets the query at p see keys (p - W, p], i.e. from p - (W - 1) on.
+        window_left = -1 if spec.sliding_window is None else spec.sliding_window - 1
+        return cls(spec.num_heads, window_left, spec.scaling)
+
+
+@dataclass(frozen=True, slots=True)
+class PagedRows:
+    """Some sequences' KV pages in the CSR form FlashInfer's `plan` takes."""
+
+    kv_indptr: torch.Tensor         # [n + 1] int32 on the host
+    kv_indices: torch.Tensor        # [kv_indptr[-1]] int32 on the device
+    kv_last_page_len: torch.Tensor  # [n] int32 on the host, each in [1, page_size]
+
+    @classmethod
+    def build(cls, seq_lens: list[int], page_size: int, indices: torch.Tensor) -> PagedRows:
+        pages = (-(-n // page_size) for n in seq_lens)
+        return cls(torch.tensor(list(itertools.accumulate(pages, initial=0)), dtype=torch.int32),
+                   indices,
+                   torch.tensor([(n - 1) % page_size + 1 for n in seq_lens], dtype=torch.int32))
+
+
+@dataclass(slots=True)
+class PassMetadata:
+    """One pass's plan inputs; extends are the first rows and own the first query tokens."""
+
+    num_extend_tokens: int
+    qo_indptr: torch.Tensor | None  # [num_extends + 1] int32 on the host
+    extends: PagedRows | None
+    decodes: PagedRows | None
+    graph_batch_size: int | None
+    plans: dict[LayerKind, tuple[Any, Any]] = field(default_factory=dict)  # (prefill, decode)
+
+
+@dataclass(slots=True)
+class GraphBuffers:
+    """The fixed index arrays that captured decode kernels read, sized for the largest batch."""
+
+    max_batch_size: int
+    kv_indptr: torch.Tensor         # [max_batch_size + 1] int32
+    kv_last_page_len: torch.Tensor  # [max_batch_size] int32
+    kv_indices: torch.Tensor | None = None  # sized at the first graph batch (see _graph_indices)
+    wrappers: dict[tuple[LayerKind, int], Any] = field(default_factory=dict)
+
+
+class FlashInferAttentionBackend(AttentionBackend):
+    name = "flashinfer"
+    supports_cuda_graph = True
+    supported_dtypes = (torch.float16, torch.bfloat16)
+
+    def __init__(self, kv_pool: KVPool) -> None:
+        super().__init__(kv_pool)
+        if kv_pool.dtype not in self.supported_dtypes:
+            raise ValueError(f"flashinfer supports float16/bfloat16, not {kv_pool.dtype}; "
+                             "use --attention-backend triton")
+        import flashinfer  # here, not at module level: registering the backend stays cheap
+
+        self._flashinfer = flashinfer
+        device = kv_pool.keys(0).device  # with its index, which FlashInfer compares against
+        self._device = device
+        self._workspace = torch.zeros(FLOAT_WORKSPACE_BYTES, dtype=torch.uint8, device=device)
+        shape = (kv_pool.num_pages + 1, kv_pool.page_size, kv_pool.num_kv_heads, kv_pool.head_dim)
+        self._caches = [(kv_pool.keys(layer).view(shape), kv_pool.values(layer).view(shape))
+                        for layer in range(kv_pool.num_layers)]
+        self._kinds: dict[LayerKind, None] = {}  # every kind met so far, in order
+        self._prefill_wrappers: dict[LayerKind, Any] = {}
+        self._decode_wrappers: dict[LayerKind, Any] = {}
+        self._decode_int_workspaces: dict[LayerKind, torch.Tensor] = {}
+        self._graph: GraphBuffers | None = None
+        self._meta: PassMetadata | None = None
+
+    def init_cuda_graph_state(self, max_batch_size: int) -> None:
+        self._graph = GraphBuffers(
+            max_batch_size,
+            torch.zeros(max_batch_size + 1, dtype=torch.int32, device=self._device),
+            torch.ones(max_batch_size, dtype=torch.int32, device=self._device))
+
+    def prepare(self, batch: ForwardBatch) -> None:
+        page_size = self.kv_pool.page_size
+        n = batch.num_extends
+        pages = [-(-seq_len // page_size) for seq_len in batch.seq_lens_cpu]
+        if batch.graph_batch_size is not None:
+            self._check_graph_batch(batch, sum(pages))
+        flat = flatten_page_table(batch.page_table, batch.seq_lens, page_size, sum(pages))
+        extend_pages = sum(pages[:n])
+        extend_lens = batch.extend_lens_cpu[:n]
+        self._meta = PassMetadata(
+            num_extend_tokens=sum(extend_lens),
+            qo_indptr=(torch.tensor(list(itertools.accumulate(extend_lens, initial=0)),
+                                    dtype=torch.int32) if n else None),
+            extends=(PagedRows.build(batch.seq_lens_cpu[:n], page_size, flat[:extend_pages])
+                     if n else None),
+            decodes=(PagedRows.build(batch.seq_lens_cpu[n:], page_size, flat[extend_pages:])
+                     if n < batch.batch_size else None),
+            graph_batch_size=batch.graph_batch_size)
+        for kind in self._kinds:
+            self._plan(kind)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: AttentionSpec,
+                batch: ForwardBatch) -> torch.Tensor:
+        meta = self._meta
+        assert meta is not None, "prepare(batch) must run before the first layer"
+        store_kv(self.kv_pool.keys(spec.layer_id), self.kv_pool.values(spec.layer_id),
+                 batch.out_cache_loc, k, v)
+        kind = LayerKind.of(spec)
+        prefill, decode = meta.plans.get(kind) or self._plan(kind)
+        query = q if q.dtype == self.kv_pool.dtype else q.to(self.kv_pool.dtype)
+        if query.stride(-1) != 1:
+            query = query.contiguous()
+        out = torch.empty(query.shape, dtype=query.dtype, device=query.device)
+        cache = self._caches[spec.layer_id]
+        first_decode = meta.num_extend_tokens
+        if prefill is not None:
+            prefill.run(query[:first_decode], cache, out=out[:first_decode])
+        if decode is not None:
+            decode.run(query[first_decode:], cache, out=out[first_decode:])
+        return out.view(q.shape[0], -1).to(q.dtype)
+
+    def _plan(self, kind: LayerKind) -> tuple[Any, Any]:
+        """Plans this pass's wrappers for `kind` and remembers the kind for later passes."""
+        meta = self._meta
+        assert meta is not None
+        if torch.cuda.is_current_stream_capturing():
+            raise RuntimeError("flashinfer: a layer kind met for the first time during CUDA-graph "
+                               "capture; run the pass once eagerly before capturing it")
+        pool = self.kv_pool
+        dtypes = dict(q_data_type=pool.dtype, kv_data_type=pool.dtype)
+        prefill = decode = None
+        if meta.extends is not None:
+            prefill = self._prefill_wrapper(kind)
+            rows = meta.extends
+            prefill.plan(meta.qo_indptr, rows.kv_indptr, rows.kv_indices, rows.kv_last_page_len,
+                         kind.num_heads, pool.num_kv_heads, pool.head_dim, pool.page_size,
+                         causal=True, sm_scale=kind.sm_scale, window_left=kind.window_left,
+                         **dtypes)
+        if meta.decodes is not None:
+            decode = self._decode_wrapper(kind, meta.graph_batch_size)
+            rows = meta.decodes
+            decode.plan(rows.kv_indptr, rows.kv_indices, rows.kv_last_page_len, kind.num_heads,
+                        pool.num_kv_heads, pool.head_dim, pool.page_size,
+                        window_left=kind.window_left, sm_scale=kind.sm_scale, **dtypes)
+        self._kinds[kind] = None
+        meta.plans[kind] = (prefill, decode)
+        return prefill, decode
+
+    def _prefill_wrapper(self, kind: LayerKind) -> Any:
+        wrapper = self._prefill_wrappers.get(kind)
+        if wrapper is None:
+            wrapper = self._flashinfer.BatchPrefillWithPagedKVCacheWrapper(self._workspace, "NHD")
+            self._prefill_wrappers[kind] = wrapper
+        return wrapper
+
+    def _decode_wrapper(self, kind: LayerKind, graph_batch_size: int | None) -> Any:
+        """The eager decode wrapper of `kind`, or the one dedicated to a graph batch size."""
+        graph = self._graph
+        assert graph_batch_size is None or graph is not None
+        wrappers = self._decode_wrappers if graph_batch_size is None else graph.wrappers
+        key = kind if graph_batch_size is None else (kind, graph_batch_size)
+        wrapper = wrappers.get(key)
+        if wrapper is not None:
+            return wrapper
+        tensor_cores = kind.num_heads // self.kv_pool.num_kv_heads >= TENSOR_CORE_MIN_GROUP
+        if graph_batch_size is None:
+            wrapper = self._flashinfer.BatchDecodeWithPagedKVCacheWrapper(
+                self._workspace, "NHD", use_tensor_cores=tensor_cores)
+        else:
+            wrapper = self._flashinfer.BatchDecodeWithPagedKVCacheWrapper(
+                self._workspace, "NHD", use_cuda_graph=True, use_tensor_cores=tensor_cores,
+                paged_kv_indptr_buffer=graph.kv_indptr[:graph_batch_size + 1],
+                paged_kv_indices_buffer=graph.kv_indices,
+                paged_kv_last_page_len_buffer=graph.kv_last_page_len[:graph_batch_size])
+        # A kind's decode plans are never live together (a pass is eager or one graph size, and
+        # is re-planned before it runs), so they share one integer workspace.
+        int_workspace = self._decode_int_workspaces.get(kind)
+        if int_workspace is None:
+            int_workspace = torch.empty(INT_WORKSPACE_BYTES, dtype=torch.uint8,
+                                        device=self._device)
+            self._decode_int_workspaces[kind] = int_workspace
+        wrapper.reset_workspace_buffer(self._workspace, int_workspace)
+        wrappers[key] = wrapper
+        return wrapper
+
+    def _check_graph_batch(self, batch: ForwardBatch, total_pages: int) -> None:
+        graph = self._graph
+        if graph is None:
+            raise RuntimeError("init_cuda_graph_state must run before a graph batch is prepared")
+        size = batch.graph_batch_size
+        if batch.num_extends or size != batch.batch_size or size > graph.max_batch_size:
+            raise ValueError(f"a graph batch is {size} decodes, at most {graph.max_batch_size}; "
+                             f"got {batch.batch_size} rows, {batch.num_extends} extends")
+        if graph.kv_indices is None:
+            # Rows may share pages (cached prefixes), so the pool's page count bounds nothing;
+            # each row lists at most its page-table width of pages, and at most the whole pool.
+            width = min(batch.page_table.shape[1], self.kv_pool.num_pages)
+            graph.kv_indices = torch.zeros(graph.max_batch_size * width, dtype=torch.int32,
+                                           device=self._device)
+        if total_pages > graph.kv_indices.numel():
+            raise RuntimeError(f"graph batch lists {total_pages} pages; its fixed index buffer "
+                               f"holds {graph.kv_indices.numel()} (page table grew wider)")
