@@ -119,6 +119,12 @@ class FlashInferAttentionBackend(AttentionBackend):
         self._decode_int_workspaces: dict[LayerKind, torch.Tensor] = {}
         self._graph: GraphBuffers | None = None
         self._meta: PassMetadata | None = None
+        # FlashInfer's `plan` stages its index arrays in one pinned host buffer per wrapper and
+        # copies them to the device without waiting. The worker plans step N + 1 while step N
+        # may still be queued, so before re-filling that buffer we wait for the previous pass's
+        # copies, queued at its start: by the time the next plan comes they are done, and the
+        # wait costs nothing but a check.
+        self._plans_copied: torch.cuda.Event | None = None
 
     def init_cuda_graph_state(self, max_batch_size: int) -> None:
         self._graph = GraphBuffers(
@@ -144,8 +150,12 @@ class FlashInferAttentionBackend(AttentionBackend):
             decodes=(PagedRows.build(batch.seq_lens_cpu[n:], page_size, flat[extend_pages:])
                      if n < batch.batch_size else None),
             graph_batch_size=batch.graph_batch_size)
+        if self._plans_copied is not None:
+            self._plans_copied.synchronize()
         for kind in self._kinds:
             self._plan(kind)
+        self._plans_copied = torch.cuda.Event()
+        self._plans_copied.record()
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: AttentionSpec,
                 batch: ForwardBatch) -> torch.Tensor:
@@ -197,7 +207,11 @@ class FlashInferAttentionBackend(AttentionBackend):
     def _prefill_wrapper(self, kind: LayerKind) -> Any:
         wrapper = self._prefill_wrappers.get(kind)
         if wrapper is None:
-            wrapper = self._flashinfer.BatchPrefillWithPagedKVCacheWrapper(self._workspace, "NHD")
+            # FlashInfer 0.5.3's Hopper (fa3) prefill deadlocks on some windowed GQA batches
+            # (seen on an H100: 32/8 heads, window 300, 90 new tokens); its fa2 kernels do not.
+            backend = "auto" if kind.window_left < 0 else "fa2"
+            wrapper = self._flashinfer.BatchPrefillWithPagedKVCacheWrapper(
+                self._workspace, "NHD", backend=backend)
             self._prefill_wrappers[kind] = wrapper
         return wrapper
 
