@@ -73,5 +73,8 @@ for step in "${@:-offline:decode-b1}"; do
     tee -a "$OUT/summary.txt"
 done
 stop_server
-echo "=== $failures step(s) failed; results and logs in $OUT"
+# The device tool brings back only a few files per run: the result JSONs come back as they
+# are, the logs (and summary) in one archive.
+(cd "$OUT" && tar czf logs.tgz --remove-files ./*.log summary.txt 2>/dev/null)
+echo "=== $failures step(s) failed; results in $OUT, logs in $OUT/logs.tgz"
 ((failures == 0))
