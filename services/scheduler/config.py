@@ -15,6 +15,9 @@ class SchedulerConfig:
         "help": "order of the waiting queue", "choices": ("fcfs", "lpm")})
     schedule_conservativeness: float = field(default=1.0, metadata={
         "help": "higher reserves more KV for running requests' future tokens before admitting"})
+    enable_mixed_chunk: bool = field(default=False, metadata={
+        "help": "run the decodes of running requests in the same step as a prefill chunk "
+                "(when their pages fit), so admissions do not stall decoding"})
     disable_radix_cache: bool = field(default=False, metadata={
         "help": "do not reuse KV across requests with a shared prefix"})
     random_seed: int = field(default=0, metadata={

@@ -48,13 +48,25 @@ class DecodePlanner:
                     "admission control should have rejected it")
             self.kv.release(victim, computed_tokens=min(victim.kv_len, victim.seq_len))
             plan.retracted.append(victim)
+        self._grow(plan)
+        return plan
+
+    def plan_if_fits(self, decoding: list[SchedReq]) -> DecodePlan | None:
+        """A decode of every request in `decoding`, or None if their pages do not all fit now
+        (a step that mixes decodes into a prefill never retracts: the decodes wait instead)."""
+        if self._pages_needed(decoding) > self.kv.available_pages:
+            return None
+        plan = DecodePlan(decoding=list(decoding))
+        self._grow(plan)
+        return plan
+
+    def _grow(self, plan: DecodePlan) -> None:
         for req in plan.decoding:
             write = self.kv.grow(req, req.kv_len + 1)
             assert write is not None, "pages were counted as available above"
             if write.page_ids:
                 plan.page_writes.append(write)
             req.kv_len += 1
-        return plan
 
     def _pages_needed(self, decoding: list[SchedReq]) -> int:
         return sum(self.kv.pages_for(req.kv_len + 1) - len(req.page_ids) for req in decoding)

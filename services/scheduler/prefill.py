@@ -38,9 +38,14 @@ class PrefillPlanner:
         self.pending = pending  # None: nothing is shared, so nothing is worth waiting for
 
     def plan(self, partial: SchedReq | None, waiting: list[SchedReq],
-             decoding: list[SchedReq], ratio: NewTokenRatio) -> PrefillPlan:
+             decoding: list[SchedReq], ratio: NewTokenRatio,
+             tokens_taken: int = 0) -> PrefillPlan:
+        """`tokens_taken` of the step's token budget are already spoken for (decodes mixed
+        into the step)."""
         plan = PrefillPlan()
-        budget = self.chunk_budget if self.chunk_budget is not None else 1 << 62
+        budget = (self.chunk_budget if self.chunk_budget is not None else 1 << 62) - tokens_taken
+        if budget <= 0:
+            return plan
         pool_tokens = self.kv.available_pages * self.kv.page_size
         pool_tokens -= sum(ratio.reserve(req) for req in decoding)
         if partial is not None:

@@ -106,9 +106,11 @@ class Scheduler:
         self._step_id += 1
         plan = StepPlan(self._step_id, released=self._released)
         self._released = []
-        prefill = self._plan_prefill()
+        prefill, mixing = self._plan_prefill()
         if prefill.chunks:
             self._apply_prefill(plan, prefill)
+            if mixing:
+                self._mix_decodes(plan, prefill)
         else:
             self._plan_decode(plan)
         # Gathered only now: planning may have retracted a request whose remap was pending.
@@ -155,10 +157,29 @@ class Scheduler:
 
     # ---- internals -------------------------------------------------------------------------
 
-    def _plan_prefill(self) -> PrefillPlan:
+    def _plan_prefill(self) -> tuple[PrefillPlan, bool]:
+        """The prefill chunks of the next step, and whether decodes join them: with
+        --enable-mixed-chunk, when they take at most half the step's token budget (more would
+        starve admissions), each decode keeps one token of it."""
         decoding = [req for req in self.running.values() if req.prefill_done]
         ordered = order_waiting(self.waiting, self.config.schedule_policy, self.kv)
-        return self.prefill_planner.plan(self.partial, ordered, decoding, self.ratio)
+        budget = self.config.chunked_prefill_size
+        mixing = self.config.enable_mixed_chunk and (budget == -1 or 2 * len(decoding) <= budget)
+        taken = len(decoding) if mixing else 0
+        prefill = self.prefill_planner.plan(self.partial, ordered, decoding, self.ratio, taken)
+        return prefill, mixing
+
+    def _mix_decodes(self, plan: StepPlan, prefill: PrefillPlan) -> None:
+        """Adds a decode of every decoding request to a prefill step, when their pages fit."""
+        extending = {chunk.rid for chunk in prefill.chunks}
+        decoding = [req for req in self.running.values()
+                    if req.prefill_done and req.rid not in extending and self._may_grow(req)]
+        decode = self.decode_planner.plan_if_fits(decoding) if decoding else None
+        if decode is None:
+            return
+        self.ratio.step()
+        plan.decodes = [req.rid for req in decode.decoding]
+        plan.page_writes += decode.page_writes
 
     def _apply_prefill(self, plan: StepPlan, prefill: PrefillPlan) -> None:
         for req in prefill.admitted:

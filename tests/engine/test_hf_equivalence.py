@@ -22,6 +22,7 @@ CASES = {
     "page4": {"page_size": 4},
     "page4-chunked-lpm": {"page_size": 4, "chunked_prefill_size": 12, "schedule_policy": "lpm"},
     "retract": {"max_total_tokens": 96, "page_size": 4},
+    "mixed-chunk": {"enable_mixed_chunk": True, "chunked_prefill_size": 16, "page_size": 4},
 }
 
 

@@ -163,3 +163,30 @@ def test_no_deferral_without_the_radix_cache():
         driver.add(f"r{i}", system + [5 + i], max_new_tokens=2)
     run = driver.run()
     assert len(run.plans[0].new_requests) == 4
+
+
+@pytest.mark.parametrize("pipelined", [False, True])
+def test_mixed_chunk_decodes_beside_prefill_within_the_budget(pipelined):
+    driver = Driver(worker_info(num_pages=4096, page_size=4), enable_mixed_chunk=True,
+                    chunked_prefill_size=64)
+    for i in range(12):  # staggered: later prompts arrive while earlier ones decode
+        driver.add(f"r{i}", list(range(5, 45 + 7 * i)), max_new_tokens=20)
+    run = driver.run(pipelined=pipelined)
+    for i in range(12):
+        assert run.outputs[f"r{i}"] == driver.expected_output(20)
+    mixed = [plan for plan in run.plans if plan.extends and plan.decodes]
+    assert mixed, "no step mixed decodes into a prefill"
+    for plan in run.plans:
+        assert sum(chunk.length for chunk in plan.extends) + len(plan.decodes) <= 64
+
+
+def test_mixed_chunk_never_starves_admissions_when_decodes_fill_the_budget():
+    # 40 decoders exceed half of a 64-token budget: steps with prefill stay prefill-only.
+    driver = Driver(worker_info(num_pages=4096, page_size=4), enable_mixed_chunk=True,
+                    chunked_prefill_size=64, max_running_requests=64)
+    for i in range(40):
+        driver.add(f"d{i}", [7, 8, 9], max_new_tokens=30)
+    driver.add("late", list(range(5, 60)), max_new_tokens=5)
+    run = driver.run()
+    assert run.outputs["late"] == driver.expected_output(5)
+    assert all(len(plan.decodes) * 2 <= 64 for plan in run.plans if plan.extends)
