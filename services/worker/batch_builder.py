@@ -8,6 +8,7 @@ import torch
 
 from radixmesh.services.worker.attention.base import AttentionBackend
 from radixmesh.services.worker.forward_batch import ForwardBatch, ForwardMode
+from radixmesh.services.worker.host_to_device import to_device
 from radixmesh.services.worker.kv_pool import KVPool
 from radixmesh.services.worker.request_state import WorkerRequest
 
@@ -50,7 +51,7 @@ def build_forward_batch(entries: list[BatchEntry], num_extends: int, kv_pool: KV
             ForwardMode.EXTEND if num_extends == len(entries) else ForwardMode.MIXED)
 
     def as_tensor(values: list, dtype: torch.dtype) -> torch.Tensor:
-        return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
+        return to_device(values, dtype, device)
 
     extend_ids = [token for entry in entries[:num_extends]
                   for token in entry.req.token_ids[entry.start:entry.start + entry.length]]

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import torch
 
+from radixmesh.services.worker.host_to_device import to_device
+
 
 class PenaltyState:
     """Which tokens each running request has seen, kept on the device by slot.
@@ -63,7 +65,7 @@ class PenaltyState:
         return logits - presence[:, None] * in_output.to(logits.dtype)
 
     def _ids(self, ids: Sequence[int]) -> torch.Tensor:
-        return torch.tensor(list(ids), dtype=torch.int64).to(self.device)
+        return to_device(list(ids), torch.int64, self.device)
 
     @staticmethod
     def _ones(ids: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from radixmesh.services.worker.host_to_device import to_device
 from radixmesh.shared.sampling_params import SamplingParams
 
 NO_TOP_K = 2**31 - 1  # "no limit": larger than any vocabulary, clamped to the logits' width
@@ -66,19 +67,20 @@ class SamplingBatch:
         sampled = [(i, p) for i, (p, g) in enumerate(zip(params, greedy, strict=True)) if not g]
         top_p_rows = [i for i, p in sampled if p.top_p < 1.0]
         top_k_rows = [i for i, p in sampled if p.top_p >= 1.0 and p.top_k > 1]
-        floats = torch.tensor(
+        device = torch.device(device)
+        floats = to_device(
             [1.0 if g else p.temperature for p, g in zip(params, greedy, strict=True)]
             + [1.0 if g else p.top_p for p, g in zip(params, greedy, strict=True)]
             + [0.0 if g else p.min_p for p, g in zip(params, greedy, strict=True)]
             + [p.frequency_penalty for p in params]
             + [p.presence_penalty for p in params]
             + [p.repetition_penalty for p in params],
-            dtype=torch.float32).to(device).view(_FLOAT_FIELDS, size)
+            torch.float32, device).view(_FLOAT_FIELDS, size)
         # Clamped, as a top-k beyond the vocabulary is no limit and may not fit in int64.
         top_ks = [NO_TOP_K if g or p.top_k <= 0 else min(p.top_k, NO_TOP_K)
                   for p, g in zip(params, greedy, strict=True)]
-        ints = torch.tensor(top_ks + list(seeds) + list(output_positions) + list(slots) + greedy
-                            + top_p_rows + top_k_rows, dtype=torch.int64).to(device)
+        ints = to_device(top_ks + list(seeds) + list(output_positions) + list(slots) + greedy
+                         + top_p_rows + top_k_rows, torch.int64, device)
         fields = ints[:_INT_FIELDS * size].view(_INT_FIELDS, size)
         groups = ints[_INT_FIELDS * size:].split([len(top_p_rows), len(top_k_rows)])
         return cls(
