@@ -27,6 +27,7 @@ from radixmesh.services.worker.model_config import ModelConfig
 from radixmesh.services.worker.request_state import WorkerRequest
 from radixmesh.services.worker.request_table import RequestTable
 from radixmesh.services.worker.sampling import Sampler, SamplingBatch
+from radixmesh.shared.sampling_params import SamplingParams
 from radixmesh.shared.step import StepPlan, StepResult, WorkerInfo
 
 logger = logging.getLogger(__name__)
@@ -82,10 +83,30 @@ class ModelRunner(ModelWorker):
             on_release=lambda req: self.sampler.release_request(req.slot))
         # Each slot's latest sampled token, where the next decode of its request reads it.
         self.last_tokens = torch.zeros(self.max_running, dtype=torch.int64, device=self.device)
+        self._warm_up()
         self.graph_runner = self._make_graph_runner()
         self.model_id = str(model_path)
         self.available_memory_gb = (torch.cuda.mem_get_info(self.device)[0] / 2**30
                                     if self.device.type == "cuda" else 0.0)
+
+    @torch.inference_mode()
+    def _warm_up(self) -> None:
+        """One prefill pass of a page of tokens into the padding page 0 and one random draw, at
+        start-up: kernels that compile on first use (FlashInfer's JIT, Triton's, the sampler's
+        torch.compile) then do so here, not on the first request (decode kernels compile while
+        graphs are captured)."""
+        length = self.page_size
+        req = WorkerRequest("warm-up", [0] * length, length, 0, SamplingParams(), seed=0,
+                            slot=0, page_table=[0])
+        batch = build_forward_batch([BatchEntry(req, 0, length, True)], 1, self.kv_pool,
+                                    self.backend, self.last_tokens)
+        self.backend.prepare(batch)
+        logits = self.model.compute_logits(self.model(batch)[batch.logits_indices])
+        # A random draw compiles the sampler's fused race kernel (torch.compile on CUDA).
+        drawn = SamplingParams(temperature=1.0)
+        self.sampler.sample(logits, SamplingBatch.build([drawn], [0], [0], [0], self.device))
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def _make_graph_runner(self) -> CudaGraphRunner | None:
         config = self.config
