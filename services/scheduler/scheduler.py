@@ -171,9 +171,7 @@ class Scheduler:
 
     def _mix_decodes(self, plan: StepPlan, prefill: PrefillPlan) -> None:
         """Adds a decode of every decoding request to a prefill step, when their pages fit."""
-        extending = {chunk.rid for chunk in prefill.chunks}
-        decoding = [req for req in self.running.values()
-                    if req.prefill_done and req.rid not in extending and self._may_grow(req)]
+        decoding = self._decodable(skip={chunk.rid for chunk in prefill.chunks})
         decode = self.decode_planner.plan_if_fits(decoding) if decoding else None
         if decode is None:
             return
@@ -203,8 +201,7 @@ class Scheduler:
         return next(chunk.length for chunk in prefill.chunks if chunk.rid == req.rid)
 
     def _plan_decode(self, plan: StepPlan) -> None:
-        decoding = [req for req in self.running.values()
-                    if req.prefill_done and self._may_grow(req)]
+        decoding = self._decodable()
         if not decoding:
             return
         preemptible = [self.partial] if self.partial is not None else []
@@ -226,6 +223,11 @@ class Scheduler:
     def _forget_prefix(self, rid: str) -> None:
         if self.pending_prefixes is not None:
             self.pending_prefixes.discard(rid)
+
+    def _decodable(self, skip: frozenset[str] | set[str] = frozenset()) -> list[SchedReq]:
+        """Running requests that may decode a token now (`skip`: those extending this step)."""
+        return [req for req in self.running.values()
+                if req.prefill_done and req.rid not in skip and self._may_grow(req)]
 
     def _may_grow(self, req: SchedReq) -> bool:
         """False when the steps in flight already produce the request's last allowed token."""

@@ -173,9 +173,8 @@ class ModelRunner(ModelWorker):
                                  cuda_graph=step.cuda_graph)
 
     def _sampling_batch(self, reqs: list[WorkerRequest]) -> SamplingBatch:
-        # `apply` has counted the token being drawn: the draw is output number n - 1.
         return SamplingBatch.build([req.sampling for req in reqs], [req.seed for req in reqs],
-                                   [req.num_output_tokens - 1 for req in reqs],
+                                   [req.drawing_output_index for req in reqs],
                                    [req.slot for req in reqs], self.device)
 
     def _register_sampling(self, req: WorkerRequest) -> None:

@@ -38,8 +38,7 @@ class NullWorker(ModelWorker):
         entries = self.table.apply(plan)
         if self.check_pages:
             self._check_pages(entries)
-        # `apply` already counted this step's token: the one drawn now is output number n - 1.
-        tokens = [self.token_at(entry.req.num_output_tokens - 1)
+        tokens = [self.token_at(entry.req.drawing_output_index)
                   for entry in entries if entry.sample]
         return self.table.commit(plan, entries, tokens)
 

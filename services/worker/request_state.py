@@ -31,3 +31,8 @@ class WorkerRequest:
     @property
     def num_output_tokens(self) -> int:
         return self.num_tokens - self.num_prompt_tokens
+
+    @property
+    def drawing_output_index(self) -> int:
+        """Which output the token a step is drawing is: `apply` has already counted it."""
+        return self.num_output_tokens - 1

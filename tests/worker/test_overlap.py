@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from radixmesh.make_model import make_model
@@ -71,5 +73,5 @@ def test_graph_batch_sizes_cover_every_size_once():
     assert graph_batch_sizes(6) == [1, 2, 4, 6]
     sizes = graph_batch_sizes(256)
     assert sizes[:5] == [1, 2, 4, 8, 16] and sizes[-1] == 256
-    assert all(b - a <= 8 for a, b in zip(sizes, sizes[1:]))
+    assert all(b - a <= 8 for a, b in itertools.pairwise(sizes))
     assert graph_batch_sizes(20) == [1, 2, 4, 8, 16, 20]
