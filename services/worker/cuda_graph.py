@@ -42,22 +42,23 @@ class StaticDecodeInputs:
     seq_lens: torch.Tensor       # [max_bs] int32
     page_table: torch.Tensor     # [max_bs, max_pages_per_seq] int32
     ones: torch.Tensor           # [max_bs] int32: extend_lens of a decode batch
-    row_ids: torch.Tensor        # [max_bs] int32 (extend_starts) and int64 (logits_indices)
-    row_ids_long: torch.Tensor
+    row_ids: torch.Tensor        # [max_bs] int32 0..max_bs-1: extend_starts of a decode batch
+    row_ids_long: torch.Tensor   # the same in int64: its logits_indices
 
     @classmethod
     def allocate(cls, max_bs: int, max_pages_per_seq: int, device: torch.device
                  ) -> StaticDecodeInputs:
-        def zeros(*shape: int, dtype: torch.dtype) -> torch.Tensor:
+        def zeros(*shape: int, dtype: torch.dtype = torch.int64) -> torch.Tensor:
             return torch.zeros(shape, dtype=dtype, device=device)
 
-        return cls(zeros(max_bs, dtype=torch.int64), zeros(max_bs, dtype=torch.int64),
-                   zeros(max_bs, dtype=torch.int64), torch.ones(max_bs, dtype=torch.int32,
-                                                                device=device),
-                   zeros(max_bs, max_pages_per_seq, dtype=torch.int32),
-                   torch.ones(max_bs, dtype=torch.int32, device=device),
-                   torch.arange(max_bs, dtype=torch.int32, device=device),
-                   torch.arange(max_bs, dtype=torch.int64, device=device))
+        def ones() -> torch.Tensor:
+            return torch.ones(max_bs, dtype=torch.int32, device=device)
+
+        return cls(input_ids=zeros(max_bs), positions=zeros(max_bs), out_cache_loc=zeros(max_bs),
+                   seq_lens=ones(), page_table=zeros(max_bs, max_pages_per_seq, dtype=torch.int32),
+                   ones=ones(),
+                   row_ids=torch.arange(max_bs, dtype=torch.int32, device=device),
+                   row_ids_long=torch.arange(max_bs, dtype=torch.int64, device=device))
 
     def load(self, batch: ForwardBatch, padded_size: int) -> None:
         """Copies `batch` (a decode batch on the device) into rows [0, n) and resets rows

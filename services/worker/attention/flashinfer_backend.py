@@ -64,8 +64,9 @@ class PagedRows:
     kv_last_page_len: torch.Tensor  # [n] int32 on the host, each in [1, page_size]
 
     @classmethod
-    def build(cls, seq_lens: list[int], page_size: int, indices: torch.Tensor) -> PagedRows:
-        pages = (-(-n // page_size) for n in seq_lens)
+    def build(cls, seq_lens: list[int], pages: list[int], page_size: int,
+              indices: torch.Tensor) -> PagedRows:
+        """`pages[i]` is ceil(seq_lens[i] / page_size), already counted by the caller."""
         return cls(torch.tensor(list(itertools.accumulate(pages, initial=0)), dtype=torch.int32),
                    indices,
                    torch.tensor([(n - 1) % page_size + 1 for n in seq_lens], dtype=torch.int32))
@@ -90,7 +91,7 @@ class GraphBuffers:
     max_batch_size: int
     kv_indptr: torch.Tensor         # [max_batch_size + 1] int32
     kv_last_page_len: torch.Tensor  # [max_batch_size] int32
-    kv_indices: torch.Tensor | None = None  # sized at the first graph batch (see _graph_indices)
+    kv_indices: torch.Tensor | None = None  # sized at the first graph batch (see _check_graph_batch)
     wrappers: dict[tuple[LayerKind, int], Any] = field(default_factory=dict)
 
 
@@ -145,10 +146,10 @@ class FlashInferAttentionBackend(AttentionBackend):
             num_extend_tokens=sum(extend_lens),
             qo_indptr=(torch.tensor(list(itertools.accumulate(extend_lens, initial=0)),
                                     dtype=torch.int32) if n else None),
-            extends=(PagedRows.build(batch.seq_lens_cpu[:n], page_size, flat[:extend_pages])
-                     if n else None),
-            decodes=(PagedRows.build(batch.seq_lens_cpu[n:], page_size, flat[extend_pages:])
-                     if n < batch.batch_size else None),
+            extends=(PagedRows.build(batch.seq_lens_cpu[:n], pages[:n], page_size,
+                                     flat[:extend_pages]) if n else None),
+            decodes=(PagedRows.build(batch.seq_lens_cpu[n:], pages[n:], page_size,
+                                     flat[extend_pages:]) if n < batch.batch_size else None),
             graph_batch_size=batch.graph_batch_size)
         if self._plans_copied is not None:
             self._plans_copied.synchronize()
