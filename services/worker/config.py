@@ -28,7 +28,7 @@ class WorkerConfig:
     context_length: int | None = field(default=None, metadata={
         "help": "override the model's max_position_embeddings"})
     cuda_graph_max_bs: int | None = field(default=None, metadata={
-        "help": "largest decode batch replayed from a CUDA graph (default: min(256, "
+        "help": "largest decode batch replayed from a CUDA graph (default: min(1024, "
                 "--max-running-requests)); larger batches run eagerly"})
     disable_cuda_graph: bool = field(default=False, metadata={
         "help": "run every decode step eagerly (CUDA graphs are used on a GPU by default)"})

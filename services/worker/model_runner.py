@@ -37,7 +37,10 @@ DEFAULT_MAX_RUNNING = 256
 # (each a prefill step that stalls every decode) rare: sharegpt-like on an H100 ran ~6,600
 # tok/s at 256 running requests, most steps being one-request prefills.
 DEFAULT_MAX_RUNNING_GPU = 1024
-DEFAULT_CUDA_GRAPH_MAX_BS = 256
+# Graphs up to the largest batch the worker runs: on an H100, eager decode batches above 256
+# ran 2-3x slower per step than graphed ones (host launch cost), and sharegpt-like spends its
+# busiest seconds there.
+DEFAULT_CUDA_GRAPH_MAX_BS = 1024
 
 
 class RunnerStep(LaunchedStep):

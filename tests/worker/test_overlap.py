@@ -75,3 +75,7 @@ def test_graph_batch_sizes_cover_every_size_once():
     assert sizes[:5] == [1, 2, 4, 8, 16] and sizes[-1] == 256
     assert all(b - a <= 8 for a, b in itertools.pairwise(sizes))
     assert graph_batch_sizes(20) == [1, 2, 4, 8, 16, 20]
+    large = graph_batch_sizes(1024)
+    assert large[-1] == 1024 and 272 in large and 544 in large
+    # Strides grow with the size, so padding stays a small share of the batch.
+    assert all(b - a <= max(8, a // 16) for a, b in itertools.pairwise(large))
