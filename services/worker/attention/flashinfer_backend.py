@@ -31,8 +31,10 @@ from radixmesh.services.worker.forward_batch import ForwardBatch
 from radixmesh.services.worker.kv_pool import KVPool
 
 # FlashInfer's scratch for split-KV partial results; one buffer serves every wrapper because
-# runs are stream-ordered and nothing in it outlives one run.
-FLOAT_WORKSPACE_BYTES = 128 * 1024 * 1024
+# runs are stream-ordered and nothing in it outlives one run. A graph decode plan reserves
+# partial results for a fixed split count over its whole batch: 1024 rows of the 8B shape
+# (32 heads of 128) asked for 335 MB of them on an H100, so 128 MB holds only smaller graphs.
+FLOAT_WORKSPACE_BYTES = 512 * 1024 * 1024
 # FlashInfer's size for a wrapper's integer workspace, which holds a plan until the next one.
 INT_WORKSPACE_BYTES = 8 * 1024 * 1024
 # From this many query heads per KV head, decode runs FlashInfer's tensor-core (prefill) kernel:
