@@ -152,7 +152,10 @@ stop_server() {
 }
 
 step_tests() {
-  run_logged "$OUT/gpu-tests.log" "$PY" -m pytest -q -p no:cacheprovider tests/kernels tests/worker
+  # One line per test (the log is the record) and a per-test limit, so one hang is one failure.
+  # shellcheck disable=SC2086
+  run_logged "$OUT/gpu-tests.log" "$PY" -m pytest -v --timeout 150 -p no:cacheprovider \
+    ${TESTS:-tests/kernels tests/worker}
 }
 
 step_offline() {

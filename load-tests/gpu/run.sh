@@ -19,7 +19,8 @@
 # MODEL (a model dir to use as is; default: the 8B-shaped one, written), MODEL_FLAGS (default
 # "--load-format dummy --dtype bfloat16"), OUT (default /tmp/out), WHEELS (default .whl; empty:
 # use the installed radixmesh), SERVER_TIMEOUT (s to wait for the mesh, default 420),
-# STEP_TIMEOUT (s per bench/test step, default 0: none), LOG_LEVEL (default info).
+# STEP_TIMEOUT (s per bench/test step, default 0: none), LOG_LEVEL (default info), TESTS (the
+# tests step's pytest paths, default "tests/kernels tests/worker").
 # On a CPU: OUT=/tmp/rtest WHEELS= MODEL=<tiny dir> MODEL_FLAGS= BENCH_FLAGS="--num-prompts 8
 # --scale 0.05" HF_FLAGS="--device cpu --dtype float32 --batch-sizes 1 2 --input-len 8
 # --max-new-tokens 8" bash load-tests/gpu/run.sh offline:sharegpt-like mesh:sharegpt-like hf
