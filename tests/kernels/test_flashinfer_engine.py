@@ -143,7 +143,7 @@ def generate(model: Path, page_size: int) -> list[list[int]]:
     engine = Engine(
         WorkerConfig(model_path=str(model), device="cuda", attention_backend="flashinfer",
                      dtype="bfloat16", page_size=page_size, max_total_tokens=8192,
-                     cuda_graph_max_bs=8)  # a few prompts: 67 captures would be slow,
+                     cuda_graph_max_bs=8),  # a few prompts: 67 graph captures would be slow
         # Small chunks: prompts are prefilled in pieces over cached prefixes, next to decodes.
         SchedulerConfig(chunked_prefill_size=48))
     bodies = [{"text": text, "max_new_tokens": 40, "temperature": 0, "ignore_eos": True}
