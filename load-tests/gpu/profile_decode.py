@@ -43,7 +43,7 @@ def main() -> None:
                                 "temperature": 0})
     while engine.scheduler.waiting:  # prefills (prefill-first scheduling)
         engine.step()
-    for _ in range(2):
+    for _ in range(2):  # settle the pipeline: the last prefill is in flight as the queue empties
         engine.step()
     start = time.perf_counter()
     profiler = cProfile.Profile()

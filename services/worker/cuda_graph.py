@@ -126,7 +126,7 @@ class CudaGraphRunner:
             graph = torch.cuda.CUDAGraph()
             self.backend.prepare(batch)
             with torch.cuda.graph(graph, pool=pool, stream=stream):
-                self._logits[:size].copy_(self._run(batch))
+                self._run(batch)
             self._graphs[size] = graph
         torch.cuda.synchronize(self.kv_pool.device)
         logger.info("captured CUDA graphs for decode batch sizes %s in %.1f s",
@@ -143,7 +143,8 @@ class CudaGraphRunner:
         return self._logits[:n]
 
     def _run(self, batch: ForwardBatch) -> torch.Tensor:
-        return self.model.compute_logits(self.model(batch))
+        return self.model.compute_logits(self.model(batch),
+                                         out=self._logits[:batch.batch_size])
 
     def _static_batch(self, size: int, seq_lens_cpu: list[int]) -> ForwardBatch:
         s = self.inputs

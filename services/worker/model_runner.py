@@ -20,6 +20,7 @@ from radixmesh.services.worker.base import FinishedStep, LaunchedStep, ModelWork
 from radixmesh.services.worker.batch_builder import BatchEntry, build_forward_batch
 from radixmesh.services.worker.config import WorkerConfig
 from radixmesh.services.worker.cuda_graph import CudaGraphRunner
+from radixmesh.services.worker.forward_batch import ForwardBatch
 from radixmesh.services.worker.kv_pool import KVPool
 from radixmesh.services.worker.loader import load_model, resolve_dtype
 from radixmesh.services.worker.memory import kv_pool_tokens
@@ -103,8 +104,7 @@ class ModelRunner(ModelWorker):
                             slot=0, page_table=[0])
         batch = build_forward_batch([BatchEntry(req, 0, length, True)], 1, self.kv_pool,
                                     self.backend, self.last_tokens)
-        self.backend.prepare(batch)
-        logits = self.model.compute_logits(self.model(batch)[batch.logits_indices])
+        logits = self._eager_logits(batch)
         # A random draw compiles the sampler's fused race kernel (torch.compile on CUDA).
         drawn = SamplingParams(temperature=1.0)
         self.sampler.sample(logits, SamplingBatch.build([drawn], [0], [0], [0], self.device))
@@ -149,12 +149,7 @@ class ModelRunner(ModelWorker):
         batch = build_forward_batch(entries, len(plan.extends), self.kv_pool, self.backend,
                                     self.last_tokens)
         graph = self.graph_runner is not None and self.graph_runner.can_run(batch)
-        if graph:
-            logits = self.graph_runner.replay(batch)
-        else:
-            self.backend.prepare(batch)
-            hidden = self.model(batch)
-            logits = self.model.compute_logits(hidden[batch.logits_indices])
+        logits = self.graph_runner.replay(batch) if graph else self._eager_logits(batch)
         sampling = self._sampling_batch([entry.req for entry in entries if entry.sample])
         next_ids = self.sampler.sample(logits, sampling)
         self.last_tokens.index_copy_(0, sampling.slots, next_ids)
@@ -165,6 +160,10 @@ class ModelRunner(ModelWorker):
         done = torch.cuda.Event()
         done.record()
         return RunnerStep(plan, entries, host_tokens, done, graph)
+
+    def _eager_logits(self, batch: ForwardBatch) -> torch.Tensor:
+        self.backend.prepare(batch)
+        return self.model.compute_logits(self.model(batch)[batch.logits_indices])
 
     def finish(self, step: LaunchedStep) -> StepResult:
         if isinstance(step, FinishedStep):

@@ -92,6 +92,25 @@ def test_prefill_logits_match_hf(tmp_path: Path, variant: str) -> None:
     torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("variant", ["llama", "llama-tied"])
+@torch.no_grad()
+def test_logits_written_into_a_given_buffer_equal_the_returned_ones(tmp_path: Path,
+                                                                     variant: str) -> None:
+    """The CUDA-graph runner's path: bf16 logits converted straight into its float32 buffer."""
+    arch, options = VARIANTS[variant]
+    config, ours, _ = make_pair(tmp_path, arch, options)
+    ours = ours.to(torch.bfloat16)
+    hidden = torch.randn(3, config.hidden_size, generator=torch.Generator().manual_seed(0))
+    hidden = hidden.to(torch.bfloat16)
+    buffer = torch.full((5, config.vocab_size), float("nan"))
+
+    written = ours.compute_logits(hidden, out=buffer[:3])
+
+    assert written.data_ptr() == buffer.data_ptr()
+    torch.testing.assert_close(buffer[:3], ours.compute_logits(hidden), atol=0, rtol=0)
+    assert buffer[3:].isnan().all()
+
+
 @pytest.mark.parametrize("variant", ["llama", "qwen3", "mistral-sliding"])
 @torch.no_grad()
 def test_chunked_prefill_then_decode_match_hf(tmp_path: Path, variant: str) -> None:

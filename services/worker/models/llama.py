@@ -137,6 +137,12 @@ class LlamaForCausalLM(nn.Module):
     def forward(self, batch: ForwardBatch) -> torch.Tensor:
         return self.model(batch)
 
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Next-token logits in float32 for the rows of `hidden` ([S, hidden])."""
-        return F.linear(hidden, self.output_embedding).float()
+    def compute_logits(self, hidden: torch.Tensor, out: torch.Tensor | None = None
+                       ) -> torch.Tensor:
+        """Next-token logits in float32 for the rows of `hidden` ([S, hidden]), written into
+        `out` ([S, vocab] float32) when given: converting straight into it spares a float32
+        temporary the size of the logits."""
+        logits = F.linear(hidden, self.output_embedding)
+        if out is None:
+            return logits.float()
+        return out.copy_(logits)
