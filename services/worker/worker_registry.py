@@ -19,6 +19,7 @@ from radixmesh.services.worker.service_config import (
     NULL_DEFAULT_MAX_RUNNING,
     NULL_DEFAULT_TOTAL_TOKENS,
 )
+from radixmesh.shared.registry import Registry
 from radixmesh.shared.step import WorkerInfo
 
 WorkerFactory = Callable[[WorkerConfig], ModelWorker]
@@ -53,15 +54,10 @@ def build_null_worker(config: WorkerConfig) -> ModelWorker:
     return NullWorker(null_worker_info(config))
 
 
-WORKERS: dict[str, WorkerFactory] = {
-    "model": build_model_worker,
-    "null": build_null_worker,
-}
+WORKERS: Registry[WorkerFactory] = Registry("worker")
+WORKERS.add("model", build_model_worker)
+WORKERS.add("null", build_null_worker)
 
 
 def build_worker(name: str, config: WorkerConfig) -> ModelWorker:
-    try:
-        factory = WORKERS[name]
-    except KeyError:
-        raise ValueError(f"unknown worker {name!r}; choose from {', '.join(WORKERS)}") from None
-    return factory(config)
+    return WORKERS.get(name)(config)

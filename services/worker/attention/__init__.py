@@ -9,10 +9,10 @@ import torch
 from radixmesh.services.worker.attention.base import AttentionBackend, AttentionSpec, PagedAttention
 from radixmesh.services.worker.attention.torch_backend import TorchAttentionBackend
 from radixmesh.services.worker.kv_pool import KVPool
+from radixmesh.shared.registry import Registry
 
-ATTENTION_BACKENDS: dict[str, type[AttentionBackend]] = {
-    TorchAttentionBackend.name: TorchAttentionBackend,
-}
+ATTENTION_BACKENDS: Registry[type[AttentionBackend]] = Registry("attention backend")
+ATTENTION_BACKENDS.add(TorchAttentionBackend.name, TorchAttentionBackend)
 
 
 def _triton_usable() -> bool:
@@ -24,7 +24,7 @@ def _triton_usable() -> bool:
 if _triton_usable():
     from radixmesh.services.worker.attention.triton_backend import TritonAttentionBackend
 
-    ATTENTION_BACKENDS[TritonAttentionBackend.name] = TritonAttentionBackend
+    ATTENTION_BACKENDS.add(TritonAttentionBackend.name, TritonAttentionBackend)
 
 
 def _flashinfer_usable() -> bool:
@@ -36,16 +36,11 @@ def _flashinfer_usable() -> bool:
 if _flashinfer_usable():
     from radixmesh.services.worker.attention.flashinfer_backend import FlashInferAttentionBackend
 
-    ATTENTION_BACKENDS[FlashInferAttentionBackend.name] = FlashInferAttentionBackend
+    ATTENTION_BACKENDS.add(FlashInferAttentionBackend.name, FlashInferAttentionBackend)
 
 
 def make_attention_backend(name: str, kv_pool: KVPool) -> AttentionBackend:
-    try:
-        backend_class = ATTENTION_BACKENDS[name]
-    except KeyError:
-        known = ", ".join(sorted(ATTENTION_BACKENDS))
-        raise ValueError(f"unknown attention backend {name!r}; available: {known}") from None
-    return backend_class(kv_pool)
+    return ATTENTION_BACKENDS.get(name)(kv_pool)
 
 
 def pick_attention_backend(name: str, device: torch.device, dtype: torch.dtype) -> str:
@@ -56,7 +51,7 @@ def pick_attention_backend(name: str, device: torch.device, dtype: torch.dtype) 
         return name
     if device.type != "cuda":
         return "torch"
-    flashinfer = ATTENTION_BACKENDS.get("flashinfer")
+    flashinfer = ATTENTION_BACKENDS.find("flashinfer")
     if (flashinfer is not None and dtype in flashinfer.supported_dtypes
             and torch.cuda.get_device_capability(device)[0] == 9):
         return "flashinfer"

@@ -8,19 +8,15 @@ from radixmesh.services.worker.model_config import ModelConfig, UnsupportedModel
 from radixmesh.services.worker.models.llama import LlamaForCausalLM
 from radixmesh.services.worker.models.qwen2 import Qwen2ForCausalLM
 from radixmesh.services.worker.models.qwen3 import Qwen3ForCausalLM
+from radixmesh.shared.registry import Registry
 
-MODEL_CLASSES: dict[str, type[nn.Module]] = {
-    "LlamaForCausalLM": LlamaForCausalLM,
-    "MistralForCausalLM": LlamaForCausalLM,  # same weights and math; the window is in the config
-    "Qwen2ForCausalLM": Qwen2ForCausalLM,
-    "Qwen3ForCausalLM": Qwen3ForCausalLM,
-}
+MODEL_CLASSES: Registry[type[nn.Module]] = Registry("model architecture", UnsupportedModelError)
+MODEL_CLASSES.add("LlamaForCausalLM", LlamaForCausalLM)
+# Same weights and math as Llama; the sliding window is in the config.
+MODEL_CLASSES.add("MistralForCausalLM", LlamaForCausalLM)
+MODEL_CLASSES.add("Qwen2ForCausalLM", Qwen2ForCausalLM)
+MODEL_CLASSES.add("Qwen3ForCausalLM", Qwen3ForCausalLM)
 
 
 def model_class(config: ModelConfig) -> type[nn.Module]:
-    try:
-        return MODEL_CLASSES[config.architecture]
-    except KeyError:
-        known = ", ".join(sorted(MODEL_CLASSES))
-        raise UnsupportedModelError(
-            f"no model class for {config.architecture!r}; supported: {known}") from None
+    return MODEL_CLASSES.get(config.architecture)
