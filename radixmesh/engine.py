@@ -6,19 +6,21 @@ and the benchmarks use it; tests use it to hold the engine against HF transforme
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 
+from radixmesh.make_model import default_model_path
 from radixmesh.services.detokenizer.detokenizer import Detokenizer
 from radixmesh.services.scheduler.config import SchedulerConfig
 from radixmesh.services.scheduler.scheduler import Scheduler
 from radixmesh.services.tokenizer.request_builder import RequestBuilder
-from radixmesh.services.tokenizer.tokenizer import load_tokenizer
 from radixmesh.services.worker.base import LaunchedStep
 from radixmesh.services.worker.config import WorkerConfig
 from radixmesh.services.worker.model_runner import ModelRunner
 from radixmesh.services.worker.worker_registry import model_path_of
 from radixmesh.shared.requests import FinishReason, TextDelta, Usage
+from radixmesh.shared.tokenizer import load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +40,8 @@ class Engine:
     def __init__(self, worker_config: WorkerConfig | None = None,
                  scheduler_config: SchedulerConfig | None = None) -> None:
         worker_config = worker_config or WorkerConfig()
+        if worker_config.model_path is None:
+            worker_config = dataclasses.replace(worker_config, model_path=str(default_model_path()))
         scheduler_config = scheduler_config or SchedulerConfig()
         model_path = model_path_of(worker_config)
         self.runner = ModelRunner(worker_config, model_path)

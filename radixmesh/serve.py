@@ -79,6 +79,10 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> int:
+    if getattr(args, "model_path", "") is None:
+        # Services only find the default model; making it on first use is the launcher's job.
+        from radixmesh.make_model import default_model_path
+        args.model_path = str(default_model_path())
     try:
         main = args.service_entry.main(args)
     except ValueError as error:  # a config's __post_init__ rejected a flag

@@ -26,6 +26,7 @@ from radixmesh.shared.step import (
     StepResult,
     WorkerInfo,
 )
+from radixmesh.shared.token_batch import DetokenizeRegistration, TokenBatch
 
 DeltaMessage = TypeVar("DeltaMessage", internal_pb2.TokenDelta, internal_pb2.TextDelta)
 
@@ -180,6 +181,25 @@ def token_delta_to_proto(delta: TokenDelta, num_cached_tokens: int = 0) -> inter
 
 def token_delta_from_proto(message: internal_pb2.TokenDelta) -> TokenDelta:
     return TokenDelta(message.rid, list(message.token_ids), *_ending_from_proto(message))
+
+
+def token_batch_to_proto(batch: TokenBatch) -> internal_pb2.TokenBatch:
+    return internal_pb2.TokenBatch(
+        new_requests=[internal_pb2.DetokenizeRequest(
+            rid=reg.rid, stop=list(reg.stop), prompt_tail_ids=list(reg.prompt_tail_ids),
+            num_prompt_tokens=reg.num_prompt_tokens) for reg in batch.registrations],
+        deltas=[token_delta_to_proto(delta, batch.num_cached_tokens.get(delta.rid, 0))
+                for delta in batch.deltas])
+
+
+def token_batch_from_proto(message: internal_pb2.TokenBatch) -> TokenBatch:
+    return TokenBatch(
+        registrations=[DetokenizeRegistration(new.rid, tuple(new.stop),
+                                              tuple(new.prompt_tail_ids), new.num_prompt_tokens)
+                       for new in message.new_requests],
+        deltas=[token_delta_from_proto(delta) for delta in message.deltas],
+        num_cached_tokens={delta.rid: delta.num_cached_tokens for delta in message.deltas
+                           if delta.num_cached_tokens})
 
 
 def text_delta_to_proto(delta: TextDelta) -> internal_pb2.TextDelta:

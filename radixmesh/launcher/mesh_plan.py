@@ -81,7 +81,10 @@ def plan_mesh(up: UpConfig, worker: WorkerConfig, scheduler: SchedulerConfig,
 
 def serve_argv(log_level: str, service: str, *flags: str) -> tuple[str, ...]:
     # `radixmesh.serve` rather than the full CLI: it skips seconds of unrelated imports.
-    return (sys.executable, "-m", "radixmesh.serve", "--log-level", log_level, service, *flags)
+    # -P: the launcher's working directory stays off sys.path, so a checkout's top-level
+    # folders (kernels/ above all, which transformers imports by that name) never shadow
+    # installed packages in a service.
+    return (sys.executable, "-P", "-m", "radixmesh.serve", "--log-level", log_level, service, *flags)
 
 
 def config_to_argv(config: object, skip: frozenset[str] = frozenset()) -> list[str]:

@@ -27,6 +27,7 @@ from transformers import (
 
 from radixmesh.make_model.tokenizer import TokenizerInfo, train_tokenizer
 from radixmesh.make_model.weights import random_weights, save_weights, weight_shapes
+from radixmesh.shared.model_location import DEFAULT_MODEL_NAME, default_model_dir
 
 ARCHITECTURES: dict[str, tuple[type[PretrainedConfig], str]] = {
     "llama": (LlamaConfig, "LlamaForCausalLM"),
@@ -35,7 +36,6 @@ ARCHITECTURES: dict[str, tuple[type[PretrainedConfig], str]] = {
     "qwen3": (Qwen3Config, "Qwen3ForCausalLM"),
 }
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-DEFAULT_MODEL_NAME = "tiny-llama"
 
 
 def make_model(out_dir: str | Path, arch: str = "llama", *, hidden_size: int = 64,
@@ -103,17 +103,13 @@ def build_hf_config(arch: str, tokenizer: TokenizerInfo, *, hidden_size: int, nu
         pad_token_id=tokenizer.pad_token_id, dtype=dtype, **extra)
 
 
-def radixmesh_home() -> Path:
-    return Path(os.environ.get("RADIXMESH_HOME") or Path.home() / ".cache" / "radixmesh")
-
-
 def default_model_path() -> Path:
     """`$RADIXMESH_HOME/models/tiny-llama`, made with the defaults on first use.
 
     Built in a sibling temp dir and renamed into place, so a reader never sees a half-written
     model and processes racing to create it all end up with one complete copy.
     """
-    target = radixmesh_home() / "models" / DEFAULT_MODEL_NAME
+    target = default_model_dir()
     if target.is_dir():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from radixmesh.services.detokenizer.detokenizer import Detokenizer
 from radixmesh.services.detokenizer.incremental import TokenDecoder
 from radixmesh.shared.requests import TextDelta, TokenDelta, Usage
+from radixmesh.shared.token_batch import TokenBatch
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,12 @@ class BatchDetokenizer:
         self._requests[rid] = RequestProgress(num_prompt_tokens)
         if self._detokenizer is not None:
             self._detokenizer.add_request(rid, stop, prompt_tail_ids)
+
+    def round(self, batch: TokenBatch) -> list[TextDelta]:
+        """One scheduler batch: its registrations, then its deltas."""
+        for reg in batch.registrations:
+            self.register(reg.rid, reg.stop, reg.prompt_tail_ids, reg.num_prompt_tokens)
+        return self.process(batch.deltas, batch.num_cached_tokens)
 
     def process(self, deltas: Sequence[TokenDelta],
                 num_cached_tokens: dict[str, int]) -> list[TextDelta]:

@@ -21,9 +21,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from radixmesh.shared.token_batch import PROMPT_CONTEXT_TOKENS
+
 REPLACEMENT_CHAR = "\ufffd"
-# Prompt tokens kept before the first output token, so the first word decodes in context.
-PROMPT_CONTEXT_TOKENS = 5
 
 
 class TokenDecoder(Protocol):

@@ -8,9 +8,9 @@ import logging
 from radixmesh.services.detokenizer.batch_detokenizer import BatchDetokenizer
 from radixmesh.services.detokenizer.config import DetokenizerServiceConfig
 from radixmesh.services.detokenizer.servicer import Broadcaster, DetokenizerServicer
-from radixmesh.services.tokenizer.tokenizer import load_tokenizer
 from radixmesh.shared.grpc_service import host_port, start_server
 from radixmesh.shared.protos_gen import internal_pb2, internal_pb2_grpc
+from radixmesh.shared.tokenizer import load_tokenizer
 
 logger = logging.getLogger(__name__)
 SERVICE_NAME = internal_pb2.DESCRIPTOR.services_by_name["Detokenizer"].full_name

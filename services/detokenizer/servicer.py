@@ -73,11 +73,5 @@ class DetokenizerServicer(internal_pb2_grpc.DetokenizerServicer):
             self._broadcaster.unsubscribe(queue)
 
     def _round(self, batch: internal_pb2.TokenBatch) -> internal_pb2.TextBatch:
-        for new in batch.new_requests:
-            self._core.register(new.rid, list(new.stop), list(new.prompt_tail_ids),
-                                new.num_prompt_tokens)
-        deltas = [wire.token_delta_from_proto(delta) for delta in batch.deltas]
-        cached = {delta.rid: delta.num_cached_tokens for delta in batch.deltas
-                  if delta.num_cached_tokens}
-        texts = self._core.process(deltas, cached)
+        texts = self._core.round(wire.token_batch_from_proto(batch))
         return internal_pb2.TextBatch(deltas=[wire.text_delta_to_proto(text) for text in texts])

@@ -11,38 +11,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from radixmesh.services.detokenizer.incremental import PROMPT_CONTEXT_TOKENS
 from radixmesh.services.scheduler.scheduler import Scheduler
 from radixmesh.shared.errors import InvalidRequestError
 from radixmesh.shared.requests import FinishKind, FinishReason, TokenDelta, TokenizedRequest, Usage
 from radixmesh.shared.step import StepPlan, StepResult
+from radixmesh.shared.token_batch import PROMPT_CONTEXT_TOKENS, DetokenizeRegistration, TokenBatch
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class DetokenizeRegistration:
-    """What the detokenizer must know of a request before its first tokens arrive."""
-
-    rid: str
-    stop: tuple[str, ...]
-    prompt_tail_ids: tuple[int, ...]
-    num_prompt_tokens: int
-
-
-@dataclass(slots=True)
-class TokenBatch:
-    """One message to the detokenizer. Registrations come before any delta of their rid."""
-
-    registrations: list[DetokenizeRegistration] = field(default_factory=list)
-    deltas: list[TokenDelta] = field(default_factory=list)
-    # Prompt tokens served from the prefix cache, for each rid whose first delta is here.
-    num_cached_tokens: dict[str, int] = field(default_factory=dict)
-
-    def __bool__(self) -> bool:
-        return bool(self.registrations or self.deltas)
 
 
 @dataclass(slots=True)

@@ -19,14 +19,12 @@ from radixmesh.services.scheduler.loop import (
     ReceiveResult,
     SchedulerLoop,
     SendPlan,
-    TokenBatch,
 )
 from radixmesh.services.scheduler.scheduler import Scheduler
 from radixmesh.services.scheduler.service_config import SchedulerServiceConfig
 from radixmesh.services.scheduler.servicer import (
     SchedulerServicer,
     model_info_to_proto,
-    token_batch_to_proto,
 )
 from radixmesh.shared import wire
 from radixmesh.shared.grpc_service import (
@@ -37,6 +35,7 @@ from radixmesh.shared.grpc_service import (
 )
 from radixmesh.shared.protos_gen import common_pb2, internal_pb2, internal_pb2_grpc
 from radixmesh.shared.step import StepPlan, StepResult
+from radixmesh.shared.token_batch import TokenBatch
 
 logger = logging.getLogger(__name__)
 SERVICE_NAME = internal_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name
@@ -134,7 +133,7 @@ def _result_receiver(execute: grpc.aio.StreamStreamCall) -> ReceiveResult:
 def _batch_publisher(tokens: grpc.aio.StreamUnaryCall) -> PublishBatch:
     async def publish(batch: TokenBatch) -> None:
         try:
-            await tokens.write(token_batch_to_proto(batch))
+            await tokens.write(wire.token_batch_to_proto(batch))
         except (grpc.aio.AioRpcError, grpc.aio.UsageError) as error:
             raise PeerLostError(f"detokenizer Tokens stream failed: {error}") from None
     return publish

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from radixmesh.services.scheduler.loop import SchedulerLoop, TokenBatch
+from radixmesh.services.scheduler.loop import SchedulerLoop
 from radixmesh.services.scheduler.stats import token_usage
 from radixmesh.shared import wire
 from radixmesh.shared.protos_gen import common_pb2, generate_pb2, internal_pb2, internal_pb2_grpc
@@ -70,11 +70,3 @@ def model_info_to_proto(info: internal_pb2.WorkerInfo) -> generate_pb2.ModelInfo
         eos_token_ids=list(info.eos_token_ids), max_total_tokens=info.num_pages * info.page_size,
         page_size=info.page_size, worker=info.worker)
 
-
-def token_batch_to_proto(batch: TokenBatch) -> internal_pb2.TokenBatch:
-    return internal_pb2.TokenBatch(
-        new_requests=[internal_pb2.DetokenizeRequest(
-            rid=reg.rid, stop=list(reg.stop), prompt_tail_ids=list(reg.prompt_tail_ids),
-            num_prompt_tokens=reg.num_prompt_tokens) for reg in batch.registrations],
-        deltas=[wire.token_delta_to_proto(delta, batch.num_cached_tokens.get(delta.rid, 0))
-                for delta in batch.deltas])

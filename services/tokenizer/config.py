@@ -7,8 +7,8 @@ Peer addresses are flags and environment variables alike: a flag left unset fall
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from radixmesh.shared.model_location import model_name
 from radixmesh.shared.peers import peer_address, peer_help
 
 DEFAULT_MAX_REQUEST_BYTES = 1 << 20
@@ -43,16 +43,10 @@ class TokenizerServiceConfig:
         resolve(self, "scheduler_address", peer_address("scheduler", self.scheduler_address))
         resolve(self, "detokenizer_address", peer_address("detokenizer", self.detokenizer_address))
         if self.served_model_name is None:
-            resolve(self, "served_model_name", _default_model_name(self.model_path))
+            resolve(self, "served_model_name", model_name(self.model_path))
         for name in ("port", "grpc_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise ValueError(f"--{name.replace('_', '-')} must be in [0, 65535]")
         if self.max_request_bytes < 1024:
             raise ValueError("--max-request-bytes must be >= 1024")
 
-
-def _default_model_name(model_path: str | None) -> str:
-    if model_path is None:
-        from radixmesh.make_model import DEFAULT_MODEL_NAME
-        return DEFAULT_MODEL_NAME
-    return Path(model_path).resolve().name

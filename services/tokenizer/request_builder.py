@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from radixmesh.services.tokenizer.limits import apply_limits
-from radixmesh.services.tokenizer.tokenizer import TextTokenizer
 from radixmesh.shared.errors import InvalidRequestError
 from radixmesh.shared.requests import TokenizedRequest
 from radixmesh.shared.sampling_params import SamplingParams
+from radixmesh.shared.tokenizer import TextTokenizer
 
 PROMPT_FIELDS: tuple[str, ...] = ("input_ids", "text", "messages")
 SAMPLING_FIELDS: frozenset[str] = frozenset(SamplingParams.__dataclass_fields__)

@@ -23,10 +23,10 @@ from typing import Protocol
 from radixmesh.services.tokenizer.live_request import LiveRequest, RequestStream
 from radixmesh.services.tokenizer.metrics import FrontDoorMetrics
 from radixmesh.services.tokenizer.request_builder import RequestBuilder
-from radixmesh.services.tokenizer.tokenizer import TextTokenizer
 from radixmesh.shared.errors import InvalidRequestError, RadixMeshError
 from radixmesh.shared.protos_gen import generate_pb2, internal_pb2
 from radixmesh.shared.requests import FinishKind, FinishReason, TextDelta, TokenizedRequest
+from radixmesh.shared.tokenizer import TextTokenizer
 
 logger = logging.getLogger(__name__)
 MAX_RID_LENGTH = 256

@@ -18,9 +18,9 @@ from radixmesh.services.tokenizer.metrics import FrontDoorMetrics
 from radixmesh.services.tokenizer.openai_api import OpenAIApi
 from radixmesh.services.tokenizer.router import Router
 from radixmesh.services.tokenizer.servicer import GenerationServicer
-from radixmesh.services.tokenizer.tokenizer import load_tokenizer
 from radixmesh.shared.grpc_service import ServiceServer, host_port, start_server
 from radixmesh.shared.protos_gen import generate_pb2, generate_pb2_grpc
+from radixmesh.shared.tokenizer import load_tokenizer
 
 logger = logging.getLogger(__name__)
 GENERATION_SERVICE = generate_pb2.DESCRIPTOR.services_by_name["Generation"].full_name

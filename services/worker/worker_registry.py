@@ -19,6 +19,7 @@ from radixmesh.services.worker.service_config import (
     NULL_DEFAULT_MAX_RUNNING,
     NULL_DEFAULT_TOTAL_TOKENS,
 )
+from radixmesh.shared.model_location import resolve_model_path
 from radixmesh.shared.registry import Registry
 from radixmesh.shared.step import WorkerInfo
 
@@ -26,11 +27,8 @@ WorkerFactory = Callable[[WorkerConfig], ModelWorker]
 
 
 def model_path_of(config: WorkerConfig) -> Path:
-    """`--model-path`, or the tiny random model (made on first use)."""
-    if config.model_path:
-        return Path(config.model_path)
-    from radixmesh.make_model import default_model_path  # pulls in transformers: only if needed
-    return default_model_path()
+    """`--model-path`, or the default model."""
+    return resolve_model_path(config.model_path or None)
 
 
 def build_model_worker(config: WorkerConfig) -> ModelWorker:

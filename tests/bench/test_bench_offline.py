@@ -39,7 +39,7 @@ def test_cli_writes_a_valid_result(tiny_model: Path, tmp_path: Path) -> None:
     argv = ["bench", "--workload", "sharegpt-like", "--path", "offline", "--scale", "0.05",
             "--num-prompts", "20", "--model-path", str(tiny_model), "--device", "cpu",
             "--output-dir", str(tmp_path), "--no-progress"]
-    done = subprocess.run([sys.executable, "-m", "radixmesh.cli", *argv], capture_output=True,
+    done = subprocess.run([sys.executable, "-P", "-m", "radixmesh.cli", *argv], capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "Output token throughput (tok/s):" in done.stdout

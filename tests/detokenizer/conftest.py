@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from radixmesh.make_model.tokenizer import train_tokenizer
-from radixmesh.services.tokenizer.tokenizer import TextTokenizer
+from radixmesh.shared.tokenizer import TextTokenizer
 
 
 @pytest.fixture(scope="session")

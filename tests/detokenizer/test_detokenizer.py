@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from radixmesh.services.detokenizer.detokenizer import Detokenizer
-from radixmesh.services.tokenizer.tokenizer import TextTokenizer
 from radixmesh.shared.requests import FinishKind, FinishReason, TextDelta, TokenDelta, Usage
+from radixmesh.shared.tokenizer import TextTokenizer
 
 LENGTH = FinishReason(FinishKind.LENGTH)
 USAGE = Usage(prompt_tokens=3, completion_tokens=9, cached_tokens=0)

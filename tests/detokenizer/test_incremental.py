@@ -6,7 +6,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from radixmesh.services.detokenizer.incremental import IncrementalDetokenizer
-from radixmesh.services.tokenizer.tokenizer import TextTokenizer
+from radixmesh.shared.tokenizer import TextTokenizer
 
 VOCAB = 512
 MULTIBYTE_TEXT = "Crème brûlée 東京タワー 🦀🇫🇷 👩‍💻 done."

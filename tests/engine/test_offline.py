@@ -153,7 +153,7 @@ def test_cli_writes_one_line_per_request(flags, tiny_models, make_engine, tmp_pa
     model_path = tiny_models["llama"]
     requests, results = tmp_path / "requests.jsonl", tmp_path / "results.jsonl"
     requests.write_text("".join(json.dumps(body) + "\n" for body in CLI_BODIES))
-    command = [sys.executable, "-m", "radixmesh.cli", "offline", "--model-path", str(model_path),
+    command = [sys.executable, "-P", "-m", "radixmesh.cli", "offline", "--model-path", str(model_path),
                "--input", str(requests), "--output", str(results), "--no-progress",
                *CLI_FLAGS[flags]]
     run = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)

@@ -105,7 +105,7 @@ def spawn_service(service: str, *flags: str, env: dict[str, str] | None = None,
                   log_level: str = "warning") -> ServiceProcess:
     """Starts `radixmesh serve SERVICE --port P FLAGS` without waiting for it."""
     port = free_port()
-    argv = [sys.executable, "-m", "radixmesh.serve", "--log-level", log_level, service,
+    argv = [sys.executable, "-P", "-m", "radixmesh.serve", "--log-level", log_level, service,
             "--host", "127.0.0.1", "--port", str(port), *flags]
     process = subprocess.Popen(argv, env={**os.environ, **(env or {})})
     return ServiceProcess(service, f"127.0.0.1:{port}", process)
@@ -176,7 +176,7 @@ def _read_lines(stream, lines: queue.Queue) -> None:
 
 def spawn_mesh(model_path: Path, *flags: str, worker: str = "null") -> MeshProcess:
     """Starts `radixmesh up` on free public ports; returns at once."""
-    argv = [sys.executable, "-m", "radixmesh.cli", "up", "--worker", worker,
+    argv = [sys.executable, "-P", "-m", "radixmesh.cli", "up", "--worker", worker,
             "--model-path", str(model_path), "--port", str(free_port()),
             "--grpc-port", str(free_port()), *flags]
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)

@@ -17,10 +17,10 @@ from radixmesh.make_model import make_model
 from radixmesh.services.detokenizer.detokenizer import Detokenizer
 from radixmesh.services.tokenizer.config import TokenizerServiceConfig
 from radixmesh.services.tokenizer.server import TokenizerServer
-from radixmesh.services.tokenizer.tokenizer import TextTokenizer
 from radixmesh.services.worker.base import ModelWorker
 from radixmesh.services.worker.null_worker import NullWorker
 from radixmesh.shared.step import WorkerInfo
+from radixmesh.shared.tokenizer import TextTokenizer
 from tests.mesh.mini_mesh import MiniMesh
 
 READY_TIMEOUT_S = 20.0

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from radixmesh.services.detokenizer.batch_detokenizer import BatchDetokenizer
-from radixmesh.services.tokenizer.tokenizer import TextTokenizer
 from radixmesh.shared.requests import FinishKind, FinishReason, TokenDelta, Usage
+from radixmesh.shared.tokenizer import TextTokenizer
 
 LENGTH = FinishReason(FinishKind.LENGTH)
 

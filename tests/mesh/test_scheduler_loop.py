@@ -9,12 +9,13 @@ from collections.abc import Callable
 import pytest
 
 from radixmesh.services.scheduler.config import SchedulerConfig
-from radixmesh.services.scheduler.loop import SchedulerLoop, TokenBatch
+from radixmesh.services.scheduler.loop import SchedulerLoop
 from radixmesh.services.scheduler.scheduler import Scheduler
 from radixmesh.services.worker.null_worker import NullWorker
 from radixmesh.shared.requests import FinishKind, TokenizedRequest
 from radixmesh.shared.sampling_params import SamplingParams
 from radixmesh.shared.step import StepPlan, StepResult, WorkerInfo
+from radixmesh.shared.token_batch import TokenBatch
 
 INFO = WorkerInfo(model_id="null", num_pages=2048, page_size=1, context_len=4096,
                   vocab_size=512, eos_token_ids=(2,), kv_dtype="none", max_running_requests=64)

@@ -10,7 +10,6 @@ from pathlib import Path
 import grpc
 import pytest
 
-from radixmesh.services.tokenizer.tokenizer import TextTokenizer
 from radixmesh.services.worker.config import WorkerConfig
 from radixmesh.services.worker.model_runner import ModelRunner
 from radixmesh.services.worker.null_worker import NullWorker
@@ -20,6 +19,7 @@ from radixmesh.shared.protos_gen import common_pb2, internal_pb2, internal_pb2_g
 from radixmesh.shared.requests import TokenizedRequest
 from radixmesh.shared.sampling_params import SamplingParams
 from radixmesh.shared.step import ExtendChunk, NewRequest, PageTableWrite, StepPlan
+from radixmesh.shared.tokenizer import TextTokenizer
 
 from .conftest import ServiceStarter, free_port, wait_serving
 

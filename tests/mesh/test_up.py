@@ -83,7 +83,9 @@ def test_the_planned_command_lines_carry_every_engine_flag_and_wire_the_peers():
     parser = argparse.ArgumentParser()
     parser.add_argument("--log-level")
     serve.add_cli_args(parser)
-    parsed = {command.name: parser.parse_args(command.argv[3:]) for command in plan.services}
+    for command in plan.services:  # the interpreter with -P, then the module
+        assert command.argv[1:4] == ("-P", "-m", "radixmesh.serve")
+    parsed = {command.name: parser.parse_args(command.argv[4:]) for command in plan.services}
     assert [command.name for command in plan.services] == \
         ["worker", "detokenizer", "scheduler", "tokenizer"]
     assert config_from_args(WorkerConfig, parsed["worker"]) == worker

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from radixmesh.make_model.tokenizer import TokenizerInfo, train_tokenizer
-from radixmesh.services.tokenizer.tokenizer import TextTokenizer
+from radixmesh.shared.tokenizer import TextTokenizer
 
 VOCAB_SIZE = 512
 

@@ -10,9 +10,9 @@ from radixmesh.services.tokenizer.request_builder import (
     check_input_ids,
     check_messages,
 )
-from radixmesh.services.tokenizer.tokenizer import TextTokenizer
 from radixmesh.shared.errors import InvalidRequestError
 from radixmesh.shared.sampling_params import SamplingParams
+from radixmesh.shared.tokenizer import TextTokenizer
 
 VOCAB = 512
 CONTEXT = 64

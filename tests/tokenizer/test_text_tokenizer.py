@@ -9,7 +9,7 @@ from pathlib import Path
 from transformers import AutoTokenizer
 
 from radixmesh.make_model.tokenizer import TokenizerInfo
-from radixmesh.services.tokenizer.tokenizer import TextTokenizer
+from radixmesh.shared.tokenizer import TextTokenizer
 
 MESSAGES = [{"role": "system", "content": "Be brief."},
             {"role": "user", "content": "What is 6 × 7? Réponds en 日本語."}]

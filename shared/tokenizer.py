@@ -9,6 +9,8 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from radixmesh.shared.model_location import resolve_model_path
+
 logger = logging.getLogger(__name__)
 
 # Files of a model directory that may name the ids ending generation, besides the tokenizer.
@@ -67,12 +69,9 @@ class TextTokenizer:
 
 
 def load_tokenizer(model_path: str | Path | None) -> TextTokenizer | None:
-    """The tokenizer of a model directory (default: the tiny model made on first use), or None
+    """The tokenizer of a model directory (default: the default model's), or None
     when the directory has none: then only `input_ids` prompts work and text stays empty."""
-    if model_path is None:
-        from radixmesh.make_model import default_model_path  # makes the model: only if needed
-        model_path = default_model_path()
-    path = Path(model_path)
+    path = resolve_model_path(model_path)
     if not (path / "tokenizer.json").exists() and not (path / "tokenizer_config.json").exists():
         logger.warning("%s has no tokenizer: only input_ids prompts work, text stays empty", path)
         return None
