@@ -2,6 +2,7 @@
 
     radixmesh bench --workload sharegpt-like                  # a running mesh at --server
     radixmesh bench --workload sharegpt-like --path offline   # the same, in-process
+    radixmesh bench --workload multiturn-long                 # closed loop: multiturn_cli.py
 
 Prints a summary table and writes the result JSON to load-tests/results/ (see results.py).
 The ratio of the two paths' output throughputs on one workload is the cost of the mesh.
@@ -18,13 +19,16 @@ from pathlib import Path
 
 from radixmesh.bench.mesh_path import run_on_mesh
 from radixmesh.bench.metrics import error_counts, summarize
+from radixmesh.bench.multiturn import DEFAULTS, MULTITURN
+from radixmesh.bench.multiturn_cli import add_multiturn_args, multiturn_problem, run_multiturn
 from radixmesh.bench.offline_path import run_on_engine
 from radixmesh.bench.results import (
     DEFAULT_RESULTS_DIR,
     Device,
     build_result,
-    labelled_device,
     local_device,
+    mesh_device,
+    rounded,
     write_result,
 )
 from radixmesh.bench.table import format_summary
@@ -52,7 +56,7 @@ class CompletedRun:
 
 
 def add_cli_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--workload", required=True, choices=WORKLOADS)
+    parser.add_argument("--workload", required=True, choices=(*WORKLOADS, MULTITURN))
     parser.add_argument("--path", choices=("mesh", "offline"), default="mesh",
                         help="mesh: a running mesh at --server; offline: the in-process engine")
     parser.add_argument("--server", default=DEFAULT_ADDRESS, help="gRPC address of the mesh")
@@ -61,8 +65,9 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--request-rate", type=float, default=None,
                         help="requests per second, Poisson; inf sends all at once "
                              "(default: the workload's, 8 for online, else inf)")
-    parser.add_argument("--max-concurrency", type=int, default=None,
-                        help="most requests in flight at once (default: no limit)")
+    parser.add_argument("--max-concurrency", "--max-inflight", type=int, default=None,
+                        help="most requests in flight at once (default: no limit; "
+                             f"{MULTITURN}: {DEFAULTS['max_inflight']})")
     parser.add_argument("--seed", type=int, default=1, help="seeds lengths, token ids, arrivals")
     parser.add_argument("--scale", type=float, default=1.0,
                         help="multiply every length (a smaller run of the same shape)")
@@ -76,6 +81,7 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", type=Path, default=DEFAULT_RESULTS_DIR)
     parser.add_argument("--no-save", action="store_true", help="print only; write no JSON")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_multiturn_args(parser)
     engine = parser.add_argument_group("engine flags (--path offline only)")
     add_config_arguments(engine, WorkerConfig)
     add_config_arguments(engine, SchedulerConfig)
@@ -108,8 +114,7 @@ async def run_mesh(args: argparse.Namespace) -> CompletedRun:
         workload = workload_from_args(args, info.vocab_size)
         traces = await run_on_mesh(client, workload, sampling_from_args(args),
                                    args.max_concurrency, progress=not args.no_progress)
-    device = labelled_device(args.device_label) if args.device_label \
-        else local_device(use_cuda=False)
+    device = mesh_device(args.device_label)
     return CompletedRun(workload, traces, device, {"model": info.model_id, "worker": info.worker,
                                                    "server": args.server})
 
@@ -122,13 +127,11 @@ def run_settings(args: argparse.Namespace, run: CompletedRun) -> dict:
             "temperature": args.temperature, "ignore_eos": not args.disable_ignore_eos}
 
 
-def rounded(values: dict, digits: int = 4) -> dict:
-    return {key: round(value, digits) if isinstance(value, float) else value
-            for key, value in values.items()}
-
-
 def check_args(args: argparse.Namespace) -> str | None:
     """The first thing wrong with the options, found before a model loads or a stream opens."""
+    problem = multiturn_problem(args)
+    if problem is not None:
+        return problem
     try:
         WorkloadOptions(vocab_size=FIRST_TOKEN_ID + 1 if args.vocab_size is None
                         else args.vocab_size,
@@ -149,6 +152,8 @@ def run_cli(args: argparse.Namespace) -> int:
     if problem is not None:
         print(f"radixmesh bench: {problem}", file=sys.stderr)
         return 2
+    if args.workload == MULTITURN:  # a closed loop: prompts are built as rounds finish
+        return run_multiturn(args, sampling_from_args(args))
     try:
         run = run_offline(args) if args.path == "offline" else asyncio.run(run_mesh(args))
     except RadixMeshClientError as error:  # only model_info(): a failed stream is a figure

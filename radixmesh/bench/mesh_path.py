@@ -24,13 +24,17 @@ def describe_error(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-async def stream_one(client: AsyncClient, body: dict, trace: RequestTrace) -> None:
-    """Sends one request and records its chunks; leaves `trace` ended or failed, never open."""
+async def stream_one(client: AsyncClient, body: dict, trace: RequestTrace,
+                     output_ids: list[int] | None = None) -> None:
+    """Sends one request and records its chunks; leaves `trace` ended or failed, never open.
+    `output_ids`, if given, collects the generated ids (multiturn feeds them back)."""
     trace.send_time = time.perf_counter()
     try:
         async for chunk in client.generate(**body):
             now = time.perf_counter()
             trace.on_chunk(now, len(chunk.token_ids))
+            if output_ids is not None:
+                output_ids.extend(chunk.token_ids)
             if chunk.finish is not None:
                 trace.on_end(now, chunk.usage, chunk.finish)
     except Exception as error:  # one request's failure is a figure, not a crash

@@ -59,6 +59,23 @@ def labelled_device(label: str) -> Device:
     return Device(label, "cpu" if "cpu" in label.lower() else slugify(label))
 
 
+def mesh_device(label: str | None) -> Device:
+    """The device a mesh run records: the one named on the command line, else this machine's
+    CPU (the client computes nothing; the label is how a GPU server gets on the record)."""
+    return labelled_device(label) if label else local_device(use_cuda=False)
+
+
+def rounded(values: object, digits: int = 4) -> object:
+    """`values` with every float rounded, inside dicts and lists too (per-round figures)."""
+    if isinstance(values, float):
+        return round(values, digits)
+    if isinstance(values, dict):
+        return {key: rounded(value, digits) for key, value in values.items()}
+    if isinstance(values, list):
+        return [rounded(value, digits) for value in values]
+    return values
+
+
 def git_commit(repo: Path = REPO_ROOT) -> str:
     """Short HEAD, with "-dirty" when tracked files differ from it; "unknown" outside git.
     `RADIXMESH_COMMIT` overrides it: a machine running an installed wheel has no checkout."""
