@@ -1,0 +1,27 @@
+"""L3 storage backends by name: what `--hicache-storage-backend` chooses."""
+
+from __future__ import annotations
+
+from radixmesh.services.hicache.storage.base import StorageBackend, StorageStats, StorageUsage
+from radixmesh.services.hicache.storage.file_backend import FileStorageBackend
+from radixmesh.shared.registry import Registry
+
+__all__ = [
+    "FileStorageBackend",
+    "STORAGE_BACKENDS",
+    "StorageBackend",
+    "StorageStats",
+    "StorageUsage",
+    "make_storage_backend",
+]
+
+STORAGE_BACKENDS: Registry[type[StorageBackend]] = Registry("storage backend")
+STORAGE_BACKENDS.add("file", FileStorageBackend)
+
+
+def make_storage_backend(name: str, **options: object) -> StorageBackend:
+    """The backend registered as `name`, built with its own options (`directory=...` for file).
+
+    An unknown name raises UnknownNameError listing the registered ones.
+    """
+    return STORAGE_BACKENDS.get(name)(**options)

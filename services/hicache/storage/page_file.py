@@ -1,0 +1,111 @@
+"""One L3 page as a file: a fixed header that names and checks the payload after it.
+
+Layout (little-endian): magic (8 bytes), format version (u16), page key (32), namespace root
+(32), payload length (u64), SHA-256 of the payload (32), then the payload. The key and root let a
+reader tell a renamed or foreign file from its own; the length and checksum catch truncation and
+rot. SHA-256 rather than BLAKE2b: hashlib's SHA-256 runs on the CPU's SHA instructions (1.3 GB/s
+against 0.4 for BLAKE2b on the dev box), and a 32-bit CRC is too weak for millions of pages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import tempfile
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+MAGIC = b"RMKVPAGE"
+FORMAT_VERSION = 1
+_HEADER = struct.Struct("<8sH32s32sQ32s")
+HEADER_BYTES = _HEADER.size
+
+
+@dataclass(frozen=True, slots=True)
+class PageHeader:
+    """What a page file says about itself; `unpack` only parses, `names`/`checks` verify."""
+
+    key: bytes
+    namespace_root: bytes
+    payload_len: int
+    checksum: bytes
+
+    @classmethod
+    def for_payload(cls, key: bytes, namespace_root: bytes,
+                    payload: bytes | memoryview) -> PageHeader:
+        view = memoryview(payload)
+        return cls(key, namespace_root, view.nbytes, hashlib.sha256(view).digest())
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> PageHeader | None:
+        """The header at the start of `raw`; None for a short read, bad magic or other version."""
+        if len(raw) < HEADER_BYTES:
+            return None
+        magic, version, key, root, length, checksum = _HEADER.unpack_from(raw)
+        if magic != MAGIC or version != FORMAT_VERSION:
+            return None
+        return cls(key, root, length, checksum)
+
+    def pack(self) -> bytes:
+        return _HEADER.pack(MAGIC, FORMAT_VERSION, self.key, self.namespace_root,
+                            self.payload_len, self.checksum)
+
+    def names(self, key: bytes, namespace_root: bytes) -> bool:
+        """Whether this is the page of `key` in `namespace_root` (not a renamed or foreign file)."""
+        return self.key == key and self.namespace_root == namespace_root
+
+    def checks(self, payload: bytes) -> bool:
+        """Whether `payload` is whole and intact."""
+        return len(payload) == self.payload_len and hashlib.sha256(payload).digest() == self.checksum
+
+
+class CorruptPageError(Exception):
+    """A page file that failed its check; `inode` tells it from a file written after the read."""
+
+    def __init__(self, path: Path, inode: int) -> None:
+        super().__init__(f"{path} failed its check")
+        self.inode = inode
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def write_page_file(directory: Path, temp_prefix: str, key: bytes, namespace_root: bytes,
+                    payload: bytes | memoryview, fsync: bool) -> Path:
+    """Writes a whole page file (mode 0600) under a fresh temp name in `directory` and returns
+    that name, for the caller to rename into place. On OSError nothing is left behind."""
+    fd, name = tempfile.mkstemp(prefix=temp_prefix, dir=directory)
+    try:
+        try:
+            _write_all(fd, PageHeader.for_payload(key, namespace_root, payload).pack())
+            _write_all(fd, payload)
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        with suppress(OSError):
+            os.unlink(name)
+        raise
+    return Path(name)
+
+
+def read_page_file(path: Path, key: bytes, namespace_root: bytes) -> bytes:
+    """The payload of `key`'s page file. Raises CorruptPageError when the file fails its check,
+    OSError when it cannot be read."""
+    with open(path, "rb") as file:
+        status = os.fstat(file.fileno())
+        header = PageHeader.unpack(file.read(HEADER_BYTES))
+        # The size check comes before the read: a corrupt length must not size a buffer.
+        if (header is None or not header.names(key, namespace_root)
+                or status.st_size != HEADER_BYTES + header.payload_len):
+            raise CorruptPageError(path, status.st_ino)
+        payload = file.read(header.payload_len)
+        if not header.checks(payload):
+            raise CorruptPageError(path, status.st_ino)
+        return payload
