@@ -1,6 +1,6 @@
-"""`radixmesh serve tokenizer|scheduler|worker|detokenizer`: one service of the mesh, alone.
+"""`radixmesh serve tokenizer|scheduler|worker|detokenizer|hicache`: one service, alone.
 
-Each service takes its own flags (its config dataclasses' fields) and runs until SIGINT or
+Each service takes its own flags (its config dataclass's fields) and runs until SIGINT or
 SIGTERM, which stop it cleanly (exit status 0); a failure exits with status 1. Service
 modules are imported only for the service being run, so a detokenizer never loads torch.
 """
@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import logging
 import signal
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from radixmesh.services.detokenizer.config import DetokenizerServiceConfig
+from radixmesh.services.detokenizer.config import DetokenizerConfig
+from radixmesh.services.hicache.config import HiCacheConfig
 from radixmesh.services.scheduler.config import SchedulerConfig
-from radixmesh.services.scheduler.service_config import SchedulerServiceConfig
-from radixmesh.services.tokenizer.config import TokenizerServiceConfig
+from radixmesh.services.tokenizer.config import TokenizerConfig
 from radixmesh.services.worker.config import WorkerConfig
-from radixmesh.services.worker.service_config import WorkerServiceConfig
 from radixmesh.shared.cli_args import add_config_arguments, config_from_args
 
 logger = logging.getLogger(__name__)
@@ -32,40 +32,24 @@ ServiceMain = Coroutine[Any, Any, None]
 @dataclass(frozen=True)
 class ServiceEntry:
     help: str
-    configs: tuple[type, ...]  # their fields are the service's flags
-    main: Callable[[argparse.Namespace], ServiceMain]
+    config: type  # its fields are the service's flags
+    server: str   # the module whose `serve(config)` runs the service, imported only when run
 
-
-def _tokenizer(args: argparse.Namespace) -> ServiceMain:
-    from radixmesh.services.tokenizer.server import serve
-    return serve(config_from_args(TokenizerServiceConfig, args))
-
-
-def _scheduler(args: argparse.Namespace) -> ServiceMain:
-    from radixmesh.services.scheduler.server import serve
-    return serve(config_from_args(SchedulerServiceConfig, args),
-                 config_from_args(SchedulerConfig, args))
-
-
-def _worker(args: argparse.Namespace) -> ServiceMain:
-    from radixmesh.services.worker.server import serve
-    return serve(config_from_args(WorkerServiceConfig, args), config_from_args(WorkerConfig, args))
-
-
-def _detokenizer(args: argparse.Namespace) -> ServiceMain:
-    from radixmesh.services.detokenizer.server import serve
-    return serve(config_from_args(DetokenizerServiceConfig, args))
+    def main(self, args: argparse.Namespace) -> ServiceMain:
+        return importlib.import_module(self.server).serve(config_from_args(self.config, args))
 
 
 SERVICES: dict[str, ServiceEntry] = {
     "tokenizer": ServiceEntry("the front door: OpenAI HTTP and the gRPC Generation API",
-                              (TokenizerServiceConfig,), _tokenizer),
+                              TokenizerConfig, "radixmesh.services.tokenizer.server"),
     "scheduler": ServiceEntry("batches requests into step plans for the worker",
-                              (SchedulerServiceConfig, SchedulerConfig), _scheduler),
+                              SchedulerConfig, "radixmesh.services.scheduler.server"),
     "worker": ServiceEntry("executes step plans: the model, its KV cache and sampling",
-                           (WorkerServiceConfig, WorkerConfig), _worker),
+                           WorkerConfig, "radixmesh.services.worker.server"),
     "detokenizer": ServiceEntry("turns token batches into text batches, with stop strings",
-                                (DetokenizerServiceConfig,), _detokenizer),
+                                DetokenizerConfig, "radixmesh.services.detokenizer.server"),
+    "hicache": ServiceEntry("the hierarchical KV cache: L2 host memory, L3 storage",
+                            HiCacheConfig, "radixmesh.services.hicache.server"),
 }
 
 
@@ -73,8 +57,7 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     services = parser.add_subparsers(dest="service", required=True, metavar="SERVICE")
     for name, entry in SERVICES.items():
         sub = services.add_parser(name, help=entry.help, description=entry.help)
-        for config in entry.configs:
-            add_config_arguments(sub, config)
+        add_config_arguments(sub, entry.config)
         sub.set_defaults(service_entry=entry)
 
 

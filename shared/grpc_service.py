@@ -11,17 +11,29 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NoReturn
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-# Internal messages carry whole batches (a long prompt's ids, a 1000-request token batch):
-# far above gRPC's 4 MiB default, and both ends are ours.
+from radixmesh.shared.errors import grpc_code
+
+# The one set of options for every internal channel and server. Internal messages carry
+# whole batches (a long prompt's ids, a 1000-request token batch): far above gRPC's 4 MiB
+# default, and both ends are ours. Still bounded: a bug that builds a runaway message fails
+# that one call with RESOURCE_EXHAUSTED instead of making a peer allocate without end.
 INTERNAL_MESSAGE_BYTES = 256 << 20
 INTERNAL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.max_send_message_length", INTERNAL_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", INTERNAL_MESSAGE_BYTES),
+)
+# The public client's channel: unlimited both ways, because the server it talks to decides
+# what is too big (the front door's --max-request-bytes) and says so by name; a client-side
+# limit could only refuse first with gRPC's vaguer message. Replies are a server's deltas.
+CLIENT_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.max_send_message_length", -1),
+    ("grpc.max_receive_message_length", -1),
 )
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -66,6 +78,12 @@ async def start_server(address: str, register: Callable[[grpc.aio.Server], None]
     await started.set_serving(False)
     await server.start()
     return started
+
+
+async def abort_with(context: grpc.aio.ServicerContext, error: BaseException) -> NoReturn:
+    """Ends an RPC with `error`'s status from the shared table (`shared/errors.py`)."""
+    await context.abort(grpc_code(error), str(error))
+    raise AssertionError("context.abort raises")  # for type checkers: abort never returns
 
 
 def host_port(host: str, port: int) -> str:

@@ -12,8 +12,9 @@ PEER_ENV = {
     "scheduler": "RADIXMESH_SCHEDULER_ADDRESS",
     "worker": "RADIXMESH_WORKER_ADDRESS",
     "detokenizer": "RADIXMESH_DETOKENIZER_ADDRESS",
+    "hicache": "RADIXMESH_HICACHE_ADDRESS",
 }
-DEFAULT_PORTS = {"scheduler": 30010, "worker": 30020, "detokenizer": 30030}
+DEFAULT_PORTS = {"scheduler": 30010, "worker": 30020, "detokenizer": 30030, "hicache": 30040}
 
 
 def default_address(peer: str) -> str:

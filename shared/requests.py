@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from radixmesh.shared.sampling_params import SamplingParams
+from radixmesh.shared.trace_context import NO_TRACE, TraceContext
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,6 +16,7 @@ class TokenizedRequest:
     rid: str
     input_ids: tuple[int, ...]
     sampling: SamplingParams
+    trace: TraceContext = NO_TRACE
 
 
 class FinishKind(StrEnum):
@@ -68,7 +70,7 @@ class TextDelta:
     `token_ids` are the ids of the TokenDelta it came from. `text` may be empty while text is
     held back (a partial character, a possible stop string). A stop string match ends the
     request here with `FinishReason(FinishKind.STOP, matched=<the stop string>)`, before the
-    scheduler knows: the caller must abort the request there.
+    scheduler knows: the caller must abort the request there (`ends_on_stop_string`).
     """
 
     rid: str
@@ -76,3 +78,10 @@ class TextDelta:
     token_ids: list[int]
     finish: FinishReason | None = None
     usage: Usage | None = None
+
+    @property
+    def ends_on_stop_string(self) -> bool:
+        """True when a stop string ended the request here: whoever routes the delta (the front
+        door, the in-process engine) must abort it at the scheduler, which would run on."""
+        return (self.finish is not None and self.finish.kind is FinishKind.STOP
+                and isinstance(self.finish.matched, str))

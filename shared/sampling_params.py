@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from radixmesh.shared.errors import InvalidRequestError
@@ -48,29 +49,35 @@ class SamplingParams:
                 or self.repetition_penalty != 1.0)
 
     @classmethod
-    def from_dict(cls, values: dict) -> SamplingParams:
-        """Builds from a JSON-like dict, rejecting unknown keys and wrong types by name."""
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(values) - known)
+    def from_dict(cls, values: Mapping[str, object]) -> SamplingParams:
+        """Builds from a JSON-like dict, rejecting unknown keys by name; a lone stop string
+        counts as a list of one. Types and ranges are `validate`'s job, done once per entry."""
+        known = cls.__dataclass_fields__
+        unknown = sorted(set(values) - set(known))
         if unknown:
             raise InvalidRequestError(unknown[0], "unknown sampling parameter")
         kwargs = dict(values)
         for name in ("stop", "stop_token_ids"):
             if name in kwargs:
                 kwargs[name] = _as_tuple(name, kwargs[name])
-        params = cls(**kwargs)
-        params.check_types()
-        return params
+        return cls(**kwargs)
 
-    def check_types(self) -> None:
-        ints = ("max_new_tokens", "top_k")
-        floats = ("temperature", "top_p", "min_p", "frequency_penalty", "presence_penalty",
-                  "repetition_penalty")
-        for name in ints:
+    def validate(self, vocab_size: int) -> None:
+        """The one sampling validator: every entry (HTTP, public gRPC, the scheduler's own)
+        calls it once. Raises InvalidRequestError naming the first field of a wrong type or
+        out of its range."""
+        self._check_types()
+        self._check_ranges()
+        self._check_stops(vocab_size)
+
+    def _check_types(self) -> None:
+        """JSON can carry anything; the wire carries its declared types but doubles may be
+        NaN or infinite."""
+        for name in ("max_new_tokens", "top_k"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise InvalidRequestError(name, f"must be an integer, got {value!r}")
-        for name in floats:
+        for name in _FLOAT_FIELDS:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise InvalidRequestError(name, f"must be a number, got {value!r}")
@@ -81,9 +88,7 @@ class SamplingParams:
         if not isinstance(self.ignore_eos, bool):
             raise InvalidRequestError("ignore_eos", "must be a boolean")
 
-    def validate(self, vocab_size: int) -> None:
-        """Raises InvalidRequestError naming the first field out of its range."""
-        self.check_types()
+    def _check_ranges(self) -> None:
         if self.max_new_tokens < 1:
             raise InvalidRequestError("max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
         if self.temperature < 0:
@@ -107,6 +112,8 @@ class SamplingParams:
         if not 0 < self.repetition_penalty <= 2:
             raise InvalidRequestError(
                 "repetition_penalty", f"must be in (0, 2], got {self.repetition_penalty}")
+
+    def _check_stops(self, vocab_size: int) -> None:
         for text in self.stop:
             if not isinstance(text, str) or not text:
                 raise InvalidRequestError("stop", "stop strings must be non-empty strings")
@@ -116,6 +123,10 @@ class SamplingParams:
             if not 0 <= token_id < vocab_size:
                 raise InvalidRequestError(
                     "stop_token_ids", f"{token_id} is outside the vocabulary [0, {vocab_size})")
+
+
+_FLOAT_FIELDS = ("temperature", "top_p", "min_p", "frequency_penalty", "presence_penalty",
+                 "repetition_penalty")
 
 
 def _is_finite(value: int | float) -> bool:

@@ -6,12 +6,21 @@ scheduler decides everything that runs; the worker keeps per-request state betwe
 without making decisions. Only ids and page-table diffs cross; never KV bytes.
 
 Applying a plan on the worker, in this order:
+  0. map the host pool named by `host_pool`, if set (dropping any earlier mapping);
   1. drop the state of every rid in `released`;
   2. register every `new_requests` entry;
   3. apply every `page_writes` entry to the request's page table;
-  4. run one forward pass over `extends` (in order) then `decodes` (in order);
-  5. sample one token for every extend with `sample=True` and for every decode.
-The result lists the sampled tokens in that same order.
+  4. read `backups` out of their device pages, before anything of this step writes a page:
+     the scheduler may have freed those pages (their KV now lives in the host slots) and
+     granted them again in this very plan. The bytes reach the host slots later, without
+     holding up the step;
+  5. copy `loads` from host slots into device pages (a layer's copy lands before that layer's
+     attention reads it);
+  6. run one forward pass over `extends` (in order) then `decodes` (in order);
+  7. sample one token for every extend with `sample=True` and for every decode.
+The result lists the sampled tokens in that same order, and the newest step whose backups
+have all landed in host memory (with every step before it run): until then the scheduler
+loads nothing from those slots and the hicache service neither reads nor writes them.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from radixmesh.shared.sampling_params import SamplingParams
+from radixmesh.shared.trace_context import NO_TRACE, TraceContext
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +47,7 @@ class NewRequest:
     num_cached_tokens: int
     cached_page_ids: tuple[int, ...]
     sampling: SamplingParams
+    trace: TraceContext = NO_TRACE
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +77,39 @@ class ExtendChunk:
     sample: bool
 
 
+@dataclass(frozen=True, slots=True)
+class PageCopies:
+    """Whole-page copies between the device pool and the host pool: device page
+    `device_pages[i]` and host slot `host_slots[i]`, every layer, K and V."""
+
+    device_pages: tuple[int, ...] = ()
+    host_slots: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if len(self.device_pages) != len(self.host_slots):
+            raise ValueError(f"{len(self.device_pages)} device pages for "
+                             f"{len(self.host_slots)} host slots")
+
+    def __bool__(self) -> bool:
+        return bool(self.device_pages)
+
+    def __len__(self) -> int:
+        return len(self.device_pages)
+
+
+NO_COPIES = PageCopies()
+
+
+@dataclass(frozen=True, slots=True)
+class HostPoolAttachment:
+    """The L2 pool the worker maps: a shared memory segment the hicache service created, of
+    `num_slots` slots (ids 1..num_slots) laid out for this worker's KV. An empty name drops
+    the mapping (the hicache service went away)."""
+
+    name: str
+    num_slots: int
+
+
 @dataclass(slots=True)
 class StepPlan:
     """Everything the worker does in one step. A decode's input token is the token the worker
@@ -77,6 +121,9 @@ class StepPlan:
     extends: list[ExtendChunk] = field(default_factory=list)
     decodes: list[str] = field(default_factory=list)
     released: list[str] = field(default_factory=list)
+    host_pool: HostPoolAttachment | None = None
+    loads: PageCopies = NO_COPIES
+    backups: PageCopies = NO_COPIES
 
     @property
     def is_empty(self) -> bool:
@@ -95,6 +142,7 @@ class StepResult:
     rids: list[str]
     next_token_ids: list[int]
     cuda_graph: bool = False  # the step's forward pass was replayed from a CUDA graph
+    backed_up_through: int = 0  # every backup planned up to this step id is in host memory
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +162,12 @@ class WorkerInfo:
     max_running_requests: int  # request slots the worker holds (sampler and page-table rows)
     available_memory_gb: float = 0.0  # device memory left free after weights, KV and graphs
     cuda_graph: bool = False  # decode steps up to some batch size replay CUDA graphs
+    worker: str = ""  # the implementation's registry name ("model", "null"), set on the wire
+    # The KV layout, so the hicache service can size host slots for it ("none": no KV held).
+    num_layers: int = 0
+    num_kv_heads: int = 0
+    head_dim: int = 0
+    weights_fingerprint: str = ""  # names the weights in page keys (design §4)
 
     @property
     def max_total_tokens(self) -> int:

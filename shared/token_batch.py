@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from radixmesh.shared.requests import TokenDelta
+from radixmesh.shared.trace_context import NO_TRACE, TraceContext
 
 # Prompt tokens kept before a request's first output token, so the detokenizer decodes the
 # first output word in context (some decoders drop a sequence's leading space).
@@ -20,6 +21,7 @@ class DetokenizeRegistration:
     stop: tuple[str, ...]
     prompt_tail_ids: tuple[int, ...]  # the last PROMPT_CONTEXT_TOKENS prompt tokens
     num_prompt_tokens: int
+    trace: TraceContext = NO_TRACE
 
 
 @dataclass(slots=True)

@@ -6,9 +6,11 @@ without gRPC and the protos stay the single source of truth for what crosses the
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TypeVar
 
-from radixmesh.shared.protos_gen import common_pb2, internal_pb2
+from radixmesh.shared.mesh_info import ModelInfo, SchedulerLoad
+from radixmesh.shared.protos_gen import common_pb2, generate_pb2, internal_pb2
 from radixmesh.shared.requests import (
     FinishKind,
     FinishReason,
@@ -19,49 +21,62 @@ from radixmesh.shared.requests import (
 )
 from radixmesh.shared.sampling_params import SamplingParams
 from radixmesh.shared.step import (
+    NO_COPIES,
     ExtendChunk,
+    HostPoolAttachment,
     NewRequest,
+    PageCopies,
     PageTableWrite,
     StepPlan,
     StepResult,
     WorkerInfo,
 )
 from radixmesh.shared.token_batch import DetokenizeRegistration, TokenBatch
+from radixmesh.shared.trace_context import NO_TRACE, TraceContext
 
 DeltaMessage = TypeVar("DeltaMessage", internal_pb2.TokenDelta, internal_pb2.TextDelta)
 
+# Proto `optional` fields: left unset, the receiver takes SamplingParams' default.
 _OPTIONAL_SAMPLING = ("max_new_tokens", "temperature", "top_p", "top_k", "min_p", "seed",
                       "frequency_penalty", "presence_penalty", "repetition_penalty")
+_LIST_SAMPLING = ("stop", "stop_token_ids")
+SAMPLING_NAMES: tuple[str, ...] = tuple(SamplingParams.__dataclass_fields__)
 
 # ---- sampling, finish, usage ----------------------------------------------------------------
 
 
 def sampling_to_proto(params: SamplingParams) -> common_pb2.SamplingParams:
-    message = common_pb2.SamplingParams(stop=list(params.stop),
-                                        stop_token_ids=list(params.stop_token_ids),
-                                        ignore_eos=params.ignore_eos)
-    for name in _OPTIONAL_SAMPLING:
-        value = getattr(params, name)
-        if value is not None:
+    """Every field, for the internal hops."""
+    return sampling_fields_to_proto({name: getattr(params, name) for name in SAMPLING_NAMES})
+
+
+def sampling_fields_to_proto(fields: Mapping[str, object]) -> common_pb2.SamplingParams:
+    """Some of SamplingParams' fields, by name, as a message: the one way in for the internal
+    hops and for the client's keyword arguments. None leaves a field unset (the server's
+    default); a lone stop string counts as a list of one. Raises TypeError for an unknown
+    name, as Python does for an unknown keyword argument."""
+    message = common_pb2.SamplingParams()
+    for name, value in fields.items():
+        if name not in SAMPLING_NAMES:
+            raise TypeError(f"unknown sampling parameter {name!r}; "
+                            f"known: {', '.join(sorted(SAMPLING_NAMES))}")
+        if value is None:
+            continue
+        if name in _LIST_SAMPLING:
+            getattr(message, name).extend([value] if isinstance(value, str) else value)
+        else:
             setattr(message, name, value)
     return message
 
 
-def sampling_body_from_proto(message: common_pb2.SamplingParams) -> dict:
-    """Only the fields the client set, as a request-body dict for RequestBuilder."""
-    body: dict = {name: getattr(message, name) for name in _OPTIONAL_SAMPLING
-                  if message.HasField(name)}
-    if message.stop:
-        body["stop"] = list(message.stop)
-    if message.stop_token_ids:
-        body["stop_token_ids"] = list(message.stop_token_ids)
-    if message.ignore_eos:
-        body["ignore_eos"] = True
-    return body
-
-
 def sampling_from_proto(message: common_pb2.SamplingParams) -> SamplingParams:
-    return SamplingParams.from_dict(sampling_body_from_proto(message))
+    """Straight into SamplingParams, unset fields taking their defaults. Nothing is checked
+    here: the wire's types are already right, and each service's entry calls
+    `SamplingParams.validate` once (the front door, the scheduler)."""
+    optional = {name: getattr(message, name) for name in _OPTIONAL_SAMPLING
+                if message.HasField(name)}
+    return SamplingParams(stop=tuple(message.stop), stop_token_ids=tuple(message.stop_token_ids),
+                          ignore_eos=message.ignore_eos, **optional)
 
 
 def finish_to_proto(finish: FinishReason) -> common_pb2.FinishReason:
@@ -95,17 +110,27 @@ def usage_from_proto(message: common_pb2.Usage) -> Usage:
 # ---- tokenizer -> scheduler -----------------------------------------------------------------
 
 
-def tokenized_request_to_proto(request: TokenizedRequest,
-                               traceparent: str = "") -> internal_pb2.TokenizedRequest:
+def trace_to_proto(trace: TraceContext) -> common_pb2.TraceContext:
+    return common_pb2.TraceContext(traceparent=trace.traceparent, tracestate=trace.tracestate)
+
+
+def trace_from_proto(message: common_pb2.TraceContext) -> TraceContext:
+    """As sent: the front door already dropped a malformed context."""
+    if not message.traceparent:
+        return NO_TRACE
+    return TraceContext(message.traceparent, message.tracestate)
+
+
+def tokenized_request_to_proto(request: TokenizedRequest) -> internal_pb2.TokenizedRequest:
     return internal_pb2.TokenizedRequest(
         rid=request.rid, input_ids=list(request.input_ids),
-        sampling=sampling_to_proto(request.sampling),
-        trace=common_pb2.TraceContext(traceparent=traceparent))
+        sampling=sampling_to_proto(request.sampling), trace=trace_to_proto(request.trace))
 
 
 def tokenized_request_from_proto(message: internal_pb2.TokenizedRequest) -> TokenizedRequest:
     return TokenizedRequest(message.rid, tuple(message.input_ids),
-                            sampling_from_proto(message.sampling))
+                            sampling_from_proto(message.sampling),
+                            trace_from_proto(message.trace))
 
 
 # ---- scheduler <-> worker -------------------------------------------------------------------
@@ -117,13 +142,17 @@ def plan_to_proto(plan: StepPlan) -> internal_pb2.StepPlan:
         new_requests=[internal_pb2.NewRequest(
             rid=new.rid, token_ids=list(new.token_ids), num_prompt_tokens=new.num_prompt_tokens,
             num_cached_tokens=new.num_cached_tokens, cached_page_ids=list(new.cached_page_ids),
-            sampling=sampling_to_proto(new.sampling)) for new in plan.new_requests],
+            sampling=sampling_to_proto(new.sampling), trace=trace_to_proto(new.trace))
+            for new in plan.new_requests],
         page_writes=[internal_pb2.PageTableWrite(rid=w.rid, start=w.start, page_ids=list(w.page_ids))
                      for w in plan.page_writes],
         extends=[internal_pb2.ExtendChunk(rid=c.rid, start=c.start, length=c.length, sample=c.sample)
                  for c in plan.extends],
         decodes=list(plan.decodes),
-        released=list(plan.released))
+        released=list(plan.released),
+        host_pool=(None if plan.host_pool is None else internal_pb2.HostPoolAttachment(
+            name=plan.host_pool.name, num_slots=plan.host_pool.num_slots)),
+        loads=_copies_to_proto(plan.loads), backups=_copies_to_proto(plan.backups))
 
 
 def plan_from_proto(message: internal_pb2.StepPlan) -> StepPlan:
@@ -131,12 +160,27 @@ def plan_from_proto(message: internal_pb2.StepPlan) -> StepPlan:
         step_id=message.step_id,
         new_requests=[NewRequest(new.rid, tuple(new.token_ids), new.num_prompt_tokens,
                                  new.num_cached_tokens, tuple(new.cached_page_ids),
-                                 sampling_from_proto(new.sampling))
+                                 sampling_from_proto(new.sampling), trace_from_proto(new.trace))
                       for new in message.new_requests],
         page_writes=[PageTableWrite(w.rid, w.start, tuple(w.page_ids)) for w in message.page_writes],
         extends=[ExtendChunk(c.rid, c.start, c.length, c.sample) for c in message.extends],
         decodes=list(message.decodes),
-        released=list(message.released))
+        released=list(message.released),
+        host_pool=(HostPoolAttachment(message.host_pool.name, message.host_pool.num_slots)
+                   if message.HasField("host_pool") else None),
+        loads=_copies_from_proto(message.loads), backups=_copies_from_proto(message.backups))
+
+
+def _copies_to_proto(copies: PageCopies) -> internal_pb2.PageCopies | None:
+    if not copies:
+        return None
+    return internal_pb2.PageCopies(device_pages=copies.device_pages, host_slots=copies.host_slots)
+
+
+def _copies_from_proto(message: internal_pb2.PageCopies) -> PageCopies:
+    if not message.device_pages and not message.host_slots:
+        return NO_COPIES
+    return PageCopies(tuple(message.device_pages), tuple(message.host_slots))
 
 
 def result_to_proto(result: StepResult, forward_seconds: float = 0.0,
@@ -144,30 +188,56 @@ def result_to_proto(result: StepResult, forward_seconds: float = 0.0,
     return internal_pb2.StepResult(step_id=result.step_id, rids=result.rids,
                                    next_token_ids=result.next_token_ids,
                                    forward_seconds=forward_seconds, idle_seconds=idle_seconds,
-                                   cuda_graph=result.cuda_graph)
+                                   cuda_graph=result.cuda_graph,
+                                   backed_up_through=result.backed_up_through)
 
 
 def result_from_proto(message: internal_pb2.StepResult) -> StepResult:
     return StepResult(message.step_id, list(message.rids), list(message.next_token_ids),
-                      cuda_graph=message.cuda_graph)
+                      cuda_graph=message.cuda_graph,
+                      backed_up_through=message.backed_up_through)
 
 
-def worker_info_to_proto(info: WorkerInfo, worker: str = "") -> internal_pb2.WorkerInfo:
-    return internal_pb2.WorkerInfo(
-        model_id=info.model_id, num_pages=info.num_pages, page_size=info.page_size,
-        context_len=info.context_len, vocab_size=info.vocab_size,
-        eos_token_ids=list(info.eos_token_ids), kv_dtype=info.kv_dtype,
-        max_running_requests=info.max_running_requests, worker=worker, cuda_graph=info.cuda_graph,
-        available_memory_gb=info.available_memory_gb)
+_WORKER_INFO_FIELDS = tuple(WorkerInfo.__dataclass_fields__)
+
+
+def worker_info_to_proto(info: WorkerInfo) -> internal_pb2.WorkerInfo:
+    return internal_pb2.WorkerInfo(**{name: getattr(info, name) for name in _WORKER_INFO_FIELDS})
 
 
 def worker_info_from_proto(message: internal_pb2.WorkerInfo) -> WorkerInfo:
-    return WorkerInfo(
-        model_id=message.model_id, num_pages=message.num_pages, page_size=message.page_size,
-        context_len=message.context_len, vocab_size=message.vocab_size,
-        eos_token_ids=tuple(message.eos_token_ids), kv_dtype=message.kv_dtype,
-        max_running_requests=message.max_running_requests,
-        available_memory_gb=message.available_memory_gb, cuda_graph=message.cuda_graph)
+    values = {name: getattr(message, name) for name in _WORKER_INFO_FIELDS}
+    values["eos_token_ids"] = tuple(message.eos_token_ids)
+    return WorkerInfo(**values)
+
+
+# ---- mesh -> front door -----------------------------------------------------------------------
+
+
+def model_info_to_proto(info: ModelInfo) -> generate_pb2.ModelInfo:
+    return generate_pb2.ModelInfo(
+        model_id=info.model_id, context_len=info.context_len, vocab_size=info.vocab_size,
+        eos_token_ids=list(info.eos_token_ids), max_total_tokens=info.max_total_tokens,
+        page_size=info.page_size, worker=info.worker)
+
+
+def model_info_from_proto(message: generate_pb2.ModelInfo) -> ModelInfo:
+    return ModelInfo(
+        model_id=message.model_id, context_len=message.context_len,
+        vocab_size=message.vocab_size, eos_token_ids=tuple(message.eos_token_ids),
+        max_total_tokens=message.max_total_tokens, page_size=message.page_size,
+        worker=message.worker)
+
+
+_LOAD_FIELDS = tuple(SchedulerLoad.__dataclass_fields__)
+
+
+def scheduler_load_to_proto(load: SchedulerLoad) -> internal_pb2.SchedulerLoad:
+    return internal_pb2.SchedulerLoad(**{name: getattr(load, name) for name in _LOAD_FIELDS})
+
+
+def scheduler_load_from_proto(message: internal_pb2.SchedulerLoad) -> SchedulerLoad:
+    return SchedulerLoad(**{name: getattr(message, name) for name in _LOAD_FIELDS})
 
 
 # ---- scheduler -> detokenizer -> tokenizer --------------------------------------------------
@@ -187,7 +257,8 @@ def token_batch_to_proto(batch: TokenBatch) -> internal_pb2.TokenBatch:
     return internal_pb2.TokenBatch(
         new_requests=[internal_pb2.DetokenizeRequest(
             rid=reg.rid, stop=list(reg.stop), prompt_tail_ids=list(reg.prompt_tail_ids),
-            num_prompt_tokens=reg.num_prompt_tokens) for reg in batch.registrations],
+            num_prompt_tokens=reg.num_prompt_tokens, trace=trace_to_proto(reg.trace))
+            for reg in batch.registrations],
         deltas=[token_delta_to_proto(delta, batch.num_cached_tokens.get(delta.rid, 0))
                 for delta in batch.deltas])
 
@@ -195,7 +266,8 @@ def token_batch_to_proto(batch: TokenBatch) -> internal_pb2.TokenBatch:
 def token_batch_from_proto(message: internal_pb2.TokenBatch) -> TokenBatch:
     return TokenBatch(
         registrations=[DetokenizeRegistration(new.rid, tuple(new.stop),
-                                              tuple(new.prompt_tail_ids), new.num_prompt_tokens)
+                                              tuple(new.prompt_tail_ids), new.num_prompt_tokens,
+                                              trace_from_proto(new.trace))
                        for new in message.new_requests],
         deltas=[token_delta_from_proto(delta) for delta in message.deltas],
         num_cached_tokens={delta.rid: delta.num_cached_tokens for delta in message.deltas

@@ -9,20 +9,13 @@ from types import TracebackType
 
 import grpc
 
-from radixmesh.client.messages import (
-    build_generate_request,
-    chunk_from_response,
-    client_error,
-    model_info_from_proto,
-)
+from radixmesh.client.messages import build_generate_request, chunk_from_response, client_error
 from radixmesh.client.types import Completion, GenerateChunk, ModelInfo
+from radixmesh.shared import wire
+from radixmesh.shared.grpc_service import CLIENT_OPTIONS
 from radixmesh.shared.protos_gen import common_pb2, generate_pb2, generate_pb2_grpc
 
 DEFAULT_ADDRESS = "127.0.0.1:30001"
-# Prompts of a long context exceed gRPC's 4 MiB default only in extreme cases; the server
-# enforces its own limit and says so.
-CHANNEL_OPTIONS = (("grpc.max_send_message_length", -1),
-                   ("grpc.max_receive_message_length", -1))
 
 
 class AsyncClient:
@@ -35,7 +28,7 @@ class AsyncClient:
 
     def __init__(self, address: str = DEFAULT_ADDRESS) -> None:
         self.address = address
-        self._channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self._channel = grpc.aio.insecure_channel(address, options=CLIENT_OPTIONS)
         self._stub = generate_pb2_grpc.GenerationStub(self._channel)
 
     async def generate(self, *, text: str | None = None, input_ids: Sequence[int] | None = None,
@@ -57,9 +50,9 @@ class AsyncClient:
         finally:
             call.cancel()  # no-op once finished; otherwise the server aborts the request
 
-    async def complete(self, **kwargs: object) -> Completion:
+    async def complete(self, **kwargs: object) -> Completion[dict, dict]:
         """Runs `generate` to the end and returns everything it produced."""
-        completion: Completion | None = None
+        completion: Completion[dict, dict] | None = None
         async for chunk in self.generate(**kwargs):
             completion = completion or Completion(chunk.rid)
             completion.add(chunk)
@@ -76,7 +69,7 @@ class AsyncClient:
 
     async def model_info(self) -> ModelInfo:
         try:
-            return model_info_from_proto(await self._stub.GetModelInfo(common_pb2.Empty()))
+            return wire.model_info_from_proto(await self._stub.GetModelInfo(common_pb2.Empty()))
         except grpc.RpcError as exc:
             raise client_error(exc) from None
 

@@ -1,4 +1,5 @@
-"""Client arguments -> GenerateRequest, and GenerateResponse -> GenerateChunk."""
+"""Client arguments -> GenerateRequest, and GenerateResponse -> GenerateChunk; everything
+else converts through `shared/wire.py`, as the services do."""
 
 from __future__ import annotations
 
@@ -6,12 +7,9 @@ from collections.abc import Sequence
 
 import grpc
 
-from radixmesh.client.types import GenerateChunk, ModelInfo, RadixMeshClientError
+from radixmesh.client.types import GenerateChunk, RadixMeshClientError
 from radixmesh.shared import wire
-from radixmesh.shared.protos_gen import common_pb2, generate_pb2
-
-SAMPLING_NAMES = frozenset(common_pb2.SamplingParams.DESCRIPTOR.fields_by_name)
-_LIST_NAMES = ("stop", "stop_token_ids")
+from radixmesh.shared.protos_gen import generate_pb2
 
 
 def build_generate_request(*, text: str | None, input_ids: Sequence[int] | None,
@@ -24,7 +22,8 @@ def build_generate_request(*, text: str | None, input_ids: Sequence[int] | None,
                                       ("messages", messages)) if value is not None]
     if len(given) != 1:
         raise TypeError(f"pass exactly one of text, input_ids or messages (got {given or 'none'})")
-    request = generate_pb2.GenerateRequest(rid=rid, sampling=sampling_proto(sampling))
+    request = generate_pb2.GenerateRequest(rid=rid,
+                                           sampling=wire.sampling_fields_to_proto(sampling))
     if text is not None:
         request.text = text
     elif input_ids is not None:
@@ -37,22 +36,6 @@ def build_generate_request(*, text: str | None, input_ids: Sequence[int] | None,
     return request
 
 
-def sampling_proto(sampling: dict) -> common_pb2.SamplingParams:
-    unknown = sorted(set(sampling) - SAMPLING_NAMES)
-    if unknown:
-        raise TypeError(f"unknown sampling parameter {unknown[0]!r}; "
-                        f"known: {', '.join(sorted(SAMPLING_NAMES))}")
-    message = common_pb2.SamplingParams()
-    for name, value in sampling.items():
-        if value is None:
-            continue
-        if name in _LIST_NAMES:
-            getattr(message, name).extend([value] if isinstance(value, str) else value)
-        else:
-            setattr(message, name, value)
-    return message
-
-
 def chunk_from_response(response: generate_pb2.GenerateResponse) -> GenerateChunk:
     finish = wire.finish_from_proto(response.finish)
     usage = wire.usage_from_proto(response.usage) if response.HasField("usage") else None
@@ -60,13 +43,6 @@ def chunk_from_response(response: generate_pb2.GenerateResponse) -> GenerateChun
                          text=response.text,
                          finish=finish.to_dict() if finish is not None else None,
                          usage=usage.to_dict() if usage is not None else None)
-
-
-def model_info_from_proto(message: generate_pb2.ModelInfo) -> ModelInfo:
-    return ModelInfo(model_id=message.model_id, context_len=message.context_len,
-                     vocab_size=message.vocab_size, eos_token_ids=tuple(message.eos_token_ids),
-                     max_total_tokens=message.max_total_tokens, page_size=message.page_size,
-                     worker=message.worker)
 
 
 def client_error(exc: grpc.RpcError) -> RadixMeshClientError:

@@ -46,7 +46,7 @@ class Client:
         finally:
             self._run(stream.aclose())
 
-    def complete(self, **kwargs: object) -> Completion:
+    def complete(self, **kwargs: object) -> Completion[dict, dict]:
         return self._run(self._client.complete(**kwargs))
 
     def abort(self, rid: str) -> bool:

@@ -1,8 +1,18 @@
-"""What the gRPC client hands back: plain dataclasses and one error type."""
+"""What the gRPC client hands back: plain dataclasses (the services' own where they are the
+same) and one error type."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+# A whole generation, accumulated from its chunks: the same accumulator the front door and the
+# engine use. Over GenerateChunks its `finish` and `usage` are the chunks' dicts.
+from radixmesh.shared.completion import Completion
+
+# What the server says about the model it serves (`model_id` is the name for OpenAI requests).
+from radixmesh.shared.mesh_info import ModelInfo
+
+__all__ = ["Completion", "GenerateChunk", "ModelInfo", "RadixMeshClientError"]
 
 
 class RadixMeshClientError(Exception):
@@ -28,33 +38,3 @@ class GenerateChunk:
     text: str
     finish: dict | None = None
     usage: dict | None = None
-
-
-@dataclass(slots=True)
-class Completion:
-    """A whole generation, accumulated from its chunks."""
-
-    rid: str
-    text: str = ""
-    token_ids: list[int] = field(default_factory=list)
-    finish: dict | None = None
-    usage: dict | None = None
-
-    def add(self, chunk: GenerateChunk) -> None:
-        self.text += chunk.text
-        self.token_ids.extend(chunk.token_ids)
-        if chunk.finish is not None:
-            self.finish, self.usage = chunk.finish, chunk.usage
-
-
-@dataclass(frozen=True, slots=True)
-class ModelInfo:
-    """What the server says about the model it serves."""
-
-    model_id: str              # the name to use in OpenAI requests
-    context_len: int
-    vocab_size: int
-    eos_token_ids: tuple[int, ...]
-    max_total_tokens: int      # KV pool size in tokens: prompt + output must fit
-    page_size: int
-    worker: str                # "model" or "null"

@@ -13,10 +13,19 @@ import logging
 import signal
 import threading
 
-from radixmesh.launcher.mesh_plan import MeshPlan, UpConfig, plan_mesh
+from radixmesh.launcher.mesh_plan import (
+    HICACHE_WIRING,
+    SCHEDULER_WIRING,
+    TOKENIZER_WIRING,
+    WORKER_WIRING,
+    MeshPlan,
+    UpConfig,
+    plan_mesh,
+)
 from radixmesh.launcher.processes import ServiceExitedError, ServiceGroup
+from radixmesh.services.hicache.config import HiCacheConfig
 from radixmesh.services.scheduler.config import SchedulerConfig
-from radixmesh.services.tokenizer.config import TokenizerServiceConfig
+from radixmesh.services.tokenizer.config import TokenizerConfig
 from radixmesh.services.worker.config import WorkerConfig
 from radixmesh.shared.cli_args import add_config_arguments, config_from_args
 
@@ -25,11 +34,13 @@ WATCH_INTERVAL_S = 0.2
 
 
 def add_cli_args(parser: argparse.ArgumentParser) -> None:
+    # Flags two services share (--max-running-requests, --random-seed) are listed once, by
+    # the first config, and reach both. The front door's --model-path is the worker's.
     add_config_arguments(parser, UpConfig)
-    add_config_arguments(parser, WorkerConfig)
-    add_config_arguments(parser, SchedulerConfig)
-    add_config_arguments(parser, TokenizerServiceConfig,
-                         skip=frozenset({"scheduler_address", "detokenizer_address"}))
+    add_config_arguments(parser, WorkerConfig, skip=WORKER_WIRING)
+    add_config_arguments(parser, SchedulerConfig, skip=SCHEDULER_WIRING)
+    add_config_arguments(parser, TokenizerConfig, skip=TOKENIZER_WIRING)
+    add_config_arguments(parser, HiCacheConfig, skip=HICACHE_WIRING)
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -59,8 +70,9 @@ def _plan_from_args(args: argparse.Namespace) -> MeshPlan:
     args.model_path = worker.model_path
     return plan_mesh(config_from_args(UpConfig, args), worker,
                      config_from_args(SchedulerConfig, args),
-                     config_from_args(TokenizerServiceConfig, args),
-                     logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower())
+                     config_from_args(TokenizerConfig, args),
+                     logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower(),
+                     config_from_args(HiCacheConfig, args))
 
 
 def _run(plan: MeshPlan, group: ServiceGroup, stop: threading.Event, timeout: float) -> int:

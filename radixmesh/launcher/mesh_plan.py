@@ -1,8 +1,8 @@
 """What `radixmesh up` starts: one command line per service, wired to each other's ports.
 
 Internal services listen on 127.0.0.1 at ports picked free at launch; only the front door
-listens on `--host` at the public ports. Engine flags go to the service that owns them, and
-only where they differ from the default, so each service keeps its own defaults.
+listens on `--host` at the public ports. Every other flag goes to the service whose config
+has it, and only where it differs from the default, so each service keeps its own defaults.
 """
 
 from __future__ import annotations
@@ -12,21 +12,24 @@ import socket
 import sys
 from dataclasses import dataclass, field
 
+from radixmesh.services.hicache.config import HiCacheConfig
 from radixmesh.services.scheduler.config import SchedulerConfig
-from radixmesh.services.tokenizer.config import TokenizerServiceConfig
+from radixmesh.services.tokenizer.config import TokenizerConfig
 from radixmesh.services.worker.config import WorkerConfig
 from radixmesh.shared.grpc_service import host_port
 
 INTERNAL_HOST = "127.0.0.1"
-# Set by the launcher itself, never taken from the user's tokenizer flags.
+# Set by the launcher itself, never taken from the user's flags: where each internal service
+# listens and finds its peers. The front door's host and ports stay the user's.
+WORKER_WIRING = WorkerConfig.SERVICE_FIELDS
+SCHEDULER_WIRING = SchedulerConfig.SERVICE_FIELDS
 TOKENIZER_WIRING = frozenset({"scheduler_address", "detokenizer_address", "model_path"})
+# The worker's /metrics port is the worker's flag; the hicache service's has its own name.
+HICACHE_WIRING = frozenset({"host", "port", "metrics_port"})
 
 
 @dataclass(frozen=True)
 class UpConfig:
-    worker: str = field(default="model", metadata={
-        "help": "model: run the model; null: no model math, fixed tokens (measures the mesh)",
-        "choices": ("model", "null")})
     startup_timeout: float = field(default=600.0, metadata={
         "help": "seconds to wait for every service to report healthy"})
 
@@ -48,25 +51,37 @@ class MeshPlan:
 
 
 def plan_mesh(up: UpConfig, worker: WorkerConfig, scheduler: SchedulerConfig,
-              front_door: TokenizerServiceConfig, log_level: str) -> MeshPlan:
-    """`worker.model_path` must be resolved: every service reads the same directory."""
+              front_door: TokenizerConfig, log_level: str,
+              hicache: HiCacheConfig | None = None) -> MeshPlan:
+    """`worker.model_path` must be resolved: every service reads the same directory. The
+    wiring fields of `worker` and `scheduler` are ignored: the plan sets them. The hicache
+    service runs when the scheduler's --enable-hierarchical-cache asks for it."""
     assert worker.model_path is not None, "resolve the model path before planning"
-    worker_port, detok_port, scheduler_port = pick_free_ports(3)
+    worker_port, detok_port, scheduler_port, hicache_port = pick_free_ports(4)
     worker_address = host_port(INTERNAL_HOST, worker_port)
     detok_address = host_port(INTERNAL_HOST, detok_port)
     scheduler_address = host_port(INTERNAL_HOST, scheduler_port)
+    hicache_address = host_port(INTERNAL_HOST, hicache_port)
     model = ("--model-path", worker.model_path)
+    tiered = scheduler.enable_hierarchical_cache
+    hicache_service = (ServiceCommand("hicache", serve_argv(
+        log_level, "hicache", "--host", INTERNAL_HOST, "--port", str(hicache_port),
+        *config_to_argv(hicache or HiCacheConfig(), skip=HICACHE_WIRING)), hicache_address),
+    ) if tiered else ()
     services = (
         ServiceCommand("worker", serve_argv(
             log_level, "worker", "--host", INTERNAL_HOST, "--port", str(worker_port),
-            "--worker", up.worker, *config_to_argv(worker)), worker_address),
+            *config_to_argv(worker, skip=WORKER_WIRING)), worker_address),
         ServiceCommand("detokenizer", serve_argv(
             log_level, "detokenizer", "--host", INTERNAL_HOST, "--port", str(detok_port),
             *model), detok_address),
+        *hicache_service,
         ServiceCommand("scheduler", serve_argv(
             log_level, "scheduler", "--host", INTERNAL_HOST, "--port", str(scheduler_port),
             "--worker-address", worker_address, "--detokenizer-address", detok_address,
-            "--peer-timeout", str(up.startup_timeout), *config_to_argv(scheduler)),
+            *(("--hicache-address", hicache_address) if tiered else ()),
+            "--peer-timeout", str(up.startup_timeout),
+            *config_to_argv(scheduler, skip=SCHEDULER_WIRING)),
             scheduler_address),
         ServiceCommand("tokenizer", serve_argv(
             log_level, "tokenizer", "--scheduler-address", scheduler_address,

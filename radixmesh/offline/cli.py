@@ -7,12 +7,9 @@ import json
 import sys
 from pathlib import Path
 
-from radixmesh.engine import Engine
+from radixmesh.engine import Engine, add_engine_arguments, engine_configs_from_args
 from radixmesh.offline.demo import DEMO_REQUESTS
 from radixmesh.offline.runner import parse_lines, run_offline
-from radixmesh.services.scheduler.config import SchedulerConfig
-from radixmesh.services.worker.config import WorkerConfig
-from radixmesh.shared.cli_args import add_config_arguments, config_from_args
 
 
 def add_cli_args(parser: argparse.ArgumentParser) -> None:
@@ -20,8 +17,7 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
                         help="JSONL of requests (default: a few built-in demo prompts)")
     parser.add_argument("--output", default="-", help="JSONL of results (default: stdout)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_config_arguments(parser, WorkerConfig)
-    add_config_arguments(parser, SchedulerConfig)
+    add_engine_arguments(parser)
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -30,7 +26,7 @@ def run_cli(args: argparse.Namespace) -> int:
     else:
         with args.input.open() as lines:
             bodies = parse_lines(lines)
-    engine = Engine(config_from_args(WorkerConfig, args), config_from_args(SchedulerConfig, args))
+    engine = Engine(*engine_configs_from_args(args))
     records, summary = run_offline(engine, bodies, progress=not args.no_progress)
     output = sys.stdout if args.output == "-" else open(args.output, "w")
     try:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from tqdm import tqdm
 
 from radixmesh.engine import Completion, Engine
-from radixmesh.shared.errors import InvalidRequestError
+from radixmesh.shared.errors import InvalidRequestError, http_status, openai_type
 
 
 @dataclass
@@ -100,4 +100,4 @@ def completion_record(index: int, completion: Completion) -> dict:
 
 def error_record(index: int, error: InvalidRequestError) -> dict:
     return {"index": index, "error": {"message": str(error), "field": error.field,
-                                      "type": "invalid_request_error", "code": error.http_status}}
+                                      "type": openai_type(error), "code": http_status(error)}}

@@ -16,6 +16,7 @@ from radixmesh.services.detokenizer.detokenizer import Detokenizer
 from radixmesh.services.detokenizer.incremental import TokenDecoder
 from radixmesh.shared.requests import TextDelta, TokenDelta, Usage
 from radixmesh.shared.token_batch import TokenBatch
+from radixmesh.shared.trace_context import NO_TRACE, TraceContext
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +26,7 @@ class RequestProgress:
     num_prompt_tokens: int
     num_cached_tokens: int = 0
     num_output_tokens: int = 0
+    trace: TraceContext = NO_TRACE  # the parent of this request's detokenize span
 
 
 class BatchDetokenizer:
@@ -38,19 +40,23 @@ class BatchDetokenizer:
     def __len__(self) -> int:
         return len(self._requests)
 
+    def __contains__(self, rid: str) -> bool:
+        return rid in self._requests
+
     def register(self, rid: str, stop: Sequence[str], prompt_tail_ids: Sequence[int],
-                 num_prompt_tokens: int) -> None:
+                 num_prompt_tokens: int, trace: TraceContext = NO_TRACE) -> None:
         if rid in self._requests:  # the scheduler never reuses a live rid: drop the stale one
             logger.warning("request %r registered twice: restarting its stream", rid)
             self._release(rid)
-        self._requests[rid] = RequestProgress(num_prompt_tokens)
+        self._requests[rid] = RequestProgress(num_prompt_tokens, trace=trace)
         if self._detokenizer is not None:
             self._detokenizer.add_request(rid, stop, prompt_tail_ids)
 
     def round(self, batch: TokenBatch) -> list[TextDelta]:
         """One scheduler batch: its registrations, then its deltas."""
         for reg in batch.registrations:
-            self.register(reg.rid, reg.stop, reg.prompt_tail_ids, reg.num_prompt_tokens)
+            self.register(reg.rid, reg.stop, reg.prompt_tail_ids, reg.num_prompt_tokens,
+                          reg.trace)
         return self.process(batch.deltas, batch.num_cached_tokens)
 
     def process(self, deltas: Sequence[TokenDelta],

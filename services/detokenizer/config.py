@@ -8,7 +8,7 @@ from radixmesh.shared.peers import DEFAULT_PORTS
 
 
 @dataclass(frozen=True)
-class DetokenizerServiceConfig:
+class DetokenizerConfig:
     model_path: str | None = field(default=None, metadata={
         "help": "HF-format model directory whose tokenizer decodes the output (default: the "
                 "tiny random model made on first use); without a tokenizer, ids pass through "

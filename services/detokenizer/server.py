@@ -6,7 +6,7 @@ import asyncio
 import logging
 
 from radixmesh.services.detokenizer.batch_detokenizer import BatchDetokenizer
-from radixmesh.services.detokenizer.config import DetokenizerServiceConfig
+from radixmesh.services.detokenizer.config import DetokenizerConfig
 from radixmesh.services.detokenizer.servicer import Broadcaster, DetokenizerServicer
 from radixmesh.shared.grpc_service import host_port, start_server
 from radixmesh.shared.protos_gen import internal_pb2, internal_pb2_grpc
@@ -16,7 +16,7 @@ logger = logging.getLogger(__name__)
 SERVICE_NAME = internal_pb2.DESCRIPTOR.services_by_name["Detokenizer"].full_name
 
 
-async def serve(config: DetokenizerServiceConfig) -> None:
+async def serve(config: DetokenizerConfig) -> None:
     """Serves until cancelled. Health turns SERVING once the tokenizer is loaded."""
     tokenizer = await asyncio.to_thread(load_tokenizer, config.model_path)
     broadcaster = Broadcaster()

@@ -1,12 +1,31 @@
-"""The scheduler service's configuration: every field is a CLI flag of the same name."""
+"""The scheduler service's configuration: every field is a CLI flag of the same name.
+
+Peer addresses are flags and environment variables alike: a flag left unset falls back to
+`RADIXMESH_WORKER_ADDRESS` / `RADIXMESH_DETOKENIZER_ADDRESS`, then to the local default.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
+
+from radixmesh.shared.peers import DEFAULT_PORTS, peer_address, peer_help
+
+# The hierarchical cache's policies, named as SGLang names them.
+WRITE_POLICIES = ("write_through", "write_through_selective", "write_back")
+PREFETCH_POLICIES = ("best_effort", "wait_complete", "timeout")
 
 
 @dataclass(frozen=True)
 class SchedulerConfig:
+    """Invariant after construction: both peer addresses are set."""
+
+    # Where the service listens and how it reaches its peers: `radixmesh up` sets these itself
+    # and the in-process engine, which has no sockets, leaves them at their defaults.
+    SERVICE_FIELDS: ClassVar[frozenset[str]] = frozenset(
+        {"host", "port", "worker_address", "detokenizer_address", "hicache_address",
+         "peer_timeout"})
+
     max_running_requests: int | None = field(default=None, metadata={
         "help": "most requests decoding at once (default: what the worker's slots allow)"})
     chunked_prefill_size: int = field(default=8192, metadata={
@@ -24,8 +43,40 @@ class SchedulerConfig:
         "help": "seeds the sampling seeds of requests that bring none"})
     decode_log_interval: int = field(default=40, metadata={
         "help": "log a decode batch line every this many decode steps"})
+    enable_hierarchical_cache: bool = field(default=False, metadata={
+        "help": "keep KV pages evicted from the device in host memory (L2) and, with the hicache "
+                "service's storage, on disk (L3); needs the hicache service at "
+                "--hicache-address"})
+    hicache_write_policy: str = field(default="write_through", metadata={
+        "help": "when device pages are copied to host memory: as they enter the cache, once "
+                "reused, or when evicted", "choices": WRITE_POLICIES})
+    hicache_prefetch_policy: str = field(default="best_effort", metadata={
+        "help": "whether a request waits for its pages to come from L3: never, until they "
+                "are in, or up to --hicache-prefetch-timeout", "choices": PREFETCH_POLICIES})
+    hicache_prefetch_threshold: int = field(default=256, metadata={
+        "help": "prompt tokens past the cached prefix below which L3 is not asked"})
+    hicache_prefetch_timeout: float = field(default=3.0, metadata={
+        "help": "seconds a request waits for its prefetch under the timeout policy"})
+    hicache_address: str | None = field(default=None, metadata={
+        "help": peer_help("hicache")})
+    max_inflight_steps: int = field(default=2, metadata={
+        "help": "step plans sent ahead of their results (1: no pipelining)"})
+    host: str = field(default="127.0.0.1", metadata={"help": "interface to listen on"})
+    port: int = field(default=DEFAULT_PORTS["scheduler"], metadata={
+        "help": "gRPC port of the Scheduler service (0: any free port)"})
+    worker_address: str | None = field(default=None, metadata={
+        "help": peer_help("worker")})
+    detokenizer_address: str | None = field(default=None, metadata={
+        "help": peer_help("detokenizer")})
+    peer_timeout: float = field(default=600.0, metadata={
+        "help": "seconds to wait at startup for the worker and detokenizer to be healthy"})
 
     def __post_init__(self) -> None:
+        # Frozen: resolved defaults are written once here, so readers never see None.
+        resolve = object.__setattr__
+        resolve(self, "worker_address", peer_address("worker", self.worker_address))
+        resolve(self, "detokenizer_address", peer_address("detokenizer", self.detokenizer_address))
+        resolve(self, "hicache_address", peer_address("hicache", self.hicache_address))
         if self.max_running_requests is not None and self.max_running_requests < 1:
             raise ValueError("--max-running-requests must be >= 1")
         if self.chunked_prefill_size == 0 or self.chunked_prefill_size < -1:
@@ -34,3 +85,12 @@ class SchedulerConfig:
             raise ValueError(f"unknown --schedule-policy {self.schedule_policy!r}")
         if self.schedule_conservativeness <= 0:
             raise ValueError("--schedule-conservativeness must be > 0")
+        if self.max_inflight_steps < 1:
+            raise ValueError("--max-inflight-steps must be >= 1")
+        if not 0 <= self.port <= 65535:
+            raise ValueError("--port must be in [0, 65535]")
+        if self.peer_timeout <= 0:
+            raise ValueError("--peer-timeout must be > 0")
+        if self.hicache_prefetch_threshold < 1 or self.hicache_prefetch_timeout < 0:
+            raise ValueError("--hicache-prefetch-threshold must be >= 1 and "
+                             "--hicache-prefetch-timeout >= 0")

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 from radixmesh.services.scheduler.page_allocator import PageAllocator
 from radixmesh.services.scheduler.prefix_cache.base import PrefixCache, PrefixMatch
-from radixmesh.services.scheduler.request import SchedReq
+from radixmesh.services.scheduler.request import CachedTiers, SchedReq
 from radixmesh.shared.step import PageTableWrite
 
 
@@ -48,6 +48,25 @@ class KVManager:
         req.page_ids = list(match.page_ids)
         req.num_tree_pages = len(match.page_ids)
         req.kv_len = match.num_tokens
+        req.cached_tiers = CachedTiers(device=match.num_tokens)
+        if match.num_host_tokens:
+            self._load_host_part(req, match)
+
+    def _load_host_part(self, req: SchedReq, match: PrefixMatch) -> None:
+        """Device pages for the part of the match only host memory holds, filled by loads the
+        next plan carries. Without room for them, those tokens are simply recomputed."""
+        pages = self._alloc(match.num_host_tokens // self.page_size)
+        if pages is None:
+            return
+        handle, from_storage = self.cache.load(match, pages)
+        self.cache.lock(handle)
+        self.cache.unlock(req.cache_handle)
+        req.cache_handle = handle
+        req.page_ids.extend(pages)
+        req.num_tree_pages = len(req.page_ids)
+        req.kv_len += match.num_host_tokens
+        req.cached_tiers = CachedTiers(match.num_tokens, match.num_host_tokens - from_storage,
+                                       from_storage)
 
     def grow(self, req: SchedReq, num_tokens: int) -> PageTableWrite | None:
         """Extends `req`'s pages to hold `num_tokens` tokens. None, taking nothing, if the pool

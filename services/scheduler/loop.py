@@ -18,6 +18,7 @@ from radixmesh.shared.errors import InvalidRequestError
 from radixmesh.shared.requests import FinishKind, FinishReason, TokenDelta, TokenizedRequest, Usage
 from radixmesh.shared.step import StepPlan, StepResult
 from radixmesh.shared.token_batch import PROMPT_CONTEXT_TOKENS, DetokenizeRegistration, TokenBatch
+from radixmesh.shared.trace_context import NO_TRACE, TraceContext
 
 logger = logging.getLogger(__name__)
 
@@ -48,11 +49,15 @@ class SchedulerLoop:
     """
 
     def __init__(self, scheduler: Scheduler, send_plan: SendPlan, receive_result: ReceiveResult,
-                 publish: PublishBatch, max_inflight: int = 2) -> None:
+                 publish: PublishBatch, max_inflight: int = 2,
+                 on_progress: Callable[[], None] | None = None) -> None:
         if max_inflight < 1:
             raise ValueError("max_inflight must be >= 1")
         self.scheduler = scheduler
         self.max_inflight = max_inflight
+        # Told after requests arrive and after each result: the hierarchical cache's link
+        # looks for prefetches and stores to start then.
+        self._on_progress = on_progress
         self.stats = LoopStats()
         self._send_plan = send_plan
         self._receive_result = receive_result
@@ -77,7 +82,7 @@ class SchedulerLoop:
             if request.rid in self._owners:
                 logger.error("request id %r is already live: ignoring the duplicate", request.rid)
                 continue
-            self._register(request.rid, request.sampling.stop, request.input_ids)
+            self._register(request.rid, request.sampling.stop, request.input_ids, request.trace)
             try:
                 check_request(request, self.scheduler.worker.vocab_size)
                 self.scheduler.add_request(request)
@@ -88,7 +93,16 @@ class SchedulerLoop:
             self._owners[request.rid] = owner
         for rid in aborts:
             self.abort(rid)
+        self._progressed()
         self._wakeup.set()
+
+    def wake(self) -> None:
+        """Plans again soon: something outside the loop made work possible."""
+        self._wakeup.set()
+
+    def _progressed(self) -> None:
+        if self._on_progress is not None:
+            self._on_progress()
 
     def reject(self, rid: str, input_ids: Sequence[int], message: str) -> None:
         """Finishes a request that never reached the scheduler (it could not be decoded)."""
@@ -115,18 +129,26 @@ class SchedulerLoop:
     async def run(self) -> None:
         """Runs until cancelled, or until a peer callable raises."""
         while True:
-            # Cleared before planning, so a submission arriving during any await below
+            # Cleared before planning, so a submission arriving during any await of the turn
             # is never missed: planning sees everything submitted before this point.
             self._wakeup.clear()
-            await self._fill_pipeline()
-            # Published only after the next plan is out: the worker is busy meanwhile.
-            await self._flush()
-            if self._inflight == 0:
+            if not await self.turn():
                 await self._wakeup.wait()
-                continue
-            result = await self._receive_result()
-            self._inflight -= 1
-            self._collect(self.scheduler.process_result(result))
+
+    async def turn(self) -> bool:
+        """One turn: fill the pipeline, publish the outbox, process the oldest result. False,
+        with no result processed, when no plan is in flight. `run` repeats it; the in-process
+        engine calls it once per step."""
+        await self._fill_pipeline()
+        # Published only after the next plan is out: the worker is busy meanwhile.
+        await self.flush()
+        if self._inflight == 0:
+            return False
+        result = await self._receive_result()
+        self._inflight -= 1
+        self._collect(self.scheduler.process_result(result))
+        self._progressed()
+        return True
 
     async def _fill_pipeline(self) -> None:
         while self._inflight < self.max_inflight:
@@ -140,7 +162,8 @@ class SchedulerLoop:
             self.stats.max_inflight = max(self.stats.max_inflight, self._inflight)
             await self._send_plan(plan)
 
-    async def _flush(self) -> None:
+    async def flush(self) -> None:
+        """Publishes the outbox, if anything is in it, as one TokenBatch."""
         if not self._outbox:
             return
         batch, self._outbox = self._outbox, TokenBatch()
@@ -148,9 +171,10 @@ class SchedulerLoop:
 
     # ---- bookkeeping -----------------------------------------------------------------------
 
-    def _register(self, rid: str, stop: Sequence[str], input_ids: Sequence[int]) -> None:
+    def _register(self, rid: str, stop: Sequence[str], input_ids: Sequence[int],
+                  trace: TraceContext = NO_TRACE) -> None:
         self._outbox.registrations.append(DetokenizeRegistration(
-            rid, tuple(stop), tuple(input_ids[-PROMPT_CONTEXT_TOKENS:]), len(input_ids)))
+            rid, tuple(stop), tuple(input_ids[-PROMPT_CONTEXT_TOKENS:]), len(input_ids), trace))
 
     def _finish_unscheduled(self, rid: str, num_prompt_tokens: int, message: str) -> None:
         finish = FinishReason(FinishKind.ABORT, message=message)
@@ -183,4 +207,4 @@ def check_request(request: TokenizedRequest, vocab_size: int) -> None:
     bad = next((i for i in request.input_ids if not 0 <= i < vocab_size), None)
     if bad is not None:
         raise InvalidRequestError("input_ids", f"{bad} is outside the vocabulary [0, {vocab_size})")
-    request.sampling.validate(vocab_size)
+    request.sampling.validate(vocab_size)  # the shared validator; the wire decoder checks nothing

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from radixmesh.services.scheduler.kv_manager import KVManager
@@ -31,11 +32,13 @@ class PrefillPlanner:
     """
 
     def __init__(self, kv: KVManager, chunk_budget: int | None, max_running: int,
-                 pending: PendingPrefixes | None) -> None:
+                 pending: PendingPrefixes | None,
+                 holds_back: Callable[[SchedReq], bool] | None = None) -> None:
         self.kv = kv
         self.chunk_budget = chunk_budget  # None: no chunking
         self.max_running = max_running
         self.pending = pending  # None: nothing is shared, so nothing is worth waiting for
+        self.holds_back = holds_back  # e.g. a request waiting for its prefetch from L3
 
     def plan(self, partial: SchedReq | None, waiting: list[SchedReq],
              decoding: list[SchedReq], ratio: NewTokenRatio,
@@ -55,8 +58,11 @@ class PrefillPlanner:
         for req in waiting:
             if plan.partial is not None or budget <= 0 or num_running >= self.max_running:
                 break
+            if self.holds_back is not None and self.holds_back(req):
+                continue
             match = self.kv.match(req)
-            if self.pending is not None and self.pending.should_defer(req, match.num_tokens):
+            cached = match.num_tokens + match.num_host_tokens
+            if self.pending is not None and self.pending.should_defer(req, cached):
                 continue
             extend = req.seq_len - match.num_tokens
             need = extend + ratio.reserve(req)

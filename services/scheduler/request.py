@@ -8,6 +8,28 @@ from enum import Enum
 
 from radixmesh.shared.requests import FinishReason
 from radixmesh.shared.sampling_params import SamplingParams
+from radixmesh.shared.trace_context import NO_TRACE, TraceContext
+
+
+class Prefetch(Enum):
+    """Where a request stands with its prefetch from L3 (the hierarchical cache)."""
+
+    LOOKING = "looking"    # asked L3 how much of the prompt it holds
+    FETCHING = "fetching"  # L3 pages on their way into host slots
+    DONE = "done"          # nothing (more) to wait for
+
+
+@dataclass(frozen=True, slots=True)
+class CachedTiers:
+    """Prompt tokens a request found cached at its first admission, by where they were."""
+
+    device: int = 0
+    host: int = 0
+    storage: int = 0  # brought from L3 into host memory by a prefetch, then loaded
+
+    @property
+    def total(self) -> int:
+        return self.device + self.host + self.storage
 
 
 class ReqStatus(Enum):
@@ -39,6 +61,9 @@ class SchedReq:
     prefill_done: bool = False  # the chunk that ends at the last known token has been planned
     admitted_once: bool = False
     finish: FinishReason | None = None
+    trace: TraceContext = NO_TRACE  # carried to the worker, for its step spans
+    prefetch: Prefetch | None = None  # None: not looked at by the hierarchical cache yet
+    cached_tiers: CachedTiers = CachedTiers()  # set by each admission's prefix match
 
     @property
     def seq_len(self) -> int:

@@ -13,6 +13,7 @@ from dataclasses import replace
 
 from radixmesh.services.scheduler.config import SchedulerConfig
 from radixmesh.services.scheduler.decode import DecodePlanner
+from radixmesh.services.scheduler.host_cache import build_host_cache
 from radixmesh.services.scheduler.kv_manager import KVManager
 from radixmesh.services.scheduler.page_allocator import PageAllocator
 from radixmesh.services.scheduler.pending_prefixes import PREFIX_TOKENS, PendingPrefixes
@@ -37,13 +38,16 @@ class Scheduler:
         self.max_running = min(config.max_running_requests or worker.max_running_requests,
                                worker.max_running_requests)
         allocator = PageAllocator(worker.num_pages)
-        cache = make_prefix_cache(config.disable_radix_cache, worker.page_size, allocator)
+        self.host_cache = build_host_cache(config, worker, allocator)
+        cache = (self.host_cache.cache if self.host_cache is not None else
+                 make_prefix_cache(config.disable_radix_cache, worker.page_size, allocator))
         self.kv = KVManager(allocator, cache, worker.page_size,
                             share_running_prefixes=not config.disable_radix_cache)
         chunk_budget = None if config.chunked_prefill_size == -1 else config.chunked_prefill_size
         self.pending_prefixes = None if config.disable_radix_cache else PendingPrefixes()
-        self.prefill_planner = PrefillPlanner(self.kv, chunk_budget, self.max_running,
-                                              self.pending_prefixes)
+        self.prefill_planner = PrefillPlanner(
+            self.kv, chunk_budget, self.max_running, self.pending_prefixes,
+            self.host_cache.holds_back if self.host_cache is not None else None)
         self.decode_planner = DecodePlanner(self.kv)
         self.ratio = NewTokenRatio(config.schedule_conservativeness)
         self.eos_token_ids = frozenset(worker.eos_token_ids)
@@ -82,7 +86,7 @@ class Scheduler:
             # Fixed here, not on the worker, so a retracted request resumes the same draw.
             sampling = replace(sampling, seed=self._seeds.getrandbits(62))
         self.waiting.append(SchedReq(request.rid, request.input_ids, sampling,
-                                     arrival=self._arrivals))
+                                     arrival=self._arrivals, trace=request.trace))
 
     def abort(self, rid: str, finish: FinishReason | None = None) -> TokenDelta | None:
         """Ends a request wherever it is; its pages are freed at once. None if unknown."""
@@ -96,8 +100,10 @@ class Scheduler:
 
     @property
     def has_work(self) -> bool:
-        """True while requests remain or the worker has yet to hear of finished ones."""
-        return bool(self.waiting or self.running or self._released)
+        """True while requests remain or the worker has yet to hear of finished ones (or of
+        copies between the tiers)."""
+        return bool(self.waiting or self.running or self._released
+                    or (self.host_cache is not None and self.host_cache.has_copies))
 
     # ---- one step --------------------------------------------------------------------------
 
@@ -106,6 +112,8 @@ class Scheduler:
         self._step_id += 1
         plan = StepPlan(self._step_id, released=self._released)
         self._released = []
+        if self.host_cache is not None:
+            plan.host_pool = self.host_cache.take_attachment()
         prefill, mixing = self._plan_prefill()
         if prefill.chunks:
             self._apply_prefill(plan, prefill)
@@ -117,7 +125,11 @@ class Scheduler:
         pending = [write for writes in self._pending_writes.values() for write in writes]
         self._pending_writes = {}
         plan.page_writes = pending + plan.page_writes
-        if plan.is_empty and not plan.released and not plan.page_writes:
+        if self.host_cache is not None:
+            plan.loads, plan.backups = self.host_cache.take_copies(self._step_id)
+            self.stats.on_copies(len(plan.loads), len(plan.backups), self.worker.page_size)
+        if plan.is_empty and not (plan.released or plan.page_writes or plan.loads
+                                  or plan.backups or plan.host_pool):
             return None
         self._inflight.append(plan)
         return plan
@@ -129,6 +141,8 @@ class Scheduler:
     def process_result(self, result: StepResult) -> list[TokenDelta]:
         plan = self._inflight.popleft()
         assert plan.step_id == result.step_id, "results must come back in plan order"
+        if self.host_cache is not None:
+            self.host_cache.acknowledge(result.backed_up_through)
         for chunk in plan.extends:
             req = self.running.get(chunk.rid)
             if req is not None:
@@ -187,10 +201,12 @@ class Scheduler:
             if not req.admitted_once:
                 req.num_cached_prompt_tokens = num_cached
                 req.admitted_once = True
+                self.stats.on_admit(req.cached_tiers)
             self.running[req.rid] = req
             cached_pages = tuple(req.page_ids[:self.kv.pages_for(num_cached)])
             plan.new_requests.append(NewRequest(req.rid, req.all_ids, len(req.input_ids),
-                                                num_cached, cached_pages, req.sampling))
+                                                num_cached, cached_pages, req.sampling,
+                                                req.trace))
         self.partial = prefill.partial
         plan.extends = prefill.chunks
         plan.page_writes = prefill.page_writes

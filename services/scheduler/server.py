@@ -14,6 +14,7 @@ import logging
 import grpc
 
 from radixmesh.services.scheduler.config import SchedulerConfig
+from radixmesh.services.scheduler.hicache_link import HiCacheLink
 from radixmesh.services.scheduler.loop import (
     PublishBatch,
     ReceiveResult,
@@ -21,10 +22,8 @@ from radixmesh.services.scheduler.loop import (
     SendPlan,
 )
 from radixmesh.services.scheduler.scheduler import Scheduler
-from radixmesh.services.scheduler.service_config import SchedulerServiceConfig
 from radixmesh.services.scheduler.servicer import (
     SchedulerServicer,
-    model_info_to_proto,
 )
 from radixmesh.shared import wire
 from radixmesh.shared.grpc_service import (
@@ -33,6 +32,7 @@ from radixmesh.shared.grpc_service import (
     start_server,
     wait_until_serving,
 )
+from radixmesh.shared.mesh_info import ModelInfo
 from radixmesh.shared.protos_gen import common_pb2, internal_pb2, internal_pb2_grpc
 from radixmesh.shared.step import StepPlan, StepResult
 from radixmesh.shared.token_batch import TokenBatch
@@ -45,7 +45,7 @@ class PeerLostError(ConnectionError):
     """A stream the scheduler cannot work without has ended."""
 
 
-async def serve(config: SchedulerServiceConfig, scheduler_config: SchedulerConfig) -> None:
+async def serve(config: SchedulerConfig) -> None:
     """Serves until cancelled; raises PeerLostError if the worker or detokenizer goes away."""
     async with grpc.aio.insecure_channel(config.worker_address, options=INTERNAL_OPTIONS) as \
             worker_channel, grpc.aio.insecure_channel(config.detokenizer_address,
@@ -54,19 +54,25 @@ async def serve(config: SchedulerServiceConfig, scheduler_config: SchedulerConfi
         await _wait_for_peer("detokenizer", config.detokenizer_address, detok_channel,
                              config.peer_timeout)
         worker_stub = internal_pb2_grpc.WorkerStub(worker_channel)
-        worker_info = await worker_stub.GetInfo(common_pb2.Empty())
-        scheduler = Scheduler(scheduler_config, wire.worker_info_from_proto(worker_info))
+        worker_info = wire.worker_info_from_proto(await worker_stub.GetInfo(common_pb2.Empty()))
+        scheduler = Scheduler(config, worker_info)
         execute = worker_stub.Execute()
         tokens = internal_pb2_grpc.DetokenizerStub(detok_channel).Tokens()
+        link = _hicache_link(config, scheduler)
         loop = SchedulerLoop(scheduler, _plan_sender(execute), _result_receiver(execute),
-                             _batch_publisher(tokens), config.max_inflight_steps)
-        servicer = SchedulerServicer(loop, model_info_to_proto(worker_info))
+                             _batch_publisher(tokens), config.max_inflight_steps,
+                             on_progress=link.kick if link is not None else None)
+        if link is not None:
+            link.wake = loop.wake
+        servicer = SchedulerServicer(loop, ModelInfo.from_worker(worker_info))
         server = await start_server(
             host_port(config.host, config.port),
             lambda grpc_server: internal_pb2_grpc.add_SchedulerServicer_to_server(
                 servicer, grpc_server),
             [SERVICE_NAME])
         loop_task = asyncio.create_task(loop.run(), name="scheduler-loop")
+        link_task = (asyncio.create_task(link.run(), name="hicache-link")
+                     if link is not None else None)
         try:
             logger.info("scheduler serving on port %d: %s worker, %d pages of %d tokens",
                         server.port, worker_info.worker, worker_info.num_pages,
@@ -75,9 +81,19 @@ async def serve(config: SchedulerServiceConfig, scheduler_config: SchedulerConfi
             await _run_until_peer_lost(loop_task, execute, tokens)
         finally:
             loop_task.cancel()
+            if link_task is not None:
+                link_task.cancel()
             await server.stop()
             execute.cancel()
             tokens.cancel()
+
+
+def _hicache_link(config: SchedulerConfig, scheduler: Scheduler) -> HiCacheLink | None:
+    if scheduler.host_cache is None:
+        return None
+    logger.info("hierarchical cache: hicache service at %s", config.hicache_address)
+    return HiCacheLink(config.hicache_address, scheduler.host_cache, scheduler.worker,
+                       scheduler.stats, lambda: scheduler.waiting)
 
 
 async def _run_until_peer_lost(loop_task: asyncio.Task, execute: grpc.aio.Call,

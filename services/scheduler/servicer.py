@@ -12,8 +12,9 @@ from collections.abc import AsyncIterator
 import grpc
 
 from radixmesh.services.scheduler.loop import SchedulerLoop
-from radixmesh.services.scheduler.stats import token_usage
+from radixmesh.services.scheduler.stats import scheduler_load
 from radixmesh.shared import wire
+from radixmesh.shared.mesh_info import ModelInfo
 from radixmesh.shared.protos_gen import common_pb2, generate_pb2, internal_pb2, internal_pb2_grpc
 from radixmesh.shared.requests import TokenizedRequest
 
@@ -21,9 +22,9 @@ logger = logging.getLogger(__name__)
 
 
 class SchedulerServicer(internal_pb2_grpc.SchedulerServicer):
-    def __init__(self, loop: SchedulerLoop, model_info: generate_pb2.ModelInfo) -> None:
+    def __init__(self, loop: SchedulerLoop, model_info: ModelInfo) -> None:
         self._loop = loop
-        self._model_info = model_info
+        self._model_info = wire.model_info_to_proto(model_info)
 
     async def Submit(self, request_iterator: AsyncIterator[internal_pb2.RequestBatch],
                      context: grpc.aio.ServicerContext) -> common_pb2.Empty:
@@ -43,14 +44,7 @@ class SchedulerServicer(internal_pb2_grpc.SchedulerServicer):
 
     async def GetLoad(self, request: common_pb2.Empty,
                       context: grpc.aio.ServicerContext) -> internal_pb2.SchedulerLoad:
-        scheduler = self._loop.scheduler
-        stats = scheduler.stats
-        return internal_pb2.SchedulerLoad(
-            num_running_reqs=len(scheduler.running), num_queue_reqs=len(scheduler.waiting),
-            token_usage=token_usage(scheduler), cache_hit_rate=stats.cache_hit_rate,
-            num_prompt_tokens=stats.num_prompt_tokens, num_cached_tokens=stats.num_cached_tokens,
-            num_generated_tokens=stats.num_generated_tokens,
-            num_retractions=stats.num_retractions)
+        return wire.scheduler_load_to_proto(scheduler_load(self._loop.scheduler))
 
     def _submit(self, batch: internal_pb2.RequestBatch, owner: object) -> None:
         requests: list[TokenizedRequest] = []
@@ -61,12 +55,4 @@ class SchedulerServicer(internal_pb2_grpc.SchedulerServicer):
                 logger.warning("undecodable request %s: %s", message.rid, error)
                 self._loop.reject(message.rid, message.input_ids, str(error))
         self._loop.submit(requests, list(batch.aborts), owner)
-
-
-def model_info_to_proto(info: internal_pb2.WorkerInfo) -> generate_pb2.ModelInfo:
-    """What the tokenizers learn of the model, from what the worker reported."""
-    return generate_pb2.ModelInfo(
-        model_id=info.model_id, context_len=info.context_len, vocab_size=info.vocab_size,
-        eos_token_ids=list(info.eos_token_ids), max_total_tokens=info.num_pages * info.page_size,
-        page_size=info.page_size, worker=info.worker)
 

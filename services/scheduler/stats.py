@@ -6,7 +6,8 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from radixmesh.services.scheduler.request import SchedReq
+from radixmesh.services.scheduler.request import CachedTiers, SchedReq
+from radixmesh.shared.mesh_info import SchedulerLoad
 from radixmesh.shared.step import StepPlan, StepResult
 
 if TYPE_CHECKING:
@@ -26,12 +27,28 @@ class SchedulerStats:
         self.num_retractions = 0
         self.num_decode_steps = 0
         self.cuda_graph = False  # whether the last decode step was replayed from a CUDA graph
+        # Prompt tokens served from each tier, counted once per request at its admission.
+        self.cached_tokens_by_tier = {"device": 0, "host": 0, "storage": 0}
+        self.prefetched_tokens = 0  # brought from L3 into host memory
+        self.stored_tokens = 0      # written from host memory to L3
+        self.backed_up_tokens = 0   # copied from the device pool to host memory
+        self.loaded_tokens = 0      # copied from host memory back to the device pool
         self._window_start = time.perf_counter()
         self._window_tokens = 0
 
     @property
     def cache_hit_rate(self) -> float:
         return self.num_cached_tokens / self.num_prompt_tokens if self.num_prompt_tokens else 0.0
+
+    def on_admit(self, tiers: CachedTiers) -> None:
+        by_tier = self.cached_tokens_by_tier
+        by_tier["device"] += tiers.device
+        by_tier["host"] += tiers.host
+        by_tier["storage"] += tiers.storage
+
+    def on_copies(self, num_loads: int, num_backups: int, page_size: int) -> None:
+        self.loaded_tokens += num_loads * page_size
+        self.backed_up_tokens += num_backups * page_size
 
     def on_finish(self, req: SchedReq) -> None:
         self.num_finished += 1
@@ -71,3 +88,18 @@ def token_usage(scheduler: Scheduler) -> float:
     """Share of the KV pool that running requests hold (cached but evictable pages count free)."""
     kv = scheduler.kv
     return 1.0 - kv.available_pages / kv.allocator.num_pages
+
+
+def scheduler_load(scheduler: Scheduler) -> SchedulerLoad:
+    """The gauges and counters the front doors export, read off the scheduler now."""
+    stats = scheduler.stats
+    return SchedulerLoad(
+        num_running_reqs=len(scheduler.running), num_queue_reqs=len(scheduler.waiting),
+        token_usage=token_usage(scheduler), cache_hit_rate=stats.cache_hit_rate,
+        num_prompt_tokens=stats.num_prompt_tokens, num_cached_tokens=stats.num_cached_tokens,
+        num_generated_tokens=stats.num_generated_tokens, num_retractions=stats.num_retractions,
+        cached_tokens_device=stats.cached_tokens_by_tier["device"],
+        cached_tokens_host=stats.cached_tokens_by_tier["host"],
+        cached_tokens_storage=stats.cached_tokens_by_tier["storage"],
+        prefetched_tokens=stats.prefetched_tokens, stored_tokens=stats.stored_tokens,
+        backed_up_tokens=stats.backed_up_tokens, loaded_tokens=stats.loaded_tokens)

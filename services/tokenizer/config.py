@@ -15,7 +15,7 @@ DEFAULT_MAX_REQUEST_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
-class TokenizerServiceConfig:
+class TokenizerConfig:
     """Invariant after construction: both peer addresses and `served_model_name` are set."""
 
     model_path: str | None = field(default=None, metadata={

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from radixmesh.shared.completion import TextCompletion
 from radixmesh.shared.requests import TextDelta, Usage
 
 # What a queue holds: deltas in order, then either the finishing delta or an exception
@@ -78,17 +79,13 @@ class RequestStream:
             self._finished = True
         return item
 
-    async def collect(self) -> tuple[str, list[int], TextDelta]:
-        """Reads to the end: (all text, all token ids, the finishing delta)."""
-        texts: list[str] = []
-        token_ids: list[int] = []
-        last: TextDelta | None = None
+    async def collect(self) -> TextCompletion:
+        """Reads to the end: everything the request produced, its finish and usage."""
+        completion = TextCompletion(self.rid)
         async for delta in self:
-            texts.append(delta.text)
-            token_ids.extend(delta.token_ids)
-            last = delta
-        assert last is not None and last.finish is not None, "streams end with a finish"
-        return "".join(texts), token_ids, last
+            completion.add(delta)
+        assert completion.finished, "streams end with a finish"
+        return completion
 
     def abandon(self) -> None:
         """Aborts the request unless it already finished; safe to call more than once."""

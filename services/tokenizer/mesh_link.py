@@ -1,7 +1,7 @@
 """The router's gRPC link to the mesh: the scheduler's `Submit` stream and `GetInfo`/`GetLoad`,
 and a `Subscribe` stream from the detokenizer.
 
-Everything gRPC stays in this file: every RPC failure is raised as MeshUnavailableError, and
+Everything gRPC stays in this file: every RPC failure is raised as UnavailableError, and
 messages are converted with `shared/wire.py`, so the router only sees plain objects.
 """
 
@@ -13,16 +13,15 @@ from typing import TypeVar
 
 import grpc
 
-from radixmesh.services.tokenizer.router import MeshUnavailableError
 from radixmesh.shared import wire
-from radixmesh.shared.protos_gen import common_pb2, generate_pb2, internal_pb2, internal_pb2_grpc
+from radixmesh.shared.errors import UnavailableError
+from radixmesh.shared.grpc_service import INTERNAL_OPTIONS
+from radixmesh.shared.mesh_info import ModelInfo, SchedulerLoad
+from radixmesh.shared.protos_gen import common_pb2, internal_pb2, internal_pb2_grpc
 from radixmesh.shared.requests import TextDelta, TokenizedRequest
 
 Reply = TypeVar("Reply")
 
-# Internal batches carry whole prompts of many requests: no small message limit.
-INTERNAL_CHANNEL_OPTIONS = (("grpc.max_send_message_length", -1),
-                            ("grpc.max_receive_message_length", -1))
 UNARY_TIMEOUT_S = 5.0
 # The detokenizer sends initial metadata once the subscriber is registered; until then a
 # request's first deltas could be missed, so nothing is sent before it.
@@ -35,24 +34,22 @@ class GrpcSubmitStream:
     def __init__(self, stub: internal_pb2_grpc.SchedulerStub) -> None:
         self._call = stub.Submit()
 
-    async def send(self, requests: Sequence[tuple[TokenizedRequest, str]],
-                   aborts: Sequence[str]) -> None:
+    async def send(self, requests: Sequence[TokenizedRequest], aborts: Sequence[str]) -> None:
         batch = internal_pb2.RequestBatch(
-            requests=[wire.tokenized_request_to_proto(request, traceparent)
-                      for request, traceparent in requests],
+            requests=[wire.tokenized_request_to_proto(request) for request in requests],
             aborts=list(aborts))
         try:
             await self._call.write(batch)
         except (grpc.RpcError, asyncio.InvalidStateError) as exc:
-            raise MeshUnavailableError(f"scheduler stream broke: {_describe(exc)}") from exc
+            raise UnavailableError(f"scheduler stream broke: {_describe(exc)}") from exc
 
     async def wait_closed(self) -> None:
         """Returns never: raises once the scheduler ends or breaks the stream."""
         try:
             await self._call
         except grpc.RpcError as exc:
-            raise MeshUnavailableError(f"scheduler stream broke: {_describe(exc)}") from exc
-        raise MeshUnavailableError("the scheduler closed the request stream")
+            raise UnavailableError(f"scheduler stream broke: {_describe(exc)}") from exc
+        raise UnavailableError("the scheduler closed the request stream")
 
     def cancel(self) -> None:
         self._call.cancel()
@@ -69,7 +66,7 @@ class GrpcTextSubscription:
             async for batch in self._call:
                 yield [wire.text_delta_from_proto(delta) for delta in batch.deltas]
         except grpc.RpcError as exc:
-            raise MeshUnavailableError(f"detokenizer stream broke: {_describe(exc)}") from exc
+            raise UnavailableError(f"detokenizer stream broke: {_describe(exc)}") from exc
 
     def cancel(self) -> None:
         self._call.cancel()
@@ -80,24 +77,24 @@ class GrpcMeshLink:
         self.scheduler_address = scheduler_address
         self.detokenizer_address = detokenizer_address
         self._scheduler_channel = grpc.aio.insecure_channel(
-            scheduler_address, options=INTERNAL_CHANNEL_OPTIONS)
+            scheduler_address, options=INTERNAL_OPTIONS)
         self._detokenizer_channel = grpc.aio.insecure_channel(
-            detokenizer_address, options=INTERNAL_CHANNEL_OPTIONS)
+            detokenizer_address, options=INTERNAL_OPTIONS)
         self._scheduler = internal_pb2_grpc.SchedulerStub(self._scheduler_channel)
         self._detokenizer = internal_pb2_grpc.DetokenizerStub(self._detokenizer_channel)
 
-    async def get_info(self) -> generate_pb2.ModelInfo:
-        return await self._ask_scheduler(self._scheduler.GetInfo)
+    async def get_info(self) -> ModelInfo:
+        return wire.model_info_from_proto(await self._ask_scheduler(self._scheduler.GetInfo))
 
-    async def get_load(self) -> internal_pb2.SchedulerLoad:
-        return await self._ask_scheduler(self._scheduler.GetLoad)
+    async def get_load(self) -> SchedulerLoad:
+        return wire.scheduler_load_from_proto(await self._ask_scheduler(self._scheduler.GetLoad))
 
     async def _ask_scheduler(self, rpc: Callable[..., Awaitable[Reply]]) -> Reply:
         """One argument-less unary call; any gRPC failure means the mesh is unavailable."""
         try:
             return await rpc(common_pb2.Empty(), timeout=UNARY_TIMEOUT_S)
         except grpc.RpcError as exc:
-            raise MeshUnavailableError(
+            raise UnavailableError(
                 f"scheduler at {self.scheduler_address}: {_describe(exc)}") from exc
 
     async def open_subscription(self) -> GrpcTextSubscription:
@@ -107,10 +104,10 @@ class GrpcMeshLink:
             await asyncio.wait_for(call.initial_metadata(), SUBSCRIBE_ACK_TIMEOUT_S)
         except (grpc.RpcError, TimeoutError) as exc:
             call.cancel()
-            raise MeshUnavailableError(f"{where} did not accept the subscription: "
+            raise UnavailableError(f"{where} did not accept the subscription: "
                                        f"{_describe(exc)}") from exc
         if call.done():  # a failed call yields empty metadata rather than raising
-            raise MeshUnavailableError(
+            raise UnavailableError(
                 f"{where} ended the subscription: {(await call.code()).name}: "
                 f"{await call.details()}")
         return GrpcTextSubscription(call)

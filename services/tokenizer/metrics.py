@@ -8,9 +8,13 @@ instance has its own registry: several servers in one process (tests) do not col
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from collections.abc import Iterator
 
-from radixmesh.shared.protos_gen import internal_pb2
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+from radixmesh.shared.mesh_info import SchedulerLoad
 from radixmesh.shared.requests import FinishReason, Usage
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -36,8 +40,6 @@ class FrontDoorMetrics:
                                      "requests", registry=self.registry)
         self.generation_tokens = Counter("radixmesh:generation_tokens", "output tokens streamed",
                                          registry=self.registry)
-        self.cached_tokens = Counter("radixmesh:cached_tokens", "prompt tokens served from the "
-                                     "prefix cache", registry=self.registry)
         self.ttft = Histogram("radixmesh:time_to_first_token_seconds", "arrival to first token",
                               buckets=LATENCY_BUCKETS, registry=self.registry)
         self.itl = Histogram("radixmesh:inter_token_latency_seconds",
@@ -45,6 +47,8 @@ class FrontDoorMetrics:
                              buckets=LATENCY_BUCKETS, registry=self.registry)
         self.e2e = Histogram("radixmesh:e2e_request_latency_seconds", "arrival to finish",
                              buckets=LATENCY_BUCKETS, registry=self.registry)
+        self._tiers = TierCounters()
+        self.registry.register(self._tiers)
 
     def on_tokens(self, num_tokens: int, since_previous: float | None,
                   since_arrival: float) -> None:
@@ -60,16 +64,39 @@ class FrontDoorMetrics:
     def on_finish(self, finish: FinishReason, usage: Usage, since_arrival: float) -> None:
         self.requests.labels(finish_reason=finish.kind.value).inc()
         self.prompt_tokens.inc(usage.prompt_tokens)
-        self.cached_tokens.inc(usage.cached_tokens)
         self.e2e.observe(since_arrival)
 
     def on_bad_request(self) -> None:
         self.bad_requests.inc()
 
-    def set_load(self, load: internal_pb2.SchedulerLoad) -> None:
+    def set_load(self, load: SchedulerLoad) -> None:
         for name, gauge in self._gauges.items():
             gauge.set(getattr(load, name))
+        self._tiers.load = load
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
         return generate_latest(self.registry)
+
+
+class TierCounters(Collector):
+    """The scheduler's cumulative tier counters, as of its last `GetLoad`: a collector rather
+    than Counters, since the scheduler counts and the front door only shows its totals."""
+
+    def __init__(self) -> None:
+        self.load = SchedulerLoad()
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        cached = CounterMetricFamily("radixmesh:cached_tokens", "prompt tokens served from "
+                                     "each tier of the cache", labels=["tier"])
+        for tier, value in self.load.cached_tokens_by_tier().items():
+            cached.add_metric([tier], value)
+        yield cached
+        # L3 traffic (prefetched, stored) is the hicache service's to export, from its own
+        # /metrics; the copies the worker makes are planned, and so counted, here.
+        load = self.load
+        for name, value, doc in (
+                ("backed_up", load.backed_up_tokens, "copied from the device pool to host memory"),
+                ("loaded", load.loaded_tokens, "copied from host memory to the device pool")):
+            yield CounterMetricFamily(f"radixmesh:hicache_{name}_tokens", f"tokens {doc}",
+                                      value=value)

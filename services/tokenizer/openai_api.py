@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from radixmesh.services.tokenizer import openai_responses as responses
-from radixmesh.services.tokenizer.config import TokenizerServiceConfig
+from radixmesh.services.tokenizer.config import TokenizerConfig
 from radixmesh.services.tokenizer.live_request import RequestStream
 from radixmesh.services.tokenizer.metrics import FrontDoorMetrics
 from radixmesh.services.tokenizer.openai_protocol import (
@@ -29,8 +29,15 @@ from radixmesh.services.tokenizer.openai_responses import (
     CompletionFormat,
     ResponseFormat,
 )
-from radixmesh.services.tokenizer.router import MeshUnavailableError, Router
-from radixmesh.shared.errors import InvalidRequestError
+from radixmesh.services.tokenizer.router import Router
+from radixmesh.shared.errors import (
+    InvalidRequestError,
+    RadixMeshError,
+    UnavailableError,
+    http_status,
+    openai_type,
+)
+from radixmesh.shared.trace_context import TraceContext
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -44,14 +51,23 @@ class HttpError(Exception):
         super().__init__(message)
         self.status, self.message, self.param, self.error_type = status, message, param, error_type
 
+    @classmethod
+    def of(cls, error: BaseException, message: str | None = None,
+           param: str | None = None) -> HttpError:
+        """`error` with the status and type that the shared table (shared/errors.py) gives."""
+        return cls(http_status(error), str(error) if message is None else message, param,
+                   openai_type(error))
+
+    def body(self) -> dict:
+        return responses.error_body(self.message, self.param, self.status, self.error_type)
+
     def response(self) -> web.Response:
-        body = responses.error_body(self.message, self.param, self.status, self.error_type)
-        return web.json_response(body, status=self.status)
+        return web.json_response(self.body(), status=self.status)
 
 
 class OpenAIApi:
     def __init__(self, router: Router, metrics: FrontDoorMetrics,
-                 config: TokenizerServiceConfig) -> None:
+                 config: TokenizerConfig) -> None:
         self.router = router
         self.metrics = metrics
         self.config = config
@@ -90,7 +106,7 @@ class OpenAIApi:
     async def prometheus(self, request: web.Request) -> web.Response:
         try:
             self.metrics.set_load(await self.router.get_load())
-        except MeshUnavailableError:
+        except UnavailableError:
             pass  # the scheduler's gauges keep their last values; ours are still worth serving
         return web.Response(body=self.metrics.render(),
                             headers={"Content-Type": PROMETHEUS_CONTENT_TYPE})
@@ -100,16 +116,16 @@ class OpenAIApi:
     async def _generate(self, request: web.Request, parsed: OpenAIRequest,
                         fmt: ResponseFormat) -> web.StreamResponse:
         try:
-            built = self.router.build(parsed.rid, parsed.body)
-        except InvalidRequestError as exc:
-            raise HttpError(400, f"{parsed.param_name(exc.field)}: {exc.message}",
-                            parsed.param_name(exc.field)) from exc
-        stream = self.router.submit(built, request.headers.get("traceparent", ""))
+            built = self.router.build(parsed.rid, parsed.body,
+                                      TraceContext.from_carrier(request.headers.get))
+        except InvalidRequestError as exc:  # blame the OpenAI parameter the client sent
+            param = parsed.param_name(exc.field)
+            raise HttpError.of(exc, f"{param}: {exc.message}", param) from exc
+        stream = self.router.submit(built)
         ids = (fmt.id_prefix + built.rid, int(time.time()), self.model)
         async with stream:
             if not parsed.stream:
-                text, _, last = await stream.collect()
-                return web.json_response(fmt.response(*ids, text, last))
+                return web.json_response(fmt.response(*ids, await stream.collect()))
             return await self._stream(request, stream, fmt, ids, parsed.include_usage)
 
     async def _stream(self, request: web.Request, stream: RequestStream, fmt: ResponseFormat,
@@ -126,9 +142,8 @@ class OpenAIApi:
                 if delta.finish is not None and include_usage:
                     usage = responses.usage_chunk(fmt.chunk_object, *ids, delta.usage)
                     await response.write(responses.sse_event(usage))
-        except MeshUnavailableError as exc:  # headers are gone: report in the stream
-            body = responses.error_body(str(exc), None, 503, "service_unavailable")
-            await response.write(responses.sse_event(body))
+        except RadixMeshError as exc:  # the mesh went away; headers are gone: say so in the stream
+            await response.write(responses.sse_event(HttpError.of(exc).body()))
         except ConnectionResetError:
             return response  # the client left; leaving `async with` aborts the request
         await response.write(responses.SSE_DONE)
@@ -156,11 +171,11 @@ class OpenAIApi:
             if exc.status in (400, 413):
                 self.metrics.on_bad_request()
             return exc.response()
-        except InvalidRequestError as exc:
-            self.metrics.on_bad_request()
-            return HttpError(400, str(exc), exc.field).response()
-        except MeshUnavailableError as exc:
-            return HttpError(503, str(exc), None, "service_unavailable").response()
+        except RadixMeshError as exc:
+            param = exc.field if isinstance(exc, InvalidRequestError) else None
+            if param is not None:
+                self.metrics.on_bad_request()
+            return HttpError.of(exc, param=param).response()
         except web.HTTPException as exc:  # aiohttp's own 404, 405, ...: OpenAI-shaped too
             if exc.status < 400:
                 raise

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 
+from radixmesh.shared.completion import TextCompletion
 from radixmesh.shared.requests import FinishReason, TextDelta, Usage
 
 SSE_DONE = b"data: [DONE]\n\n"
@@ -111,9 +112,9 @@ class ResponseFormat(ABC):
         """Stream chunks for one delta (none while text is held back)."""
 
     @abstractmethod
-    def response(self, response_id: str, created: int, model: str, text: str,
-                 last: TextDelta) -> dict:
-        """The non-streaming body, from all the text and the finishing delta."""
+    def response(self, response_id: str, created: int, model: str,
+                 completion: TextCompletion) -> dict:
+        """The non-streaming body, from the whole (finished) completion."""
 
 
 class CompletionFormat(ResponseFormat):
@@ -126,9 +127,10 @@ class CompletionFormat(ResponseFormat):
             return []  # text held back (a partial character, a possible stop string)
         return [completion_chunk(response_id, created, model, delta.text, delta.finish)]
 
-    def response(self, response_id: str, created: int, model: str, text: str,
-                 last: TextDelta) -> dict:
-        return completion_response(response_id, created, model, text, last.finish, last.usage)
+    def response(self, response_id: str, created: int, model: str,
+                 completion: TextCompletion) -> dict:
+        return completion_response(response_id, created, model, completion.text,
+                                   completion.finish, completion.usage)
 
 
 class ChatFormat(ResponseFormat):
@@ -147,6 +149,7 @@ class ChatFormat(ResponseFormat):
             out.append(chat_chunk(response_id, created, model, {}, delta.finish))
         return out
 
-    def response(self, response_id: str, created: int, model: str, text: str,
-                 last: TextDelta) -> dict:
-        return chat_response(response_id, created, model, text, last.finish, last.usage)
+    def response(self, response_id: str, created: int, model: str,
+                 completion: TextCompletion) -> dict:
+        return chat_response(response_id, created, model, completion.text, completion.finish,
+                             completion.usage)

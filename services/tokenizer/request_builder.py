@@ -1,14 +1,17 @@
-"""Turns a client's JSON-like request body into a validated `TokenizedRequest`.
+"""Turns a client's request into a validated `TokenizedRequest`.
 
-Body: exactly one prompt field (`input_ids`, `text` or `messages`) plus the sampling fields
-of `SamplingParams` at the top level. Every rejection is an `InvalidRequestError` naming the
-offending field. The checks are plain functions, apart from the tokenizer, so each can be
-tested alone; `RequestBuilder` only sequences them around tokenization.
+A JSON-like body (HTTP, `offline`) holds exactly one prompt field (`input_ids`, `text` or
+`messages`) plus the sampling fields of `SamplingParams` at the top level; `parse_body` gives
+its shape as a `RequestBody`, which the public gRPC door builds straight from its message.
+Either way `RequestBuilder` validates the sampling once (`SamplingParams.validate`) and the
+prompt, then tokenizes. Every rejection is an `InvalidRequestError` naming the offending
+field. The checks are plain functions, apart from the tokenizer, so each can be tested alone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
+from dataclasses import dataclass
 
 from radixmesh.services.tokenizer.limits import apply_limits
 from radixmesh.shared.errors import InvalidRequestError
@@ -23,15 +26,36 @@ KNOWN_FIELDS: frozenset[str] = frozenset(PROMPT_FIELDS) | SAMPLING_FIELDS
 PROMPT_GROUP = "prompt"
 
 
-def check_known_fields(body: object) -> None:
+def check_known_fields(body: object) -> Mapping:
     if not isinstance(body, Mapping):
         raise InvalidRequestError("body", f"must be a JSON object, got {type(body).__name__}")
     unknown = sorted(str(key) for key in body if key not in KNOWN_FIELDS)
     if unknown:
         raise InvalidRequestError(unknown[0], "unknown field")
+    return body
 
 
-def select_prompt_field(body: Mapping) -> str:
+@dataclass(frozen=True, slots=True)
+class RequestBody:
+    """A request whose shape is known: its prompt field and value, and its sampling
+    parameters, none of them validated yet."""
+
+    prompt_field: str                    # one of PROMPT_FIELDS
+    prompt: object
+    sampling: SamplingParams = SamplingParams()
+    max_new_tokens_given: bool = False   # False: a default that the limits may shrink
+
+
+def parse_body(body: object) -> RequestBody:
+    """The shape of a JSON-like body; a JSON null sampling field means "use the default"."""
+    fields = check_known_fields(body)
+    prompt_field = select_prompt_field(fields)
+    values = {key: fields[key] for key in SAMPLING_FIELDS if fields.get(key) is not None}
+    return RequestBody(prompt_field, fields[prompt_field], SamplingParams.from_dict(values),
+                       max_new_tokens_given="max_new_tokens" in values)
+
+
+def select_prompt_field(body: Container[str]) -> str:
     """The one prompt field present; both none and several are errors."""
     present = [name for name in PROMPT_FIELDS if name in body]
     if len(present) != 1:
@@ -88,14 +112,6 @@ def check_messages(value: object) -> list[dict]:
     return [dict(message) for message in value]
 
 
-def build_sampling_params(body: Mapping, vocab_size: int) -> SamplingParams:
-    """Sampling fields of the body; a JSON null means "use the default"."""
-    values = {key: body[key] for key in SAMPLING_FIELDS if body.get(key) is not None}
-    params = SamplingParams.from_dict(values)
-    params.validate(vocab_size)
-    return params
-
-
 class RequestBuilder:
     """Validates and tokenizes request bodies for one model.
 
@@ -110,14 +126,13 @@ class RequestBuilder:
         # The KV pool: a request that can never fit it would wait in the queue forever.
         self.max_total_tokens = max_total_tokens or context_len
 
-    def build(self, rid: str, body: dict) -> TokenizedRequest:
-        check_known_fields(body)
-        prompt_field = select_prompt_field(body)
-        sampling = build_sampling_params(body, self.vocab_size)
-        input_ids = self._prompt_ids(prompt_field, body[prompt_field])
-        request = TokenizedRequest(rid=rid, input_ids=input_ids, sampling=sampling)
-        return apply_limits(request, prompt_field, self.context_len, self.max_total_tokens,
-                            max_new_tokens_given=body.get("max_new_tokens") is not None)
+    def build(self, rid: str, body: Mapping | RequestBody) -> TokenizedRequest:
+        parsed = body if isinstance(body, RequestBody) else parse_body(body)
+        parsed.sampling.validate(self.vocab_size)
+        input_ids = self._prompt_ids(parsed.prompt_field, parsed.prompt)
+        request = TokenizedRequest(rid=rid, input_ids=input_ids, sampling=parsed.sampling)
+        return apply_limits(request, parsed.prompt_field, self.context_len,
+                            self.max_total_tokens, parsed.max_new_tokens_given)
 
     def _prompt_ids(self, field: str, value: object) -> tuple[int, ...]:
         if field == "input_ids":

@@ -17,31 +17,25 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Protocol
 
 from radixmesh.services.tokenizer.live_request import LiveRequest, RequestStream
 from radixmesh.services.tokenizer.metrics import FrontDoorMetrics
-from radixmesh.services.tokenizer.request_builder import RequestBuilder
-from radixmesh.shared.errors import InvalidRequestError, RadixMeshError
-from radixmesh.shared.protos_gen import generate_pb2, internal_pb2
+from radixmesh.services.tokenizer.request_builder import RequestBody, RequestBuilder
+from radixmesh.shared.errors import InvalidRequestError
+from radixmesh.shared.errors import UnavailableError as MeshUnavailableError
+from radixmesh.shared.mesh_info import ModelInfo, SchedulerLoad
 from radixmesh.shared.requests import FinishKind, FinishReason, TextDelta, TokenizedRequest
 from radixmesh.shared.tokenizer import TextTokenizer
+from radixmesh.shared.trace_context import NO_TRACE, TraceContext
 
 logger = logging.getLogger(__name__)
 MAX_RID_LENGTH = 256
 
 
-class MeshUnavailableError(RadixMeshError):
-    """The scheduler or detokenizer cannot be reached; the client may retry later."""
-
-    grpc_status = "UNAVAILABLE"
-    http_status = 503
-
-
 class SubmitStream(Protocol):
-    async def send(self, requests: Sequence[tuple[TokenizedRequest, str]],
-                   aborts: Sequence[str]) -> None: ...
+    async def send(self, requests: Sequence[TokenizedRequest], aborts: Sequence[str]) -> None: ...
     async def wait_closed(self) -> None: ...
     def cancel(self) -> None: ...
 
@@ -54,8 +48,8 @@ class TextSubscription(Protocol):
 class MeshLink(Protocol):
     """The router's view of the mesh. Every failure is raised as MeshUnavailableError."""
 
-    async def get_info(self) -> generate_pb2.ModelInfo: ...
-    async def get_load(self) -> internal_pb2.SchedulerLoad: ...
+    async def get_info(self) -> ModelInfo: ...
+    async def get_load(self) -> SchedulerLoad: ...
     async def open_subscription(self) -> TextSubscription: ...
     def open_submit(self) -> SubmitStream: ...
 
@@ -69,10 +63,10 @@ class Router:
         self._metrics = metrics
         self._retry_delay = retry_delay
         self._max_retry_delay = max_retry_delay
-        self.info: generate_pb2.ModelInfo | None = None
+        self.info: ModelInfo | None = None
         self._builder: RequestBuilder | None = None
         self._live: dict[str, LiveRequest] = {}
-        self._outbox: dict[str, tuple[TokenizedRequest, str]] = {}  # not sent yet
+        self._outbox: dict[str, TokenizedRequest] = {}  # not sent yet
         self._outbox_aborts: list[str] = []
         self._wakeup = asyncio.Event()
         self._ready = asyncio.Event()
@@ -156,7 +150,8 @@ class Router:
 
     # ---- requests in -----------------------------------------------------------------------
 
-    def build(self, rid: str | None, body: dict) -> TokenizedRequest:
+    def build(self, rid: str | None, body: Mapping | RequestBody,
+              trace: TraceContext = NO_TRACE) -> TokenizedRequest:
         """Validates and tokenizes a request body; raises InvalidRequestError naming the field.
 
         An empty or missing `rid` gets a fresh one; a client's must not be live already.
@@ -168,9 +163,9 @@ class Router:
             raise InvalidRequestError("rid", f"must be at most {MAX_RID_LENGTH} characters")
         if rid in self._live:
             raise InvalidRequestError("rid", f"request id {rid!r} is already in use")
-        return self._builder.build(rid, body)
+        return dataclasses.replace(self._builder.build(rid, body), trace=trace)
 
-    def submit(self, request: TokenizedRequest, traceparent: str = "") -> RequestStream:
+    def submit(self, request: TokenizedRequest) -> RequestStream:
         """Queues a built request for the scheduler; its deltas arrive on the returned stream."""
         if not self.ready:
             raise MeshUnavailableError("the front door is not connected to the mesh")
@@ -178,7 +173,7 @@ class Router:
             raise InvalidRequestError("rid", f"request id {request.rid!r} is already in use")
         live = LiveRequest(request.rid, len(request.input_ids))
         self._live[request.rid] = live
-        self._outbox[request.rid] = (request, traceparent)
+        self._outbox[request.rid] = request
         self._wakeup.set()
         return RequestStream(live, self.abort)
 
@@ -193,7 +188,7 @@ class Router:
                                                               message="aborted by the client")))
         return True
 
-    async def get_load(self) -> internal_pb2.SchedulerLoad:
+    async def get_load(self) -> SchedulerLoad:
         return await self._link.get_load()
 
     def _cancel_in_mesh(self, rid: str) -> None:
@@ -229,8 +224,7 @@ class Router:
                 live.queue.put_nowait(delta)
                 continue
             del self._live[delta.rid]
-            if delta.finish.kind is FinishKind.STOP and isinstance(delta.finish.matched, str):
-                # The detokenizer saw the stop string; the scheduler would run on without this.
+            if delta.ends_on_stop_string:
                 self._cancel_in_mesh(delta.rid)
             self._finish(live, delta)
 

@@ -12,7 +12,7 @@ import logging
 
 from aiohttp import web
 
-from radixmesh.services.tokenizer.config import TokenizerServiceConfig
+from radixmesh.services.tokenizer.config import TokenizerConfig
 from radixmesh.services.tokenizer.mesh_link import GrpcMeshLink
 from radixmesh.services.tokenizer.metrics import FrontDoorMetrics
 from radixmesh.services.tokenizer.openai_api import OpenAIApi
@@ -32,7 +32,7 @@ GRPC_HARD_LIMIT_FACTOR = 4
 class TokenizerServer:
     """The front door's servers and router, started and stopped together."""
 
-    def __init__(self, config: TokenizerServiceConfig) -> None:
+    def __init__(self, config: TokenizerConfig) -> None:
         self.config = config
         self.metrics = FrontDoorMetrics()
         self.link = GrpcMeshLink(config.scheduler_address, config.detokenizer_address)
@@ -94,7 +94,7 @@ class TokenizerServer:
             self._serving.clear()
             await self._grpc.set_serving(False)
 
-async def serve(config: TokenizerServiceConfig) -> None:
+async def serve(config: TokenizerConfig) -> None:
     """Runs the front door until cancelled; stops its servers cleanly on the way out."""
     server = TokenizerServer(config)
     try:

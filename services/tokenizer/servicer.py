@@ -6,33 +6,34 @@ stream's `async with` block then aborts the request through the mesh at once.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 
 import grpc
 
 from radixmesh.services.tokenizer.metrics import FrontDoorMetrics
-from radixmesh.services.tokenizer.router import MeshUnavailableError, Router
+from radixmesh.services.tokenizer.request_builder import RequestBody, select_prompt_field
+from radixmesh.services.tokenizer.router import Router
 from radixmesh.shared import wire
-from radixmesh.shared.errors import InvalidRequestError
+from radixmesh.shared.errors import InvalidRequestError, RadixMeshError, UnavailableError
+from radixmesh.shared.grpc_service import abort_with
 from radixmesh.shared.protos_gen import common_pb2, generate_pb2, generate_pb2_grpc
 from radixmesh.shared.requests import TextDelta
+from radixmesh.shared.trace_context import TraceContext
 
-TRACEPARENT_KEY = "traceparent"
 
-
-def request_body(request: generate_pb2.GenerateRequest) -> dict:
-    """The RequestBuilder body of a GenerateRequest: its prompt field plus the sampling
-    fields the client set."""
-    body = wire.sampling_body_from_proto(request.sampling)
+def request_body(request: generate_pb2.GenerateRequest) -> RequestBody:
+    """A GenerateRequest's prompt and the sampling fields the client set, decoded once, with
+    no dict in between; RequestBuilder validates them as it does an HTTP body."""
     which = request.WhichOneof("prompt")
-    if which == "text":
-        body["text"] = request.text
-    elif which == "input_ids":
-        body["input_ids"] = list(request.input_ids.ids)
+    prompt_field = select_prompt_field((which,) if which else ())  # none: names "prompt"
+    prompt: object = request.text
+    if which == "input_ids":
+        prompt = list(request.input_ids.ids)
     elif which == "messages":
-        body["messages"] = [{"role": m.role, "content": m.content}
-                            for m in request.messages.messages]
-    return body  # no prompt at all: RequestBuilder names the missing field
+        prompt = [{"role": m.role, "content": m.content} for m in request.messages.messages]
+    return RequestBody(prompt_field, prompt, wire.sampling_from_proto(request.sampling),
+                       max_new_tokens_given=request.sampling.HasField("max_new_tokens"))
 
 
 def generate_response(delta: TextDelta) -> generate_pb2.GenerateResponse:
@@ -45,15 +46,14 @@ def generate_response(delta: TextDelta) -> generate_pb2.GenerateResponse:
     return message
 
 
-def traceparent_of(request: generate_pb2.GenerateRequest,
-                   context: grpc.aio.ServicerContext) -> str:
-    """The request's own trace context first, else the `traceparent` metadata entry."""
+def trace_of(request: generate_pb2.GenerateRequest,
+             context: grpc.aio.ServicerContext) -> TraceContext:
+    """The request's own trace context first, else the `traceparent`/`tracestate` metadata."""
     if request.trace.traceparent:
-        return request.trace.traceparent
-    for key, value in context.invocation_metadata() or ():
-        if key == TRACEPARENT_KEY:
-            return value if isinstance(value, str) else value.decode()
-    return ""
+        return TraceContext.parse(request.trace.traceparent, request.trace.tracestate)
+    metadata = {key: value for key, value in context.invocation_metadata() or ()
+                if isinstance(value, str)}  # binary (-bin) entries cannot hold a context
+    return TraceContext.from_carrier(metadata.get)
 
 
 class GenerationServicer(generate_pb2_grpc.GenerationServicer):
@@ -67,25 +67,22 @@ class GenerationServicer(generate_pb2_grpc.GenerationServicer):
     async def Generate(self, request: generate_pb2.GenerateRequest,
                        context: grpc.aio.ServicerContext,
                        ) -> AsyncIterator[generate_pb2.GenerateResponse]:
-        if request.ByteSize() > self._max_request_bytes:
-            self._metrics.on_bad_request()
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"request: {request.ByteSize()} bytes exceed the limit of "
-                                f"{self._max_request_bytes} bytes")
         try:
-            built = self._router.build(request.rid, request_body(request))
-            stream = self._router.submit(built, traceparent_of(request, context))
-        except InvalidRequestError as exc:
-            self._metrics.on_bad_request()
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except MeshUnavailableError as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            if request.ByteSize() > self._max_request_bytes:
+                raise InvalidRequestError("request", f"{request.ByteSize()} bytes exceed the "
+                                          f"limit of {self._max_request_bytes} bytes")
+            built = self._router.build(request.rid, request_body(request), trace_of(request, context))
+            stream = self._router.submit(built)
+        except RadixMeshError as exc:
+            if isinstance(exc, InvalidRequestError):
+                self._metrics.on_bad_request()
+            await abort_with(context, exc)
         async with stream:
             try:
                 async for delta in stream:
                     yield generate_response(delta)
-            except MeshUnavailableError as exc:
-                await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            except RadixMeshError as exc:  # the mesh went away mid-stream
+                await abort_with(context, exc)
 
     async def Abort(self, request: generate_pb2.AbortRequest,
                     context: grpc.aio.ServicerContext) -> generate_pb2.AbortResponse:
@@ -95,9 +92,7 @@ class GenerationServicer(generate_pb2_grpc.GenerationServicer):
                            context: grpc.aio.ServicerContext) -> generate_pb2.ModelInfo:
         info = self._router.info
         if info is None:
-            await context.abort(grpc.StatusCode.UNAVAILABLE,
-                                "the front door is not connected to the mesh yet")
-        public = generate_pb2.ModelInfo()
-        public.CopyFrom(info)
-        public.model_id = self._served_model_name  # the name clients use, not a server path
-        return public
+            await abort_with(context,
+                             UnavailableError("the front door is not connected to the mesh yet"))
+        # The name clients use, not a server path.
+        return wire.model_info_to_proto(dataclasses.replace(info, model_id=self._served_model_name))

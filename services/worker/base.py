@@ -54,6 +54,10 @@ class ModelWorker(ABC):
         assert isinstance(step, FinishedStep), "a worker that overrides launch overrides finish"
         return step.result
 
+    def close(self) -> None:  # noqa: B027 (optional hook)
+        """Releases what the worker maps beyond its own memory (the host KV pool); idempotent.
+        Call it after the last step."""
+
     @property
     @abstractmethod
     def num_requests(self) -> int:

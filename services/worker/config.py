@@ -3,10 +3,25 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
+
+from radixmesh.shared.peers import DEFAULT_PORTS
+
+# The null worker holds no KV tensors, so its pool is only metadata: make it roomy enough for
+# the null-worker workload (1000 streams of a few hundred tokens) unless told otherwise.
+NULL_DEFAULT_TOTAL_TOKENS = 1 << 20
+NULL_DEFAULT_MAX_RUNNING = 1024
 
 
 @dataclass(frozen=True)
 class WorkerConfig:
+    # Where the service listens: `radixmesh up` sets host and port itself, and the in-process
+    # engine, which has no sockets, leaves all three at their defaults.
+    SERVICE_FIELDS: ClassVar[frozenset[str]] = frozenset({"host", "port", "metrics_port"})
+
+    worker: str = field(default="model", metadata={
+        "help": "model: run the model; null: no model math, fixed tokens (measures the mesh)",
+        "choices": ("model", "null")})
     model_path: str | None = field(default=None, metadata={
         "help": "HF-format model directory (default: a tiny random Llama made on first use)"})
     load_format: str = field(default="auto", metadata={
@@ -34,6 +49,11 @@ class WorkerConfig:
         "help": "run every decode step eagerly (CUDA graphs are used on a GPU by default)"})
     random_seed: int = field(default=0, metadata={
         "help": "seeds dummy weights and the seeds of requests that bring none"})
+    host: str = field(default="127.0.0.1", metadata={"help": "interface to listen on"})
+    port: int = field(default=DEFAULT_PORTS["worker"], metadata={
+        "help": "gRPC port of the Worker service (0: any free port)"})
+    metrics_port: int = field(default=0, metadata={
+        "help": "serve Prometheus /metrics (worker idle and forward time) on this port; 0: off"})
 
     def __post_init__(self) -> None:
         if self.page_size is not None and self.page_size < 1:
@@ -44,3 +64,6 @@ class WorkerConfig:
             raise ValueError("--cuda-graph-max-bs must be >= 1")
         if not 0 < self.mem_fraction_static < 1:
             raise ValueError("--mem-fraction-static must be in (0, 1)")
+        for name in ("port", "metrics_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                raise ValueError(f"--{name.replace('_', '-')} must be in [0, 65535]")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING
@@ -11,6 +12,10 @@ import torch
 if TYPE_CHECKING:
     from radixmesh.services.worker.attention.base import AttentionBackend
     from radixmesh.services.worker.kv_pool import KVPool
+
+
+def no_layer_wait(layer_id: int) -> None:
+    """Nothing is being loaded into the KV cache for this pass."""
 
 
 class ForwardMode(Enum):
@@ -47,6 +52,9 @@ class ForwardBatch:
     # rows past the real batch being padding (see AttentionBackend's invariants);
     # seq_lens_cpu and extend_lens_cpu then cover the padding rows too.
     graph_batch_size: int | None = None
+    # Called by each layer's attention before it reads the KV cache: waits until that layer's
+    # pages loaded from the host pool this step have landed (see host_kv.py).
+    wait_for_layer: Callable[[int], None] = no_layer_wait
 
     @property
     def batch_size(self) -> int:

@@ -30,6 +30,11 @@ class KVPool:
         element_size = torch.empty((), dtype=dtype).element_size()
         return 2 * num_layers * num_kv_heads * head_dim * element_size
 
+    @property
+    def dtype_name(self) -> str:
+        """The KV dtype as the wire and the host pool spell it ("bfloat16")."""
+        return str(self.dtype).removeprefix("torch.")
+
     def store(self, layer_id: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """Writes new tokens' K and V ([T, kv_heads, head_dim]) at `slots` ([T])."""
         self.k_buffers[layer_id][slots] = k.to(self.dtype)

@@ -49,8 +49,10 @@ def resolve_dtype(name: str, config: ModelConfig) -> torch.dtype:
 
 
 def load_model(config: ModelConfig, model_path: str | Path, load_format: str = "auto",
-               dtype: str = "auto", device: torch.device | str = "cpu") -> nn.Module:
-    """The model for `config` in eval mode with gradients off, its weights in place."""
+               dtype: str = "auto", device: torch.device | str = "cpu",
+               seed: int = DUMMY_SEED) -> nn.Module:
+    """The model for `config` in eval mode with gradients off, its weights in place (dummy
+    weights drawn from `seed`)."""
     if load_format not in LOAD_FORMATS:
         raise ValueError(f"unsupported load format {load_format!r}; supported: {LOAD_FORMATS}")
     with torch.device(device), _default_dtype(resolve_dtype(dtype, config)):
@@ -58,7 +60,7 @@ def load_model(config: ModelConfig, model_path: str | Path, load_format: str = "
     model.eval().requires_grad_(False)
     with torch.no_grad():
         if load_format == "dummy":
-            init_dummy_weights(model)
+            init_dummy_weights(model, seed)
         else:
             load_safetensors(model, Path(model_path), config.tie_word_embeddings)
     return model

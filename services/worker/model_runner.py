@@ -21,6 +21,7 @@ from radixmesh.services.worker.batch_builder import BatchEntry, build_forward_ba
 from radixmesh.services.worker.config import WorkerConfig
 from radixmesh.services.worker.cuda_graph import CudaGraphRunner
 from radixmesh.services.worker.forward_batch import ForwardBatch
+from radixmesh.services.worker.host_kv import HostKV
 from radixmesh.services.worker.kv_pool import KVPool
 from radixmesh.services.worker.loader import load_model, resolve_dtype
 from radixmesh.services.worker.memory import kv_pool_tokens
@@ -28,6 +29,7 @@ from radixmesh.services.worker.model_config import ModelConfig
 from radixmesh.services.worker.request_state import WorkerRequest
 from radixmesh.services.worker.request_table import RequestTable
 from radixmesh.services.worker.sampling import Sampler, SamplingBatch
+from radixmesh.shared.page_keys import weights_fingerprint
 from radixmesh.shared.sampling_params import SamplingParams
 from radixmesh.shared.step import StepPlan, StepResult, WorkerInfo
 
@@ -69,9 +71,12 @@ class ModelRunner(ModelWorker):
         self.context_len = config.context_length or self.model_config.context_len
         self.dtype = resolve_dtype(config.dtype, self.model_config)
         self.model = load_model(self.model_config, model_path, config.load_format,
-                                config.dtype, self.device)
+                                config.dtype, self.device, seed=config.random_seed)
+        self.weights_fingerprint = weights_fingerprint(
+            model_path, dummy_seed=config.random_seed if config.load_format == "dummy" else None)
         self.page_size = config.page_size or (16 if self.device.type == "cuda" else 1)
         self.kv_pool = self._make_kv_pool()
+        self.host_kv = HostKV(self.kv_pool)
         default_max_running = (DEFAULT_MAX_RUNNING_GPU if self.device.type == "cuda"
                                else DEFAULT_MAX_RUNNING)
         self.max_running = min(config.max_running_requests or default_max_running,
@@ -127,12 +132,15 @@ class ModelRunner(ModelWorker):
         return runner
 
     def info(self) -> WorkerInfo:
+        pool = self.kv_pool
         return WorkerInfo(
-            model_id=self.model_id, num_pages=self.kv_pool.num_pages, page_size=self.page_size,
+            model_id=self.model_id, num_pages=pool.num_pages, page_size=self.page_size,
             context_len=self.context_len, vocab_size=self.model_config.vocab_size,
-            eos_token_ids=self.model_config.eos_token_ids, kv_dtype=str(self.dtype).removeprefix("torch."),
+            eos_token_ids=self.model_config.eos_token_ids, kv_dtype=pool.dtype_name,
             max_running_requests=self.max_running, available_memory_gb=self.available_memory_gb,
-            cuda_graph=self.graph_runner is not None)
+            cuda_graph=self.graph_runner is not None, worker=self.name,
+            num_layers=pool.num_layers, num_kv_heads=pool.num_kv_heads, head_dim=pool.head_dim,
+            weights_fingerprint=self.weights_fingerprint)
 
     @property
     def num_requests(self) -> int:
@@ -143,13 +151,27 @@ class ModelRunner(ModelWorker):
 
     @torch.inference_mode()
     def launch(self, plan: StepPlan) -> LaunchedStep:
+        """Applies the plan in shared/step.py's order; the copies are checked before any
+        state changes or any byte moves."""
+        if plan.host_pool is not None:
+            self.host_kv.attach(plan.host_pool)
+        self.host_kv.check(plan)
         entries = self.table.apply(plan)
+        # Backups read their pages first: this very plan may have granted them again.
+        self.host_kv.backup(plan.step_id, plan.backups)
+        loads = self.host_kv.load(plan.loads)
         if not entries:
+            loads.wait_all()  # a later step's pass must not read pages before they land
             return FinishedStep(StepResult(plan.step_id, [], []))
         batch = build_forward_batch(entries, len(plan.extends), self.kv_pool, self.backend,
                                     self.last_tokens)
         graph = self.graph_runner is not None and self.graph_runner.can_run(batch)
-        logits = self.graph_runner.replay(batch) if graph else self._eager_logits(batch)
+        if graph:
+            loads.wait_all()  # a replayed graph has no per-layer hook: every layer lands first
+            logits = self.graph_runner.replay(batch)
+        else:
+            batch.wait_for_layer = loads.wait_for_layer
+            logits = self._eager_logits(batch)
         sampling = self._sampling_batch([entry.req for entry in entries if entry.sample])
         next_ids = self.sampler.sample(logits, sampling)
         self.last_tokens.index_copy_(0, sampling.slots, next_ids)
@@ -167,12 +189,20 @@ class ModelRunner(ModelWorker):
 
     def finish(self, step: LaunchedStep) -> StepResult:
         if isinstance(step, FinishedStep):
-            return step.result
-        assert isinstance(step, RunnerStep)
-        if step.done is not None:
-            step.done.synchronize()
-        return self.table.commit(step.plan, step.entries, step.host_tokens.tolist(),
-                                 cuda_graph=step.cuda_graph)
+            result = step.result
+        else:
+            assert isinstance(step, RunnerStep)
+            if step.done is not None:
+                step.done.synchronize()
+            result = self.table.commit(step.plan, step.entries, step.host_tokens.tolist(),
+                                       cuda_graph=step.cuda_graph)
+        # Read now, not at launch, and capped at the step's own id (a later step may have been
+        # launched already): results then report it in step order, never going back.
+        result.backed_up_through = min(self.host_kv.backed_up_through, result.step_id)
+        return result
+
+    def close(self) -> None:
+        self.host_kv.close()
 
     def _sampling_batch(self, reqs: list[WorkerRequest]) -> SamplingBatch:
         return SamplingBatch.build([req.sampling for req in reqs], [req.seed for req in reqs],

@@ -5,10 +5,12 @@ request reads."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 from radixmesh.services.worker.base import ModelWorker
 from radixmesh.services.worker.batch_builder import BatchEntry
+from radixmesh.services.worker.host_kv import check_copies
 from radixmesh.services.worker.request_table import PlanError, RequestTable
 from radixmesh.shared.step import StepPlan, StepResult, WorkerInfo
 
@@ -21,11 +23,12 @@ class NullWorker(ModelWorker):
     name = "null"
 
     def __init__(self, info: WorkerInfo, check_pages: bool = False) -> None:
-        self._info = info
+        self._info = dataclasses.replace(info, worker=self.name)
         self.check_pages = check_pages
         seeds = itertools.count()
         self.table = RequestTable(info.max_running_requests, lambda: next(seeds))
         self._eos = frozenset(info.eos_token_ids)
+        self._host_slots = 0  # slots of the host pool the scheduler names; 0: none
 
     def info(self) -> WorkerInfo:
         return self._info
@@ -35,12 +38,19 @@ class NullWorker(ModelWorker):
         return len(self.table)
 
     def execute(self, plan: StepPlan) -> StepResult:
+        # No KV, so nothing to map or copy; the copies are still checked like the real
+        # worker checks them, and count as landed at once.
+        if plan.host_pool is not None:
+            self._host_slots = plan.host_pool.num_slots if plan.host_pool.name else 0
+        check_copies(plan, self._info.num_pages, self._host_slots)
         entries = self.table.apply(plan)
         if self.check_pages:
             self._check_pages(entries)
         tokens = [self.token_at(entry.req.drawing_output_index)
                   for entry in entries if entry.sample]
-        return self.table.commit(plan, entries, tokens)
+        result = self.table.commit(plan, entries, tokens)
+        result.backed_up_through = plan.step_id
+        return result
 
     def token_at(self, output_position: int) -> int:
         vocab = self._info.vocab_size

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from radixmesh.shared.sampling_params import SamplingParams
+from radixmesh.shared.trace_context import NO_TRACE, TraceContext
 
 
 @dataclass(eq=False)
@@ -23,6 +24,7 @@ class WorkerRequest:
     slot: int
     page_table: list[int] = field(default_factory=list)
     num_pending: int = 0
+    trace: TraceContext = NO_TRACE  # links the worker's step spans to the request's trace
 
     @property
     def num_tokens(self) -> int:

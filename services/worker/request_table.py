@@ -94,7 +94,7 @@ class RequestTable:
         seed = new.sampling.seed if new.sampling.seed is not None else self._draw_seed()
         req = WorkerRequest(new.rid, list(new.token_ids), new.num_prompt_tokens,
                             new.num_cached_tokens, new.sampling, seed, self._free_slots.pop(),
-                            page_table=list(new.cached_page_ids))
+                            page_table=list(new.cached_page_ids), trace=new.trace)
         self.requests[new.rid] = req
         self._on_register(req)
 

@@ -8,7 +8,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 from radixmesh.services.worker.config import WorkerConfig
 from radixmesh.services.worker.metrics import WorkerMetrics
-from radixmesh.services.worker.service_config import WorkerServiceConfig
 from radixmesh.services.worker.servicer import WorkerServicer
 from radixmesh.services.worker.worker_registry import build_worker
 from radixmesh.shared.grpc_service import host_port, start_server
@@ -18,13 +17,13 @@ logger = logging.getLogger(__name__)
 SERVICE_NAME = internal_pb2.DESCRIPTOR.services_by_name["Worker"].full_name
 
 
-async def serve(config: WorkerServiceConfig, worker_config: WorkerConfig) -> None:
+async def serve(config: WorkerConfig) -> None:
     """Loads the worker, then serves until cancelled. Health turns SERVING once loaded."""
     # The worker is built on the thread that will execute its steps: torch state stays there.
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="worker-step")
     try:
         worker = await asyncio.get_running_loop().run_in_executor(
-            executor, build_worker, config.worker, worker_config)
+            executor, build_worker, config)
         metrics = WorkerMetrics()
         if config.metrics_port:
             metrics.serve_http(config.host, config.metrics_port)

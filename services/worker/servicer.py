@@ -66,7 +66,7 @@ class WorkerServicer(internal_pb2_grpc.WorkerServicer):
         self._worker = worker
         self._executor = executor  # exactly one thread
         self._metrics = metrics
-        self._info = wire.worker_info_to_proto(worker.info(), worker=worker.name)
+        self._info = wire.worker_info_to_proto(worker.info())
         self._stream_open = False
         self._last_step_end: float | None = None  # read and written on the executor thread
 

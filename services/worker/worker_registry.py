@@ -11,14 +11,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from radixmesh.services.worker.base import ModelWorker
-from radixmesh.services.worker.config import WorkerConfig
+from radixmesh.services.worker.config import (
+    NULL_DEFAULT_MAX_RUNNING,
+    NULL_DEFAULT_TOTAL_TOKENS,
+    WorkerConfig,
+)
 from radixmesh.services.worker.model_config import ModelConfig
 from radixmesh.services.worker.model_runner import ModelRunner
 from radixmesh.services.worker.null_worker import NullWorker
-from radixmesh.services.worker.service_config import (
-    NULL_DEFAULT_MAX_RUNNING,
-    NULL_DEFAULT_TOTAL_TOKENS,
-)
 from radixmesh.shared.model_location import resolve_model_path
 from radixmesh.shared.registry import Registry
 from radixmesh.shared.step import WorkerInfo
@@ -57,5 +57,6 @@ WORKERS.add("model", build_model_worker)
 WORKERS.add("null", build_null_worker)
 
 
-def build_worker(name: str, config: WorkerConfig) -> ModelWorker:
-    return WORKERS.get(name)(config)
+def build_worker(config: WorkerConfig) -> ModelWorker:
+    """The worker `--worker` names."""
+    return WORKERS.get(config.worker)(config)

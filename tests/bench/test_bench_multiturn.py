@@ -89,8 +89,12 @@ def test_cli_writes_a_multiturn_result(mesh: MeshProcess, tmp_path: Path,
     assert 0 < metrics["rounds_2_to_n_cache_hit_rate"] <= 1
     assert 0 < metrics["cache_hit_rate"] < metrics["rounds_2_to_n_cache_hit_rate"]
     assert [r["round"] for r in metrics["per_round"]] == [1, 2, 3]
-    # The server exports no per-tier counter yet: nothing is made up.
-    assert metrics["per_tier"] == {} and metrics["per_tier_status"] == "not exported"
+    # Per tier, from the scheduler's counters at the front door: with no hierarchical cache
+    # every hit is on the device, and the device hit rate is the overall one.
+    per_tier = metrics["per_tier"]
+    assert set(per_tier) == {"device", "host", "storage"}
+    assert per_tier["host"] == per_tier["storage"] == 0
+    assert per_tier["device"] == pytest.approx(metrics["cache_hit_rate"], abs=1e-3)
 
 
 def test_a_too_long_last_round_fails_before_sending(mesh: MeshProcess,

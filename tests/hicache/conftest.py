@@ -1,11 +1,14 @@
-"""A real L3 directory for the storage tests."""
+"""A real L3 directory for the storage tests, and hicache cores on one."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from radixmesh.services.hicache.cache import HiCache
+from radixmesh.services.hicache.config import HiCacheConfig
 from radixmesh.services.hicache.storage import FileStorageBackend
 from tests.hicache.pages import ROOT, BackendFactory
 
@@ -23,3 +26,22 @@ def make_backend(l3_dir: Path) -> BackendFactory:
         return FileStorageBackend(l3_dir, namespace_root, capacity_bytes=capacity_bytes,
                                   **options)  # type: ignore[arg-type]
     return make
+
+
+@pytest.fixture
+def make_cache(tmp_path: Path) -> Iterator[Callable[..., HiCache]]:
+    """HiCache cores with a file L3 under `tmp_path/hicache` unless told otherwise; every one
+    is closed (its segment unlinked) at the end of the test."""
+    made: list[HiCache] = []
+
+    def make(**overrides: object) -> HiCache:
+        options: dict[str, object] = {"hicache_storage_backend": "file",
+                                      "hicache_storage_dir": str(tmp_path / "hicache"),
+                                      "hicache_storage_size": 0.01}
+        cache = HiCache(HiCacheConfig(**{**options, **overrides}))  # type: ignore[arg-type]
+        made.append(cache)
+        return cache
+
+    yield make
+    for cache in made:
+        cache.close()

@@ -19,6 +19,7 @@ from radixmesh.services.hicache.storage.page_file import HEADER_BYTES, MAGIC, Pa
 from radixmesh.shared.registry import UnknownNameError
 from tests.hicache.pages import (
     KEYS,
+    NAMESPACE,
     PAGE_FILE_BYTES,
     PAYLOAD_BYTES,
     ROOT,
@@ -226,3 +227,18 @@ def test_registry(l3_dir: Path) -> None:
     assert isinstance(backend, FileStorageBackend)
     with pytest.raises(UnknownNameError, match="unknown storage backend 'nfs'; available: file"):
         make_storage_backend("nfs")
+
+
+def test_clear_drops_this_namespace_only(make_backend: BackendFactory, l3_dir: Path) -> None:
+    other = make_backend(namespace_root=NAMESPACE.with_salt("other").root())
+    assert other.put(KEYS[10], payload(10))
+    backend = make_backend()  # the same directory: it indexes the other's file too
+    for index in range(3):
+        assert backend.put(KEYS[index], payload(index))
+    (l3_dir / KEYS[20].hex()).write_bytes(b"not a page file")
+    backend = make_backend()
+    assert backend.clear() == 4  # its 3 pages and the file that names no namespace
+    assert os.listdir(l3_dir) == [KEYS[10].hex()]
+    assert backend.usage().num_files == 1
+    assert backend.contains_prefix(KEYS[:1]) == 0
+    assert other.get(KEYS[10]) == payload(10)

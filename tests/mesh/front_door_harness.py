@@ -15,7 +15,7 @@ from pathlib import Path
 
 from radixmesh.make_model import make_model
 from radixmesh.services.detokenizer.detokenizer import Detokenizer
-from radixmesh.services.tokenizer.config import TokenizerServiceConfig
+from radixmesh.services.tokenizer.config import TokenizerConfig
 from radixmesh.services.tokenizer.server import TokenizerServer
 from radixmesh.services.worker.base import ModelWorker
 from radixmesh.services.worker.null_worker import NullWorker
@@ -74,7 +74,7 @@ async def running_front_door(worker: ModelWorker | None = None,
     """A connected front door over a MiniMesh with `worker` (a NullWorker by default)."""
     mesh = MiniMesh(worker or null_worker(), Detokenizer(tiny_tokenizer()))
     address = await mesh.start()
-    server = TokenizerServer(TokenizerServiceConfig(
+    server = TokenizerServer(TokenizerConfig(
         model_path=str(tiny_model_dir()), port=free_port(), grpc_port=free_port(),
         scheduler_address=address, detokenizer_address=address, **config))
     try:

@@ -19,6 +19,7 @@ from radixmesh.services.tokenizer.router import MeshUnavailableError, Router
 from radixmesh.services.worker.null_worker import NullWorker
 from radixmesh.shared.errors import InvalidRequestError
 from radixmesh.shared.requests import FinishKind
+from radixmesh.shared.trace_context import TraceContext
 from tests.mesh.front_door_harness import free_port, null_worker, tiny_tokenizer
 from tests.mesh.mini_mesh import MiniMesh
 
@@ -67,11 +68,11 @@ def test_requests_of_one_tick_leave_in_one_batch_and_all_complete() -> None:
             assert len(mesh.batches_received) == 1
             assert [r.rid for r in mesh.batches_received[0].requests] == \
                 [f"r{i}" for i in range(30)]
-            for i, (text, token_ids, last) in enumerate(results):
-                assert token_ids == null_tokens(worker, 5 + i)
-                assert text == tiny_tokenizer().decode(token_ids)
-                assert last.finish.kind is FinishKind.LENGTH
-                assert last.usage.completion_tokens == 5 + i
+            for i, done in enumerate(results):
+                assert done.token_ids == null_tokens(worker, 5 + i)
+                assert done.text == tiny_tokenizer().decode(done.token_ids)
+                assert done.finish.kind is FinishKind.LENGTH
+                assert done.usage.completion_tokens == 5 + i
             assert router.num_live == 0
             await wait_idle(mesh)
 
@@ -115,11 +116,11 @@ def test_abort_before_sending_never_reaches_the_scheduler() -> None:
         async with connected_router() as (router, mesh):
             stream = router.submit(router.build("gone", {"text": "hi"}))
             router.abort("gone")
-            _, token_ids, last = await stream.collect()
-            assert token_ids == [] and last.finish.kind is FinishKind.ABORT
+            gone = await stream.collect()
+            assert gone.token_ids == [] and gone.finish.kind is FinishKind.ABORT
             done = await router.submit(router.build("kept", {"text": "hi",
                                                              "max_new_tokens": 2})).collect()
-            assert len(done[1]) == 2
+            assert len(done.token_ids) == 2
             sent = [r.rid for batch in mesh.batches_received for r in batch.requests]
             assert sent == ["kept"]
             assert all(not batch.aborts for batch in mesh.batches_received)
@@ -132,10 +133,10 @@ def test_stop_string_finishes_the_stream_and_aborts_at_the_scheduler() -> None:
         async with connected_router() as (router, mesh):
             stream = router.submit(router.build("s", {"text": "hi", "max_new_tokens": 1500,
                                                       "stop": ["012"]}))
-            text, token_ids, last = await stream.collect()
-            assert text == "#$%&'()*+,-./"
-            assert last.finish.kind is FinishKind.STOP and last.finish.matched == "012"
-            assert last.usage.completion_tokens == len(token_ids) < 1500
+            done = await stream.collect()
+            assert done.text == "#$%&'()*+,-./"
+            assert done.finish.kind is FinishKind.STOP and done.finish.matched == "012"
+            assert done.usage.completion_tokens == len(done.token_ids) < 1500
             await wait_idle(mesh)  # freed long before 1500 tokens
             assert [rid for batch in mesh.batches_received for rid in batch.aborts] == ["s"]
 
@@ -167,7 +168,7 @@ def test_a_live_request_id_cannot_be_reused_until_it_finishes() -> None:
             assert caught.value.field == "rid"
             await stream.collect()
             again = router.submit(router.build("same", {"text": "hi", "max_new_tokens": 3}))
-            assert len((await again.collect())[1]) == 3
+            assert len((await again.collect()).token_ids) == 3
 
     asyncio.run(body())
 
@@ -191,15 +192,15 @@ def test_requests_that_cannot_fit_the_kv_pool_are_rejected() -> None:
     asyncio.run(body())
 
 
-def test_traceparent_travels_with_the_request() -> None:
-    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+def test_the_trace_context_travels_with_the_request() -> None:
+    trace = TraceContext("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "k=v")
 
     async def body() -> None:
         async with connected_router() as (router, mesh):
-            stream = router.submit(router.build("t", {"text": "hi", "max_new_tokens": 1}),
-                                   traceparent)
+            stream = router.submit(router.build("t", {"text": "hi", "max_new_tokens": 1}, trace))
             await stream.collect()
-            assert mesh.batches_received[0].requests[0].trace.traceparent == traceparent
+            sent = mesh.batches_received[0].requests[0].trace
+            assert (sent.traceparent, sent.tracestate) == (trace.traceparent, trace.tracestate)
 
     asyncio.run(body())
 
@@ -223,7 +224,7 @@ def test_losing_the_mesh_fails_live_requests_and_the_router_reconnects() -> None
                 await asyncio.wait_for(router.wait_ready(), 10)
                 done = await router.submit(router.build("y", {"text": "hi",
                                                               "max_new_tokens": 4})).collect()
-                assert len(done[1]) == 4
+                assert len(done.token_ids) == 4
             finally:
                 await replacement.stop()
 

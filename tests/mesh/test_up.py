@@ -14,8 +14,7 @@ from pathlib import Path
 from radixmesh import serve
 from radixmesh.launcher.mesh_plan import UpConfig, plan_mesh
 from radixmesh.services.scheduler.config import SchedulerConfig
-from radixmesh.services.scheduler.service_config import SchedulerServiceConfig
-from radixmesh.services.tokenizer.config import TokenizerServiceConfig
+from radixmesh.services.tokenizer.config import TokenizerConfig
 from radixmesh.services.worker.config import WorkerConfig
 from radixmesh.shared.cli_args import config_from_args
 from radixmesh.shared.grpc_service import is_serving
@@ -74,11 +73,12 @@ def test_up_stops_everything_and_fails_when_a_service_dies(mesh_model_path: Path
 
 def test_the_planned_command_lines_carry_every_engine_flag_and_wire_the_peers():
     worker = WorkerConfig(model_path="/models/m", page_size=4, max_total_tokens=4096,
-                          dtype="bfloat16")
+                          dtype="bfloat16", worker="null", port=1234)  # the plan picks ports
     scheduler = SchedulerConfig(chunked_prefill_size=512, disable_radix_cache=True,
-                                schedule_conservativeness=1.5)
-    front_door = TokenizerServiceConfig(model_path="/models/m", port=31000, api_key="k")
-    plan = plan_mesh(UpConfig(worker="null"), worker, scheduler, front_door, "info")
+                                schedule_conservativeness=1.5, max_inflight_steps=3)
+    front_door = TokenizerConfig(model_path="/models/m", port=31000, api_key="k")
+    up = UpConfig(startup_timeout=42.0)
+    plan = plan_mesh(up, worker, scheduler, front_door, "info")
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--log-level")
@@ -88,14 +88,15 @@ def test_the_planned_command_lines_carry_every_engine_flag_and_wire_the_peers():
     parsed = {command.name: parser.parse_args(command.argv[4:]) for command in plan.services}
     assert [command.name for command in plan.services] == \
         ["worker", "detokenizer", "scheduler", "tokenizer"]
-    assert config_from_args(WorkerConfig, parsed["worker"]) == worker
-    assert parsed["worker"].worker == "null"
-    assert config_from_args(SchedulerConfig, parsed["scheduler"]) == scheduler
-    wiring = config_from_args(SchedulerServiceConfig, parsed["scheduler"])
     addresses = {command.name: command.health_address for command in plan.services}
-    assert wiring.worker_address == addresses["worker"]
-    assert wiring.detokenizer_address == addresses["detokenizer"]
-    tokenizer = config_from_args(TokenizerServiceConfig, parsed["tokenizer"])
+    host_ports = {name: address.rsplit(":", 1) for name, address in addresses.items()}
+    assert config_from_args(WorkerConfig, parsed["worker"]) == dataclasses.replace(
+        worker, host=host_ports["worker"][0], port=int(host_ports["worker"][1]))
+    assert config_from_args(SchedulerConfig, parsed["scheduler"]) == dataclasses.replace(
+        scheduler, host=host_ports["scheduler"][0], port=int(host_ports["scheduler"][1]),
+        worker_address=addresses["worker"], detokenizer_address=addresses["detokenizer"],
+        peer_timeout=up.startup_timeout)
+    tokenizer = config_from_args(TokenizerConfig, parsed["tokenizer"])
     assert tokenizer == dataclasses.replace(front_door, scheduler_address=addresses["scheduler"],
                                             detokenizer_address=addresses["detokenizer"])
     assert parsed["detokenizer"].model_path == "/models/m"

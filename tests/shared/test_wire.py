@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
+import pytest
+
 from radixmesh.shared import wire
+from radixmesh.shared.errors import InvalidRequestError
+from radixmesh.shared.protos_gen import common_pb2
 from radixmesh.shared.requests import (
     FinishKind,
     FinishReason,
@@ -13,8 +19,11 @@ from radixmesh.shared.requests import (
 )
 from radixmesh.shared.sampling_params import SamplingParams
 from radixmesh.shared.step import (
+    NO_COPIES,
     ExtendChunk,
+    HostPoolAttachment,
     NewRequest,
+    PageCopies,
     PageTableWrite,
     StepPlan,
     StepResult,
@@ -29,9 +38,23 @@ PARAMS = SamplingParams(max_new_tokens=7, temperature=0.25, top_p=0.5, top_k=3, 
 def test_sampling_params_round_trip_and_unset_fields_take_defaults():
     assert wire.sampling_from_proto(wire.sampling_to_proto(PARAMS)) == PARAMS
     assert wire.sampling_from_proto(wire.sampling_to_proto(SamplingParams())) == SamplingParams()
-    unset = wire.sampling_to_proto(SamplingParams())
-    unset.ClearField("temperature")
-    assert "temperature" not in wire.sampling_body_from_proto(unset)
+    assert wire.sampling_from_proto(common_pb2.SamplingParams()) == SamplingParams()
+
+
+def test_partial_sampling_fields_leave_the_rest_unset():
+    message = wire.sampling_fields_to_proto({"temperature": 0, "stop": "\n", "seed": None})
+    assert message.HasField("temperature") and not message.HasField("seed")
+    assert not message.HasField("max_new_tokens") and list(message.stop) == ["\n"]
+    assert wire.sampling_from_proto(message) == SamplingParams(temperature=0, stop=("\n",))
+    with pytest.raises(TypeError, match="unknown sampling parameter 'temprature'"):
+        wire.sampling_fields_to_proto({"temprature": 0})
+
+
+def test_decoding_checks_nothing_and_validate_names_the_field():
+    message = wire.sampling_fields_to_proto({"temperature": math.nan, "top_p": 2.0})
+    params = wire.sampling_from_proto(message)
+    with pytest.raises(InvalidRequestError, match="temperature: must be finite"):
+        params.validate(vocab_size=10)
 
 
 def test_step_plan_and_result_round_trip():
@@ -46,9 +69,32 @@ def test_step_plan_and_result_round_trip():
     assert wire.result_from_proto(wire.result_to_proto(result, 0.1, 0.2)) == result
 
 
+def test_step_plan_host_copies_and_backed_up_through_round_trip():
+    plan = StepPlan(3, host_pool=HostPoolAttachment("rmx-pool", 64),
+                    loads=PageCopies((4, 5), (9, 1)), backups=PageCopies((7,), (2,)))
+    assert wire.plan_from_proto(wire.plan_to_proto(plan)) == plan
+    detach = StepPlan(4, host_pool=HostPoolAttachment("", 0))  # set, though empty: unmap
+    assert wire.plan_from_proto(wire.plan_to_proto(detach)) == detach
+    plain = wire.plan_from_proto(wire.plan_to_proto(StepPlan(5)))
+    assert plain.host_pool is None and plain.loads is NO_COPIES and plain.backups is NO_COPIES
+    result = StepResult(3, ["r"], [1], backed_up_through=2)
+    assert wire.result_from_proto(wire.result_to_proto(result)) == result
+
+
+def test_copies_of_unequal_lengths_are_refused_not_dropped():
+    message = wire.plan_to_proto(StepPlan(6))
+    message.loads.host_slots.append(3)
+    with pytest.raises(ValueError, match="0 device pages for 1 host slots"):
+        wire.plan_from_proto(message)
+    message.loads.device_pages.extend([1, 2])
+    with pytest.raises(ValueError, match="2 device pages for 1 host slots"):
+        wire.plan_from_proto(message)
+
+
 def test_worker_info_round_trip():
     info = WorkerInfo("m", 100, 4, 2048, 512, (2, 4), "float32", 64, available_memory_gb=1.5,
-                      cuda_graph=True)
+                      cuda_graph=True, num_layers=32, num_kv_heads=8, head_dim=128,
+                      weights_fingerprint="ab" * 32)
     assert wire.worker_info_from_proto(wire.worker_info_to_proto(info)) == info
 
 

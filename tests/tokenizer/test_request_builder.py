@@ -6,11 +6,15 @@ import pytest
 
 from radixmesh.services.tokenizer.limits import fit_to_context
 from radixmesh.services.tokenizer.request_builder import (
+    RequestBody,
     RequestBuilder,
     check_input_ids,
     check_messages,
 )
+from radixmesh.services.tokenizer.servicer import request_body
+from radixmesh.shared import wire
 from radixmesh.shared.errors import InvalidRequestError
+from radixmesh.shared.protos_gen import generate_pb2
 from radixmesh.shared.sampling_params import SamplingParams
 from radixmesh.shared.tokenizer import TextTokenizer
 
@@ -169,3 +173,34 @@ def test_check_messages_keeps_extra_keys():
 def test_fit_to_context_keeps_a_fitting_explicit_value():
     params = SamplingParams(max_new_tokens=10)
     assert fit_to_context(params, 5, 15, max_new_tokens_given=True) is params
+
+
+# The public gRPC door: its message decodes straight into a RequestBody, validated as JSON is.
+
+def grpc_body(**sampling: object) -> RequestBody:
+    message = generate_pb2.GenerateRequest(sampling=wire.sampling_fields_to_proto(sampling))
+    message.input_ids.ids.extend([1, 5, 9])
+    return request_body(message)
+
+
+def test_a_grpc_request_builds_what_its_json_twin_builds(builder: RequestBuilder):
+    fields = {"max_new_tokens": 8, "temperature": 0, "stop": ["\n\n"], "seed": 3}
+    assert builder.build("r1", grpc_body(**fields)) == \
+        builder.build("r1", {"input_ids": [1, 5, 9], **fields})
+    unset = builder.build("r1", grpc_body())  # the default max_new_tokens shrinks to fit
+    assert unset == builder.build("r1", {"input_ids": [1, 5, 9]})
+
+
+@pytest.mark.parametrize(("sampling", "field"), [
+    ({"max_new_tokens": 0}, "max_new_tokens"), ({"top_p": 2.0}, "top_p"),
+    ({"temperature": float("nan")}, "temperature"), ({"seed": 2**63}, "seed"),
+    ({"stop_token_ids": [VOCAB]}, "stop_token_ids")])
+def test_grpc_sampling_is_validated_by_the_same_validator(builder: RequestBuilder,
+                                                          sampling: dict, field: str):
+    assert rejected_field(builder, grpc_body(**sampling)).field == field
+
+
+def test_a_grpc_request_without_a_prompt_names_the_prompt():
+    with pytest.raises(InvalidRequestError) as caught:
+        request_body(generate_pb2.GenerateRequest())
+    assert caught.value.field == "prompt"

@@ -72,6 +72,13 @@ class StorageBackend(ABC):
         """Drops the page; True when it was held."""
 
     @abstractmethod
+    def clear(self) -> int:
+        """Drops every page of this backend's namespace (`/flush_cache`); returns how many.
+
+        Pages another namespace stored in the same place are theirs and stay.
+        """
+
+    @abstractmethod
     def usage(self) -> StorageUsage:
         """Bytes used, capacity and page count now."""
 
@@ -79,3 +86,11 @@ class StorageBackend(ABC):
     @abstractmethod
     def stats(self) -> StorageStats:
         """A snapshot of the counters."""
+
+    @property
+    def writable(self) -> bool:
+        """False once writes are off for good (a full or read-only store); reads go on."""
+        return True
+
+    def close(self) -> None:  # noqa: B027 - a hook: most backends hold nothing to release
+        """Releases what the backend holds (connections, handles); the backend is done after."""

@@ -28,6 +28,7 @@ from radixmesh.services.hicache.storage.page_file import (
     HEADER_BYTES,
     CorruptPageError,
     read_page_file,
+    read_page_header,
     write_page_file,
 )
 from radixmesh.shared.page_keys import check_key, key_from_hex, key_hex
@@ -135,6 +136,22 @@ class FileStorageBackend(StorageBackend):
             self._remove(key)
             return True
 
+    def clear(self) -> int:
+        with self._lock:
+            keys = self._index.keys()
+        removed = 0
+        # Headers are read outside the lock: a clear of many pages must not stall the puts and
+        # gets of a serving mesh. A header that does not parse names no namespace: it goes too.
+        for key in keys:
+            header = read_page_header(self._path(key))
+            if header is not None and header.namespace_root != self._root:
+                continue
+            with self._lock:
+                if key in self._index:
+                    self._remove(key)
+                    removed += 1
+        return removed
+
     def usage(self) -> StorageUsage:
         with self._lock:
             return StorageUsage(self._index.bytes_used, self._capacity, len(self._index))
@@ -142,6 +159,10 @@ class FileStorageBackend(StorageBackend):
     @property
     def stats(self) -> StorageStats:
         return self._stats
+
+    @property
+    def writable(self) -> bool:
+        return self._writes_off_reason is None
 
     def _path(self, key: bytes) -> Path:
         return self.directory / key_hex(key)

@@ -42,6 +42,10 @@ class LruIndex:
         self.bytes_used -= size
         return True
 
+    def keys(self) -> list[bytes]:
+        """A snapshot of the keys held, least recently used first."""
+        return list(self._sizes)
+
     def oldest(self) -> bytes | None:
         """The least recently used key, or None when nothing is held."""
         return next(iter(self._sizes), None)

@@ -95,6 +95,15 @@ def write_page_file(directory: Path, temp_prefix: str, key: bytes, namespace_roo
     return Path(name)
 
 
+def read_page_header(path: Path) -> PageHeader | None:
+    """What the file at `path` says it holds; None when it is unreadable or not a page file."""
+    try:
+        with open(path, "rb") as file:
+            return PageHeader.unpack(file.read(HEADER_BYTES))
+    except OSError:
+        return None
+
+
 def read_page_file(path: Path, key: bytes, namespace_root: bytes) -> bytes:
     """The payload of `key`'s page file. Raises CorruptPageError when the file fails its check,
     OSError when it cannot be read."""

@@ -14,11 +14,15 @@ class PrefixMatch:
     """The longest cached page-aligned prefix of a token sequence.
 
     `handle` names the deepest matched entry; pass it to `lock`/`unlock`. It is opaque to callers.
+    A tiered cache may also match `num_host_tokens` more tokens held only in host memory, past
+    the device prefix; `host_handle` names them for `load` (an empty match has none).
     """
 
     page_ids: tuple[int, ...]
     num_tokens: int
     handle: object
+    num_host_tokens: int = 0
+    host_handle: object = None
 
 
 class PrefixCache(ABC):
@@ -55,6 +59,13 @@ class PrefixCache(ABC):
         pages for them. Of those, the caller frees the ones it owns (those past the prefix it had
         matched from the cache). Every page after that prefix now belongs to the cache.
         """
+
+    def load(self, match: PrefixMatch, device_pages: Sequence[int]) -> tuple[object, int]:
+        """Gives the host-only part of `match` the `device_pages` (a tiered cache plans their
+        loads); returns the handle to lock instead of `match.handle` and how many of those
+        tokens a prefetch from L3 had brought. Only a cache with a host tier matches such parts.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no host tier")
 
     @abstractmethod
     def lock(self, handle: object) -> None:

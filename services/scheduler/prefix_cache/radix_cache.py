@@ -104,12 +104,14 @@ class RadixCache(PrefixCache):
         head.children[node.key[:page_size]] = node
         return head
 
-    def _attach_leaf(self, parent: RadixNode, key: tuple[int, ...], page_ids: list[int]) -> None:
+    def _attach_leaf(self, parent: RadixNode, key: tuple[int, ...],
+                     page_ids: list[int]) -> RadixNode:
         leaf = RadixNode(key=key, page_ids=page_ids, parent=parent, last_access=self._clock)
         parent.children[key[: self.page_size]] = leaf
         self._num_cached_pages += len(page_ids)
         self._num_evictable_pages += len(page_ids)
         self._push_candidate(leaf)
+        return leaf
 
     # -- locks ----------------------------------------------------------------------------
 
@@ -133,7 +135,7 @@ class RadixCache(PrefixCache):
             node = node.parent
         # Only the handle itself can have become an unlocked leaf: its ancestors all have it
         # below them.
-        if target.lock_ref == 0 and target.is_leaf and target is not self._root:
+        if target.lock_ref == 0 and self._is_candidate(target) and target is not self._root:
             self._push_candidate(target)
 
     def _live_node(self, handle: object) -> RadixNode:
@@ -153,7 +155,7 @@ class RadixCache(PrefixCache):
         while len(freed) < num_pages and self._heap:
             last_access, _, node = heapq.heappop(self._heap)
             node.in_heap = False
-            if node.evicted or not node.is_leaf or node.lock_ref > 0:
+            if node.evicted or not self._is_candidate(node) or node.lock_ref > 0:
                 continue  # whatever makes it a candidate again pushes it again
             if last_access != node.last_access:
                 self._push_candidate(node)  # used since it was pushed: requeue at its real time
@@ -176,9 +178,14 @@ class RadixCache(PrefixCache):
         del parent.children[leaf.key[: self.page_size]]
         leaf.parent = None
         leaf.evicted = True
-        if parent is not self._root and parent.is_leaf and parent.lock_ref == 0:
+        if parent is not self._root and self._is_candidate(parent) and parent.lock_ref == 0:
             self._push_candidate(parent)
         return leaf.page_ids
+
+    def _is_candidate(self, node: RadixNode) -> bool:
+        """Whether `node`, once unlocked, is next in line for eviction: a leaf here; a tiered
+        cache evicts device copies from the bottom of the device-resident part instead."""
+        return node.is_leaf
 
     def _push_candidate(self, node: RadixNode) -> None:
         if not node.in_heap:
@@ -212,45 +219,50 @@ class RadixCache(PrefixCache):
         self._num_evictable_pages = 0
         self.allocator.free(freed)
 
+    def _check_node(self, node: RadixNode) -> None:
+        """The invariants of one node below the root that are not about counters."""
+        expect(len(node.page_ids) > 0, "empty edge below the root")
+        expect(len(node.key) == len(node.page_ids) * self.page_size, "key/page mismatch")
+
     def check_consistency(self) -> None:
         """Recomputes every counter and invariant from the tree (O(tree): debug and idle use).
 
         Raises AssertionError (explicitly, so `python -O` keeps the check) on any mismatch.
         """
         root = self._root
-        _expect(not root.key and not root.page_ids and root.parent is None, "root has an edge")
+        expect(not root.key and not root.page_ids and root.parent is None, "root has an edge")
         cached = evictable = 0
         seen_pages: set[int] = set()
         stack = [root]
         while stack:
             node = stack.pop()
-            _expect(
+            expect(
                 node.lock_ref >= sum(c.lock_ref for c in node.children.values()),
                 f"lock_ref below its children's at {node.key[:8]}",
             )
             for first_page, child in node.children.items():
-                _expect(child.parent is node and not child.evicted, "broken parent link")
-                _expect(child.key[: self.page_size] == first_page, "child filed under wrong key")
-                _expect(child.last_access <= node.last_access, "child used after its parent")
+                expect(child.parent is node and not child.evicted, "broken parent link")
+                expect(child.key[: self.page_size] == first_page, "child filed under wrong key")
+                expect(child.last_access <= node.last_access, "child used after its parent")
                 stack.append(child)
             if node is root:
                 continue
-            _expect(len(node.page_ids) > 0, "empty edge below the root")
-            _expect(len(node.key) == len(node.page_ids) * self.page_size, "key/page mismatch")
-            _expect(seen_pages.isdisjoint(node.page_ids), "a page is cached twice")
+            self._check_node(node)
+            expect(seen_pages.isdisjoint(node.page_ids), "a page is cached twice")
             seen_pages.update(node.page_ids)
             cached += len(node.page_ids)
             if node.lock_ref == 0:
                 evictable += len(node.page_ids)
-                _expect(not node.is_leaf or node.in_heap, "unlocked leaf missing from the heap")
-        _expect(cached == self._num_cached_pages, f"cached {cached} != {self._num_cached_pages}")
-        _expect(
+                expect(not self._is_candidate(node) or node.in_heap,
+                        "unlocked leaf missing from the heap")
+        expect(cached == self._num_cached_pages, f"cached {cached} != {self._num_cached_pages}")
+        expect(
             evictable == self._num_evictable_pages,
             f"evictable {evictable} != {self._num_evictable_pages}",
         )
         in_heap = [node for _, _, node in self._heap]
-        _expect(all(node.in_heap for node in in_heap), "heap entry for a node not marked in_heap")
-        _expect(len({id(node) for node in in_heap}) == len(in_heap), "node in the heap twice")
+        expect(all(node.in_heap for node in in_heap), "heap entry for a node not marked in_heap")
+        expect(len({id(node) for node in in_heap}) == len(in_heap), "node in the heap twice")
 
 
 def _common_pages_length(
@@ -264,6 +276,6 @@ def _common_pages_length(
     return mismatch - mismatch % page_size
 
 
-def _expect(condition: bool, message: str) -> None:
+def expect(condition: bool, message: str) -> None:
     if not condition:
         raise AssertionError(f"radix cache inconsistent: {message}")

@@ -33,6 +33,11 @@ class RadixNode:
     last_access: int = 0
     in_heap: bool = False
     evicted: bool = False
+    # The hierarchical cache's tiers (HiRadixCache); the plain cache leaves them empty.
+    host_slots: list[int] = field(default_factory=list)  # one per page, or none
+    page_keys: list[bytes] = field(default_factory=list)  # chained keys, one per page, with L3
+    from_storage: bool = False  # its host copy came from L3 and no request has used it yet
+    in_host_heap: bool = False
 
     @property
     def is_leaf(self) -> bool:

@@ -81,4 +81,5 @@ class PagedAttention(nn.Module):
         q = q.view(-1, spec.num_heads, spec.head_dim)
         k = k.view(-1, spec.num_kv_heads, spec.head_dim)
         v = v.view(-1, spec.num_kv_heads, spec.head_dim)
+        batch.wait_for_layer(spec.layer_id)
         return batch.attn_backend.forward(q, k, v, spec, batch)

@@ -1,0 +1,66 @@
+"""The hicache service's configuration: every field is a CLI flag of the same name (SGLang's)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from radixmesh.services.hicache.storage import STORAGE_BACKENDS
+from radixmesh.shared.model_location import radixmesh_home
+from radixmesh.shared.peers import DEFAULT_PORTS
+
+# SGLang sizes host memory in decimal gigabytes (`--hicache-size 30` is 30e9 bytes).
+GB = 10**9
+
+
+@dataclass(frozen=True)
+class HiCacheConfig:
+    """Invariant after construction: `hicache_storage_dir` is set."""
+
+    host: str = field(default="127.0.0.1", metadata={"help": "interface to listen on"})
+    port: int = field(default=DEFAULT_PORTS["hicache"], metadata={
+        "help": "gRPC port of the HiCache service (0: any free port)"})
+    hicache_ratio: float = field(default=2.0, metadata={
+        "help": "L2 host slots as a multiple of the device pages the scheduler reports"})
+    hicache_size: float = field(default=0.0, metadata={
+        "help": "L2 host memory in GB (0: size it by --hicache-ratio instead)"})
+    hicache_storage_backend: str | None = field(default=None, metadata={
+        "help": "L3 storage beyond host memory (default: none)",
+        "choices": tuple(STORAGE_BACKENDS.names())})
+    hicache_storage_dir: str | None = field(default=None, metadata={
+        "help": "directory of the file backend (default: $RADIXMESH_HOME/hicache)"})
+    hicache_storage_size: float | None = field(default=None, metadata={
+        "help": "L3 cap in GB, least recently used pages evicted past it (default: the "
+                "disk's free space at start less 10%%)"})
+    metrics_port: int = field(default=0, metadata={
+        "help": "port of the Prometheus /metrics endpoint (0: off)"})
+
+    def __post_init__(self) -> None:
+        if self.hicache_storage_dir is None:
+            # Frozen: the resolved default is written once here, so readers never see None.
+            object.__setattr__(self, "hicache_storage_dir", str(radixmesh_home() / "hicache"))
+        for flag, port in (("--port", self.port), ("--metrics-port", self.metrics_port)):
+            if not 0 <= port <= 65535:
+                raise ValueError(f"{flag} must be in [0, 65535], got {port}")
+        if not self.hicache_ratio > 0:
+            raise ValueError(f"--hicache-ratio must be > 0, got {self.hicache_ratio}")
+        if not self.hicache_size >= 0:
+            raise ValueError(f"--hicache-size must be >= 0 GB, got {self.hicache_size}")
+        if (self.hicache_storage_backend is not None
+                and self.hicache_storage_backend not in STORAGE_BACKENDS):
+            raise ValueError(f"--hicache-storage-backend must be one of "
+                             f"{', '.join(STORAGE_BACKENDS.names())}, "
+                             f"got {self.hicache_storage_backend!r}")
+        if self.hicache_storage_size is not None and not self.hicache_storage_size > 0:
+            raise ValueError(f"--hicache-storage-size must be > 0 GB, "
+                             f"got {self.hicache_storage_size}")
+
+    @property
+    def host_pool_bytes(self) -> int | None:
+        """L2 in bytes when sized in GB; None when it follows the device pool by the ratio."""
+        return int(self.hicache_size * GB) if self.hicache_size > 0 else None
+
+    @property
+    def storage_capacity_bytes(self) -> int | None:
+        """The L3 cap in bytes; None lets the backend take the free disk less 10%."""
+        size = self.hicache_storage_size
+        return None if size is None else int(size * GB)

@@ -1,0 +1,41 @@
+"""`radixmesh serve hicache`: the HiCache gRPC service (design §4)."""
+
+from __future__ import annotations
+
+import logging
+
+from radixmesh.services.hicache.cache import HiCache
+from radixmesh.services.hicache.config import HiCacheConfig
+from radixmesh.services.hicache.metrics import HiCacheMetrics
+from radixmesh.services.hicache.servicer import HiCacheServicer
+from radixmesh.shared.grpc_service import host_port, start_server
+from radixmesh.shared.protos_gen import hicache_pb2, hicache_pb2_grpc
+
+logger = logging.getLogger(__name__)
+SERVICE_NAME = hicache_pb2.DESCRIPTOR.services_by_name["HiCache"].full_name
+
+
+async def serve(config: HiCacheConfig) -> None:
+    """Serves until cancelled. The pool is made at the scheduler's first Attach; on the way
+    out, however it comes (cancellation included), the pool's segment is unlinked."""
+    cache = HiCache(config)
+    metrics = HiCacheMetrics(cache.snapshot)
+    try:
+        if config.metrics_port:
+            metrics.serve_http(config.host, config.metrics_port)
+        servicer = HiCacheServicer(cache)
+        server = await start_server(
+            host_port(config.host, config.port),
+            lambda grpc_server: hicache_pb2_grpc.add_HiCacheServicer_to_server(servicer,
+                                                                             grpc_server),
+            [SERVICE_NAME])
+        logger.info("hicache serving on port %d (L3: %s)", server.port,
+                    config.hicache_storage_backend or "none")
+        await server.set_serving()
+        try:
+            await server.server.wait_for_termination()
+        finally:
+            await server.stop()
+    finally:
+        metrics.close()
+        cache.close()

@@ -1,0 +1,213 @@
+"""The scheduler's side of the hierarchical cache beyond one step: which host pool is in use
+(and its epoch), prefetches from L3 into host slots, and pages waiting to be stored to L3.
+
+Plain state and decisions, no I/O: the hicache link (`hicache_link.py`) performs the calls
+these methods ask for and reports back, all on the scheduler's event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from radixmesh.services.scheduler.config import PREFETCH_POLICIES, SchedulerConfig
+from radixmesh.services.scheduler.host_slots import HostSlots
+from radixmesh.services.scheduler.page_allocator import PageAllocator
+from radixmesh.services.scheduler.prefix_cache.hi_radix_cache import HiRadixCache
+from radixmesh.services.scheduler.request import Prefetch, SchedReq
+from radixmesh.shared.page_keys import KeyNamespace, page_keys
+from radixmesh.shared.step import HostPoolAttachment, PageCopies, WorkerInfo
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class PrefetchJob:
+    """One prefetch: pages `first_page ..` of a request's prompt (keyed `keys`), into `slots`."""
+
+    req: SchedReq
+    epoch: str
+    tokens: tuple[int, ...]  # the prompt's full pages
+    first_page: int
+    keys: list[bytes]
+    slots: list[int] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True, slots=True)
+class HostPoolSpec:
+    """What the hicache service answered to Attach."""
+
+    name: str
+    num_slots: int
+    epoch: str
+    storage: bool
+
+
+class HostCache:
+    """Invariants: the tree's host tier always belongs to `epoch`; a reply of another epoch
+    changes nothing; every prefetch job's slots are counted in `num_prefetching` until it
+    ends; requests wait for a prefetch only under the wait_complete and timeout policies."""
+
+    def __init__(self, cache: HiRadixCache, key_root: bytes, prefetch_policy: str,
+                 threshold_tokens: int, timeout_s: float) -> None:
+        if prefetch_policy not in PREFETCH_POLICIES:
+            raise ValueError(f"unknown --hicache-prefetch-policy {prefetch_policy!r}")
+        self.cache = cache
+        self.key_root = key_root
+        self.policy = prefetch_policy
+        self.threshold_pages = max(1, -(-threshold_tokens // cache.page_size))
+        self.timeout_s = timeout_s
+        self.spec: HostPoolSpec | None = None
+        self.pending_spec: HostPoolSpec | None = None  # applied once queued copies went out
+        self.jobs: dict[str, PrefetchJob] = {}
+        self.stores: list[tuple[bytes, int]] = []
+
+    @property
+    def epoch(self) -> str:
+        return self.spec.epoch if self.spec else ""
+
+    @property
+    def storage(self) -> bool:
+        return self.spec is not None and self.spec.storage
+
+    # ---- the host pool and its epoch -----------------------------------------------------
+
+    def attach(self, spec: HostPoolSpec | None) -> None:
+        """The hicache service (re)started, or went away (None): its pool replaces ours."""
+        self.pending_spec = spec or HostPoolSpec("", 0, "", False)
+
+    def take_attachment(self) -> HostPoolAttachment | None:
+        """At the start of a plan: switches pools when no copy of the old one is queued."""
+        spec = self.pending_spec
+        if spec is None or self.cache.tier.has_copies:
+            return None
+        self.pending_spec = None
+        self.cache.drop_host_tier(HostSlots(spec.num_slots))
+        self.jobs.clear()
+        self.stores.clear()
+        self.spec = spec if spec.num_slots else None
+        logger.info("host pool %s: %d slots, epoch %s, L3 %s", spec.name or "(none)",
+                    spec.num_slots, spec.epoch or "-", "on" if spec.storage else "off")
+        return HostPoolAttachment(spec.name, spec.num_slots)
+
+    # ---- copies riding on step plans -------------------------------------------------------
+
+    @property
+    def has_copies(self) -> bool:
+        return self.cache.tier.has_copies or self.pending_spec is not None
+
+    def take_copies(self, step_id: int) -> tuple[PageCopies, PageCopies]:
+        return self.cache.tier.take_copies(step_id)
+
+    def acknowledge(self, backed_up_through: int) -> None:
+        """The worker's progress: backups that landed may now go to L3."""
+        stores = self.cache.tier.take_stores(backed_up_through)
+        if self.storage:
+            self.stores.extend(stores)
+        else:
+            self.cache.tier.storing.clear()
+
+    # ---- prefetch ------------------------------------------------------------------------
+
+    def holds_back(self, req: SchedReq) -> bool:
+        """Whether `req` should wait for its prefetch before it is admitted."""
+        job = self.jobs.get(req.rid)
+        if job is None or self.policy == "best_effort":
+            return False
+        return self.policy == "wait_complete" or time.monotonic() - job.started < self.timeout_s
+
+    def lookup_candidates(self, waiting: list[SchedReq]) -> list[PrefetchJob]:
+        """New requests whose prompt extends past the cache by at least the threshold: the
+        keys of those pages, for the link to ask L3 about."""
+        if not self.storage:
+            return []
+        found = []
+        for req in waiting:
+            if req.prefetch is not None:
+                continue
+            req.prefetch = Prefetch.DONE
+            tokens = req.all_ids[:req.seq_len - 1]
+            match = self.cache.match_prefix(tokens)
+            cached_pages = (match.num_tokens + match.num_host_tokens) // self.cache.page_size
+            num_pages = len(tokens) // self.cache.page_size
+            if num_pages - cached_pages < self.threshold_pages:
+                continue
+            size = num_pages * self.cache.page_size
+            keys = page_keys(self.key_root, tokens[:size], self.cache.page_size)
+            job = PrefetchJob(req, self.epoch, tuple(tokens[:size]), cached_pages,
+                              keys[cached_pages:])
+            self.jobs[req.rid] = job
+            req.prefetch = Prefetch.LOOKING
+            found.append(job)
+        return found
+
+    def start_fetch(self, job: PrefetchJob, num_in_storage: int) -> bool:
+        """L3 holds `num_in_storage` leading pages of the job: grants host slots for them.
+        False when it is not worth it (or no slots): the job ends."""
+        count = min(num_in_storage, len(job.keys))
+        host = self.cache.host
+        if job.epoch != self.epoch or count < self.threshold_pages:
+            return self.end(job)
+        if count > host.num_free:
+            self.cache.evict_host(count - host.num_free)
+        slots = host.alloc(min(count, host.num_free), for_worker=False)
+        if not slots:
+            return self.end(job)
+        job.slots, job.keys = slots, job.keys[:len(slots)]
+        self.cache.tier.num_prefetching += len(slots)
+        job.req.prefetch = Prefetch.FETCHING
+        return True
+
+    def finish_fetch(self, job: PrefetchJob, num_done: int) -> int:
+        """The pages the hicache service placed go into the tree as host-only nodes; returns
+        how many tokens were prefetched."""
+        if job.epoch != self.epoch:
+            return 0  # the slots were of a pool that is gone
+        tier, page_size = self.cache.tier, self.cache.page_size
+        tier.num_prefetching -= len(job.slots)
+        done = max(0, min(num_done, len(job.slots)))
+        end = (job.first_page + done) * page_size
+        unused = self.cache.insert_prefetched(job.tokens[:end], job.slots[:done],
+                                              job.keys[:done]) if done else []
+        self.cache.host.free(unused + job.slots[done:], after_step=tier.next_step)
+        self.end(job)
+        return done * page_size
+
+    def end(self, job: PrefetchJob) -> bool:
+        """The job is over (nothing fetched, or its pages are in): its request goes on."""
+        self.jobs.pop(job.req.rid, None)
+        job.req.prefetch = Prefetch.DONE
+        return False
+
+    # ---- stores to L3 --------------------------------------------------------------------
+
+    def take_stores(self) -> list[tuple[bytes, int]]:
+        stores, self.stores = self.stores, []
+        return stores if self.storage else []
+
+    def stored(self, slots: list[int], epoch: str) -> None:
+        if epoch == self.epoch:
+            self.cache.tier.storing.difference_update(slots)
+
+
+def build_host_cache(config: SchedulerConfig, worker: WorkerInfo,
+                     allocator: PageAllocator) -> HostCache | None:
+    """The tiered cache of `--enable-hierarchical-cache`, with no host pool until the hicache
+    service attaches one; None when the flag is off or the worker holds no KV."""
+    if not config.enable_hierarchical_cache or config.disable_radix_cache:
+        return None
+    if worker.kv_dtype == "none":
+        logger.warning("--enable-hierarchical-cache: the %s worker holds no KV; ignored",
+                       worker.worker or "null")
+        return None
+    namespace = KeyNamespace(model_id=worker.model_id,
+                             weights_fingerprint=worker.weights_fingerprint or "unknown",
+                             kv_dtype=worker.kv_dtype, page_size=worker.page_size,
+                             tp_layout="tp1")
+    key_root = namespace.root()
+    cache = HiRadixCache(worker.page_size, allocator, HostSlots(0),
+                         config.hicache_write_policy, key_root)
+    return HostCache(cache, key_root, config.hicache_prefetch_policy,
+                     config.hicache_prefetch_threshold, config.hicache_prefetch_timeout)
