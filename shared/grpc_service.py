@@ -57,6 +57,15 @@ class ServiceServer:
         await self.set_serving(False)
         await self.server.stop(grace)
 
+    async def serve_until_stopped(self) -> None:
+        """Reports SERVING, then serves until the server ends or the task is cancelled; stops
+        the server (NOT_SERVING first) on the way out either way."""
+        await self.set_serving()
+        try:
+            await self.server.wait_for_termination()
+        finally:
+            await self.stop()
+
 
 async def start_server(address: str, register: Callable[[grpc.aio.Server], None],
                        service_names: Sequence[str],

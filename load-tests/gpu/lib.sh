@@ -8,6 +8,7 @@ declare -A MESH_VARIANTS=(
   [mesh]=""
   [mesh-noradix]="--disable-radix-cache"
   [mesh-null]="--worker null"
+  [mesh-hicache]="--enable-hierarchical-cache"
 )
 
 SERVER_PID=""        # the running `radixmesh up`, if any

@@ -17,8 +17,10 @@ download() {
 # mesh steps); idna (yarl's) is surely there through httpx, carried in case it is not.
 # The stubs need the grpcio they were generated for (the image has an older one).
 grpc_version=$(python3 -c "import grpc_tools, importlib.metadata as m; print(m.version('grpcio-tools'))")
-download "grpcio==$grpc_version" "grpcio-health-checking==$grpc_version" \
-  "grpcio-reflection==$grpc_version" prometheus-client \
+# The health and reflection packages are released less often than grpcio: any of its minor.
+grpc_minor=${grpc_version%.*}
+download "grpcio==$grpc_version" "grpcio-health-checking==$grpc_minor.*" \
+  "grpcio-reflection==$grpc_minor.*" prometheus-client \
   aiohttp aiohappyeyeballs aiosignal frozenlist multidict propcache yarl attrs idna \
   pytest-timeout hypothesis sortedcontainers
 if [[ "${WITH_FLASHINFER:-0}" == 1 ]]; then

@@ -11,6 +11,7 @@
 #        mesh:WORKLOAD         `radixmesh bench --path mesh` against `radixmesh up`
 #        mesh-noradix:WORKLOAD ... against `radixmesh up --disable-radix-cache`
 #        mesh-null:WORKLOAD    ... against `radixmesh up --worker null`
+#        mesh-hicache:WORKLOAD ... against `radixmesh up --enable-hierarchical-cache`
 #        hf                    HF transformers `generate`, batch 1 and 256 (hf_generate.py)
 # Consecutive steps of one mesh variant share one `radixmesh up`; any other step stops it
 # first (one model on the GPU at a time), so keep each variant's steps together.

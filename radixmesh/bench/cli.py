@@ -41,10 +41,7 @@ from radixmesh.bench.workloads import (
     build_workload,
 )
 from radixmesh.client import DEFAULT_ADDRESS, AsyncClient, RadixMeshClientError
-from radixmesh.engine import Engine
-from radixmesh.services.scheduler.config import SchedulerConfig
-from radixmesh.services.worker.config import WorkerConfig
-from radixmesh.shared.cli_args import add_config_arguments, config_from_args
+from radixmesh.engine import Engine, add_engine_arguments, engine_configs_from_args
 
 
 @dataclass
@@ -83,8 +80,7 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_multiturn_args(parser)
     engine = parser.add_argument_group("engine flags (--path offline only)")
-    add_config_arguments(engine, WorkerConfig)
-    add_config_arguments(engine, SchedulerConfig)
+    add_engine_arguments(engine)
 
 
 def workload_from_args(args: argparse.Namespace, model_vocab_size: int) -> Workload:
@@ -99,11 +95,11 @@ def sampling_from_args(args: argparse.Namespace) -> dict:
 
 
 def run_offline(args: argparse.Namespace) -> CompletedRun:
-    engine = Engine(config_from_args(WorkerConfig, args), config_from_args(SchedulerConfig, args))
+    engine = Engine(*engine_configs_from_args(args))
     workload = workload_from_args(args, engine.info.vocab_size)
     traces = run_on_engine(engine, workload, sampling_from_args(args), args.max_concurrency,
                            progress=not args.no_progress)
-    device = local_device(use_cuda=engine.runner.device.type == "cuda")
+    device = local_device(use_cuda=engine.runner.on_gpu)
     return CompletedRun(workload, traces, device, {"model": engine.info.model_id,
                                                    "worker": "model"})
 
@@ -140,8 +136,7 @@ def check_args(args: argparse.Namespace) -> str | None:
         if args.max_concurrency is not None and args.max_concurrency < 1:
             raise ValueError("--max-concurrency must be >= 1")
         if args.path == "offline":
-            config_from_args(WorkerConfig, args)
-            config_from_args(SchedulerConfig, args)
+            engine_configs_from_args(args)
     except ValueError as error:
         return str(error)
     return None

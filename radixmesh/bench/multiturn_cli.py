@@ -38,10 +38,7 @@ from radixmesh.bench.results import (
 from radixmesh.bench.table import format_multiturn, format_summary
 from radixmesh.bench.workloads import FIRST_TOKEN_ID, scaled
 from radixmesh.client import AsyncClient, RadixMeshClientError
-from radixmesh.engine import Engine
-from radixmesh.services.scheduler.config import SchedulerConfig
-from radixmesh.services.worker.config import WorkerConfig
-from radixmesh.shared.cli_args import config_from_args
+from radixmesh.engine import Engine, engine_configs_from_args
 
 FRONT_DOOR_HTTP_PORT = 30000  # `radixmesh up`'s default --port, where /metrics is served
 _FLAGS = {"num_clients": "--num-clients", "num_rounds": "--num-rounds",
@@ -160,11 +157,11 @@ async def run_mesh(args: argparse.Namespace, sampling: dict) -> MultiturnRun:
 
 
 def run_offline(args: argparse.Namespace, sampling: dict) -> MultiturnRun:
-    engine = Engine(config_from_args(WorkerConfig, args), config_from_args(SchedulerConfig, args))
+    engine = Engine(*engine_configs_from_args(args))
     options = checked_options(args, engine.info)
     loop = ClosedLoop(options)
     run_multiturn_on_engine(engine, loop, sampling, progress=not args.no_progress)
-    device = local_device(use_cuda=engine.runner.device.type == "cuda")
+    device = local_device(use_cuda=engine.runner.on_gpu)
     # No front door in-process, so no Prometheus text to read tiers from.
     return MultiturnRun(options, loop, device, {**server_settings(engine.info),
                                                 "worker": "model"}, {}, "not scraped")

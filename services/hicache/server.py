@@ -31,11 +31,7 @@ async def serve(config: HiCacheConfig) -> None:
             [SERVICE_NAME])
         logger.info("hicache serving on port %d (L3: %s)", server.port,
                     config.hicache_storage_backend or "none")
-        await server.set_serving()
-        try:
-            await server.server.wait_for_termination()
-        finally:
-            await server.stop()
+        await server.serve_until_stopped()
     finally:
         metrics.close()
         cache.close()

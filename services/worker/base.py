@@ -36,10 +36,11 @@ class ModelWorker(ABC):
     - A plan that contradicts the worker's state (unknown request, a chunk that does not start
       at the request's KV length) raises PlanError and changes nothing the next plan relies on.
     - Per-request state lives until the request's id comes back in `released`.
-    Workers are chosen by name from the registry in `services/worker/__init__.py`.
+    Workers are chosen by name from the registry in `services/worker/worker_registry.py`.
     """
 
     name: str = ""
+    on_gpu: bool = False  # computes on a CUDA device (what a benchmark reports as its device)
 
     @abstractmethod
     def info(self) -> WorkerInfo: ...

@@ -131,6 +131,10 @@ class ModelRunner(ModelWorker):
         runner.capture()
         return runner
 
+    @property
+    def on_gpu(self) -> bool:
+        return self.device.type == "cuda"
+
     def info(self) -> WorkerInfo:
         pool = self.kv_pool
         return WorkerInfo(

@@ -37,10 +37,6 @@ async def serve(config: WorkerConfig) -> None:
         logger.info("%s worker serving %s on port %d: %d pages of %d tokens, %d slots",
                     worker.name, info.model_id, server.port, info.num_pages, info.page_size,
                     info.max_running_requests)
-        await server.set_serving()
-        try:
-            await server.server.wait_for_termination()
-        finally:
-            await server.stop()
+        await server.serve_until_stopped()
     finally:
         executor.shutdown(wait=False, cancel_futures=True)
