@@ -24,7 +24,8 @@ INTERNAL_HOST = "127.0.0.1"
 WORKER_WIRING = WorkerConfig.SERVICE_FIELDS
 SCHEDULER_WIRING = SchedulerConfig.SERVICE_FIELDS
 TOKENIZER_WIRING = frozenset({"scheduler_address", "detokenizer_address", "model_path"})
-# The worker's /metrics port is the worker's flag; the hicache service's has its own name.
+# `--metrics-port` would be ambiguous in `up`: the hicache service's is UpConfig's
+# --hicache-metrics-port.
 HICACHE_WIRING = frozenset({"host", "port", "metrics_port"})
 
 
@@ -32,6 +33,13 @@ HICACHE_WIRING = frozenset({"host", "port", "metrics_port"})
 class UpConfig:
     startup_timeout: float = field(default=600.0, metadata={
         "help": "seconds to wait for every service to report healthy"})
+    hicache_metrics_port: int = field(default=0, metadata={
+        "help": "port of the hicache service's Prometheus /metrics (0: off)"})
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.hicache_metrics_port <= 65535:
+            raise ValueError(f"--hicache-metrics-port must be in [0, 65535], "
+                             f"got {self.hicache_metrics_port}")
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,7 @@ def plan_mesh(up: UpConfig, worker: WorkerConfig, scheduler: SchedulerConfig,
     tiered = scheduler.enable_hierarchical_cache
     hicache_service = (ServiceCommand("hicache", serve_argv(
         log_level, "hicache", "--host", INTERNAL_HOST, "--port", str(hicache_port),
+        *(("--metrics-port", str(up.hicache_metrics_port)) if up.hicache_metrics_port else ()),
         *config_to_argv(hicache or HiCacheConfig(), skip=HICACHE_WIRING)), hicache_address),
     ) if tiered else ()
     services = (

@@ -113,8 +113,12 @@ class HostCache:
 
     def holds_back(self, req: SchedReq) -> bool:
         """Whether `req` should wait for its prefetch before it is admitted."""
+        if self.policy == "best_effort" or not self.storage:
+            return False
+        if req.prefetch is None:
+            return True  # L3 not asked yet: the link does so as soon as it hears of the request
         job = self.jobs.get(req.rid)
-        if job is None or self.policy == "best_effort":
+        if job is None:
             return False
         return self.policy == "wait_complete" or time.monotonic() - job.started < self.timeout_s
 

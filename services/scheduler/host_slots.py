@@ -24,13 +24,17 @@ class HostSlots:
       step that carried its backup (`ready_step`); slots filled by a prefetch are valid at once;
     - a quarantined slot becomes free once `backed_up_through` reaches the step it waits for:
       by then every plan that could read or write it has run on the worker; until then only
-      the worker's own (ordered) copies may reuse it.
+      the worker's own (ordered) copies may reuse it;
+    - `last_use(slots)` is the last step whose plan copies to or from any of them (planned
+      copies included): a slot freed with `after_step=last_use(...)` already acknowledged is
+      free at once, so host eviction can make room for a prefetch.
     """
 
     def __init__(self, num_slots: int) -> None:
         self.num_slots = num_slots
         self._free: list[int] = list(range(num_slots, 0, -1))
         self._ready_step = [0] * (num_slots + 1)
+        self._last_use = [0] * (num_slots + 1)
         self._quarantine: list[tuple[int, list[int]]] = []  # (step to wait for, slots)
         self._num_quarantined = 0
         self._backups: deque[tuple[int, list[int]]] = deque()  # planned, not acknowledged
@@ -69,6 +73,14 @@ class HostSlots:
         """A prefetch wrote these slots: valid now."""
         for slot in slots:
             self._ready_step[slot] = 0
+
+    def plan_use(self, slots: Sequence[int], step_id: int) -> None:
+        """The plan of `step_id` (sent or not yet) copies to or from these slots."""
+        for slot in slots:
+            self._last_use[slot] = max(self._last_use[slot], step_id)
+
+    def last_use(self, slots: Sequence[int]) -> int:
+        return max((self._last_use[slot] for slot in slots), default=0)
 
     def plan_backup(self, slots: Sequence[int], step_id: int) -> None:
         for slot in slots:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from radixmesh import serve
 from radixmesh.launcher.mesh_plan import UpConfig, plan_mesh
+from radixmesh.services.hicache.config import HiCacheConfig
 from radixmesh.services.scheduler.config import SchedulerConfig
 from radixmesh.services.tokenizer.config import TokenizerConfig
 from radixmesh.services.worker.config import WorkerConfig
@@ -101,3 +102,20 @@ def test_the_planned_command_lines_carry_every_engine_flag_and_wire_the_peers():
                                             detokenizer_address=addresses["detokenizer"])
     assert parsed["detokenizer"].model_path == "/models/m"
     assert plan.http_url == "http://127.0.0.1:31000" and plan.grpc_address == "127.0.0.1:30001"
+
+
+def test_the_hicache_service_takes_its_metrics_port_from_up():
+    worker = WorkerConfig(model_path="/models/m", worker="null")
+    scheduler = SchedulerConfig(enable_hierarchical_cache=True)
+    front_door = TokenizerConfig(model_path="/models/m")
+    hicache = HiCacheConfig(hicache_storage_backend="file", hicache_storage_dir="/l3")
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--log-level")
+    serve.add_cli_args(parser)
+    for port in (0, 9400):
+        plan = plan_mesh(UpConfig(hicache_metrics_port=port), worker, scheduler, front_door,
+                         "info", hicache)
+        [command] = [command for command in plan.services if command.name == "hicache"]
+        parsed = config_from_args(HiCacheConfig, parser.parse_args(command.argv[4:]))
+        assert parsed.metrics_port == port
+        assert parsed.hicache_storage_dir == "/l3"

@@ -114,6 +114,33 @@ def test_the_worker_may_reuse_quarantined_slots_for_its_own_later_copies() -> No
     assert host.num_quarantined == 0
 
 
+def test_host_eviction_frees_slots_whose_copies_ran_at_once_for_a_prefetch() -> None:
+    # Host memory full of host-only pages whose backups the worker has run: a prefetch, which
+    # takes free slots only, must find the slots host eviction gives back.
+    cache = make_cache(num_slots=2)
+    insert(cache, [1, 2, 3, 4])
+    run_step(cache, 1)
+    cache.evict(2)
+    assert cache.evict_host(2) == 2
+    assert cache.host.alloc(2, for_worker=False) is not None
+
+
+def test_slots_a_plan_in_flight_loads_from_wait_for_it_after_host_eviction() -> None:
+    cache = make_cache(num_slots=2)
+    tokens = [1, 2, 3, 4]
+    insert(cache, tokens)
+    run_step(cache, 1)
+    cache.evict(2)
+    cache.load(cache.match_prefix(tokens + [9]), cache.allocator.alloc(2))
+    cache.tier.take_copies(2)  # the load rides on plan 2, whose result is not back
+    cache.evict(2)
+    assert cache.evict_host(2) == 2
+    assert (cache.host.num_free, cache.host.num_quarantined) == (0, 2)
+    cache.tier.take_stores(2)
+    assert (cache.host.num_free, cache.host.num_quarantined) == (2, 0)
+    cache.check_consistency()
+
+
 def test_prefetched_pages_become_host_nodes_under_the_cached_prefix() -> None:
     cache = make_cache()
     tokens = [1, 2, 3, 4, 5, 6, 7, 8]

@@ -61,12 +61,14 @@ class HostTier:
         if slots is None:
             return False
         node.host_slots = slots
+        self.host.plan_use(slots, self.next_step)
         self._backups.extend(zip(node.page_ids, slots, strict=True))
         for slot, key in zip(slots, node.page_keys, strict=False):
             self.host.keys[slot] = key
         return True
 
     def plan_load(self, node: RadixNode, device_pages: list[int]) -> None:
+        self.host.plan_use(node.host_slots, self.next_step)
         self._loads.extend(zip(device_pages, node.host_slots, strict=True))
         node.from_storage = False
 
@@ -93,9 +95,12 @@ class HostTier:
     # -- releasing and host eviction ----------------------------------------------------------
 
     def release(self, node: RadixNode) -> int:
-        """Frees `node`'s slots once every plan that may touch them has run on the worker."""
+        """Frees `node`'s slots once every plan that copies to or from them has run on the
+        worker: at once when those plans are acknowledged already. (Waiting for the next plan
+        instead would quarantine every slot host eviction frees, and a prefetch, which takes
+        free slots only, would find none once host memory is full.)"""
         slots, node.host_slots = node.host_slots, []
-        self.host.free(slots, after_step=self.next_step)
+        self.host.free(slots, after_step=self.host.last_use(slots))
         return len(slots)
 
     def push_candidate(self, node: RadixNode) -> None:
