@@ -18,7 +18,6 @@ import logging
 import weakref
 from collections import deque
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from radixmesh.make_model import default_model_path
@@ -31,8 +30,9 @@ from radixmesh.services.worker.base import LaunchedStep
 from radixmesh.services.worker.config import WorkerConfig
 from radixmesh.services.worker.worker_registry import build_worker, model_path_of
 from radixmesh.shared.cli_args import add_config_arguments, config_from_args
+from radixmesh.shared.completion import TextCompletion
 from radixmesh.shared.errors import InvalidRequestError
-from radixmesh.shared.requests import FinishReason, TextDelta, Usage
+from radixmesh.shared.requests import TextDelta
 from radixmesh.shared.step import StepPlan, StepResult
 from radixmesh.shared.token_batch import TokenBatch
 from radixmesh.shared.tokenizer import load_tokenizer
@@ -41,15 +41,8 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-@dataclass
-class Completion:
-    """What one request produced, accumulated from its deltas."""
-
-    rid: str
-    output_ids: list[int] = field(default_factory=list)
-    text: str = ""
-    finish: FinishReason | None = None
-    usage: Usage | None = None
+# What one request produced: the shared accumulator over the cores' TextDeltas.
+Completion = TextCompletion
 
 
 class Engine:
@@ -152,12 +145,9 @@ class Engine:
         while self.has_work:
             for delta in self.step():
                 completion = completions[delta.rid]
-                completion.output_ids.extend(delta.token_ids)
-                completion.text += delta.text
-                if delta.finish is not None:
-                    completion.finish, completion.usage = delta.finish, delta.usage
-                    if on_finish is not None:
-                        on_finish(completion)
+                completion.add(delta)
+                if delta.finish is not None and on_finish is not None:
+                    on_finish(completion)
 
 
 # ---- the engine's flags: the worker's and the scheduler's, less the service-only ones ------

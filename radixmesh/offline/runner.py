@@ -87,13 +87,13 @@ def run_offline(engine: Engine, bodies: list[dict | InvalidRequestError],
     summary = OfflineSummary(
         num_requests=len(bodies), num_failed=len(bodies) - len(completions),
         prompt_tokens=sum(c.usage.prompt_tokens for c in completions.values() if c.usage),
-        output_tokens=sum(len(c.output_ids) for c in completions.values()),
+        output_tokens=sum(len(c.token_ids) for c in completions.values()),
         seconds=seconds, cache_hit_rate=engine.scheduler.stats.cache_hit_rate)
     return [record for record in records if record is not None], summary
 
 
 def completion_record(index: int, completion: Completion) -> dict:
-    return {"index": index, "output_ids": completion.output_ids, "text": completion.text,
+    return {"index": index, "output_ids": completion.token_ids, "text": completion.text,
             "finish_reason": completion.finish.to_dict() if completion.finish else None,
             "usage": completion.usage.to_dict() if completion.usage else None}
 

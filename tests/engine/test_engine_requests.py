@@ -16,7 +16,7 @@ CHAT = [{"role": "system", "content": "You are terse."},
 
 
 def decode(engine: Engine, completion: Completion) -> str:
-    return engine.tokenizer.decode(completion.output_ids)
+    return engine.tokenizer.decode(completion.token_ids)
 
 
 def test_text_prompt_is_its_tokens(tiny_models, make_engine):
@@ -24,7 +24,7 @@ def test_text_prompt_is_its_tokens(tiny_models, make_engine):
     prompt_ids = engine.tokenizer.encode(QUICK_FOX["text"])
     by_ids_body = {key: value for key, value in QUICK_FOX.items() if key != "text"}
     by_text, by_ids = engine.generate([QUICK_FOX, by_ids_body | {"input_ids": prompt_ids}])
-    assert by_text.output_ids == by_ids.output_ids
+    assert by_text.token_ids == by_ids.token_ids
     assert by_text.text == by_ids.text == decode(engine, by_text)
     assert by_text.usage.prompt_tokens == len(prompt_ids)
     assert by_text.usage.completion_tokens == MAX_NEW_TOKENS
@@ -37,7 +37,7 @@ def test_chat_messages_go_through_the_chat_template(arch, tiny_models, make_engi
     body = {"max_new_tokens": 12, "temperature": 0, "ignore_eos": True}
     by_messages, by_ids = engine.generate([body | {"messages": CHAT},
                                            body | {"input_ids": template_ids}])
-    assert by_messages.output_ids == by_ids.output_ids
+    assert by_messages.token_ids == by_ids.token_ids
     assert by_messages.text == decode(engine, by_messages)
     assert by_messages.usage.prompt_tokens == len(template_ids)
 
@@ -62,21 +62,21 @@ def test_stop_string_truncates_before_the_match(tiny_models, make_engine):
     assert stopped.text == full.text[:start]
     assert stopped.finish.to_dict() == {"type": "stop", "matched": stop}
     # Generation halts at the token that completed the stop string.
-    assert 0 < len(stopped.output_ids) < MAX_NEW_TOKENS
-    assert stopped.output_ids == full.output_ids[:len(stopped.output_ids)]
+    assert 0 < len(stopped.token_ids) < MAX_NEW_TOKENS
+    assert stopped.token_ids == full.token_ids[:len(stopped.token_ids)]
     assert stop in decode(engine, stopped)
-    assert stop not in engine.tokenizer.decode(stopped.output_ids[:-1])
-    assert stopped.usage.completion_tokens == len(stopped.output_ids)
-    assert len(other.output_ids) == MAX_NEW_TOKENS, "the neighbour runs on after the stop"
+    assert stop not in engine.tokenizer.decode(stopped.token_ids[:-1])
+    assert stopped.usage.completion_tokens == len(stopped.token_ids)
+    assert len(other.token_ids) == MAX_NEW_TOKENS, "the neighbour runs on after the stop"
 
 
 def test_stop_token_ids_stop_even_with_ignore_eos(tiny_models, make_engine):
     engine = make_engine(tiny_models["llama"])
     [full] = engine.generate([QUICK_FOX])
-    stop_at = full.output_ids[MAX_NEW_TOKENS // 2]
-    first = full.output_ids.index(stop_at)
+    stop_at = full.token_ids[MAX_NEW_TOKENS // 2]
+    first = full.token_ids.index(stop_at)
     [stopped] = engine.generate([QUICK_FOX | {"stop_token_ids": [stop_at]}])
-    assert stopped.output_ids == full.output_ids[:first + 1]
+    assert stopped.token_ids == full.token_ids[:first + 1]
     assert stopped.finish.to_dict() == {"type": "stop", "matched": stop_at}
     assert stopped.text == decode(engine, stopped)
     assert stopped.usage.completion_tokens == first + 1
@@ -96,11 +96,11 @@ def test_eos_ends_a_request_unless_ignore_eos(tiny_models, make_engine):
     ignoring = engine.generate([body | {"ignore_eos": True} for body, _ in eos_ended])
     for (_, stopped), full in zip(eos_ended, ignoring, strict=True):
         assert stopped.finish.matched in engine.info.eos_token_ids
-        assert stopped.output_ids[-1] == stopped.finish.matched
-        assert stopped.text == engine.tokenizer.decode(stopped.output_ids[:-1]), \
+        assert stopped.token_ids[-1] == stopped.finish.matched
+        assert stopped.text == engine.tokenizer.decode(stopped.token_ids[:-1]), \
             "EOS is a special token: it adds no text"
-        assert full.output_ids[:len(stopped.output_ids)] == stopped.output_ids
-        assert len(full.output_ids) == 24 and full.finish.to_dict() == {"type": "length"}
+        assert full.token_ids[:len(stopped.token_ids)] == stopped.token_ids
+        assert len(full.token_ids) == 24 and full.finish.to_dict() == {"type": "length"}
 
 
 # ---- abort -----------------------------------------------------------------------------------
@@ -114,7 +114,7 @@ BYSTANDER = {"input_ids": [1, 5, 9, 14], "max_new_tokens": 8, "temperature": 0,
 def advance(engine: Engine, completions: dict[str, Completion]) -> None:
     """One engine step, its deltas added to `completions` (an unknown id raises KeyError)."""
     for delta in engine.step():
-        completions[delta.rid].output_ids.extend(delta.token_ids)
+        completions[delta.rid].token_ids.extend(delta.token_ids)
         completions[delta.rid].finish = delta.finish
 
 
@@ -122,7 +122,7 @@ def reached(engine: Engine, victim: Completion, state: str) -> bool:
     partial = engine.scheduler.partial
     return {"waiting": True,
             "prefilling": partial is not None and partial.rid == victim.rid,
-            "decoding": len(victim.output_ids) >= 3}[state]
+            "decoding": len(victim.token_ids) >= 3}[state]
 
 
 @pytest.mark.parametrize("state", ["waiting", "prefilling", "decoding"])
@@ -153,7 +153,7 @@ def test_abort_ends_a_request_and_frees_its_pages(state, tiny_models, make_engin
     bystander = completions["bystander"]
     assert bystander.finish.to_dict() == {"type": "length"}
     [alone] = engine.generate([BYSTANDER])
-    assert bystander.output_ids == alone.output_ids
+    assert bystander.token_ids == alone.token_ids
 
 
 def test_abort_a_retracted_request(tiny_models, make_engine):
@@ -175,4 +175,4 @@ def test_abort_a_retracted_request(tiny_models, make_engine):
     assert retracted[0] not in engine.detokenizer
     while engine.has_work:
         advance(engine, completions)
-    assert all(len(c.output_ids) == 16 for c in completions.values())
+    assert all(len(c.token_ids) == 16 for c in completions.values())

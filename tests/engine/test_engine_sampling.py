@@ -36,7 +36,7 @@ def test_seeded_output_is_the_same_alone_and_in_any_batch(extra, tiny_models, ma
     [prompt] = draw_prompts(engine.info.vocab_size, [12])
     target = SAMPLED | extra | {"input_ids": prompt, "seed": 2024}
     [alone] = engine.generate([target])
-    assert len(alone.output_ids) == MAX_NEW_TOKENS
+    assert len(alone.token_ids) == MAX_NEW_TOKENS
 
     [cached] = engine.generate([target])  # the prompt now comes from the radix cache
     others = neighbours(engine.info.vocab_size)
@@ -44,7 +44,7 @@ def test_seeded_output_is_the_same_alone_and_in_any_batch(extra, tiny_models, ma
     # The worker's random_seed only seeds requests that bring none.
     [elsewhere] = make_engine(tiny_models["llama"], random_seed=7).generate([target])
     for completion in (cached, batch[3], elsewhere):
-        assert completion.output_ids == alone.output_ids
+        assert completion.token_ids == alone.token_ids
 
 
 def test_seeded_outputs_survive_retraction(tiny_models, make_engine):
@@ -54,19 +54,19 @@ def test_seeded_outputs_survive_retraction(tiny_models, make_engine):
     # Every request is seeded, so whichever the scheduler retracts is checked.
     bodies = [SAMPLED | (PENALTIES if index % 2 else {}) | {"input_ids": prompt, "seed": index}
               for index, prompt in enumerate(prompts)]
-    expected = [roomy.generate([body])[0].output_ids for body in bodies]
+    expected = [roomy.generate([body])[0].token_ids for body in bodies]
 
     tight = make_engine(tiny_models["llama"], max_total_tokens=64, page_size=4)
     completions = tight.generate(bodies)
     assert tight.scheduler.stats.num_retractions > 0, "the pool should have forced retraction"
-    assert [c.output_ids for c in completions] == expected
+    assert [c.token_ids for c in completions] == expected
 
 
 def test_different_seeds_give_different_outputs(tiny_models, make_engine):
     engine = make_engine(tiny_models["llama"])
     [prompt] = draw_prompts(engine.info.vocab_size, [12])
     bodies = [SAMPLED | {"input_ids": prompt, "seed": seed} for seed in range(4)]
-    outputs = {tuple(c.output_ids) for c in engine.generate(bodies)}
+    outputs = {tuple(c.token_ids) for c in engine.generate(bodies)}
     assert len(outputs) == len(bodies)
 
 
@@ -74,7 +74,7 @@ def test_unseeded_requests_draw_their_own_seeds(tiny_models, make_engine):
     engine = make_engine(tiny_models["llama"])
     [prompt] = draw_prompts(engine.info.vocab_size, [12])
     first, second = engine.generate([SAMPLED | {"input_ids": prompt}] * 2)
-    assert first.output_ids != second.output_ids
+    assert first.token_ids != second.token_ids
 
 
 @pytest.mark.parametrize("temperature", [1e-6, 1e-45, 1e-300])
@@ -84,7 +84,7 @@ def test_a_tiny_temperature_decodes_greedily(temperature, tiny_models, make_engi
     body = {"text": "The quick brown fox", "max_new_tokens": MAX_NEW_TOKENS, "ignore_eos": True}
     greedy, tiny = engine.generate([body | {"temperature": 0},
                                     body | {"temperature": temperature, "seed": 1}])
-    assert tiny.output_ids == greedy.output_ids
+    assert tiny.token_ids == greedy.token_ids
 
 
 def test_a_top_k_beyond_the_vocabulary_means_no_limit(tiny_models, make_engine):
@@ -92,7 +92,7 @@ def test_a_top_k_beyond_the_vocabulary_means_no_limit(tiny_models, make_engine):
     body = {"text": "The quick brown fox", "max_new_tokens": MAX_NEW_TOKENS, "ignore_eos": True,
             "temperature": 1.0, "seed": 5}
     unlimited, huge = engine.generate([body | {"top_k": -1}, body | {"top_k": 2**31 - 1}])
-    assert huge.output_ids == unlimited.output_ids
+    assert huge.token_ids == unlimited.token_ids
     with pytest.raises(InvalidRequestError) as error:
         engine.submit("too-wide", body | {"top_k": 10**30})  # beyond what the wire carries
     assert error.value.field == "top_k"
@@ -116,6 +116,6 @@ def test_penalties_cut_repetition(penalty, tiny_models, make_engine):
     engine = make_engine(tiny_models["llama"])
     [alone] = engine.generate([LOOPING])
     plain, penalized = engine.generate([LOOPING, LOOPING | penalty])
-    assert plain.output_ids == alone.output_ids, "a penalized neighbour changed a greedy row"
-    assert num_repeats(plain.output_ids) >= 10, "the baseline should loop"
-    assert num_repeats(penalized.output_ids) <= num_repeats(plain.output_ids) // 2
+    assert plain.token_ids == alone.token_ids, "a penalized neighbour changed a greedy row"
+    assert num_repeats(plain.token_ids) >= 10, "the baseline should loop"
+    assert num_repeats(penalized.token_ids) <= num_repeats(plain.token_ids) // 2

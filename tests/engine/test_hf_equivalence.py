@@ -71,7 +71,7 @@ def test_greedy_matches_hf(arch, case, tiny_models, make_engine):
     for round_ in range(2):
         completions = engine.generate(greedy_bodies(prompts))
         for prompt, want, got in zip(prompts, expected, completions, strict=True):
-            assert got.output_ids == want, f"{case} round {round_}: prompt {prompt[:8]}..."
+            assert got.token_ids == want, f"{case} round {round_}: prompt {prompt[:8]}..."
             assert got.finish.kind.value == "length"
     stats = engine.scheduler.stats
     if case == "retract":
@@ -92,5 +92,5 @@ def test_eos_stops_like_hf(tiny_models, make_engine):
     [completion] = engine.generate([{"input_ids": prompt, "max_new_tokens": MAX_NEW_TOKENS,
                                      "temperature": 0, "stop_token_ids": [stop_at]}])
     first = reference.index(stop_at)
-    assert completion.output_ids == reference[:first + 1]
+    assert completion.token_ids == reference[:first + 1]
     assert completion.finish.kind.value == "stop" and completion.finish.matched == stop_at

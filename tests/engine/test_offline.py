@@ -105,7 +105,7 @@ def test_bad_lines_get_errors_and_good_lines_completions(short_model, make_engin
         body, expected = bodies[index % len(bodies)], reference[index % len(bodies)]
         want = body["max_new_tokens"]
         assert len(record["output_ids"]) == want
-        assert record["output_ids"] == expected.output_ids
+        assert record["output_ids"] == expected.token_ids
         assert record["text"] == engine.tokenizer.decode(record["output_ids"])
         assert record["finish_reason"] == {"type": "length"}
         usage = record["usage"]
@@ -166,7 +166,7 @@ def test_cli_writes_one_line_per_request(flags, tiny_models, make_engine, tmp_pa
     expected = make_engine(model_path).generate(
         [body for index, body in enumerate(CLI_BODIES) if index != CLI_BAD_LINE])
     got = [record for index, record in enumerate(records) if index != CLI_BAD_LINE]
-    assert [r["output_ids"] for r in got] == [c.output_ids for c in expected]
+    assert [r["output_ids"] for r in got] == [c.token_ids for c in expected]
     assert [r["text"] for r in got] == [c.text for c in expected]
     assert f"requests: {len(CLI_BODIES)} (1 failed)" in run.stderr
     assert "tok/s" in run.stderr

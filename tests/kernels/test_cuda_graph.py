@@ -28,7 +28,7 @@ def generate(model, disable_cuda_graph: bool, backend: str = "triton") -> tuple[
     # through padded buckets (8, then sizes between buckets) down to 1.
     bodies = [{"text": text, "max_new_tokens": 8 + 6 * i, "temperature": 0, "ignore_eos": True}
               for i, text in enumerate(PROMPTS)]
-    return [c.output_ids for c in engine.generate(bodies)], engine
+    return [c.token_ids for c in engine.generate(bodies)], engine
 
 
 # float32, where eager and replayed kernels must agree exactly: the Triton backend. (FlashInfer

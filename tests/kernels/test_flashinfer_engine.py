@@ -149,7 +149,7 @@ def generate(model: Path, page_size: int) -> list[list[int]]:
     bodies = [{"text": text, "max_new_tokens": 40, "temperature": 0, "ignore_eos": True}
               for text in PROMPTS]
     # Twice: the second round's prompts hit the radix cache (extends over a cached prefix).
-    outputs = [c.output_ids for c in engine.generate(bodies) + engine.generate(bodies)]
+    outputs = [c.token_ids for c in engine.generate(bodies) + engine.generate(bodies)]
     assert engine.runner.backend.name == "flashinfer"
     return outputs
 

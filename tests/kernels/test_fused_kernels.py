@@ -139,7 +139,7 @@ def generate(model, fused: bool) -> list[list[int]]:
                         SchedulerConfig(chunked_prefill_size=32))
         bodies = [{"text": text, "max_new_tokens": 32, "temperature": 0, "ignore_eos": True}
                   for text in PROMPTS]
-        return [c.output_ids for c in engine.generate(bodies)]
+        return [c.token_ids for c in engine.generate(bodies)]
     finally:
         set_fused_kernels(previous)
 

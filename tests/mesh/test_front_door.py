@@ -56,7 +56,7 @@ def test_grpc_greedy_output_equals_the_in_process_engine() -> None:
             got = await asyncio.gather(*(client.complete(text=prompt, max_new_tokens=12,
                                                          temperature=0) for prompt in PROMPTS))
             for completion, reference in zip(got, expected, strict=True):
-                assert completion.token_ids == reference.output_ids
+                assert completion.token_ids == reference.token_ids
                 assert completion.text == reference.text
                 assert completion.usage["completion_tokens"] == 12
             await wait_idle(door)

@@ -62,7 +62,7 @@ def test_greedy_output_through_the_mesh_equals_the_engine(model_mesh: MeshProces
             return await asyncio.gather(*(client.complete(**body) for body in bodies))
 
     for body, got, reference in zip(bodies, asyncio.run(run()), expected, strict=True):
-        assert got.token_ids == reference.output_ids
+        assert got.token_ids == reference.token_ids
         assert got.text == reference.text
         assert got.finish["type"] == reference.finish.kind.value
         # And HF transformers, from the same prompt ids (both stop at the model's EOS).
