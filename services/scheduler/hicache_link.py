@@ -18,7 +18,7 @@ from radixmesh.services.scheduler.host_cache import HostCache, HostPoolSpec, Pre
 from radixmesh.services.scheduler.request import SchedReq
 from radixmesh.services.scheduler.stats import SchedulerStats
 from radixmesh.shared.grpc_service import INTERNAL_OPTIONS
-from radixmesh.shared.protos_gen import common_pb2, hicache_pb2, hicache_pb2_grpc
+from radixmesh.shared.protos_gen import hicache_pb2, hicache_pb2_grpc
 from radixmesh.shared.step import WorkerInfo
 
 logger = logging.getLogger(__name__)
@@ -141,6 +141,3 @@ class HiCacheLink:
             self._lost(error)
         finally:
             self.host_cache.stored(slots, epoch)
-
-    async def clear(self) -> None:
-        await self._stub.Clear(common_pb2.Empty(), timeout=CALL_TIMEOUT_S)

@@ -16,7 +16,7 @@ from radixmesh.services.scheduler.host_slots import HostSlots
 from radixmesh.services.scheduler.page_allocator import PageAllocator
 from radixmesh.services.scheduler.prefix_cache.hi_radix_cache import HiRadixCache
 from radixmesh.services.scheduler.request import Prefetch, SchedReq
-from radixmesh.shared.page_keys import KeyNamespace, page_keys
+from radixmesh.shared.page_keys import KeyNamespace
 from radixmesh.shared.step import HostPoolAttachment, PageCopies, WorkerInfo
 
 logger = logging.getLogger(__name__)
@@ -138,10 +138,10 @@ class HostCache:
             num_pages = len(tokens) // self.cache.page_size
             if num_pages - cached_pages < self.threshold_pages:
                 continue
-            size = num_pages * self.cache.page_size
-            keys = page_keys(self.key_root, tokens[:size], self.cache.page_size)
-            job = PrefetchJob(req, self.epoch, tuple(tokens[:size]), cached_pages,
-                              keys[cached_pages:])
+            page_size = self.cache.page_size
+            size = num_pages * page_size
+            keys = self.cache.keys_past(match, tokens[cached_pages * page_size:size])
+            job = PrefetchJob(req, self.epoch, tuple(tokens[:size]), cached_pages, keys)
             self.jobs[req.rid] = job
             req.prefetch = Prefetch.LOOKING
             found.append(job)
@@ -175,7 +175,7 @@ class HostCache:
         end = (job.first_page + done) * page_size
         unused = self.cache.insert_prefetched(job.tokens[:end], job.slots[:done],
                                               job.keys[:done]) if done else []
-        self.cache.host.free(unused + job.slots[done:], after_step=tier.next_step)
+        self.cache.host.release(unused + job.slots[done:])
         self.end(job)
         return done * page_size
 

@@ -90,9 +90,6 @@ class HostSlots:
     def is_valid(self, slots: Sequence[int]) -> bool:
         return all(self._ready_step[slot] <= self.backed_up_through for slot in slots)
 
-    def ready_step(self, slots: Sequence[int]) -> int:
-        return max((self._ready_step[slot] for slot in slots), default=0)
-
     def free(self, slots: Sequence[int], after_step: int) -> None:
         """Gives slots back once the worker has run every plan up to `after_step`."""
         if not slots:
@@ -104,6 +101,10 @@ class HostSlots:
             return
         self._quarantine.append((after_step, list(slots)))
         self._num_quarantined += len(slots)
+
+    def release(self, slots: Sequence[int]) -> None:
+        """Frees slots once every plan that copies to or from them has run on the worker."""
+        self.free(slots, after_step=self.last_use(slots))
 
     def acknowledge(self, backed_up_through: int) -> list[int]:
         """Records the worker's progress; returns the slots holding a keyed page whose backup

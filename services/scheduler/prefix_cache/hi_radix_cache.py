@@ -50,17 +50,29 @@ class HiRadixCache(RadixCache):
     def match_prefix(self, token_ids: Sequence[int]) -> PrefixMatch:
         aligned = len(token_ids) - len(token_ids) % self.page_size
         node, num_tokens, page_ids = self._walk(tuple(token_ids[:aligned]))
-        hosted: list[RadixNode] = []
-        while node is not self._root and not node.page_ids:
-            hosted.append(node)
-            node = node.parent
-        hosted.reverse()
+        node, hosted = self._host_tail(node)
         num_host_tokens = sum(len(n.key) for n in hosted)
         if self.write_policy == "write_through_selective":
             self._back_up_path(node)  # a hit: worth keeping beyond the device
         return PrefixMatch(page_ids=tuple(page_ids), num_tokens=num_tokens - num_host_tokens,
                            handle=node, num_host_tokens=num_host_tokens,
                            host_handle=tuple(hosted) or None)
+
+    def _host_tail(self, node: RadixNode) -> tuple[RadixNode, list[RadixNode]]:
+        """Splits the path that ends at `node` into its device part (the deepest node with
+        device pages, or the root) and the host-only nodes below it, top down."""
+        hosted: list[RadixNode] = []
+        while node is not self._root and not node.page_ids:
+            hosted.append(node)
+            node = node.parent
+        hosted.reverse()
+        return node, hosted
+
+    def keys_past(self, match: PrefixMatch, token_ids: Sequence[int]) -> list[bytes]:
+        """The page keys of `token_ids`, the pages right after those `match` covers: chained
+        from the last matched page's key, which the tree already holds."""
+        deepest = match.host_handle[-1] if match.host_handle else match.handle
+        return self.tier.keys_after(deepest, token_ids)
 
     def _walk(self, key: tuple[int, ...]) -> tuple[RadixNode, int, list[int]]:
         """RadixCache's walk, cut where host bytes are not valid yet (a backup still on its
@@ -95,13 +107,10 @@ class HiRadixCache(RadixCache):
             raise ValueError(f"{len(token_ids)} tokens do not fill {len(page_ids)} pages")
         key = tuple(token_ids)
         node, matched, _ = RadixCache._walk(self, key)
-        path: list[RadixNode] = []
-        while node is not self._root and not node.page_ids:
-            path.append(node)
-            node = node.parent
+        node, path = self._host_tail(node)
         device_tokens = matched - sum(len(n.key) for n in path)
         start = device_tokens // self.page_size
-        for hosted in reversed(path):
+        for hosted in path:
             count = len(hosted.key) // self.page_size
             self._give_device_pages(hosted, list(page_ids[start:start + count]))
             start += count

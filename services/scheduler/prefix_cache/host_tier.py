@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from radixmesh.services.scheduler.host_slots import HostSlots
 from radixmesh.services.scheduler.prefix_cache.radix_cache import expect
@@ -43,11 +43,15 @@ class HostTier:
     def add_keys(self, leaf: RadixNode) -> None:
         if self.key_root is None:
             return
-        parent = leaf.parent
-        assert parent is not None
-        chain_from = parent.page_keys[-1] if parent.page_keys else self.key_root
-        leaf.page_keys = page_keys(self.key_root, leaf.key, self.page_size,
-                                   parent=None if chain_from is self.key_root else chain_from)
+        assert leaf.parent is not None
+        leaf.page_keys = self.keys_after(leaf.parent, leaf.key)
+
+    def keys_after(self, node: RadixNode, token_ids: Sequence[int]) -> list[bytes]:
+        """The keys of the pages of `token_ids`, which follow `node`'s last page (the root:
+        they start the chain)."""
+        assert self.key_root is not None, "page keys need a key root"
+        parent = node.page_keys[-1] if node.page_keys else None
+        return page_keys(self.key_root, token_ids, self.page_size, parent=parent)
 
     def split(self, head: RadixNode, tail: RadixNode, num_pages: int) -> None:
         head.host_slots, tail.host_slots = tail.host_slots[:num_pages], tail.host_slots[num_pages:]
@@ -100,7 +104,7 @@ class HostTier:
         instead would quarantine every slot host eviction frees, and a prefetch, which takes
         free slots only, would find none once host memory is full.)"""
         slots, node.host_slots = node.host_slots, []
-        self.host.free(slots, after_step=self.host.last_use(slots))
+        self.host.release(slots)
         return len(slots)
 
     def push_candidate(self, node: RadixNode) -> None:
