@@ -23,8 +23,7 @@ from typing import Protocol
 from radixmesh.services.tokenizer.live_request import LiveRequest, RequestStream
 from radixmesh.services.tokenizer.metrics import FrontDoorMetrics
 from radixmesh.services.tokenizer.request_builder import RequestBody, RequestBuilder
-from radixmesh.shared.errors import InvalidRequestError
-from radixmesh.shared.errors import UnavailableError as MeshUnavailableError
+from radixmesh.shared.errors import InvalidRequestError, UnavailableError
 from radixmesh.shared.mesh_info import ModelInfo, SchedulerLoad
 from radixmesh.shared.requests import FinishKind, FinishReason, TextDelta, TokenizedRequest
 from radixmesh.shared.tokenizer import TextTokenizer
@@ -46,7 +45,7 @@ class TextSubscription(Protocol):
 
 
 class MeshLink(Protocol):
-    """The router's view of the mesh. Every failure is raised as MeshUnavailableError."""
+    """The router's view of the mesh. Every failure is raised as UnavailableError."""
 
     async def get_info(self) -> ModelInfo: ...
     async def get_load(self) -> SchedulerLoad: ...
@@ -100,7 +99,7 @@ class Router:
     async def run(self) -> None:
         """Connects to the mesh and serves until cancelled, reconnecting after failures.
 
-        Requests live while a connection breaks end with MeshUnavailableError: the scheduler
+        Requests live while a connection breaks end with UnavailableError: the scheduler
         may have lost them, so the front door does not pretend they go on.
         """
         delay = self._retry_delay
@@ -110,7 +109,7 @@ class Router:
                 await self._connect()
                 connected = True
                 await self._serve_connection()
-            except MeshUnavailableError as exc:
+            except UnavailableError as exc:
                 # Waiting for peers that are still starting is normal; losing them is not.
                 logger.log(logging.WARNING if connected else logging.INFO,
                            "mesh unavailable: %s", exc)
@@ -140,7 +139,7 @@ class Router:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 task.result()  # raises the failure that ended the connection
-            raise MeshUnavailableError("a mesh stream ended")
+            raise UnavailableError("a mesh stream ended")
         finally:
             for task in tasks:
                 task.cancel()
@@ -157,7 +156,7 @@ class Router:
         An empty or missing `rid` gets a fresh one; a client's must not be live already.
         """
         if self._builder is None or self.info is None:
-            raise MeshUnavailableError("the front door is not connected to the mesh yet")
+            raise UnavailableError("the front door is not connected to the mesh yet")
         rid = rid or uuid.uuid4().hex
         if len(rid) > MAX_RID_LENGTH:
             raise InvalidRequestError("rid", f"must be at most {MAX_RID_LENGTH} characters")
@@ -168,7 +167,7 @@ class Router:
     def submit(self, request: TokenizedRequest) -> RequestStream:
         """Queues a built request for the scheduler; its deltas arrive on the returned stream."""
         if not self.ready:
-            raise MeshUnavailableError("the front door is not connected to the mesh")
+            raise UnavailableError("the front door is not connected to the mesh")
         if request.rid in self._live:
             raise InvalidRequestError("rid", f"request id {request.rid!r} is already in use")
         live = LiveRequest(request.rid, len(request.input_ids))
@@ -210,7 +209,7 @@ class Router:
     async def _receive(self, subscription: TextSubscription) -> None:
         async for deltas in subscription:
             self.route(deltas)
-        raise MeshUnavailableError("the detokenizer ended the subscription")
+        raise UnavailableError("the detokenizer ended the subscription")
 
     def route(self, deltas: Sequence[TextDelta]) -> None:
         """Hands each delta to its request's queue; deltas of unknown ids are dropped."""
@@ -249,5 +248,5 @@ class Router:
         live, self._live = self._live, {}
         self._outbox, self._outbox_aborts = {}, []
         for request in live.values():
-            request.queue.put_nowait(MeshUnavailableError(reason))
+            request.queue.put_nowait(UnavailableError(reason))
 

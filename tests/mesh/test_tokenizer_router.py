@@ -15,9 +15,9 @@ import pytest
 from radixmesh.services.detokenizer.detokenizer import Detokenizer
 from radixmesh.services.tokenizer.mesh_link import GrpcMeshLink
 from radixmesh.services.tokenizer.metrics import FrontDoorMetrics
-from radixmesh.services.tokenizer.router import MeshUnavailableError, Router
+from radixmesh.services.tokenizer.router import Router
 from radixmesh.services.worker.null_worker import NullWorker
-from radixmesh.shared.errors import InvalidRequestError
+from radixmesh.shared.errors import InvalidRequestError, UnavailableError
 from radixmesh.shared.requests import FinishKind
 from radixmesh.shared.trace_context import TraceContext
 from tests.mesh.front_door_harness import free_port, null_worker, tiny_tokenizer
@@ -212,11 +212,11 @@ def test_losing_the_mesh_fails_live_requests_and_the_router_reconnects() -> None
             stream = router.submit(router.build("x", {"text": "hi", "max_new_tokens": 1500}))
             await anext(stream)
             await mesh.stop()
-            with pytest.raises(MeshUnavailableError):
+            with pytest.raises(UnavailableError):
                 async for _ in stream:
                     pass
             assert not router.ready
-            with pytest.raises(MeshUnavailableError):
+            with pytest.raises(UnavailableError):
                 router.submit(router.build("y", {"text": "hi"}))
             replacement = MiniMesh(null_worker(), Detokenizer(tiny_tokenizer()))
             await replacement.start(port)
