@@ -27,6 +27,21 @@ class TraceContext:
     def __bool__(self) -> bool:
         return bool(self.traceparent)
 
+    @property
+    def trace_id(self) -> str:
+        """The 32-hex trace id ("" when empty): what a user searches for in Jaeger."""
+        return self.traceparent[3:35]
+
+    @property
+    def sampled(self) -> bool:
+        """The W3C `sampled` flag: decided once at the front door, obeyed everywhere after."""
+        return bool(self.traceparent) and int(self.traceparent[53:55], 16) & 1 == 1
+
+    @classmethod
+    def of_span(cls, trace_id: int, span_id: int, flags: int, tracestate: str = "") -> TraceContext:
+        """The context that makes a span with these ids the parent of spans elsewhere."""
+        return cls(f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}", tracestate)
+
     @classmethod
     def parse(cls, traceparent: str | None, tracestate: str | None = None) -> TraceContext:
         """The context as received, or NO_TRACE when `traceparent` is missing or malformed

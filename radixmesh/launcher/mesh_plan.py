@@ -17,6 +17,7 @@ from radixmesh.services.scheduler.config import SchedulerConfig
 from radixmesh.services.tokenizer.config import TokenizerConfig
 from radixmesh.services.worker.config import WorkerConfig
 from radixmesh.shared.grpc_service import host_port
+from radixmesh.shared.tracing import TracingFlags
 
 INTERNAL_HOST = "127.0.0.1"
 # Set by the launcher itself, never taken from the user's flags: where each internal service
@@ -83,7 +84,7 @@ def plan_mesh(up: UpConfig, worker: WorkerConfig, scheduler: SchedulerConfig,
             *config_to_argv(worker, skip=WORKER_WIRING)), worker_address),
         ServiceCommand("detokenizer", serve_argv(
             log_level, "detokenizer", "--host", INTERNAL_HOST, "--port", str(detok_port),
-            *model), detok_address),
+            *model, *tracing_argv(front_door)), detok_address),
         *hicache_service,
         ServiceCommand("scheduler", serve_argv(
             log_level, "scheduler", "--host", INTERNAL_HOST, "--port", str(scheduler_port),
@@ -124,6 +125,11 @@ def config_to_argv(config: object, skip: frozenset[str] = frozenset()) -> list[s
         else:
             argv.extend((flag, str(value)))
     return argv
+
+
+def tracing_argv(config: TracingFlags) -> list[str]:
+    """The tracing flags of `config`, for a service whose other flags the launcher sets."""
+    return config_to_argv(TracingFlags(config.enable_trace, config.otlp_traces_endpoint))
 
 
 def pick_free_ports(count: int) -> list[int]:

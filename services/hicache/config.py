@@ -7,13 +7,14 @@ from dataclasses import dataclass, field
 from radixmesh.services.hicache.storage import STORAGE_BACKENDS
 from radixmesh.shared.model_location import radixmesh_home
 from radixmesh.shared.peers import DEFAULT_PORTS
+from radixmesh.shared.tracing import TracingFlags
 
 # SGLang sizes host memory in decimal gigabytes (`--hicache-size 30` is 30e9 bytes).
 GB = 10**9
 
 
 @dataclass(frozen=True)
-class HiCacheConfig:
+class HiCacheConfig(TracingFlags):
     """Invariant after construction: `hicache_storage_dir` is set."""
 
     host: str = field(default="127.0.0.1", metadata={"help": "interface to listen on"})

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from radixmesh.shared.peers import DEFAULT_PORTS, peer_address, peer_help
+from radixmesh.shared.tracing import TracingFlags
 
 # The hierarchical cache's policies, named as SGLang names them.
 WRITE_POLICIES = ("write_through", "write_through_selective", "write_back")
@@ -17,7 +18,7 @@ PREFETCH_POLICIES = ("best_effort", "wait_complete", "timeout")
 
 
 @dataclass(frozen=True)
-class SchedulerConfig:
+class SchedulerConfig(TracingFlags):
     """Invariant after construction: both peer addresses are set."""
 
     # Where the service listens and how it reaches its peers: `radixmesh up` sets these itself

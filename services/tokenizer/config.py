@@ -10,12 +10,13 @@ from dataclasses import dataclass, field
 
 from radixmesh.shared.model_location import model_name
 from radixmesh.shared.peers import peer_address, peer_help
+from radixmesh.shared.tracing import TracingFlags
 
 DEFAULT_MAX_REQUEST_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
-class TokenizerConfig:
+class TokenizerConfig(TracingFlags):
     """Invariant after construction: both peer addresses and `served_model_name` are set."""
 
     model_path: str | None = field(default=None, metadata={

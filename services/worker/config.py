@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from radixmesh.shared.peers import DEFAULT_PORTS
+from radixmesh.shared.tracing import TracingFlags
 
 # The null worker holds no KV tensors, so its pool is only metadata: make it roomy enough for
 # the null-worker workload (1000 streams of a few hundred tokens) unless told otherwise.
@@ -14,7 +15,7 @@ NULL_DEFAULT_MAX_RUNNING = 1024
 
 
 @dataclass(frozen=True)
-class WorkerConfig:
+class WorkerConfig(TracingFlags):
     # Where the service listens: `radixmesh up` sets host and port itself, and the in-process
     # engine, which has no sockets, leaves all three at their defaults.
     SERVICE_FIELDS: ClassVar[frozenset[str]] = frozenset({"host", "port", "metrics_port"})
