@@ -22,7 +22,10 @@ grpc_minor=${grpc_version%.*}
 download "grpcio==$grpc_version" "grpcio-health-checking==$grpc_minor.*" \
   "grpcio-reflection==$grpc_minor.*" prometheus-client \
   aiohttp aiohappyeyeballs aiosignal frozenlist multidict propcache yarl attrs idna \
-  pytest-timeout hypothesis sortedcontainers
+  pytest-timeout hypothesis sortedcontainers \
+  opentelemetry-api opentelemetry-sdk opentelemetry-exporter-otlp-proto-grpc \
+  opentelemetry-exporter-otlp-proto-common opentelemetry-proto opentelemetry-semantic-conventions \
+  googleapis-common-protos importlib-metadata zipp typing-extensions
 if [[ "${WITH_FLASHINFER:-0}" == 1 ]]; then
   download flashinfer-python==0.5.3 apache-tvm-ffi nvidia-cudnn-frontend
 fi
