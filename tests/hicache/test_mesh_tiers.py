@@ -185,7 +185,11 @@ def test_requests_ended_midway_leak_no_slot_or_file(
             (turn.conversation, turn.round)]
     wait_idle(tiered.mesh)
     assert tiered.mesh.process.poll() is None, "the mesh ended after the aborts"
-    assert tiers_since(tiered.mesh, before)["host"] > 0
+    # Each resent prompt nearly fills the device pool, so its history comes through host
+    # slots: straight from L2, or from files loaded into L2 first (which of the two depends on
+    # what the aborted round left in L2). Leaked slots would starve both.
+    served = tiers_since(tiered.mesh, before)
+    assert served["host"] + served["storage"] > 0
     l3 = samples(scrape(tiered.hicache_metrics_url))
     assert len(page_files(tiered.l3_dir)) == l3["radixmesh:hicache_l3_pages"]
     assert temp_files(tiered.l3_dir) == []
