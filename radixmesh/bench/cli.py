@@ -3,6 +3,7 @@
     radixmesh bench --workload sharegpt-like                  # a running mesh at --server
     radixmesh bench --workload sharegpt-like --path offline   # the same, in-process
     radixmesh bench --workload multiturn-long                 # closed loop: multiturn_cli.py
+    radixmesh bench --workload online --trace-breakdown localhost:4318  # time per stage
 
 Prints a summary table and writes the result JSON to load-tests/results/ (see results.py).
 The ratio of the two paths' output throughputs on one workload is the cost of the mesh.
@@ -33,6 +34,8 @@ from radixmesh.bench.results import (
 )
 from radixmesh.bench.table import format_summary
 from radixmesh.bench.trace import RequestTrace
+from radixmesh.bench.trace_breakdown import format_breakdown
+from radixmesh.bench.trace_collector import TraceCollector
 from radixmesh.bench.workloads import (
     FIRST_TOKEN_ID,
     WORKLOADS,
@@ -78,6 +81,11 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", type=Path, default=DEFAULT_RESULTS_DIR)
     parser.add_argument("--no-save", action="store_true", help="print only; write no JSON")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--trace-breakdown", metavar="HOST:PORT", default=None,
+                        help="listen for the mesh's OTLP spans at HOST:PORT (start it with "
+                             "--enable-trace --otlp-traces-endpoint HOST:PORT) and print the "
+                             "median and p99 time per stage: tokenize, queue, prefill, decode, "
+                             "detokenize (mesh path only)")
     add_multiturn_args(parser)
     engine = parser.add_argument_group("engine flags (--path offline only)")
     add_engine_arguments(engine)
@@ -104,12 +112,16 @@ def run_offline(args: argparse.Namespace) -> CompletedRun:
                                                    "worker": "model"})
 
 
-async def run_mesh(args: argparse.Namespace) -> CompletedRun:
+async def run_mesh(args: argparse.Namespace,
+                   spans: TraceCollector | None = None) -> CompletedRun:
+    """`spans`, when given, hands out each request's traceparent."""
     async with AsyncClient(args.server) as client:
         info = await client.model_info()
         workload = workload_from_args(args, info.vocab_size)
+        traceparents = None if spans is None else spans.traceparents(len(workload.requests))
         traces = await run_on_mesh(client, workload, sampling_from_args(args),
-                                   args.max_concurrency, progress=not args.no_progress)
+                                   args.max_concurrency, progress=not args.no_progress,
+                                   traceparents=traceparents)
     device = mesh_device(args.device_label)
     return CompletedRun(workload, traces, device, {"model": info.model_id, "worker": info.worker,
                                                    "server": args.server})
@@ -135,11 +147,26 @@ def check_args(args: argparse.Namespace) -> str | None:
                         scale=args.scale, seed=args.seed)
         if args.max_concurrency is not None and args.max_concurrency < 1:
             raise ValueError("--max-concurrency must be >= 1")
+        if args.trace_breakdown is not None:
+            trace_breakdown_problem(args)
         if args.path == "offline":
             engine_configs_from_args(args)
     except ValueError as error:
         return str(error)
     return None
+
+
+def trace_breakdown_problem(args: argparse.Namespace) -> None:
+    """Raises ValueError if --trace-breakdown cannot work with the other options."""
+    if args.path == "offline":
+        raise ValueError("--trace-breakdown reads the spans a mesh exports; the offline path "
+                         "makes none (drop --path offline)")
+    if args.workload == MULTITURN:
+        raise ValueError(f"--trace-breakdown does not run with {MULTITURN}")
+    host, _, port = args.trace_breakdown.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ValueError(f"--trace-breakdown takes HOST:PORT, the mesh's "
+                         f"--otlp-traces-endpoint; got {args.trace_breakdown!r}")
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -149,8 +176,23 @@ def run_cli(args: argparse.Namespace) -> int:
         return 2
     if args.workload == MULTITURN:  # a closed loop: prompts are built as rounds finish
         return run_multiturn(args, sampling_from_args(args))
+    spans = None
+    if args.trace_breakdown is not None:
+        try:  # before any request: the mesh exports from the first one on
+            spans = TraceCollector(args.trace_breakdown).start()
+        except ValueError as error:
+            print(f"radixmesh bench: {error}", file=sys.stderr)
+            return 2
     try:
-        run = run_offline(args) if args.path == "offline" else asyncio.run(run_mesh(args))
+        return run_and_report(args, spans)
+    finally:
+        if spans is not None:
+            spans.stop()
+
+
+def run_and_report(args: argparse.Namespace, spans: TraceCollector | None) -> int:
+    try:
+        run = run_offline(args) if args.path == "offline" else asyncio.run(run_mesh(args, spans))
     except RadixMeshClientError as error:  # only model_info(): a failed stream is a figure
         print(f"radixmesh bench: the mesh at {args.server} did not answer: {error}",
               file=sys.stderr)
@@ -161,9 +203,13 @@ def run_cli(args: argparse.Namespace) -> int:
     errors = error_counts(run.traces)
     for message, count in errors.items():
         print(f"failed x{count}: {message}", file=sys.stderr)
+    extra = {}
+    if spans is not None:  # spans or none, the run's own figures stand
+        extra["trace_breakdown"] = rounded(spans.report())
+        print(format_breakdown(extra["trace_breakdown"], spans.address))
     if not args.no_save:
         result = build_result(run.workload.name, args.path, run.device, sys.argv,
                               rounded(metrics.to_dict()), **run_settings(args, run),
-                              errors=errors)
+                              errors=errors, **extra)
         print(f"result: {write_result(result, args.output_dir, run.device)}")
     return 0 if metrics.completed else 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Sequence
 
 from tqdm import tqdm
 
@@ -45,9 +46,10 @@ async def stream_one(client: AsyncClient, body: dict, trace: RequestTrace,
 
 
 async def run_on_mesh(client: AsyncClient, workload: Workload, sampling: dict,
-                      max_concurrency: int | None = None,
-                      progress: bool = True) -> list[RequestTrace]:
-    """Runs every request of `workload` to its end; one trace per request, in workload order."""
+                      max_concurrency: int | None = None, progress: bool = True,
+                      traceparents: Sequence[str] | None = None) -> list[RequestTrace]:
+    """Runs every request of `workload` to its end; one trace per request, in workload order.
+    `traceparents`, one per request, go out as each request's W3C trace context."""
     traces = [RequestTrace(len(request.input_ids)) for request in workload.requests]
     slots = asyncio.Semaphore(max_concurrency) if max_concurrency else None
     start = time.perf_counter()
@@ -57,8 +59,11 @@ async def run_on_mesh(client: AsyncClient, workload: Workload, sampling: dict,
         async def send(index: int) -> None:
             request = workload.requests[index]
             await asyncio.sleep(max(0.0, start + request.arrival_s - time.perf_counter()))
+            body = request_body(request, sampling)
+            if traceparents is not None:
+                body["traceparent"] = traceparents[index]
             async with slots if slots is not None else contextlib.nullcontext():
-                await stream_one(client, request_body(request, sampling), traces[index])
+                await stream_one(client, body, traces[index])
             bar.update(1)
 
         await asyncio.gather(*(send(index) for index in range(len(traces))))

@@ -20,12 +20,12 @@ def _line(label: str, value: object) -> str:
     return f"{label + ':':<{LABEL_WIDTH}}{shown:>{WIDTH - LABEL_WIDTH}}"
 
 
-def _section(title: str, fill: str = "-") -> str:
+def section(title: str, fill: str = "-") -> str:
     return f" {title} ".center(WIDTH, fill)
 
 
 def _distribution(title: str, short: str, values: Distribution) -> list[str]:
-    return [_section(title),
+    return [section(title),
             _line(f"Mean {short} (ms)", values.mean),
             _line(f"Median {short} (ms)", values.median),
             _line(f"P99 {short} (ms)", values.p99)]
@@ -40,7 +40,7 @@ def format_summary(workload: str, path: str, request_rate: float | None,
         rate = "inf" if math.isinf(request_rate) else f"{request_rate:g} req/s"
     hit_rate = None if metrics.cache_hit_rate is None else f"{metrics.cache_hit_rate:.4f}"
     lines = [
-        _section("radixmesh bench result", "="),
+        section("radixmesh bench result", "="),
         _line("Workload", workload),
         _line("Path", path),
         _line("Request rate", rate),
@@ -80,7 +80,7 @@ def format_multiturn(metrics: dict, settings: dict) -> str:
                     _mean_p90(r["mean_ttft_ms"], r["p90_ttft_ms"]))
               for r in metrics["per_round"]]
     return "\n".join([
-        _section("multiturn-long"),
+        section("multiturn-long"),
         _line("Clients x rounds", f"{settings['num_clients']} x {settings['num_rounds']}"),
         _line("New / output tokens per round",
               f"{settings['new_tokens_per_round']} / {settings['output_len']}"),
@@ -92,7 +92,7 @@ def format_multiturn(metrics: dict, settings: dict) -> str:
         _line("Cache hit rate rounds 2-N", _rate(metrics["rounds_2_to_n_cache_hit_rate"])),
         _line("Ceiling hit rate", _rate(settings["ceiling_hit_rate"])),
         *(tiers or [_line("Hit rate per tier", metrics["per_tier_status"])]),
-        _section("TTFT by round, mean / p90 (ms)"),
+        section("TTFT by round, mean / p90 (ms)"),
         *rounds,
         "=" * WIDTH,
     ])

@@ -19,6 +19,7 @@ from radixmesh.launcher.mesh_plan import (
     TOKENIZER_WIRING,
     WORKER_WIRING,
     MeshPlan,
+    ServiceCommand,
     UpConfig,
     plan_mesh,
 )
@@ -95,10 +96,24 @@ def _run(plan: MeshPlan, group: ServiceGroup, stop: threading.Event, timeout: fl
 
 
 def _print_endpoints(plan: MeshPlan) -> None:
+    print(endpoints_text(plan), flush=True)
+
+
+def endpoints_text(plan: MeshPlan) -> str:
+    """What `up` prints once every service is healthy: one `NAME  ADDRESS` line per endpoint
+    (tests and scripts read those two columns), then a note in parentheses that gives the
+    service's Prometheus /metrics URL where it serves one."""
+    [front_door] = [command for command in plan.services if command.name == "tokenizer"]
     lines = ["radixmesh is up:",
-             f"  OpenAI HTTP  {plan.http_url}/v1",
+             f"  OpenAI HTTP  {plan.http_url}/v1{_note(front_door)}",
              f"  gRPC         {plan.grpc_address}"]
-    lines += [f"  {command.name:<12} {command.health_address}  (internal)"
+    lines += [f"  {command.name:<12} {command.health_address}{_note(command, 'internal')}"
               for command in plan.services if command.name != "tokenizer"]
     lines.append("Press Ctrl-C to stop.")
-    print("\n".join(lines), flush=True)
+    return "\n".join(lines)
+
+
+def _note(command: ServiceCommand, *parts: str) -> str:
+    if command.metrics_url is not None:
+        parts += (f"metrics: {command.metrics_url}",)
+    return f"  ({'; '.join(parts)})" if parts else ""

@@ -25,8 +25,8 @@ INTERNAL_HOST = "127.0.0.1"
 WORKER_WIRING = WorkerConfig.SERVICE_FIELDS
 SCHEDULER_WIRING = SchedulerConfig.SERVICE_FIELDS
 TOKENIZER_WIRING = frozenset({"scheduler_address", "detokenizer_address", "model_path"})
-# `--metrics-port` would be ambiguous in `up`: the hicache service's is UpConfig's
-# --hicache-metrics-port.
+# `--metrics-port` would be ambiguous in `up`: the worker's and the hicache service's are
+# UpConfig's --worker-metrics-port and --hicache-metrics-port.
 HICACHE_WIRING = frozenset({"host", "port", "metrics_port"})
 
 
@@ -36,11 +36,15 @@ class UpConfig:
         "help": "seconds to wait for every service to report healthy"})
     hicache_metrics_port: int = field(default=0, metadata={
         "help": "port of the hicache service's Prometheus /metrics (0: off)"})
+    worker_metrics_port: int = field(default=0, metadata={
+        "help": "port of the worker's Prometheus /metrics: idle time between steps, forward "
+                "time (0: off)"})
 
     def __post_init__(self) -> None:
-        if not 0 <= self.hicache_metrics_port <= 65535:
-            raise ValueError(f"--hicache-metrics-port must be in [0, 65535], "
-                             f"got {self.hicache_metrics_port}")
+        for flag, port in (("--hicache-metrics-port", self.hicache_metrics_port),
+                           ("--worker-metrics-port", self.worker_metrics_port)):
+            if not 0 <= port <= 65535:
+                raise ValueError(f"{flag} must be in [0, 65535], got {port}")
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,7 @@ class ServiceCommand:
     name: str
     argv: tuple[str, ...]
     health_address: str  # host:port whose gRPC health says when the service is up
+    metrics_url: str | None = None  # its Prometheus /metrics, where it serves one
 
 
 @dataclass(frozen=True)
@@ -75,13 +80,16 @@ def plan_mesh(up: UpConfig, worker: WorkerConfig, scheduler: SchedulerConfig,
     tiered = scheduler.enable_hierarchical_cache
     hicache_service = (ServiceCommand("hicache", serve_argv(
         log_level, "hicache", "--host", INTERNAL_HOST, "--port", str(hicache_port),
-        *(("--metrics-port", str(up.hicache_metrics_port)) if up.hicache_metrics_port else ()),
-        *config_to_argv(hicache or HiCacheConfig(), skip=HICACHE_WIRING)), hicache_address),
+        *metrics_argv(up.hicache_metrics_port),
+        *config_to_argv(hicache or HiCacheConfig(), skip=HICACHE_WIRING)), hicache_address,
+        metrics_url(INTERNAL_HOST, up.hicache_metrics_port)),
     ) if tiered else ()
+    http_url = f"http://{host_port(_reachable(front_door.host), front_door.port)}"
     services = (
         ServiceCommand("worker", serve_argv(
             log_level, "worker", "--host", INTERNAL_HOST, "--port", str(worker_port),
-            *config_to_argv(worker, skip=WORKER_WIRING)), worker_address),
+            *metrics_argv(up.worker_metrics_port), *config_to_argv(worker, skip=WORKER_WIRING)),
+            worker_address, metrics_url(INTERNAL_HOST, up.worker_metrics_port)),
         ServiceCommand("detokenizer", serve_argv(
             log_level, "detokenizer", "--host", INTERNAL_HOST, "--port", str(detok_port),
             *model, *tracing_argv(front_door)), detok_address),
@@ -97,9 +105,9 @@ def plan_mesh(up: UpConfig, worker: WorkerConfig, scheduler: SchedulerConfig,
             log_level, "tokenizer", "--scheduler-address", scheduler_address,
             "--detokenizer-address", detok_address, *model,
             *config_to_argv(front_door, skip=TOKENIZER_WIRING)),
-            host_port(_reachable(front_door.host), front_door.grpc_port)),
+            host_port(_reachable(front_door.host), front_door.grpc_port),
+            f"{http_url}/metrics"),  # served beside the OpenAI API, always
     )
-    http_url = f"http://{host_port(_reachable(front_door.host), front_door.port)}"
     return MeshPlan(services, http_url, host_port(_reachable(front_door.host),
                                                   front_door.grpc_port))
 
@@ -110,6 +118,15 @@ def serve_argv(log_level: str, service: str, *flags: str) -> tuple[str, ...]:
     # folders (kernels/ above all, which transformers imports by that name) never shadow
     # installed packages in a service.
     return (sys.executable, "-P", "-m", "radixmesh.serve", "--log-level", log_level, service, *flags)
+
+
+def metrics_argv(port: int) -> tuple[str, ...]:
+    """A service's `--metrics-port`, when `up` was given one for it (0: off)."""
+    return ("--metrics-port", str(port)) if port else ()
+
+
+def metrics_url(host: str, port: int) -> str | None:
+    return f"http://{host_port(host, port)}/metrics" if port else None
 
 
 def config_to_argv(config: object, skip: frozenset[str] = frozenset()) -> list[str]:

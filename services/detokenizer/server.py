@@ -10,7 +10,9 @@ from radixmesh.services.detokenizer.config import DetokenizerConfig
 from radixmesh.services.detokenizer.servicer import Broadcaster, DetokenizerServicer
 from radixmesh.shared.grpc_service import host_port, start_server
 from radixmesh.shared.protos_gen import internal_pb2, internal_pb2_grpc
+from radixmesh.shared.span_recorder import SpanRecorder
 from radixmesh.shared.tokenizer import load_tokenizer
+from radixmesh.shared.tracing import start_tracing, stop_tracing
 
 logger = logging.getLogger(__name__)
 SERVICE_NAME = internal_pb2.DESCRIPTOR.services_by_name["Detokenizer"].full_name
@@ -18,9 +20,17 @@ SERVICE_NAME = internal_pb2.DESCRIPTOR.services_by_name["Detokenizer"].full_name
 
 async def serve(config: DetokenizerConfig) -> None:
     """Serves until cancelled. Health turns SERVING once the tokenizer is loaded."""
+    recorder = start_tracing("detokenizer", config)
+    try:
+        await _serve(config, recorder)
+    finally:
+        stop_tracing(recorder)  # flushes what is queued, for SHUTDOWN_FLUSH_S at most
+
+
+async def _serve(config: DetokenizerConfig, recorder: SpanRecorder) -> None:
     tokenizer = await asyncio.to_thread(load_tokenizer, config.model_path)
     broadcaster = Broadcaster()
-    servicer = DetokenizerServicer(BatchDetokenizer(tokenizer), broadcaster)
+    servicer = DetokenizerServicer(BatchDetokenizer(tokenizer, recorder), broadcaster)
     server = await start_server(
         host_port(config.host, config.port),
         lambda grpc_server: internal_pb2_grpc.add_DetokenizerServicer_to_server(servicer,

@@ -1,6 +1,7 @@
 """The hicache service's Prometheus metrics (design §6), read from the core at each scrape, so
 the core's counters are the only copy: prefetched and stored tokens, copy bytes and seconds each
-way (bandwidth = rate(bytes) / rate(seconds)), lookups, and L2 / L3 sizes."""
+way (bandwidth = rate(bytes) / rate(seconds)), lookups, and L2 / L3 sizes. Every metric
+carries `model_name`, as the front door's do."""
 
 from __future__ import annotations
 
@@ -18,64 +19,78 @@ PREFIX = "radixmesh:hicache_"
 TO_L2, TO_L3 = "l3_to_l2", "l2_to_l3"
 
 
-def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
-    return CounterMetricFamily(PREFIX + name, documentation, value=value)
+MODEL_LABEL = "model_name"
 
 
-def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
-    return GaugeMetricFamily(PREFIX + name, documentation, value=value)
+class _Families:
+    """Makes the families of one scrape, each labelled with the model."""
+
+    def __init__(self, model_name: str) -> None:
+        self.model_name = model_name
+
+    def counter(self, name: str, documentation: str, value: float) -> CounterMetricFamily:
+        family = CounterMetricFamily(PREFIX + name, documentation, labels=[MODEL_LABEL])
+        family.add_metric([self.model_name], value)
+        return family
+
+    def gauge(self, name: str, documentation: str, value: float) -> GaugeMetricFamily:
+        family = GaugeMetricFamily(PREFIX + name, documentation, labels=[MODEL_LABEL])
+        family.add_metric([self.model_name], value)
+        return family
+
+    def by_direction(self, name: str, documentation: str, prefetched: float,
+                     stored: float) -> CounterMetricFamily:
+        family = CounterMetricFamily(PREFIX + name, documentation,
+                                     labels=[MODEL_LABEL, "direction"])
+        family.add_metric([self.model_name, TO_L2], prefetched)
+        family.add_metric([self.model_name, TO_L3], stored)
+        return family
 
 
-def _by_direction(name: str, documentation: str, prefetched: float,
-                  stored: float) -> CounterMetricFamily:
-    family = CounterMetricFamily(PREFIX + name, documentation, labels=["direction"])
-    family.add_metric([TO_L2], prefetched)
-    family.add_metric([TO_L3], stored)
-    return family
-
-
-def _storage_metrics(snapshot: HiCacheSnapshot) -> Iterator[Metric]:
+def _storage_metrics(make: _Families, snapshot: HiCacheSnapshot) -> Iterator[Metric]:
     usage, stats = snapshot.storage_usage, snapshot.storage_stats
     if usage is None or stats is None:
         return  # no L3: absent rather than a misleading 0 capacity
-    yield _gauge("l3_bytes", "Bytes of L3 storage in use", usage.bytes_used)
-    yield _gauge("l3_capacity_bytes", "Cap on L3 storage in bytes", usage.capacity_bytes)
-    yield _gauge("l3_pages", "Pages held in L3 storage", usage.num_files)
-    yield _counter("l3_corrupt_removed", "L3 pages dropped because they failed their check",
-                   stats.corrupt_removed)
-    yield _counter("l3_evicted", "L3 pages evicted to stay under the cap", stats.evicted)
-    yield _counter("l3_write_failures", "L3 page writes an OS error stopped",
-                   stats.write_failures)
+    yield make.gauge("l3_bytes", "Bytes of L3 storage in use", usage.bytes_used)
+    yield make.gauge("l3_capacity_bytes", "Cap on L3 storage in bytes", usage.capacity_bytes)
+    yield make.gauge("l3_pages", "Pages held in L3 storage", usage.num_files)
+    yield make.counter("l3_corrupt_removed", "L3 pages dropped because they failed their check",
+                       stats.corrupt_removed)
+    yield make.counter("l3_evicted", "L3 pages evicted to stay under the cap", stats.evicted)
+    yield make.counter("l3_write_failures", "L3 page writes an OS error stopped",
+                       stats.write_failures)
 
 
 class HiCacheCollector(Collector):
-    def __init__(self, snapshot: Callable[[], HiCacheSnapshot]) -> None:
+    def __init__(self, snapshot: Callable[[], HiCacheSnapshot], model_name: str) -> None:
         self._snapshot = snapshot
+        self._make = _Families(model_name)
 
     def collect(self) -> Iterator[Metric]:
-        snapshot = self._snapshot()
+        snapshot, make = self._snapshot(), self._make
         stats = snapshot.stats
-        yield _counter("prefetched_tokens", "Tokens read from L3 into L2 slots",
-                       stats.prefetched.tokens)
-        yield _counter("stored_tokens", "Tokens written from L2 slots to L3", stats.stored.tokens)
-        yield _by_direction("copy_bytes", "KV bytes copied between L2 and L3",
-                            stats.prefetched.bytes, stats.stored.bytes)
-        yield _by_direction("copy_seconds", "Seconds spent copying KV between L2 and L3",
-                            stats.prefetched.seconds, stats.stored.seconds)
-        yield _counter("lookups", "Lookups of page chains in L3", stats.lookups)
-        yield _counter("lookup_hit_tokens", "Tokens of leading pages lookups found in L3",
-                       stats.lookup_hit_tokens)
-        yield _gauge("l2_slots", "L2 host pool slots grantable", snapshot.l2_slots)
-        yield _gauge("l2_bytes", "Bytes of the L2 host pool", snapshot.l2_bytes)
-        yield from _storage_metrics(snapshot)
+        yield make.counter("prefetched_tokens", "Tokens read from L3 into L2 slots",
+                           stats.prefetched.tokens)
+        yield make.counter("stored_tokens", "Tokens written from L2 slots to L3",
+                           stats.stored.tokens)
+        yield make.by_direction("copy_bytes", "KV bytes copied between L2 and L3",
+                                stats.prefetched.bytes, stats.stored.bytes)
+        yield make.by_direction("copy_seconds", "Seconds spent copying KV between L2 and L3",
+                                stats.prefetched.seconds, stats.stored.seconds)
+        yield make.counter("lookups", "Lookups of page chains in L3", stats.lookups)
+        yield make.counter("lookup_hit_tokens", "Tokens of leading pages lookups found in L3",
+                           stats.lookup_hit_tokens)
+        yield make.gauge("l2_slots", "L2 host pool slots grantable", snapshot.l2_slots)
+        yield make.gauge("l2_bytes", "Bytes of the L2 host pool", snapshot.l2_bytes)
+        yield from _storage_metrics(make, snapshot)
 
 
 class HiCacheMetrics:
     """One registry per instance, so several services (or tests) in a process never collide."""
 
-    def __init__(self, snapshot: Callable[[], HiCacheSnapshot]) -> None:
+    def __init__(self, snapshot: Callable[[], HiCacheSnapshot], model_name: str) -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(HiCacheCollector(snapshot))
+        self.registry.register(HiCacheCollector(snapshot, model_name))
         self._http: WSGIServer | None = None
 
     def serve_http(self, host: str, port: int) -> None:

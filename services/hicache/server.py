@@ -10,6 +10,7 @@ from radixmesh.services.hicache.metrics import HiCacheMetrics
 from radixmesh.services.hicache.servicer import HiCacheServicer
 from radixmesh.shared.grpc_service import host_port, start_server
 from radixmesh.shared.protos_gen import hicache_pb2, hicache_pb2_grpc
+from radixmesh.shared.tracing import start_tracing, stop_tracing
 
 logger = logging.getLogger(__name__)
 SERVICE_NAME = hicache_pb2.DESCRIPTOR.services_by_name["HiCache"].full_name
@@ -19,11 +20,14 @@ async def serve(config: HiCacheConfig) -> None:
     """Serves until cancelled. The pool is made at the scheduler's first Attach; on the way
     out, however it comes (cancellation included), the pool's segment is unlinked."""
     cache = HiCache(config)
-    metrics = HiCacheMetrics(cache.snapshot)
+    # The service is not told which model it caches (nothing it is sent names one), so the
+    # label stays empty until a --served-model-name reaches it.
+    metrics = HiCacheMetrics(cache.snapshot, model_name="")
+    recorder = start_tracing("hicache", config)
     try:
         if config.metrics_port:
             metrics.serve_http(config.host, config.metrics_port)
-        servicer = HiCacheServicer(cache)
+        servicer = HiCacheServicer(cache, recorder)
         server = await start_server(
             host_port(config.host, config.port),
             lambda grpc_server: hicache_pb2_grpc.add_HiCacheServicer_to_server(servicer,
@@ -35,3 +39,4 @@ async def serve(config: HiCacheConfig) -> None:
     finally:
         metrics.close()
         cache.close()
+        stop_tracing(recorder)  # flushes what is queued, for SHUTDOWN_FLUSH_S at most

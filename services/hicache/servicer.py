@@ -1,5 +1,10 @@
 """The HiCache gRPC service: a thin layer over HiCache. Each call runs on a thread (the core
-blocks on file I/O), and errors leave through the shared table."""
+blocks on file I/O), and errors leave through the shared table.
+
+A Lookup or Prefetch that carries a sampled `traceparent` in its metadata (the scheduler's
+`hicache.prefetch` span) gets a span of its own, `hicache.lookup` / `hicache.prefetch`, as that
+span's child. Stores carry none: they write pages of the tree, not of one request.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +22,8 @@ from radixmesh.services.hicache.cache import HiCache
 from radixmesh.shared.errors import RadixMeshError
 from radixmesh.shared.grpc_service import abort_with
 from radixmesh.shared.protos_gen import common_pb2, hicache_pb2, hicache_pb2_grpc
+from radixmesh.shared.span_recorder import DISABLED, SpanRecorder, now_ns
+from radixmesh.shared.trace_context import NO_TRACE, TraceContext
 
 logger = logging.getLogger(__name__)
 Result = TypeVar("Result")
@@ -31,8 +38,9 @@ def layout_from_proto(layout: hicache_pb2.KVLayout) -> KVLayout:
 
 
 class HiCacheServicer(hicache_pb2_grpc.HiCacheServicer):
-    def __init__(self, cache: HiCache) -> None:
+    def __init__(self, cache: HiCache, recorder: SpanRecorder = DISABLED) -> None:
         self._cache = cache
+        self._recorder = recorder
 
     async def Attach(self, request: hicache_pb2.AttachRequest,
                      context: grpc.aio.ServicerContext) -> hicache_pb2.AttachReply:
@@ -46,12 +54,27 @@ class HiCacheServicer(hicache_pb2_grpc.HiCacheServicer):
     async def Lookup(self, request: hicache_pb2.LookupRequest,
                      context: grpc.aio.ServicerContext) -> hicache_pb2.LookupReply:
         keys = list(request.keys)
-        return hicache_pb2.LookupReply(
-            num_pages=await self._run(context, lambda _: self._cache.lookup(keys)))
+        trace = self._trace_of(context)
+        start = now_ns() if trace else 0
+        num_pages = await self._run(context, lambda _: self._cache.lookup(keys), trace,
+                                    "hicache.lookup")
+        if self._recorder.wants(trace):
+            self._recorder.record("hicache.lookup", trace, start, now_ns(), {
+                "radixmesh.hicache.asked_pages": len(keys),
+                "radixmesh.hicache.storage_pages": num_pages})
+        return hicache_pb2.LookupReply(num_pages=num_pages)
 
     async def Prefetch(self, request: hicache_pb2.PageTransfer,
                        context: grpc.aio.ServicerContext) -> hicache_pb2.TransferReply:
-        return await self._transfer(self._cache.prefetch, request, context)
+        trace = self._trace_of(context)
+        start = now_ns() if trace else 0
+        reply = await self._transfer(self._cache.prefetch, request, context, trace,
+                                     "hicache.prefetch")
+        if self._recorder.wants(trace):
+            self._recorder.record("hicache.prefetch", trace, start, now_ns(), {
+                "radixmesh.hicache.asked_pages": len(request.keys),
+                "radixmesh.hicache.prefetched_pages": reply.num_pages})
+        return reply
 
     async def Store(self, request: hicache_pb2.PageTransfer,
                     context: grpc.aio.ServicerContext) -> hicache_pb2.TransferReply:
@@ -64,18 +87,29 @@ class HiCacheServicer(hicache_pb2_grpc.HiCacheServicer):
         return common_pb2.Empty()
 
     async def _transfer(self, transfer: Transfer, request: hicache_pb2.PageTransfer,
-                        context: grpc.aio.ServicerContext) -> hicache_pb2.TransferReply:
+                        context: grpc.aio.ServicerContext, trace: TraceContext = NO_TRACE,
+                        span_name: str = "") -> hicache_pb2.TransferReply:
         keys, slots = list(request.keys), list(request.slots)
         num_pages = await self._run(
-            context, lambda stop: transfer(request.epoch, keys, slots, stop))
+            context, lambda stop: transfer(request.epoch, keys, slots, stop), trace, span_name)
         return hicache_pb2.TransferReply(num_pages=num_pages)
 
+    def _trace_of(self, context: grpc.aio.ServicerContext) -> TraceContext:
+        """The caller's span, when tracing is on and the call names a sampled one."""
+        if not self._recorder.enabled:
+            return NO_TRACE
+        metadata = dict(context.invocation_metadata() or ())
+        return TraceContext.from_carrier(metadata.get)
+
     async def _run(self, context: grpc.aio.ServicerContext,
-                   work: Callable[[threading.Event], Result]) -> Result:
+                   work: Callable[[threading.Event], Result], trace: TraceContext = NO_TRACE,
+                   span_name: str = "") -> Result:
         """`work(stop)` on a thread. A cancelled call (deadline, caller gone) sets `stop` and
         waits for the work to end before the RPC does, so no page moves into or out of the
-        caller's slots once its call is over."""
+        caller's slots once its call is over. A failure under a sampled `trace` is recorded
+        as the span `span_name`, with its error."""
         stop = threading.Event()
+        start = now_ns() if trace else 0
         running = asyncio.ensure_future(asyncio.to_thread(work, stop))
         try:
             return await asyncio.shield(running)
@@ -87,4 +121,6 @@ class HiCacheServicer(hicache_pb2_grpc.HiCacheServicer):
         except Exception as error:
             if not isinstance(error, RadixMeshError):
                 logger.exception("a HiCache call failed")
+            if self._recorder.wants(trace):
+                self._recorder.record(span_name, trace, start, now_ns(), error=error)
             await abort_with(context, error)

@@ -15,10 +15,12 @@ from collections.abc import Callable
 import grpc
 
 from radixmesh.services.scheduler.host_cache import HostCache, HostPoolSpec, PrefetchJob
+from radixmesh.services.scheduler.prefetch_span import PrefetchSpan, metadata_of
 from radixmesh.services.scheduler.request import SchedReq
 from radixmesh.services.scheduler.stats import SchedulerStats
 from radixmesh.shared.grpc_service import INTERNAL_OPTIONS
 from radixmesh.shared.protos_gen import hicache_pb2, hicache_pb2_grpc
+from radixmesh.shared.span_recorder import DISABLED, SpanRecorder
 from radixmesh.shared.step import WorkerInfo
 
 logger = logging.getLogger(__name__)
@@ -32,8 +34,10 @@ class HiCacheLink:
     waiting request be admitted."""
 
     def __init__(self, address: str, host_cache: HostCache, worker: WorkerInfo,
-                 stats: SchedulerStats, waiting: Callable[[], list[SchedReq]]) -> None:
+                 stats: SchedulerStats, waiting: Callable[[], list[SchedReq]],
+                 recorder: SpanRecorder = DISABLED) -> None:
         self.address = address
+        self._recorder = recorder
         self.host_cache = host_cache
         self._waiting = waiting
         self.worker = worker
@@ -106,21 +110,30 @@ class HiCacheLink:
             self._spawn(self._prefetch(job))
 
     async def _prefetch(self, job: PrefetchJob) -> None:
-        done = 0
+        done = in_storage = prefetched = 0
+        failure: grpc.aio.AioRpcError | None = None
+        span = PrefetchSpan.start(self._recorder, job.req.trace, len(job.keys))
+        metadata = metadata_of(span)  # None unless sampled: the hicache service's spans' parent
         try:
             reply = await self._stub.Lookup(hicache_pb2.LookupRequest(keys=job.keys),
-                                            timeout=CALL_TIMEOUT_S)
+                                            timeout=CALL_TIMEOUT_S, metadata=metadata)
+            in_storage = reply.num_pages
             if self.host_cache.start_fetch(job, reply.num_pages):
                 transfer = hicache_pb2.PageTransfer(epoch=job.epoch, keys=job.keys,
                                                     slots=job.slots)
-                done = (await self._stub.Prefetch(transfer, timeout=CALL_TIMEOUT_S)).num_pages
+                done = (await self._stub.Prefetch(transfer, timeout=CALL_TIMEOUT_S,
+                                                  metadata=metadata)).num_pages
         except grpc.aio.AioRpcError as error:
+            failure = error
             self._lost(error)
         finally:
             if job.slots:
-                self.stats.prefetched_tokens += self.host_cache.finish_fetch(job, done)
+                prefetched = self.host_cache.finish_fetch(job, done)
+                self.stats.prefetched_tokens += prefetched
             else:
                 self.host_cache.end(job)
+            if span is not None:
+                span.end(in_storage, prefetched, failure)
             self.wake()
 
     # ---- stores --------------------------------------------------------------------------

@@ -13,9 +13,11 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+from radixmesh.services.scheduler.request_spans import RequestSpans
 from radixmesh.services.scheduler.scheduler import Scheduler
 from radixmesh.shared.errors import InvalidRequestError
 from radixmesh.shared.requests import FinishKind, FinishReason, TokenDelta, TokenizedRequest, Usage
+from radixmesh.shared.span_recorder import DISABLED, SpanRecorder
 from radixmesh.shared.step import StepPlan, StepResult
 from radixmesh.shared.token_batch import PROMPT_CONTEXT_TOKENS, DetokenizeRegistration, TokenBatch
 from radixmesh.shared.trace_context import NO_TRACE, TraceContext
@@ -50,7 +52,8 @@ class SchedulerLoop:
 
     def __init__(self, scheduler: Scheduler, send_plan: SendPlan, receive_result: ReceiveResult,
                  publish: PublishBatch, max_inflight: int = 2,
-                 on_progress: Callable[[], None] | None = None) -> None:
+                 on_progress: Callable[[], None] | None = None,
+                 recorder: SpanRecorder = DISABLED) -> None:
         if max_inflight < 1:
             raise ValueError("max_inflight must be >= 1")
         self.scheduler = scheduler
@@ -59,6 +62,7 @@ class SchedulerLoop:
         # looks for prefetches and stores to start then.
         self._on_progress = on_progress
         self.stats = LoopStats()
+        self.spans = RequestSpans(recorder, scheduler.running)
         self._send_plan = send_plan
         self._receive_result = receive_result
         self._publish = publish
@@ -89,8 +93,10 @@ class SchedulerLoop:
             except Exception as error:  # a bad request must never take the scheduler down
                 logger.info("rejected %s: %s", request.rid, error)
                 self._finish_unscheduled(request.rid, len(request.input_ids), str(error))
+                self.spans.rejected(request, str(error))
                 continue
             self._owners[request.rid] = owner
+            self.spans.arrived(request, len(self.scheduler.waiting))
         for rid in aborts:
             self.abort(rid)
         self._progressed()
@@ -146,6 +152,7 @@ class SchedulerLoop:
             return False
         result = await self._receive_result()
         self._inflight -= 1
+        self.spans.completed(result.step_id)  # before its deltas: a first token ends prefill
         self._collect(self.scheduler.process_result(result))
         self._progressed()
         return True
@@ -160,6 +167,7 @@ class SchedulerLoop:
             self._inflight += 1
             self.stats.num_steps += 1
             self.stats.max_inflight = max(self.stats.max_inflight, self._inflight)
+            self.spans.planned(plan)
             await self._send_plan(plan)
 
     async def flush(self) -> None:
@@ -190,6 +198,7 @@ class SchedulerLoop:
             if delta.finish is not None:
                 self._streaming.discard(rid)
                 self._owners.pop(rid, None)
+                self.spans.finished(delta)
             self._outbox.deltas.append(delta)
 
     def _num_cached_tokens(self, delta: TokenDelta) -> int:

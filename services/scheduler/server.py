@@ -34,8 +34,10 @@ from radixmesh.shared.grpc_service import (
 )
 from radixmesh.shared.mesh_info import ModelInfo
 from radixmesh.shared.protos_gen import common_pb2, internal_pb2, internal_pb2_grpc
+from radixmesh.shared.span_recorder import SpanRecorder
 from radixmesh.shared.step import StepPlan, StepResult
 from radixmesh.shared.token_batch import TokenBatch
+from radixmesh.shared.tracing import start_tracing, stop_tracing
 
 logger = logging.getLogger(__name__)
 SERVICE_NAME = internal_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name
@@ -47,6 +49,14 @@ class PeerLostError(ConnectionError):
 
 async def serve(config: SchedulerConfig) -> None:
     """Serves until cancelled; raises PeerLostError if the worker or detokenizer goes away."""
+    recorder = start_tracing("scheduler", config)
+    try:
+        await _serve(config, recorder)
+    finally:
+        stop_tracing(recorder)  # flushes what is queued, for SHUTDOWN_FLUSH_S at most
+
+
+async def _serve(config: SchedulerConfig, recorder: SpanRecorder) -> None:
     async with grpc.aio.insecure_channel(config.worker_address, options=INTERNAL_OPTIONS) as \
             worker_channel, grpc.aio.insecure_channel(config.detokenizer_address,
                                                       options=INTERNAL_OPTIONS) as detok_channel:
@@ -58,10 +68,11 @@ async def serve(config: SchedulerConfig) -> None:
         scheduler = Scheduler(config, worker_info)
         execute = worker_stub.Execute()
         tokens = internal_pb2_grpc.DetokenizerStub(detok_channel).Tokens()
-        link = _hicache_link(config, scheduler)
+        link = _hicache_link(config, scheduler, recorder)
         loop = SchedulerLoop(scheduler, _plan_sender(execute), _result_receiver(execute),
                              _batch_publisher(tokens), config.max_inflight_steps,
-                             on_progress=link.kick if link is not None else None)
+                             on_progress=link.kick if link is not None else None,
+                             recorder=recorder)
         if link is not None:
             link.wake = loop.wake
         servicer = SchedulerServicer(loop, ModelInfo.from_worker(worker_info))
@@ -88,12 +99,13 @@ async def serve(config: SchedulerConfig) -> None:
             tokens.cancel()
 
 
-def _hicache_link(config: SchedulerConfig, scheduler: Scheduler) -> HiCacheLink | None:
+def _hicache_link(config: SchedulerConfig, scheduler: Scheduler,
+                  recorder: SpanRecorder) -> HiCacheLink | None:
     if scheduler.host_cache is None:
         return None
     logger.info("hierarchical cache: hicache service at %s", config.hicache_address)
     return HiCacheLink(config.hicache_address, scheduler.host_cache, scheduler.worker,
-                       scheduler.stats, lambda: scheduler.waiting)
+                       scheduler.stats, lambda: scheduler.waiting, recorder)
 
 
 async def _run_until_peer_lost(loop_task: asyncio.Task, execute: grpc.aio.Call,

@@ -77,11 +77,18 @@ class SchedulerStats:
         now = time.perf_counter()
         throughput = self._window_tokens / max(now - self._window_start, 1e-9)
         self._window_start, self._window_tokens = now, 0
-        num_tokens = sum(req.kv_len for req in scheduler.running.values())
         logger.info("Decode batch. #running-req: %d, #token: %d, token usage: %.2f, "
                     "cuda graph: %s, gen throughput (token/s): %.2f, #queue-req: %d",
-                    len(scheduler.running), num_tokens, token_usage(scheduler), self.cuda_graph,
-                    throughput, len(scheduler.waiting))
+                    len(scheduler.running), tokens_in_use(scheduler), token_usage(scheduler),
+                    self.cuda_graph, throughput, len(scheduler.waiting))
+
+
+def tokens_in_use(scheduler: Scheduler) -> int:
+    """KV tokens the pool holds for running requests, as SGLang's `#token`: pages in use times
+    the page size. Counted from the allocator, not summed per request, so a prefix that many
+    requests share counts once and the figure never exceeds the pool."""
+    kv = scheduler.kv
+    return (kv.allocator.num_pages - kv.available_pages) * kv.page_size
 
 
 def token_usage(scheduler: Scheduler) -> float:

@@ -31,6 +31,7 @@ class LiveRequest:
     created: float = field(default_factory=time.perf_counter)
     num_output_tokens: int = 0
     last_token_at: float | None = None  # None until the first token arrived
+    first_token_at: float | None = None  # perf_counter() time; the request span's TTFT
 
     def usage_so_far(self) -> Usage:
         """Usage of a request the front door ends itself (abort, stop string): the scheduler's
@@ -50,6 +51,8 @@ class RequestStream:
     def __init__(self, live: LiveRequest, on_abandon: Callable[[str], object]) -> None:
         self.rid = live.rid
         self.num_prompt_tokens = live.num_prompt_tokens
+        self.final: TextDelta | None = None  # the finishing delta, once read
+        self._live = live
         self._queue = live.queue
         self._on_abandon = on_abandon
         self._finished = False
@@ -58,6 +61,16 @@ class RequestStream:
     @property
     def finished(self) -> bool:
         return self._finished
+
+    @property
+    def first_token_at(self) -> float | None:
+        """When the router saw the request's first output token (perf_counter), if it did."""
+        return self._live.first_token_at
+
+    @property
+    def num_output_tokens(self) -> int:
+        """Output tokens the router has seen for this request so far."""
+        return self._live.num_output_tokens
 
     def __aiter__(self) -> RequestStream:
         return self
@@ -77,6 +90,7 @@ class RequestStream:
             item = merge_deltas(item, following)
         if item.finish is not None:
             self._finished = True
+            self.final = item
         return item
 
     async def collect(self) -> TextCompletion:

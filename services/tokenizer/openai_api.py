@@ -5,6 +5,10 @@ connected to the mesh) and `/metrics` (Prometheus text). Translation lives in
 `openai_protocol` / `openai_responses`; this file only moves bytes. A client that goes away
 mid-request cancels its handler (aiohttp's handler cancellation is on), which leaves the
 request stream's `async with` block and aborts the request through the mesh.
+
+Each generating route's request is one root span (`request_span.py`), opened and ended by the
+outermost middleware so that it sees every outcome, error responses included; a sampled one
+answers with an `X-Trace-Id` header, added as any response's headers go out.
 """
 
 from __future__ import annotations
@@ -29,6 +33,13 @@ from radixmesh.services.tokenizer.openai_responses import (
     CompletionFormat,
     ResponseFormat,
 )
+from radixmesh.services.tokenizer.request_span import (
+    CHAT,
+    TEXT_COMPLETION,
+    TRACE_ID_HEADER,
+    RequestSpan,
+    RequestSpans,
+)
 from radixmesh.services.tokenizer.router import Router
 from radixmesh.shared.errors import (
     InvalidRequestError,
@@ -37,10 +48,15 @@ from radixmesh.shared.errors import (
     http_status,
     openai_type,
 )
+from radixmesh.shared.span_recorder import DISABLED, SpanRecorder
 from radixmesh.shared.trace_context import TraceContext
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# The POST routes that generate, by gen_ai.operation.name: each request is a root span. A new
+# generating route must be listed here (its handler reads the span `_traced` opened).
+GENERATING_ROUTES = {"/v1/completions": TEXT_COMPLETION, "/v1/chat/completions": CHAT}
+REQUEST_SPAN = web.RequestKey("radixmesh_request_span", RequestSpan)
 
 
 class HttpError(Exception):
@@ -67,16 +83,18 @@ class HttpError(Exception):
 
 class OpenAIApi:
     def __init__(self, router: Router, metrics: FrontDoorMetrics,
-                 config: TokenizerConfig) -> None:
+                 config: TokenizerConfig, recorder: SpanRecorder = DISABLED) -> None:
         self.router = router
         self.metrics = metrics
         self.config = config
         self.model = config.served_model_name
         self.started = int(time.time())
+        self.spans = RequestSpans(recorder, self.model)
 
     def build_app(self) -> web.Application:
         app = web.Application(client_max_size=self.config.max_request_bytes,
-                              middlewares=[self._errors_and_auth])
+                              middlewares=[self._traced, self._errors_and_auth])
+        app.on_response_prepare.append(_send_trace_id)
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/chat/completions", self.chat_completions)
         app.router.add_get("/v1/models", self.models)
@@ -115,21 +133,23 @@ class OpenAIApi:
 
     async def _generate(self, request: web.Request, parsed: OpenAIRequest,
                         fmt: ResponseFormat) -> web.StreamResponse:
+        span = request[REQUEST_SPAN]  # opened by `_traced` for every generating route
         try:
-            built = self.router.build(parsed.rid, parsed.body,
-                                      TraceContext.from_carrier(request.headers.get))
+            built = span.tokenize(self.router.build, parsed.rid, parsed.body)
         except InvalidRequestError as exc:  # blame the OpenAI parameter the client sent
             param = parsed.param_name(exc.field)
             raise HttpError.of(exc, f"{param}: {exc.message}", param) from exc
         stream = self.router.submit(built)
+        span.follow(stream)
         ids = (fmt.id_prefix + built.rid, int(time.time()), self.model)
         async with stream:
             if not parsed.stream:
                 return web.json_response(fmt.response(*ids, await stream.collect()))
-            return await self._stream(request, stream, fmt, ids, parsed.include_usage)
+            return await self._stream(request, stream, fmt, ids, parsed.include_usage, span)
 
     async def _stream(self, request: web.Request, stream: RequestStream, fmt: ResponseFormat,
-                      ids: tuple[str, int, str], include_usage: bool) -> web.StreamResponse:
+                      ids: tuple[str, int, str], include_usage: bool,
+                      span: RequestSpan) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                                "Cache-Control": "no-cache"})
         await response.prepare(request)
@@ -143,8 +163,10 @@ class OpenAIApi:
                     usage = responses.usage_chunk(fmt.chunk_object, *ids, delta.usage)
                     await response.write(responses.sse_event(usage))
         except RadixMeshError as exc:  # the mesh went away; headers are gone: say so in the stream
+            span.fail(exc)
             await response.write(responses.sse_event(HttpError.of(exc).body()))
-        except ConnectionResetError:
+        except ConnectionResetError as exc:
+            span.fail(exc)
             return response  # the client left; leaving `async with` aborts the request
         await response.write(responses.SSE_DONE)
         await response.write_eof()
@@ -162,16 +184,38 @@ class OpenAIApi:
             raise HttpError(400, f"malformed JSON body: {exc}", "body") from exc
 
     @web.middleware
+    async def _traced(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """The root span of a generating request, around everything else (errors included).
+        Tracing off, the span object only carries the incoming context on."""
+        operation = GENERATING_ROUTES.get(request.path) if request.method == "POST" else None
+        if operation is None:
+            return await handler(request)
+        span = self.spans.open(f"POST {request.path}", operation,
+                               TraceContext.from_carrier(request.headers.get))
+        request[REQUEST_SPAN] = span
+        try:
+            response = await handler(request)
+            span.responded(response.status)
+            return response
+        except BaseException as exc:  # a client disconnect cancels the handler
+            span.fail(exc)
+            raise
+        finally:
+            span.end()
+
+    @web.middleware
     async def _errors_and_auth(self, request: web.Request,
                                handler: Handler) -> web.StreamResponse:
         try:
             self._check_auth(request)
             return await handler(request)
         except HttpError as exc:
+            _fail_span(request, exc)
             if exc.status in (400, 413):
                 self.metrics.on_bad_request()
             return exc.response()
         except RadixMeshError as exc:
+            _fail_span(request, exc)
             param = exc.field if isinstance(exc, InvalidRequestError) else None
             if param is not None:
                 self.metrics.on_bad_request()
@@ -186,3 +230,18 @@ class OpenAIApi:
         if key and request.path.startswith("/v1/") \
                 and request.headers.get("Authorization") != f"Bearer {key}":
             raise HttpError(401, "invalid or missing API key", None, "authentication_error")
+
+
+def _fail_span(request: web.Request, error: BaseException) -> None:
+    """Records the error that becomes an error response on the request's span, if it has one."""
+    span = request.get(REQUEST_SPAN)
+    if span is not None:
+        span.fail(error)
+
+
+async def _send_trace_id(request: web.Request, response: web.StreamResponse) -> None:
+    """Hands a sampled request's trace id back as its response's headers go out: streamed,
+    whole or error responses alike."""
+    span = request.get(REQUEST_SPAN)
+    if span is not None and span.trace_id:
+        response.headers[TRACE_ID_HEADER] = span.trace_id

@@ -231,6 +231,8 @@ class Router:
         if not delta.token_ids:
             return
         live.num_output_tokens += len(delta.token_ids)
+        if live.first_token_at is None:
+            live.first_token_at = now
         if self._metrics is not None:
             since_previous = None if live.last_token_at is None else now - live.last_token_at
             self._metrics.on_tokens(len(delta.token_ids), since_previous, now - live.created)

@@ -20,7 +20,9 @@ from radixmesh.services.tokenizer.router import Router
 from radixmesh.services.tokenizer.servicer import GenerationServicer
 from radixmesh.shared.grpc_service import ServiceServer, host_port, start_server
 from radixmesh.shared.protos_gen import generate_pb2, generate_pb2_grpc
+from radixmesh.shared.span_recorder import DISABLED, SpanRecorder
 from radixmesh.shared.tokenizer import load_tokenizer
+from radixmesh.shared.tracing import FRONT_DOOR, start_tracing, stop_tracing
 
 logger = logging.getLogger(__name__)
 GENERATION_SERVICE = generate_pb2.DESCRIPTOR.services_by_name["Generation"].full_name
@@ -34,15 +36,18 @@ class TokenizerServer:
 
     def __init__(self, config: TokenizerConfig) -> None:
         self.config = config
-        self.metrics = FrontDoorMetrics()
+        self.metrics = FrontDoorMetrics(config.served_model_name)
         self.link = GrpcMeshLink(config.scheduler_address, config.detokenizer_address)
         self.router: Router | None = None
         self._grpc: ServiceServer | None = None
         self._http: web.AppRunner | None = None
         self._tasks: list[asyncio.Task] = []
         self._serving = asyncio.Event()  # health says SERVING
+        self.recorder: SpanRecorder = DISABLED  # until `start`, and while tracing is off
 
     async def start(self) -> None:
+        # The front door's sampler decides for the whole mesh (shared/tracing.py).
+        self.recorder = start_tracing(FRONT_DOOR, self.config)
         tokenizer = await asyncio.to_thread(load_tokenizer, self.config.model_path)
         self.router = Router(self.link, tokenizer, self.metrics)
         await self._start_grpc()
@@ -66,10 +71,14 @@ class TokenizerServer:
         if self._grpc is not None:
             await self._grpc.stop(grace=1.0)
         await self.link.close()
+        # Last, so the spans of requests ended by the servers' stop are flushed too; the
+        # flush blocks (at most 5 s), so off the event loop.
+        await asyncio.to_thread(stop_tracing, self.recorder)
+        self.recorder = DISABLED
 
     async def _start_grpc(self) -> None:
         servicer = GenerationServicer(self.router, self.metrics, self.config.served_model_name,
-                                      self.config.max_request_bytes)
+                                      self.config.max_request_bytes, self.recorder)
         limit = self.config.max_request_bytes * GRPC_HARD_LIMIT_FACTOR
         self._grpc = await start_server(
             host_port(self.config.host, self.config.grpc_port),
@@ -77,7 +86,7 @@ class TokenizerServer:
             [GENERATION_SERVICE], options=[("grpc.max_receive_message_length", limit)])
 
     async def _start_http(self) -> None:
-        app = OpenAIApi(self.router, self.metrics, self.config).build_app()
+        app = OpenAIApi(self.router, self.metrics, self.config, self.recorder).build_app()
         # Handler cancellation turns a client disconnect into a cancelled handler: an abort.
         runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
         await runner.setup()

@@ -1,5 +1,8 @@
 """The public gRPC `Generation` service: converts messages and calls the router, nothing more.
 
+Each `Generate` is one root span (`request_span.py`); a sampled one returns its trace id in
+the `x-trace-id` trailing metadata, on success and error alike.
+
 A client that cancels or disconnects cancels the `Generate` handler; leaving the request
 stream's `async with` block then aborts the request through the mesh at once.
 """
@@ -13,12 +16,20 @@ import grpc
 
 from radixmesh.services.tokenizer.metrics import FrontDoorMetrics
 from radixmesh.services.tokenizer.request_builder import RequestBody, select_prompt_field
+from radixmesh.services.tokenizer.request_span import (
+    GENERATE,
+    TEXT_COMPLETION,
+    TRACE_ID_TRAILER,
+    RequestSpan,
+    RequestSpans,
+)
 from radixmesh.services.tokenizer.router import Router
 from radixmesh.shared import wire
 from radixmesh.shared.errors import InvalidRequestError, RadixMeshError, UnavailableError
 from radixmesh.shared.grpc_service import abort_with
 from radixmesh.shared.protos_gen import common_pb2, generate_pb2, generate_pb2_grpc
 from radixmesh.shared.requests import TextDelta
+from radixmesh.shared.span_recorder import DISABLED, SpanRecorder
 from radixmesh.shared.trace_context import TraceContext
 
 
@@ -58,30 +69,49 @@ def trace_of(request: generate_pb2.GenerateRequest,
 
 class GenerationServicer(generate_pb2_grpc.GenerationServicer):
     def __init__(self, router: Router, metrics: FrontDoorMetrics, served_model_name: str,
-                 max_request_bytes: int) -> None:
+                 max_request_bytes: int, recorder: SpanRecorder = DISABLED) -> None:
         self._router = router
         self._metrics = metrics
         self._served_model_name = served_model_name
         self._max_request_bytes = max_request_bytes
+        self._spans = RequestSpans(recorder, served_model_name)
 
     async def Generate(self, request: generate_pb2.GenerateRequest,
                        context: grpc.aio.ServicerContext,
                        ) -> AsyncIterator[generate_pb2.GenerateResponse]:
+        span = self._spans.open(GENERATE, TEXT_COMPLETION, trace_of(request, context))
+        if span.trace_id:  # set first: trailers go out with an abort too
+            context.set_trailing_metadata(((TRACE_ID_TRAILER, span.trace_id),))
+        try:
+            async for response in self._generate(request, context, span):
+                yield response
+        except BaseException as exc:  # recorded, then re-raised as it was
+            span.fail(exc)
+            raise
+        finally:
+            span.end()
+
+    async def _generate(self, request: generate_pb2.GenerateRequest,
+                        context: grpc.aio.ServicerContext, span: RequestSpan,
+                        ) -> AsyncIterator[generate_pb2.GenerateResponse]:
         try:
             if request.ByteSize() > self._max_request_bytes:
                 raise InvalidRequestError("request", f"{request.ByteSize()} bytes exceed the "
                                           f"limit of {self._max_request_bytes} bytes")
-            built = self._router.build(request.rid, request_body(request), trace_of(request, context))
+            built = span.tokenize(self._router.build, request.rid, request_body(request))
             stream = self._router.submit(built)
         except RadixMeshError as exc:
             if isinstance(exc, InvalidRequestError):
                 self._metrics.on_bad_request()
+            span.fail(exc)
             await abort_with(context, exc)
+        span.follow(stream)
         async with stream:
             try:
                 async for delta in stream:
                     yield generate_response(delta)
             except RadixMeshError as exc:  # the mesh went away mid-stream
+                span.fail(exc)
                 await abort_with(context, exc)
 
     async def Abort(self, request: generate_pb2.AbortRequest,

@@ -47,8 +47,7 @@ def build_forward_batch(entries: list[BatchEntry], num_extends: int, kv_pool: KV
     max_pages = max(-(-n // page_size) for n in seq_lens)
     page_table = [entry.req.page_table[:max_pages] + [0] * (max_pages - len(entry.req.page_table))
                   for entry in entries]
-    mode = (ForwardMode.DECODE if num_extends == 0 else
-            ForwardMode.EXTEND if num_extends == len(entries) else ForwardMode.MIXED)
+    mode = ForwardMode.of(num_extends, len(entries) - num_extends)
 
     def as_tensor(values: list, dtype: torch.dtype) -> torch.Tensor:
         return to_device(values, dtype, device)

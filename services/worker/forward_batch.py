@@ -23,6 +23,11 @@ class ForwardMode(Enum):
     DECODE = "decode"  # only decodes: one new token per sequence
     MIXED = "mixed"    # extends then decodes in one pass
 
+    @classmethod
+    def of(cls, num_extends: int, num_decodes: int) -> ForwardMode:
+        """The mode of a pass over `num_extends` extends then `num_decodes` decodes."""
+        return cls.DECODE if num_extends == 0 else cls.EXTEND if num_decodes == 0 else cls.MIXED
+
 
 @dataclass(slots=True)
 class ForwardBatch:

@@ -10,17 +10,20 @@ _BUCKETS = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
 
 
 class WorkerMetrics:
-    """One registry per instance, so several workers (or tests) never collide."""
+    """One registry per instance, so several workers (or tests) never collide. Every metric
+    carries `model_name`, as the front door's do. The idle histogram's `_sum` is the worker's
+    total idle seconds; `rate(_sum) / rate(forward _sum)` says how well pipelining hides the
+    scheduler."""
 
-    def __init__(self) -> None:
+    def __init__(self, model_name: str) -> None:
         self.registry = CollectorRegistry()
         self.idle_seconds = Histogram(
             "radixmesh:worker_idle_seconds",
             "Time the worker waited for the next step plan while it held requests",
-            buckets=_BUCKETS, registry=self.registry)
+            ["model_name"], buckets=_BUCKETS, registry=self.registry).labels(model_name)
         self.forward_seconds = Histogram(
             "radixmesh:worker_forward_seconds", "Time the worker spent executing one step",
-            buckets=_BUCKETS, registry=self.registry)
+            ["model_name"], buckets=_BUCKETS, registry=self.registry).labels(model_name)
 
     def observe_step(self, forward_seconds: float, idle_seconds: float | None) -> None:
         self.forward_seconds.observe(forward_seconds)

@@ -11,7 +11,9 @@ from radixmesh.services.worker.metrics import WorkerMetrics
 from radixmesh.services.worker.servicer import WorkerServicer
 from radixmesh.services.worker.worker_registry import build_worker
 from radixmesh.shared.grpc_service import host_port, start_server
+from radixmesh.shared.model_location import model_name
 from radixmesh.shared.protos_gen import internal_pb2, internal_pb2_grpc
+from radixmesh.shared.tracing import start_tracing, stop_tracing
 
 logger = logging.getLogger(__name__)
 SERVICE_NAME = internal_pb2.DESCRIPTOR.services_by_name["Worker"].full_name
@@ -21,13 +23,15 @@ async def serve(config: WorkerConfig) -> None:
     """Loads the worker, then serves until cancelled. Health turns SERVING once loaded."""
     # The worker is built on the thread that will execute its steps: torch state stays there.
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="worker-step")
+    recorder = start_tracing("worker", config)
     try:
         worker = await asyncio.get_running_loop().run_in_executor(
             executor, build_worker, config)
-        metrics = WorkerMetrics()
+        # The name the front door serves by default; the worker has no --served-model-name.
+        metrics = WorkerMetrics(model_name(config.model_path))
         if config.metrics_port:
             metrics.serve_http(config.host, config.metrics_port)
-        servicer = WorkerServicer(worker, executor, metrics)
+        servicer = WorkerServicer(worker, executor, metrics, recorder)
         server = await start_server(
             host_port(config.host, config.port),
             lambda grpc_server: internal_pb2_grpc.add_WorkerServicer_to_server(servicer,
@@ -40,3 +44,4 @@ async def serve(config: WorkerConfig) -> None:
         await server.serve_until_stopped()
     finally:
         executor.shutdown(wait=False, cancel_futures=True)
+        stop_tracing(recorder)  # flushes what is queued, for SHUTDOWN_FLUSH_S at most

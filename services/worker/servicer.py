@@ -20,8 +20,10 @@ import grpc
 
 from radixmesh.services.worker.base import LaunchedStep, ModelWorker
 from radixmesh.services.worker.metrics import WorkerMetrics
+from radixmesh.services.worker.step_spans import StepSpan, StepSpans
 from radixmesh.shared import wire
 from radixmesh.shared.protos_gen import common_pb2, internal_pb2, internal_pb2_grpc
+from radixmesh.shared.span_recorder import DISABLED, SpanRecorder
 from radixmesh.shared.step import StepPlan
 
 logger = logging.getLogger(__name__)
@@ -37,6 +39,7 @@ class _Inflight:
     step: LaunchedStep
     launch_seconds: float
     idle_seconds: float | None
+    span: StepSpan | None  # set when the step serves a sampled request
 
 
 async def _read_plans(request_iterator: AsyncIterator[internal_pb2.StepPlan],
@@ -62,8 +65,10 @@ class WorkerServicer(internal_pb2_grpc.WorkerServicer):
     """
 
     def __init__(self, worker: ModelWorker, executor: ThreadPoolExecutor,
-                 metrics: WorkerMetrics | None = None) -> None:
+                 metrics: WorkerMetrics | None = None,
+                 recorder: SpanRecorder = DISABLED) -> None:
         self._worker = worker
+        self._spans = StepSpans(recorder)  # touched on the executor thread only
         self._executor = executor  # exactly one thread
         self._metrics = metrics
         self._info = wire.worker_info_to_proto(worker.info())
@@ -140,10 +145,11 @@ class WorkerServicer(internal_pb2_grpc.WorkerServicer):
                                and self._last_step_end is not None)
         start = time.perf_counter()
         idle = start - self._last_step_end if waited_on_scheduler else None
+        span = self._spans.launching(plan)
         step = self._worker.launch(plan)
         live.difference_update(plan.released)
         live.update(new.rid for new in plan.new_requests)
-        return _Inflight(step, time.perf_counter() - start, idle)
+        return _Inflight(step, time.perf_counter() - start, idle, span)
 
     def _finish(self, inflight: _Inflight) -> internal_pb2.StepResult:
         start = time.perf_counter()
@@ -153,11 +159,14 @@ class WorkerServicer(internal_pb2_grpc.WorkerServicer):
         busy = inflight.launch_seconds + (end - start)
         if self._metrics is not None:
             self._metrics.observe_step(busy, inflight.idle_seconds)
+        if inflight.span is not None:
+            self._spans.finished(inflight.span, result.cuda_graph)
         return wire.result_to_proto(result, forward_seconds=busy,
                                     idle_seconds=inflight.idle_seconds or 0.0)
 
     def _release(self, live: set[str]) -> None:
         self._last_step_end = None
+        self._spans.clear()
         if not live:
             return
         logger.warning("Execute stream ended with %d requests registered: releasing them",

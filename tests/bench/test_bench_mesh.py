@@ -11,11 +11,12 @@ import pytest
 
 from radixmesh.bench.mesh_path import run_on_mesh
 from radixmesh.bench.trace import RequestTrace
+from radixmesh.bench.trace_breakdown import STAGES
 from radixmesh.bench.workloads import Workload, WorkloadOptions, build_workload
 from radixmesh.cli import main
 from radixmesh.client import AsyncClient
 from radixmesh.make_model import make_model
-from tests.mesh.conftest import MeshProcess, start_mesh
+from tests.mesh.conftest import MeshProcess, free_port, start_mesh
 
 GREEDY = {"temperature": 0.0, "ignore_eos": True}
 
@@ -69,3 +70,40 @@ def test_cli_writes_a_mesh_result(mesh: MeshProcess, tmp_path: Path) -> None:
     assert result["metrics"]["completed"] == 40
     assert result["metrics"]["total_output_tokens"] == 40 * 26
     assert result["metrics"]["output_throughput"] > 0
+
+
+def test_cli_breaks_latency_down_by_stage_from_the_mesh_spans(
+        tmp_path_factory: pytest.TempPathFactory, tmp_path: Path,
+        capsys: pytest.CaptureFixture) -> None:
+    endpoint = f"127.0.0.1:{free_port()}"
+    model = make_model(tmp_path_factory.mktemp("traced-model") / "llama", "llama")
+    with start_mesh(model, "--enable-trace", "--otlp-traces-endpoint", endpoint,
+                    worker="null") as traced:
+        assert main([
+            "bench", "--workload", "null-worker", "--server", traced.grpc_address,
+            "--num-prompts", "12", "--scale", "0.1", "--trace-breakdown", endpoint,
+            "--output-dir", str(tmp_path), "--no-progress"]) == 0
+    [path] = tmp_path.glob("null-worker-mesh-*.json")
+    breakdown = json.loads(path.read_text())["trace_breakdown"]
+    assert (breakdown["endpoint"], breakdown["requests"]) == (endpoint, 12)
+    assert breakdown["traced_requests"] == 12
+    for stage in STAGES:  # every request went through every stage once
+        row = breakdown["stages"][stage]
+        assert row["requests"] == 12, (stage, row)
+        assert 0 <= row["median_ms"] <= row["p99_ms"]
+    table = capsys.readouterr().out
+    assert "Per-stage latency, from spans" in table and "Spans from 12 of 12" in table
+
+
+def test_cli_says_so_when_no_span_arrives_and_keeps_its_figures(
+        mesh: MeshProcess, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    endpoint = f"127.0.0.1:{free_port()}"  # the untraced mesh exports nothing there
+    assert main([
+        "bench", "--workload", "null-worker", "--server", mesh.grpc_address,
+        "--num-prompts", "4", "--scale", "0.1", "--trace-breakdown", endpoint,
+        "--output-dir", str(tmp_path), "--no-progress"]) == 0
+    assert f"No spans of this run reached {endpoint}" in capsys.readouterr().out
+    [path] = tmp_path.glob("null-worker-mesh-*.json")
+    result = json.loads(path.read_text())
+    assert result["metrics"]["completed"] == 4
+    assert result["trace_breakdown"]["traced_requests"] == 0

@@ -205,9 +205,10 @@ def tiers_since(mesh: MeshProcess, before: dict[str, float]) -> dict[str, float]
 
 
 def samples(text: str) -> dict[str, float]:
-    """Every unlabelled sample of a Prometheus exposition, by name (counters end in _total)."""
+    """Every sample of a Prometheus exposition labelled by nothing but its model, by name
+    (counters end in _total)."""
     return {sample.name: sample.value for family in text_string_to_metric_families(text)
-            for sample in family.samples if not sample.labels}
+            for sample in family.samples if set(sample.labels) <= {"model_name"}}
 
 
 def aborted_requests(mesh: MeshProcess) -> float:

@@ -110,14 +110,16 @@ def test_the_service_end_to_end(tmp_path: Path) -> None:
 
     pool_name, text = asyncio.run(scenario())
     assert not (SHM_DIR / pool_name).exists()  # the way out unlinked the segment
-    for line in ("radixmesh:hicache_stored_tokens_total 8.0",
-                 "radixmesh:hicache_prefetched_tokens_total 8.0",
-                 'radixmesh:hicache_copy_bytes_total{direction="l2_to_l3"} 2048.0',
-                 'radixmesh:hicache_copy_bytes_total{direction="l3_to_l2"} 2048.0',
-                 "radixmesh:hicache_lookup_hit_tokens_total 8.0",
-                 "radixmesh:hicache_l2_slots 8.0", "radixmesh:hicache_l3_pages 2.0"):
+    model = 'model_name=""'  # the service is not told the model's name
+    for line in (f"radixmesh:hicache_stored_tokens_total{{{model}}} 8.0",
+                 f"radixmesh:hicache_prefetched_tokens_total{{{model}}} 8.0",
+                 f'radixmesh:hicache_copy_bytes_total{{direction="l2_to_l3",{model}}} 2048.0',
+                 f'radixmesh:hicache_copy_bytes_total{{direction="l3_to_l2",{model}}} 2048.0',
+                 f"radixmesh:hicache_lookup_hit_tokens_total{{{model}}} 8.0",
+                 f"radixmesh:hicache_l2_slots{{{model}}} 8.0",
+                 f"radixmesh:hicache_l3_pages{{{model}}} 2.0"):
         assert line in text, text
-    assert 'radixmesh:hicache_copy_seconds_total{direction="l3_to_l2"}' in text
+    assert f'radixmesh:hicache_copy_seconds_total{{direction="l3_to_l2",{model}}}' in text
 
 
 async def check_refusals(stub: hicache_pb2_grpc.HiCacheStub, epoch: str) -> None:

@@ -135,7 +135,8 @@ def test_grpc_bad_inputs_get_invalid_argument_and_the_mesh_keeps_serving() -> No
             await live.aclose()
             await wait_idle(door)
         sample = door.server.metrics.registry.get_sample_value
-        assert sample("radixmesh:num_bad_requests_total") == len(GRPC_BAD_INPUTS) + 1
+        assert sample("radixmesh:num_bad_requests_total",
+                      {"model_name": "tiny-llama"}) == len(GRPC_BAD_INPUTS) + 1
 
     asyncio.run(body())
 
@@ -267,12 +268,21 @@ def test_health_models_and_metrics_endpoints() -> None:
                 pass
             async with http.get("/metrics") as response:
                 text = await response.text()
-            for name in ("radixmesh:num_running_reqs 0.0", "radixmesh:num_queue_reqs 0.0",
-                         "radixmesh:time_to_first_token_seconds_count 1.0",
-                         "radixmesh:inter_token_latency_seconds_count 2.0",
-                         "radixmesh:e2e_request_latency_seconds_count 1.0",
-                         'radixmesh:num_requests_total{finish_reason="length"} 1.0'):
+            model = 'model_name="tiny-llama"'
+            for name in (f"radixmesh:num_running_reqs{{{model}}} 0.0",
+                         f"radixmesh:num_queue_reqs{{{model}}} 0.0",
+                         f"radixmesh:time_to_first_token_seconds_count{{{model}}} 1.0",
+                         f"radixmesh:inter_token_latency_seconds_count{{{model}}} 2.0",
+                         f"radixmesh:e2e_request_latency_seconds_count{{{model}}} 1.0",
+                         f'radixmesh:num_requests_total{{finish_reason="length",{model}}} 1.0',
+                         f'radixmesh:cached_tokens_total{{{model},tier="device"}} 0.0',
+                         f'radixmesh:cached_tokens_total{{{model},tier="host"}} 0.0',
+                         f'radixmesh:cached_tokens_total{{{model},tier="storage"}} 0.0'):
                 assert name in text, name
+            # Every radixmesh metric names the model it serves.
+            samples = [line for line in text.splitlines()
+                       if line.startswith("radixmesh:")]
+            assert samples and all(model in line for line in samples), text
             await door.mesh.stop()  # the mesh goes away: health must say so
             async with asyncio.timeout(5):
                 while door.server.router.ready:

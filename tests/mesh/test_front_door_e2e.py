@@ -33,11 +33,12 @@ def model_mesh(mesh_model_path: Path) -> Iterator[MeshProcess]:
 
 
 def scheduler_gauges(mesh: MeshProcess) -> dict[str, float]:
-    """`radixmesh:num_running_reqs` and `num_queue_reqs` from the front door's /metrics."""
+    """`radixmesh:num_running_reqs` and `num_queue_reqs` from the front door's /metrics,
+    by name without their (model_name) labels."""
     with urllib.request.urlopen(mesh.http_url + "/metrics", timeout=5) as response:
         lines = response.read().decode().splitlines()
     wanted = ("radixmesh:num_running_reqs", "radixmesh:num_queue_reqs")
-    return {name: float(value) for name, value in
+    return {name.split("{", 1)[0]: float(value) for name, value in
             (line.split(" ", 1) for line in lines if line.startswith(wanted))}
 
 

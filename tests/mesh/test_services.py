@@ -219,7 +219,10 @@ def test_scheduler_streams_requests_through_the_detokenizer(
 
     asyncio.run(scenario())
     metrics = urllib.request.urlopen(null_services["metrics"] + "/metrics").read().decode()
-    idle_steps = re.search(r"^radixmesh:worker_idle_seconds_count (\S+)$", metrics, re.M)
+    # Labelled with the served model's default name: the model directory's.
+    label = f'{{model_name="{mesh_model_path.resolve().name}"}}'
+    idle_steps = re.search(rf"^radixmesh:worker_idle_seconds_count{re.escape(label)} (\S+)$",
+                           metrics, re.M)
     assert idle_steps is not None and float(idle_steps.group(1)) > 0
 
 

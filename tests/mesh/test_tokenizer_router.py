@@ -233,12 +233,15 @@ def test_losing_the_mesh_fails_live_requests_and_the_router_reconnects() -> None
 
 def test_latency_metrics_are_observed_per_request_and_token() -> None:
     async def body() -> None:
-        metrics = FrontDoorMetrics()
+        metrics = FrontDoorMetrics("tiny-llama")
         async with connected_router(metrics=metrics) as (router, _):
             streams = [router.submit(router.build(None, {"text": "hi", "max_new_tokens": 6}))
                        for _ in range(4)]
             await asyncio.gather(*(stream.collect() for stream in streams))
-        sample = metrics.registry.get_sample_value
+        model = {"model_name": "tiny-llama"}
+
+        def sample(name: str, labels: dict[str, str] | None = None) -> float | None:
+            return metrics.registry.get_sample_value(name, model | (labels or {}))
         assert sample("radixmesh:time_to_first_token_seconds_count") == 4
         assert sample("radixmesh:e2e_request_latency_seconds_count") == 4
         assert sample("radixmesh:inter_token_latency_seconds_count") == 4 * 5

@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 from radixmesh import serve
+from radixmesh.launcher import endpoints_text
 from radixmesh.launcher.mesh_plan import UpConfig, plan_mesh
 from radixmesh.services.hicache.config import HiCacheConfig
 from radixmesh.services.scheduler.config import SchedulerConfig
@@ -20,7 +21,14 @@ from radixmesh.services.worker.config import WorkerConfig
 from radixmesh.shared.cli_args import config_from_args
 from radixmesh.shared.grpc_service import is_serving
 
-from .conftest import child_pids, pid_alive, spawn_mesh, stop_process, wait_mesh_up
+from .conftest import (
+    child_pids,
+    free_port,
+    pid_alive,
+    spawn_mesh,
+    stop_process,
+    wait_mesh_up,
+)
 
 SERVICES = {"worker", "detokenizer", "scheduler"}
 
@@ -36,7 +44,9 @@ def wait_gone(pids: list[int], timeout: float = 5.0) -> bool:
 
 def test_up_reports_healthy_endpoints_and_stops_every_service_on_sigterm(
         mesh_model_path: Path):
-    mesh = spawn_mesh(mesh_model_path, worker="null")
+    metrics_port = free_port()
+    worker_metrics = f"http://127.0.0.1:{metrics_port}/metrics"
+    mesh = spawn_mesh(mesh_model_path, "--worker-metrics-port", str(metrics_port), worker="null")
     try:
         wait_mesh_up(mesh)
         children = child_pids(mesh.process.pid)
@@ -46,6 +56,14 @@ def test_up_reports_healthy_endpoints_and_stops_every_service_on_sigterm(
             assert is_serving(address), address
         with urllib.request.urlopen(f"{mesh.http_url}/v1/models", timeout=5) as reply:
             assert json.load(reply)["data"][0]["id"] == mesh_model_path.name
+        # The endpoints list gives each /metrics; the worker's reports its idle time.
+        text = "".join(mesh.output)
+        assert f"(metrics: {mesh.http_url}/metrics)" in text
+        assert f"(internal; metrics: {worker_metrics})" in text
+        with urllib.request.urlopen(worker_metrics, timeout=5) as reply:
+            scraped = reply.read().decode()
+        assert f'radixmesh:worker_idle_seconds_count{{model_name="{mesh_model_path.name}"}}' \
+            in scraped
         mesh.process.send_signal(signal.SIGTERM)
         assert mesh.process.wait(30) == 0
         assert wait_gone(children), "a service outlived `radixmesh up`"
@@ -119,3 +137,18 @@ def test_the_hicache_service_takes_its_metrics_port_from_up():
         parsed = config_from_args(HiCacheConfig, parser.parse_args(command.argv[4:]))
         assert parsed.metrics_port == port
         assert parsed.hicache_storage_dir == "/l3"
+
+
+def test_the_worker_takes_its_metrics_port_from_up():
+    worker = WorkerConfig(model_path="/models/m", worker="null", metrics_port=9999)
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--log-level")
+    serve.add_cli_args(parser)
+    for port, url in ((0, None), (9300, "http://127.0.0.1:9300/metrics")):
+        plan = plan_mesh(UpConfig(worker_metrics_port=port), worker, SchedulerConfig(),
+                         TokenizerConfig(model_path="/models/m"), "info")
+        [command] = [command for command in plan.services if command.name == "worker"]
+        # WorkerConfig's own --metrics-port is wiring: only UpConfig's reaches the worker.
+        parsed = config_from_args(WorkerConfig, parser.parse_args(command.argv[4:]))
+        assert (parsed.metrics_port, command.metrics_url) == (port, url)
+        assert endpoints_text(plan).count("metrics: ") == 1 + (port != 0)

@@ -6,6 +6,7 @@
 - `memory_spans`: a `SpanRecorder` on the real SDK exporting synchronously into memory, for
   plain objects tested without gRPC (`.recorder`, `.finished()` the SDK's ReadableSpans).
 - `sampled_trace` / `unsampled_trace`: request contexts as the front door hands them on.
+- `mesh_model_path`: the mesh tests' tiny model, one per session.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from radixmesh.bench.span_receiver import SpanReceiver
 from radixmesh.shared.span_recorder import SpanRecorder
 from radixmesh.shared.trace_context import TraceContext
+from tests.mesh.conftest import mesh_model_path  # noqa: F401 (the mesh tests' model fixture)
 
 SAMPLED = TraceContext("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
 UNSAMPLED = TraceContext("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00")
