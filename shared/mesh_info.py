@@ -46,6 +46,7 @@ class SchedulerLoad:
     stored_tokens: int = 0
     backed_up_tokens: int = 0
     loaded_tokens: int = 0
+    gen_throughput: float = 0.0
 
     def cached_tokens_by_tier(self) -> dict[str, int]:
         return {"device": self.cached_tokens_device, "host": self.cached_tokens_host,

@@ -33,6 +33,7 @@ class SchedulerStats:
         self.stored_tokens = 0      # written from host memory to L3
         self.backed_up_tokens = 0   # copied from the device pool to host memory
         self.loaded_tokens = 0      # copied from host memory back to the device pool
+        self.gen_throughput = 0.0  # tokens/s over the last decode log window, as SGLang's
         self._window_start = time.perf_counter()
         self._window_tokens = 0
 
@@ -77,6 +78,7 @@ class SchedulerStats:
         now = time.perf_counter()
         throughput = self._window_tokens / max(now - self._window_start, 1e-9)
         self._window_start, self._window_tokens = now, 0
+        self.gen_throughput = throughput
         logger.info("Decode batch. #running-req: %d, #token: %d, token usage: %.2f, "
                     "cuda graph: %s, gen throughput (token/s): %.2f, #queue-req: %d",
                     len(scheduler.running), tokens_in_use(scheduler), token_usage(scheduler),
@@ -109,4 +111,5 @@ def scheduler_load(scheduler: Scheduler) -> SchedulerLoad:
         cached_tokens_host=stats.cached_tokens_by_tier["host"],
         cached_tokens_storage=stats.cached_tokens_by_tier["storage"],
         prefetched_tokens=stats.prefetched_tokens, stored_tokens=stats.stored_tokens,
-        backed_up_tokens=stats.backed_up_tokens, loaded_tokens=stats.loaded_tokens)
+        backed_up_tokens=stats.backed_up_tokens, loaded_tokens=stats.loaded_tokens,
+        gen_throughput=stats.gen_throughput)

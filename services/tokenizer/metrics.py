@@ -26,6 +26,7 @@ _LOAD_GAUGES = {
     "num_queue_reqs": "requests waiting in the scheduler's queue",
     "token_usage": "share of the KV pool in use",
     "cache_hit_rate": "prompt tokens served from the prefix cache / all prompt tokens",
+    "gen_throughput": "output tokens per second, over the scheduler's last decode log window",
 }
 MODEL_LABEL = "model_name"
 

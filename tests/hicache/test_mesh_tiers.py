@@ -189,7 +189,7 @@ def test_requests_ended_midway_leak_no_slot_or_file(
     # slots: straight from L2, or from files loaded into L2 first (which of the two depends on
     # what the aborted round left in L2). Leaked slots would starve both.
     served = tiers_since(tiered.mesh, before)
-    assert served["host"] + served["storage"] > 0
+    assert served["host"] + served["storage"] > 0, served
     l3 = samples(scrape(tiered.hicache_metrics_url))
     assert len(page_files(tiered.l3_dir)) == l3["radixmesh:hicache_l3_pages"]
     assert temp_files(tiered.l3_dir) == []

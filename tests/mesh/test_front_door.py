@@ -271,6 +271,7 @@ def test_health_models_and_metrics_endpoints() -> None:
             model = 'model_name="tiny-llama"'
             for name in (f"radixmesh:num_running_reqs{{{model}}} 0.0",
                          f"radixmesh:num_queue_reqs{{{model}}} 0.0",
+                         f"radixmesh:gen_throughput{{{model}}} 0.0",
                          f"radixmesh:time_to_first_token_seconds_count{{{model}}} 1.0",
                          f"radixmesh:inter_token_latency_seconds_count{{{model}}} 2.0",
                          f"radixmesh:e2e_request_latency_seconds_count{{{model}}} 1.0",

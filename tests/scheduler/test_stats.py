@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from radixmesh.services.scheduler.stats import scheduler_load
 from tests.scheduler.driver import Driver, worker_info
 
 DECODE_LINE = re.compile(r"Decode batch\. #running-req: (\d+), #token: (\d+), "
@@ -42,3 +43,12 @@ def test_token_count_of_a_full_pool_with_shared_prefixes_fits_the_pool(
         assert tokens <= pool_tokens
         # The same accounting as token usage: pages in use times the page size.
         assert tokens == pytest.approx(usage * pool_tokens, abs=0.005 * pool_tokens + 1)
+
+
+def test_gen_throughput_reaches_the_load_the_front_door_exports() -> None:
+    driver = Driver(worker_info(num_pages=64, page_size=4, max_running=4), decode_log_interval=2)
+    assert scheduler_load(driver.scheduler).gen_throughput == 0.0
+    for i in range(4):
+        driver.add(f"r{i}", [10 + i] * 8, max_new_tokens=16)
+    driver.run()
+    assert scheduler_load(driver.scheduler).gen_throughput > 0.0
