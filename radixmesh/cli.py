@@ -19,6 +19,7 @@ COMMANDS = {
               "load generator: a standard workload through the mesh or in-process"),
     "make-model": ("radixmesh.make_model",
                    "write a random HF-format model directory with a tokenizer"),
+    "health": ("radixmesh.health_cli", "exit 0 if a service reports SERVING over gRPC health"),
 }
 
 
