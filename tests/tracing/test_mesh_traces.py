@@ -4,6 +4,7 @@ on CPU), exported over OTLP/gRPC to a real receiver: the span tree of design §6
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -138,3 +139,17 @@ def test_a_failed_request_has_an_error_status(traced_mesh: MeshProcess,
     root = one([span for span in spans if span.trace_id == trace_id], "POST /v1/completions")
     assert root.status_code == 2  # ERROR
     assert root.attributes["http.response.status_code"] == 400
+
+
+def test_no_receiver_costs_no_request(mesh_model_path: Path) -> None:
+    """Tracing pointed at a port where nothing listens: every request still succeeds (the
+    spans are dropped on the exporters' threads, never waited for by a request)."""
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        nowhere = f"127.0.0.1:{unused.getsockname()[1]}"
+    with start_mesh(mesh_model_path, "--enable-trace", "--otlp-traces-endpoint", nowhere) as mesh:
+        client = openai.OpenAI(base_url=f"{mesh.http_url}/v1", api_key="none", max_retries=0)
+        for _ in range(5):
+            reply = client.completions.create(model="tiny-llama", prompt="hello", max_tokens=4)
+            assert reply.usage.completion_tokens == 4
+        assert mesh.process.poll() is None
