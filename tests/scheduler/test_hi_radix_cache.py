@@ -220,3 +220,17 @@ def test_random_operations_keep_every_invariant(policy: str) -> None:
         cache.unlock(handle)
     cache.reset()
     cache.check_consistency()
+
+
+def test_write_back_backs_up_an_evicted_leaf_with_its_unhosted_ancestors() -> None:
+    """Under write_back nothing is hosted before eviction, so a leaf below a shared prefix
+    has an unhosted parent: the eviction backs up the path from the root, not nothing."""
+    cache = make_cache(policy="write_back")
+    insert(cache, [1, 2, 3, 4, 5, 6])
+    insert(cache, [1, 2, 3, 4, 7, 8])  # splits: [1 2 3 4] -> [5 6], [7 8]
+    assert cache.tier.take_copies(1)[1].device_pages == ()  # write_back: no backup yet
+    assert cache.evict(1) == 1
+    run_step(cache, 2)
+    hosted = [cache.match_prefix(tokens) for tokens in ([1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 7, 8])]
+    assert sorted((m.num_tokens, m.num_host_tokens) for m in hosted) == [(4, 2), (6, 0)]
+    cache.check_consistency()

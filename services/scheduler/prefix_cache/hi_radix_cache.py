@@ -142,13 +142,15 @@ class HiRadixCache(RadixCache):
 
     # -- backups ------------------------------------------------------------------------------
 
-    def _back_up_path(self, node: RadixNode) -> None:
+    def _back_up_path(self, node: RadixNode, evict_host: bool = True) -> None:
+        """Backs up `node` and its unhosted ancestors, root side first (host residency stays
+        connected to the root); stops where host memory cannot take the next node."""
         path = []
         while node is not self._root and not node.host_slots:
             path.append(node)
             node = node.parent
         for hosted in reversed(path):
-            if not self._back_up(hosted):
+            if not self._back_up(hosted, evict_host):
                 return
 
     def _back_up(self, node: RadixNode, evict_host: bool = True) -> bool:
@@ -168,8 +170,10 @@ class HiRadixCache(RadixCache):
 
     def _evict_from_leaf(self, leaf: RadixNode, budget: int) -> list[int]:
         if self.write_policy == "write_back" and not leaf.host_slots:
-            # No host eviction here: a request being admitted may be loading host-only nodes.
-            self._back_up(leaf, evict_host=False)
+            # Nothing is hosted before eviction under write_back, so the leaf's ancestors go
+            # too (they stay on the device as well). No host eviction here: a request being
+            # admitted may be loading host-only nodes.
+            self._back_up_path(leaf, evict_host=False)
         if not leaf.host_slots:
             self._drop_subtree_hosts(leaf)
             return super()._evict_from_leaf(leaf, budget)
