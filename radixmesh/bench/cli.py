@@ -161,8 +161,6 @@ def trace_breakdown_problem(args: argparse.Namespace) -> None:
     if args.path == "offline":
         raise ValueError("--trace-breakdown reads the spans a mesh exports; the offline path "
                          "makes none (drop --path offline)")
-    if args.workload == MULTITURN:
-        raise ValueError(f"--trace-breakdown does not run with {MULTITURN}")
     host, _, port = args.trace_breakdown.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) <= 65535:
         raise ValueError(f"--trace-breakdown takes HOST:PORT, the mesh's "
@@ -174,8 +172,6 @@ def run_cli(args: argparse.Namespace) -> int:
     if problem is not None:
         print(f"radixmesh bench: {problem}", file=sys.stderr)
         return 2
-    if args.workload == MULTITURN:  # a closed loop: prompts are built as rounds finish
-        return run_multiturn(args, sampling_from_args(args))
     spans = None
     if args.trace_breakdown is not None:
         try:  # before any request: the mesh exports from the first one on
@@ -184,6 +180,8 @@ def run_cli(args: argparse.Namespace) -> int:
             print(f"radixmesh bench: {error}", file=sys.stderr)
             return 2
     try:
+        if args.workload == MULTITURN:  # a closed loop: prompts are built as rounds finish
+            return run_multiturn(args, sampling_from_args(args), spans)
         return run_and_report(args, spans)
     finally:
         if spans is not None:

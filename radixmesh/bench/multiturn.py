@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -139,12 +140,17 @@ class ClosedLoop:
 
 
 async def run_multiturn_on_mesh(client: AsyncClient, loop: ClosedLoop, sampling: dict,
-                                progress: bool = True) -> list[Turn]:
-    """Fills every free slot with a ready client, then waits for any round to finish."""
+                                progress: bool = True,
+                                traceparent: Callable[[], str] | None = None) -> list[Turn]:
+    """Fills every free slot with a ready client, then waits for any round to finish.
+    `traceparent`, when given, makes each request's W3C trace context as it goes out."""
     running: set[asyncio.Task] = set()
 
     async def send(turn: Turn) -> Turn:
-        await stream_one(client, loop.body(turn, sampling), turn.trace, turn.output_ids)
+        body = loop.body(turn, sampling)
+        if traceparent is not None:
+            body["traceparent"] = traceparent()
+        await stream_one(client, body, turn.trace, turn.output_ids)
         return turn
 
     with loop.progress_bar("mesh", progress) as bar:

@@ -36,6 +36,8 @@ from radixmesh.bench.results import (
     write_result,
 )
 from radixmesh.bench.table import format_multiturn, format_summary
+from radixmesh.bench.trace_breakdown import format_breakdown
+from radixmesh.bench.trace_collector import TraceCollector
 from radixmesh.bench.workloads import FIRST_TOKEN_ID, scaled
 from radixmesh.client import AsyncClient, RadixMeshClientError
 from radixmesh.engine import Engine, engine_configs_from_args
@@ -137,14 +139,16 @@ def metrics_url(args: argparse.Namespace) -> str:
     return args.metrics_url or f"http://{host}:{FRONT_DOOR_HTTP_PORT}/metrics"
 
 
-async def run_mesh(args: argparse.Namespace, sampling: dict) -> MultiturnRun:
+async def run_mesh(args: argparse.Namespace, sampling: dict,
+                   spans: TraceCollector | None = None) -> MultiturnRun:
     url = metrics_url(args)
     async with AsyncClient(args.server) as client:
         info = await client.model_info()
         options = checked_options(args, info)
         before, problem = await asyncio.to_thread(scrape_tiers, url)
         loop = ClosedLoop(options)
-        await run_multiturn_on_mesh(client, loop, sampling, progress=not args.no_progress)
+        await run_multiturn_on_mesh(client, loop, sampling, progress=not args.no_progress,
+                                    traceparent=spans and spans.next_traceparent)
         after, problem_after = await asyncio.to_thread(scrape_tiers, url)
     tiers = tier_deltas(before, after)
     if problem or problem_after:
@@ -186,10 +190,12 @@ def result_parts(args: argparse.Namespace, run: MultiturnRun,
     return rounded(metrics), rounded(settings)
 
 
-def run_multiturn(args: argparse.Namespace, sampling: dict) -> int:
+def run_multiturn(args: argparse.Namespace, sampling: dict,
+                  spans: TraceCollector | None = None) -> int:
+    """`spans`, when given (mesh path only), traces every round and adds the breakdown."""
     try:
         run = run_offline(args, sampling) if args.path == "offline" \
-            else asyncio.run(run_mesh(args, sampling))
+            else asyncio.run(run_mesh(args, sampling, spans))
     except RadixMeshClientError as error:  # model_info() only: a failed stream is a figure
         print(f"radixmesh bench: the mesh at {args.server} did not answer: {error}",
               file=sys.stderr)
@@ -205,8 +211,12 @@ def run_multiturn(args: argparse.Namespace, sampling: dict) -> int:
     errors = error_counts(traces)
     for message, count in errors.items():
         print(f"failed x{count}: {message}", file=sys.stderr)
+    extra = {}
+    if spans is not None:  # spans or none, the run's own figures stand
+        extra["trace_breakdown"] = rounded(spans.report())
+        print(format_breakdown(extra["trace_breakdown"], spans.address))
     if not args.no_save:
         result = build_result(MULTITURN, args.path, run.device, sys.argv, metrics,
-                              **settings, errors=errors)
+                              **settings, errors=errors, **extra)
         print(f"result: {write_result(result, args.output_dir, run.device)}")
     return 0 if metrics["completed"] == metrics["planned_requests"] else 1

@@ -19,6 +19,8 @@ from radixmesh.bench.table import WIDTH, section
 
 # In the order a request meets them.
 STAGES = ("tokenize", "queue", "prefill", "decode", "detokenize")
+# Only a mesh with --enable-hierarchical-cache makes these; rows for them appear when it did.
+HICACHE_STAGES = ("hicache.prefetch", "hicache.load")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,9 +47,10 @@ def stage_seconds(spans: Iterable[ReceivedSpan],
     wanted = set(trace_ids)
     seconds: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for span in spans:
-        if span.name in STAGES and span.trace_id in wanted:
+        if span.name in STAGES + HICACHE_STAGES and span.trace_id in wanted:
             seconds[span.name][span.trace_id] += span.duration_s
-    return {stage: dict(seconds[stage]) for stage in STAGES if stage in seconds}
+    return {stage: dict(seconds[stage]) for stage in STAGES + HICACHE_STAGES
+            if stage in seconds}
 
 
 def breakdown(spans: Iterable[ReceivedSpan], trace_ids: Collection[str]) -> dict:
@@ -70,7 +73,8 @@ def format_breakdown(result: dict, endpoint: str) -> str:
     if not result["traced_requests"]:
         return "\n".join([title, *no_spans_message(endpoint).splitlines(), "=" * WIDTH])
     lines = [title, f"{'Stage':<14}{'Requests':>10}{'Median (ms)':>14}{'P99 (ms)':>14}"]
-    for stage in STAGES:
+    present = [stage for stage in HICACHE_STAGES if stage in result["stages"]]
+    for stage in (*STAGES, *present):
         row = result["stages"].get(stage)
         if row is None:
             lines.append(f"{stage:<14}{0:>10}{'n/a':>14}{'n/a':>14}")

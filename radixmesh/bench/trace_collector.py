@@ -50,6 +50,10 @@ class TraceCollector:
         self.parents.extend(new)
         return [parent.traceparent for parent in new]
 
+    def next_traceparent(self) -> str:
+        """One new request's traceparent (a closed loop makes its requests one by one)."""
+        return self.traceparents(1)[0]
+
     @property
     def trace_ids(self) -> set[str]:
         return {parent.trace_id for parent in self.parents}

@@ -16,6 +16,7 @@ from radixmesh.bench.multiturn import (
     run_multiturn_on_engine,
     run_multiturn_on_mesh,
 )
+from radixmesh.bench.trace_breakdown import STAGES
 from radixmesh.cli import main
 from radixmesh.client import AsyncClient
 from radixmesh.engine import Engine
@@ -23,7 +24,7 @@ from radixmesh.make_model import make_model
 from radixmesh.services.scheduler.config import SchedulerConfig
 from radixmesh.services.worker.config import WorkerConfig
 from tests.bench.test_multiturn import SMALL, assert_prompts_extend_their_history
-from tests.mesh.conftest import MeshProcess, start_mesh
+from tests.mesh.conftest import MeshProcess, free_port, start_mesh
 
 GREEDY = {"temperature": 0.0, "ignore_eos": True}
 SMALL_FLAGS = ["--num-clients", "3", "--num-rounds", "3", "--new-tokens-per-round", "16",
@@ -104,3 +105,25 @@ def test_a_too_long_last_round_fails_before_sending(mesh: MeshProcess,
                  "--num-rounds", "3", "--new-tokens-per-round", "1000", "--no-save",
                  "--no-progress"]) == 2
     assert "context length is 2048" in capsys.readouterr().err
+
+
+def test_cli_breaks_each_round_down_by_stage_with_host_loads(
+        tiny_model: Path, tmp_path: Path) -> None:
+    """A traced mesh whose device pool holds one conversation at a time: later rounds load
+    their history from host memory, and the breakdown shows it beside the usual stages."""
+    endpoint = f"127.0.0.1:{free_port()}"
+    with start_mesh(tiny_model, "--enable-trace", "--otlp-traces-endpoint", endpoint,
+                    "--enable-hierarchical-cache", "--page-size", "4",
+                    "--max-total-tokens", "80", worker="model") as traced:
+        assert main(["bench", "--workload", "multiturn-long", "--server", traced.grpc_address,
+                     *SMALL_FLAGS, "--metrics-url", f"{traced.http_url}/metrics",
+                     "--trace-breakdown", endpoint, "--output-dir", str(tmp_path),
+                     "--no-progress"]) == 0
+    [path] = tmp_path.glob("multiturn-long-mesh-*.json")
+    result = json.loads(path.read_text())
+    breakdown = result["trace_breakdown"]
+    assert breakdown["requests"] == breakdown["traced_requests"] == 9
+    for stage in STAGES:
+        assert breakdown["stages"][stage]["requests"] == 9, stage
+    assert result["metrics"]["per_tier"]["host"] > 0
+    assert breakdown["stages"]["hicache.load"]["requests"] > 0
