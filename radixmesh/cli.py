@@ -20,6 +20,7 @@ COMMANDS = {
     "make-model": ("radixmesh.make_model",
                    "write a random HF-format model directory with a tokenizer"),
     "health": ("radixmesh.health_cli", "exit 0 if a service reports SERVING over gRPC health"),
+    "check-env": ("radixmesh.check_env", "versions, GPUs and what is missing for which flag"),
 }
 
 

@@ -138,15 +138,20 @@ def _checkpoint_fields(model_dir: Path) -> dict[str, object]:
     return {"files": files}
 
 
-def weights_fingerprint(model_dir: Path | None, dummy_seed: int | None) -> str:
+def weights_fingerprint(model_dir: Path | None, dummy_seed: int | None,
+                        quantized_at_load: str | None = None) -> str:
     """A hex digest that changes whenever the weights may have changed.
 
     Real weights: config.json and the safetensors index file, or, without an index, the sorted
     (name, size) list of *.safetensors files; reading the tensors themselves would take minutes
     on a large checkpoint. Dummy weights (`dummy_seed` given): config.json (when `model_dir` is
-    given) and the seed, which together fix every random weight.
+    given) and the seed, which together fix every random weight. `quantized_at_load` (the
+    worker's --quantization) changes the weights the KV is computed with, so it counts too; a
+    pre-quantized checkpoint differs by its files already.
     """
     config = {} if model_dir is None else {"config": _file_digest(model_dir / "config.json")}
+    if quantized_at_load:
+        config["quantized_at_load"] = quantized_at_load
     if dummy_seed is not None:
         return _canonical_digest({**config, "dummy_seed": dummy_seed}).hex()
     if model_dir is None:

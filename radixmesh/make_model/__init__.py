@@ -2,7 +2,8 @@
 
 The directory holds `config.json` and `generation_config.json` (written by transformers' own
 config classes), `model.safetensors` (or shards with an index) and the tokenizer files, and
-loads offline with `AutoTokenizer` / `AutoModelForCausalLM.from_pretrained`.
+loads offline with `AutoTokenizer` / `AutoModelForCausalLM.from_pretrained`. With
+`quantization="fp8"` the decoder's projections are written prequantized (see quantize.py).
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ from transformers import (
     Qwen3Config,
 )
 
+from radixmesh.make_model.quantize import quantize_weights, write_quantization_config
 from radixmesh.make_model.tokenizer import TokenizerInfo, train_tokenizer
 from radixmesh.make_model.weights import random_weights, save_weights, weight_shapes
+from radixmesh.services.worker.quantization.config import QUANTIZATION_CHOICES
 from radixmesh.shared.model_location import DEFAULT_MODEL_NAME, default_model_dir
 
 ARCHITECTURES: dict[str, tuple[type[PretrainedConfig], str]] = {
@@ -44,12 +47,13 @@ def make_model(out_dir: str | Path, arch: str = "llama", *, hidden_size: int = 6
                max_position_embeddings: int = 2048, tie_word_embeddings: bool = False,
                rope_scaling: dict[str, Any] | None = None, sliding_window: int | None = None,
                dtype: str = "float32", seed: int = 0,
-               max_shard_size: int | None = None) -> Path:
+               max_shard_size: int | None = None, quantization: str | None = None) -> Path:
     """Writes a random model into `out_dir` (created) and returns it.
 
     `vocab_size` defaults to the tokenizer's; the tokenizer is trained to exactly that size, so
     every model id is a tokenizer id. `sliding_window` makes every Mistral layer slide, and the
-    upper half of the layers for Qwen (HF's `max_window_layers`). Same arguments, same files.
+    upper half of the layers for Qwen (HF's `max_window_layers`). `quantization` ("fp8")
+    writes the same random weights prequantized. Same arguments, same files.
     """
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown arch {arch!r}; choose from {', '.join(ARCHITECTURES)}")
@@ -70,6 +74,9 @@ def make_model(out_dir: str | Path, arch: str = "llama", *, hidden_size: int = 6
                      eos_token_id=list(tokenizer.eos_token_ids),
                      pad_token_id=tokenizer.pad_token_id).save_pretrained(out)
     weights = random_weights(weight_shapes(hf_config), DTYPES[dtype], seed)
+    if quantization is not None:
+        weights = quantize_weights(weights, quantization)
+        write_quantization_config(out, quantization)
     save_weights(weights, out, max_shard_size)
     return out
 
@@ -146,6 +153,9 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-shard-size", type=int, default=None,
                         help="bytes per safetensors shard (default: a single file)")
+    parser.add_argument("--quantization", choices=QUANTIZATION_CHOICES, default=None,
+                        help="write the decoder's projections prequantized (FP8 e4m3 with "
+                             "per-channel weight_scale, quant_method fp8 in config.json)")
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -156,7 +166,7 @@ def run_cli(args: argparse.Namespace) -> int:
         max_position_embeddings=args.max_position_embeddings,
         tie_word_embeddings=args.tie_word_embeddings, rope_scaling=args.rope_scaling,
         sliding_window=args.sliding_window, dtype=args.dtype, seed=args.seed,
-        max_shard_size=args.max_shard_size)
+        max_shard_size=args.max_shard_size, quantization=args.quantization)
     print(f"wrote {args.arch} model to {out}")
     return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from radixmesh.services.worker.quantization.config import QUANTIZATION_CHOICES
 from radixmesh.shared.peers import DEFAULT_PORTS
 from radixmesh.shared.tracing import TracingFlags
 
@@ -24,12 +25,23 @@ class WorkerConfig(TracingFlags):
         "help": "model: run the model; null: no model math, fixed tokens (measures the mesh)",
         "choices": ("model", "null")})
     model_path: str | None = field(default=None, metadata={
-        "help": "HF-format model directory (default: a tiny random Llama made on first use)"})
+        "help": "HF-format model directory, or a Hugging Face hub id (ORG/NAME) resolved "
+                "through the hub cache (default: a tiny random Llama made on first use)"})
+    revision: str | None = field(default=None, metadata={
+        "help": "hub ids: the branch, tag or commit to load (default: main)"})
+    # Not in repr: configs get logged, tokens must not be.
+    hf_token: str | None = field(default=None, repr=False, metadata={
+        "help": "hub ids: the access token for gated or private models (default: $HF_TOKEN)"})
     load_format: str = field(default="auto", metadata={
         "help": "auto: read safetensors; dummy: random weights from config.json alone",
         "choices": ("auto", "dummy")})
     dtype: str = field(default="auto", metadata={
         "help": "weights and activations dtype", "choices": ("auto", "float32", "bfloat16", "float16")})
+    quantization: str | None = field(default=None, metadata={
+        "help": "fp8: weights in FP8 (e4m3) with per-channel scales, quantized at load; FP8 "
+                "GEMMs on GPUs of compute capability 8.9+, dequantized GEMMs elsewhere. A "
+                "checkpoint quantized ahead of time loads as it is without this flag",
+        "choices": QUANTIZATION_CHOICES})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
     attention_backend: str = field(default="auto", metadata={
         "help": "attention kernels; auto picks the fastest available"})

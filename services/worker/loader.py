@@ -8,10 +8,17 @@ Checkpoints are HF's, by HF's names. Most parameters have their HF name; the row
 projection (`FusedLinear`, e.g. `self_attn.qkv_proj`) are filled from the HF tensors of the
 shards it declares (`self_attn.q_proj`, `k_proj`, `v_proj`), each into its own block of rows.
 Every mismatch is reported by the HF name.
+
+Quantized layers (`--quantization`, or a checkpoint's `quantization_config`) are built in their
+storage format from the start and filled one checkpoint tensor at a time: a float weight is
+quantized as it is copied in, so the unquantized model never exists in memory (a 70B model in
+FP8 loads on a card that could not hold it in bf16). Each layer's method supplies the sinks
+(models/sinks.py) that load its tensors.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,8 +29,11 @@ from safetensors import safe_open
 from torch import nn
 
 from radixmesh.services.worker.model_config import ModelConfig
-from radixmesh.services.worker.models.fused_linear import FusedLinear
+from radixmesh.services.worker.models.fused_linear import FusedRows
 from radixmesh.services.worker.models.registry import model_class
+from radixmesh.services.worker.models.sinks import CopySink, Sink
+from radixmesh.services.worker.quantization.config import with_flag
+from radixmesh.services.worker.quantization.linear import QuantLinear
 
 LOAD_FORMATS = ("auto", "dummy")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -50,11 +60,15 @@ def resolve_dtype(name: str, config: ModelConfig) -> torch.dtype:
 
 def load_model(config: ModelConfig, model_path: str | Path, load_format: str = "auto",
                dtype: str = "auto", device: torch.device | str = "cpu",
-               seed: int = DUMMY_SEED) -> nn.Module:
+               seed: int = DUMMY_SEED, quantization: str | None = None) -> nn.Module:
     """The model for `config` in eval mode with gradients off, its weights in place (dummy
-    weights drawn from `seed`)."""
+    weights drawn from `seed`). `quantization` is `--quantization`: a float checkpoint is
+    quantized at load; a quantized one (config.quantization) runs with its own method.
+    The model's `config.quantization` says what it runs with."""
     if load_format not in LOAD_FORMATS:
         raise ValueError(f"unsupported load format {load_format!r}; supported: {LOAD_FORMATS}")
+    config = dataclasses.replace(config, quantization=with_flag(config.quantization,
+                                                                quantization))
     with torch.device(device), _default_dtype(resolve_dtype(dtype, config)):
         model = model_class(config)(config)
     model.eval().requires_grad_(False)
@@ -80,69 +94,101 @@ def init_dummy_weights(model: nn.Module, seed: int = DUMMY_SEED) -> None:
     """Deterministic random weights: norms at 1, biases at 0, the rest N(0, DUMMY_STD).
 
     Meant for speed benchmarks at real sizes; the small std keeps bf16 activations finite.
+    A quantized layer's weight is drawn in the activation dtype, exactly as the unquantized
+    model's would be (same generator, same order), and quantized: one layer at a time.
     """
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
-    for name, param in model.named_parameters():
-        if name.endswith("norm.weight"):
-            param.fill_(1.0)
-        elif name.endswith(".bias"):
-            param.zero_()
-        else:
-            param.normal_(0.0, DUMMY_STD, generator=generator)
+    for module_name, module in model.named_modules():
+        for param_name, param in module.named_parameters(recurse=False):
+            name = _join(module_name, param_name)
+            if name.endswith("norm.weight"):
+                param.fill_(1.0)
+            elif name.endswith(".bias"):
+                param.zero_()
+            elif isinstance(module, QuantLinear):
+                if param_name == "weight":  # its scales are derived from it
+                    weight = torch.empty(param.shape, dtype=module.act_dtype, device=device)
+                    module.quantize_rows(slice(None), weight.normal_(
+                        0.0, DUMMY_STD, generator=generator))
+            else:
+                param.normal_(0.0, DUMMY_STD, generator=generator)
 
 
 def load_safetensors(model: nn.Module, model_path: Path, tie_word_embeddings: bool) -> None:
-    """Copies every checkpoint tensor into its target (see `checkpoint_targets`).
+    """Loads every checkpoint tensor through its sink (see `checkpoint_sinks`).
 
     Raises WeightLoadError naming every missing, unexpected or mis-shaped tensor by its
     checkpoint name.
     """
-    targets = checkpoint_targets(model)
+    sinks = checkpoint_sinks(model)
+    ignored = IGNORED_SUFFIXES + _quantization_ignored_suffixes(model)
     seen: set[str] = set()
     unexpected: list[str] = []
     misshaped: list[str] = []
     for file in checkpoint_files(model_path):
         with safe_open(file, framework="pt", device="cpu") as reader:
             for name in reader.keys():  # noqa: SIM118 (safe_open is not a mapping)
-                if name.endswith(IGNORED_SUFFIXES):
+                if name.endswith(ignored):
                     continue
                 if name == "lm_head.weight" and tie_word_embeddings:
                     continue  # HF ties over it too: the embedding is the output matrix
-                target = targets.get(name)
-                if target is None:
+                sink = sinks.get(name)
+                if sink is None:
                     unexpected.append(name)
                     continue
                 seen.add(name)
                 tensor = reader.get_tensor(name)
-                if tensor.shape != target.shape:
-                    misshaped.append(f"{name} (checkpoint {tuple(tensor.shape)}, "
-                                     f"model {tuple(target.shape)})")
+                problem = sink.mismatch(tensor)
+                if problem is not None:
+                    misshaped.append(f"{name} ({problem})")
                     continue
-                target.copy_(tensor)
-    missing = sorted(set(targets) - seen)
+                sink.load(tensor)
+    missing = sorted(set(sinks) - seen)
     if missing or unexpected or misshaped:
         raise WeightLoadError(_mismatch_message(model_path, missing, unexpected, misshaped))
 
 
-def checkpoint_targets(model: nn.Module) -> dict[str, torch.Tensor]:
-    """HF checkpoint name -> the tensor that checkpoint tensor is copied into.
+def checkpoint_sinks(model: nn.Module) -> dict[str, Sink]:
+    """HF checkpoint name -> the sink that loads that tensor.
 
-    A parameter under its own name, except in a FusedLinear: there each declared shard's
-    name (`...self_attn.k_proj.weight`) maps to a view of the shard's rows of the fused
-    parameter (`...self_attn.qkv_proj.weight`). The keys are exactly the tensors a complete
-    checkpoint holds (tied ones left out, as HF leaves them out).
+    A parameter under its own name is a plain copy, except in a fused projection: there each
+    declared shard's name (`...self_attn.k_proj.weight`) copies into a view of the shard's rows
+    of the fused parameter (`...self_attn.qkv_proj.weight`). A quantized layer names its own
+    tensors per shard (e.g. `weight` and `weight_scale` of a prequantized FP8 checkpoint). The
+    keys are exactly the tensors a complete checkpoint holds (tied ones left out, as HF does).
     """
-    targets: dict[str, torch.Tensor] = {}
+    sinks: dict[str, Sink] = {}
     for module_name, module in model.named_modules():
+        shards = _shards(module_name, module)
+        if isinstance(module, QuantLinear):
+            for shard, rows in shards:
+                for suffix, sink in module.checkpoint_sinks(rows).items():
+                    sinks[_join(shard, suffix)] = sink
+            continue
         for param_name, param in module.named_parameters(recurse=False):
-            if not isinstance(module, FusedLinear):
-                targets[_join(module_name, param_name)] = param.detach()
-                continue
-            parent = module_name.rpartition(".")[0]
-            for shard, rows in module.shard_rows.items():
-                targets[_join(parent, shard, param_name)] = param.detach()[rows]
-    return targets
+            for shard, rows in shards:
+                sinks[_join(shard, param_name)] = CopySink(param.detach()[rows])
+    return sinks
+
+
+def checkpoint_targets(model: nn.Module) -> dict[str, torch.Tensor]:
+    """HF checkpoint name -> the tensor (or block of rows) that checkpoint tensor fills."""
+    return {name: sink.view for name, sink in checkpoint_sinks(model).items()}
+
+
+def _shards(module_name: str, module: nn.Module) -> list[tuple[str, slice]]:
+    """(HF module name, its rows) for each checkpoint module `module` holds."""
+    if isinstance(module, FusedRows):
+        parent = module_name.rpartition(".")[0]
+        return [(_join(parent, shard), rows) for shard, rows in module.shard_rows.items()]
+    return [(module_name, slice(None))]
+
+
+def _quantization_ignored_suffixes(model: nn.Module) -> tuple[str, ...]:
+    methods = {module.method.__class__: module.method for module in model.modules()
+               if isinstance(module, QuantLinear)}
+    return tuple(suffix for method in methods.values() for suffix in method.ignored_suffixes)
 
 
 def _join(*parts: str) -> str:

@@ -5,6 +5,9 @@ Both config styles that transformers has written are understood: v4 (`rope_theta
 `rope_theta`, `rope_type` and the scaling fields). Either way the result is normalized to
 `rope_theta` plus `rope_scaling`, which is None for plain RoPE and otherwise a dict that always
 carries `rope_type`.
+
+A checkpoint quantized ahead of time says so in `quantization_config`; that is read here too
+(`quantization`), and `--quantization` is merged with it at load (quantization/config.py).
 """
 
 from __future__ import annotations
@@ -13,6 +16,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from radixmesh.services.worker.quantization.config import (
+    QuantizationConfig,
+    UnsupportedQuantizationError,
+)
 
 SUPPORTED_ARCHITECTURES = (
     "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
@@ -48,6 +56,7 @@ class ModelConfig:
     dtype: str | None             # the checkpoint's dtype name, e.g. "bfloat16"
     eos_token_ids: tuple[int, ...]
     bos_token_id: int | None
+    quantization: QuantizationConfig | None = None  # the checkpoint's own (prequantized)
 
     @property
     def context_len(self) -> int:
@@ -108,6 +117,7 @@ class ModelConfig:
             dtype=config.get("dtype") or config.get("torch_dtype"),
             eos_token_ids=_token_ids(eos),
             bos_token_id=config.get("bos_token_id"),
+            quantization=_quantization(config),
         )
 
 
@@ -119,6 +129,16 @@ def _architecture(config: dict[str, Any]) -> str:
     supported = ", ".join(SUPPORTED_ARCHITECTURES)
     raise UnsupportedModelError(
         f"unsupported architecture {architectures or '(none given)'}; supported: {supported}")
+
+
+def _quantization(config: dict[str, Any]) -> QuantizationConfig | None:
+    quantization = config.get("quantization_config")
+    if not quantization:
+        return None
+    try:
+        return QuantizationConfig.from_hf(quantization)
+    except UnsupportedQuantizationError as error:
+        raise UnsupportedModelError(str(error)) from None
 
 
 def _rope(config: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:

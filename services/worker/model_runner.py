@@ -71,9 +71,12 @@ class ModelRunner(ModelWorker):
         self.context_len = config.context_length or self.model_config.context_len
         self.dtype = resolve_dtype(config.dtype, self.model_config)
         self.model = load_model(self.model_config, model_path, config.load_format,
-                                config.dtype, self.device, seed=config.random_seed)
+                                config.dtype, self.device, seed=config.random_seed,
+                                quantization=config.quantization)
+        self.model_config = self.model.config  # with the quantization it actually runs
         self.weights_fingerprint = weights_fingerprint(
-            model_path, dummy_seed=config.random_seed if config.load_format == "dummy" else None)
+            model_path, dummy_seed=config.random_seed if config.load_format == "dummy" else None,
+            quantized_at_load=config.quantization)
         self.page_size = config.page_size or (16 if self.device.type == "cuda" else 1)
         self.kv_pool = self._make_kv_pool()
         self.host_kv = HostKV(self.kv_pool)

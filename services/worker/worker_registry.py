@@ -28,7 +28,7 @@ WorkerFactory = Callable[[WorkerConfig], ModelWorker]
 
 def model_path_of(config: WorkerConfig) -> Path:
     """`--model-path`, or the default model."""
-    return resolve_model_path(config.model_path or None)
+    return resolve_model_path(config.model_path or None, config.revision, config.hf_token)
 
 
 def build_model_worker(config: WorkerConfig) -> ModelWorker:

@@ -189,3 +189,10 @@ def test_fingerprint_errors(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(FileNotFoundError, match=r"no \*.safetensors files"):
         weights_fingerprint(tmp_path, None)
+
+
+def test_quantizing_at_load_changes_the_fingerprint(tmp_path: Path) -> None:
+    model = write_model_dir(tmp_path / "m")
+    assert weights_fingerprint(model, None, quantized_at_load="fp8") != \
+        weights_fingerprint(model, None)
+    assert weights_fingerprint(model, 0, quantized_at_load="fp8") != weights_fingerprint(model, 0)

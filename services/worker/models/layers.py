@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from radixmesh.kernels.fused_gate import TRITON_USABLE, use_triton
-from radixmesh.services.worker.models.fused_linear import FusedLinear
+from radixmesh.services.worker.quantization.config import QuantizationConfig
+from radixmesh.services.worker.quantization.linear import make_fused_linear, make_linear
 
 if TRITON_USABLE:
     from radixmesh.kernels.activation import silu_and_mul as triton_silu_and_mul
@@ -63,13 +64,17 @@ class GatedMLP(nn.Module):
     """down(silu(gate(x)) * up(x)): the SwiGLU MLP of Llama, Mistral and Qwen.
 
     gate and up are one `gate_up_proj` (rows: HF's `gate_proj`, then `up_proj`), one GEMM.
+    `prefix` is the module's HF name (`model.layers.3.mlp`): quantization may skip layers by name.
     """
 
-    def __init__(self, hidden_size: int, intermediate_size: int, bias: bool) -> None:
+    def __init__(self, hidden_size: int, intermediate_size: int, bias: bool,
+                 quantization: QuantizationConfig | None = None, prefix: str = "mlp") -> None:
         super().__init__()
-        self.gate_up_proj = FusedLinear(
-            hidden_size, {"gate_proj": intermediate_size, "up_proj": intermediate_size}, bias)
-        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias)
+        self.gate_up_proj = make_fused_linear(
+            hidden_size, {"gate_proj": intermediate_size, "up_proj": intermediate_size}, bias,
+            quantization, prefix)
+        self.down_proj = make_linear(intermediate_size, hidden_size, bias, quantization,
+                                     f"{prefix}.down_proj")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(silu_and_mul(self.gate_up_proj(x)))

@@ -4,7 +4,9 @@ Module names are HF's (`model.layers.{i}.self_attn.o_proj`, ...) except for two 
 projections, each one GEMM: `self_attn.qkv_proj` stacks HF's `q_proj`, `k_proj` and `v_proj`
 (rows in that order, biases likewise) and `mlp.gate_up_proj` stacks `gate_proj` and `up_proj`.
 Each `FusedLinear` names its row blocks by those HF modules, and the loader copies a HF
-checkpoint's tensors into them by that name.
+checkpoint's tensors into them by that name. With quantization (`config.quantization`) the
+decoder's projections are quantized layers under the same names; the embeddings and `lm_head`
+stay in the activation dtype (as in vLLM's and SGLang's FP8 checkpoints).
 
 Qwen2 and Qwen3 subclass `LlamaAttention` through two hooks (`projection_biases`,
 `normalize_qk`) and swap it in with the `attention_class` attribute of `LlamaForCausalLM`.
@@ -19,7 +21,6 @@ from torch import nn
 from radixmesh.services.worker.attention.base import AttentionSpec, PagedAttention
 from radixmesh.services.worker.forward_batch import ForwardBatch
 from radixmesh.services.worker.model_config import ModelConfig
-from radixmesh.services.worker.models.fused_linear import FusedLinear
 from radixmesh.services.worker.models.layers import (
     GatedMLP,
     RMSNorm,
@@ -27,6 +28,7 @@ from radixmesh.services.worker.models.layers import (
     RotaryEmbedding,
     apply_rotary,
 )
+from radixmesh.services.worker.quantization.linear import make_fused_linear, make_linear
 
 
 class LlamaAttention(nn.Module):
@@ -38,9 +40,11 @@ class LlamaAttention(nn.Module):
         qkv_bias, o_bias = self.projection_biases(config)
         hidden, q_size = config.hidden_size, self.num_heads * self.head_dim
         kv_size = self.num_kv_heads * self.head_dim
-        self.qkv_proj = FusedLinear(
-            hidden, {"q_proj": q_size, "k_proj": kv_size, "v_proj": kv_size}, qkv_bias)
-        self.o_proj = nn.Linear(q_size, hidden, bias=o_bias)
+        prefix = f"model.layers.{layer_id}.self_attn"  # the HF name, for quantization's skips
+        self.qkv_proj = make_fused_linear(
+            hidden, {"q_proj": q_size, "k_proj": kv_size, "v_proj": kv_size}, qkv_bias,
+            config.quantization, prefix)
+        self.o_proj = make_linear(q_size, hidden, o_bias, config.quantization, f"{prefix}.o_proj")
         self.attn = PagedAttention(AttentionSpec(
             layer_id=layer_id, num_heads=self.num_heads, num_kv_heads=self.num_kv_heads,
             head_dim=self.head_dim, scaling=self.head_dim ** -0.5,
@@ -70,7 +74,8 @@ class LlamaDecoderLayer(nn.Module):
                  attention_class: type[LlamaAttention]) -> None:
         super().__init__()
         self.self_attn = attention_class(config, layer_id)
-        self.mlp = GatedMLP(config.hidden_size, config.intermediate_size, config.mlp_bias)
+        self.mlp = GatedMLP(config.hidden_size, config.intermediate_size, config.mlp_bias,
+                            config.quantization, f"model.layers.{layer_id}.mlp")
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
