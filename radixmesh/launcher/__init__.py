@@ -2,7 +2,10 @@
 
 Starts the worker, detokenizer, scheduler and tokenizer, waits until each reports healthy,
 prints the endpoints, and runs until Ctrl-C or SIGTERM (exit 0), stopping every service on
-the way out. If a service dies, the others are stopped and the exit status is 1.
+the way out. A service that exits once the mesh is up is restarted on the same address with
+backoff while the others stay up (`supervisor.py`); a crash loop, or any exit under
+`--restart-policy never`, stops the others and the exit status is 1. A service that exits
+before the mesh is first up fails `up` at once: that is a configuration error, not a fault.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from radixmesh.launcher.mesh_plan import (
     plan_mesh,
 )
 from radixmesh.launcher.processes import ServiceExitedError, ServiceGroup
+from radixmesh.launcher.supervisor import RestartPolicy, Supervisor
+from radixmesh.launcher.watch import say, watch
 from radixmesh.services.hicache.config import HiCacheConfig
 from radixmesh.services.scheduler.config import SchedulerConfig
 from radixmesh.services.tokenizer.config import TokenizerConfig
@@ -31,7 +36,6 @@ from radixmesh.services.worker.config import WorkerConfig
 from radixmesh.shared.cli_args import add_config_arguments, config_from_args
 
 logger = logging.getLogger(__name__)
-WATCH_INTERVAL_S = 0.2
 
 
 def add_cli_args(parser: argparse.ArgumentParser) -> None:
@@ -46,7 +50,8 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
 
 def run_cli(args: argparse.Namespace) -> int:
     try:
-        plan = _plan_from_args(args)
+        up = config_from_args(UpConfig, args)
+        plan = _plan_from_args(up, args)
     except ValueError as error:  # a config rejected a flag
         logger.error("%s", error)
         print(f"radixmesh up: {error}")
@@ -56,43 +61,46 @@ def run_cli(args: argparse.Namespace) -> int:
                 for signum in (signal.SIGINT, signal.SIGTERM)}
     group = ServiceGroup()
     try:
-        return _run(plan, group, stop, args.startup_timeout)
+        return _run(plan, group, stop, up)
     finally:
         group.stop()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
 
 
-def _plan_from_args(args: argparse.Namespace) -> MeshPlan:
+def _plan_from_args(up: UpConfig, args: argparse.Namespace) -> MeshPlan:
     worker = config_from_args(WorkerConfig, args)
     if worker.model_path is None:  # resolved once here, so every service reads the same one
         from radixmesh.make_model import default_model_path
         worker = dataclasses.replace(worker, model_path=str(default_model_path()))
     args.model_path = worker.model_path
-    return plan_mesh(config_from_args(UpConfig, args), worker,
+    return plan_mesh(up, worker,
                      config_from_args(SchedulerConfig, args),
                      config_from_args(TokenizerConfig, args),
                      logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower(),
                      config_from_args(HiCacheConfig, args))
 
 
-def _run(plan: MeshPlan, group: ServiceGroup, stop: threading.Event, timeout: float) -> int:
+def restart_policy(up: UpConfig) -> RestartPolicy:
+    return RestartPolicy(restart=up.restart_policy == "always", backoff=up.restart_backoff,
+                         backoff_max=up.restart_backoff_max, max_restarts=up.max_restarts,
+                         window=up.restart_window)
+
+
+def _run(plan: MeshPlan, group: ServiceGroup, stop: threading.Event, up: UpConfig) -> int:
     group.start(plan.services)
     try:
-        if not group.wait_healthy(timeout, stop.is_set):
+        if not group.wait_healthy(up.startup_timeout, stop.is_set):
             return 0  # stopped by a signal during startup
     except (ServiceExitedError, TimeoutError) as error:
-        print(f"radixmesh up: {error}; stopping the mesh", flush=True)
+        say(f"{error}; stopping the mesh")
         return 1
     _print_endpoints(plan)
-    while not stop.wait(WATCH_INTERVAL_S):
-        try:
-            group.check_alive()
-        except ServiceExitedError as error:
-            print(f"radixmesh up: {error}; stopping the mesh", flush=True)
-            return 1
-    print("radixmesh up: stopping", flush=True)
-    return 0
+    supervisor = Supervisor([command.name for command in plan.services], restart_policy(up))
+    status = watch(group, supervisor, stop)
+    if status == 0:
+        say("stopping")
+    return status
 
 
 def _print_endpoints(plan: MeshPlan) -> None:

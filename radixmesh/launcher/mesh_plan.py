@@ -39,12 +39,35 @@ class UpConfig:
     worker_metrics_port: int = field(default=0, metadata={
         "help": "port of the worker's Prometheus /metrics: idle time between steps, forward "
                 "time (0: off)"})
+    restart_policy: str = field(default="always", metadata={
+        "choices": ("always", "never"),
+        "help": "what to do when a service exits once the mesh is up: restart it on the same "
+                "address, with backoff, while the others stay up (always), or stop the whole "
+                "mesh (never)"})
+    restart_backoff: float = field(default=0.5, metadata={
+        "help": "seconds before the first restart of a service; doubled for each further "
+                "restart, up to --restart-backoff-max"})
+    restart_backoff_max: float = field(default=10.0, metadata={
+        "help": "the longest wait before a restart, in seconds"})
+    max_restarts: int = field(default=5, metadata={
+        "help": "restarts of one service within --restart-window before `up` takes it for a "
+                "crash loop and stops the mesh (0: no limit)"})
+    restart_window: float = field(default=60.0, metadata={
+        "help": "seconds over which --max-restarts counts; a service healthy for this long "
+                "starts its backoff over"})
 
     def __post_init__(self) -> None:
         for flag, port in (("--hicache-metrics-port", self.hicache_metrics_port),
                            ("--worker-metrics-port", self.worker_metrics_port)):
             if not 0 <= port <= 65535:
                 raise ValueError(f"{flag} must be in [0, 65535], got {port}")
+        if self.restart_policy not in ("always", "never"):
+            raise ValueError(f"--restart-policy must be always or never, "
+                             f"got {self.restart_policy!r}")
+        if not 0 <= self.restart_backoff <= self.restart_backoff_max:
+            raise ValueError("--restart-backoff must be in [0, --restart-backoff-max]")
+        if self.max_restarts < 0 or self.restart_window <= 0:
+            raise ValueError("--max-restarts must be >= 0 and --restart-window > 0")
 
 
 @dataclass(frozen=True)

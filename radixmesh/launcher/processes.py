@@ -1,4 +1,5 @@
-"""Running the mesh's services as child processes: start, wait until healthy, watch, stop.
+"""Running the mesh's services as child processes: start, wait until healthy, reap exits,
+restart one in its place, stop.
 
 Children run in their own sessions, so a Ctrl-C at the terminal reaches only the launcher,
 which then stops them in order (front door first, so no new request reaches a half-stopped
@@ -29,6 +30,7 @@ class ServiceExitedError(RuntimeError):
 class Child:
     command: ServiceCommand
     process: subprocess.Popen
+    exit_seen: bool = False  # its exit was reported by `exits()`; cleared by `restart()`
 
     @property
     def name(self) -> str:
@@ -43,9 +45,25 @@ class ServiceGroup:
 
     def start(self, commands: Sequence[ServiceCommand]) -> None:
         for command in commands:
-            process = subprocess.Popen(command.argv, start_new_session=True)
-            self.children.append(Child(command, process))
-            logger.info("started %s (pid %d)", command.name, process.pid)
+            self.children.append(Child(command, _spawn(command)))
+
+    def restart(self, name: str) -> int:
+        """Starts `name` again with the same command line, in the same place of the stop
+        order; returns the new pid."""
+        [child] = [child for child in self.children if child.name == name]
+        assert child.process.poll() is not None, f"the {name} is still running"
+        child.process, child.exit_seen = _spawn(child.command), False
+        return child.process.pid
+
+    def exits(self) -> list[tuple[Child, int]]:
+        """Children that exited since the last call, with their exit status (reaped)."""
+        found = []
+        for child in self.children:
+            code = child.process.poll()
+            if code is not None and not child.exit_seen:
+                child.exit_seen = True
+                found.append((child, code))
+        return found
 
     def wait_healthy(self, timeout: float, should_stop: Callable[[], bool]) -> bool:
         """True once every service reports SERVING; False if `should_stop()` turns true first.
@@ -84,3 +102,9 @@ class ServiceGroup:
                     child.process.kill()
                     child.process.wait()
         self.children = []
+
+
+def _spawn(command: ServiceCommand) -> subprocess.Popen:
+    process = subprocess.Popen(command.argv, start_new_session=True)
+    logger.info("started %s (pid %d)", command.name, process.pid)
+    return process
