@@ -34,6 +34,7 @@ from radixmesh.services.scheduler.config import SchedulerConfig
 from radixmesh.services.tokenizer.config import TokenizerConfig
 from radixmesh.services.worker.config import WorkerConfig
 from radixmesh.shared.cli_args import add_config_arguments, config_from_args
+from radixmesh.shared.model_location import resolve_model_path
 
 logger = logging.getLogger(__name__)
 
@@ -70,9 +71,16 @@ def run_cli(args: argparse.Namespace) -> int:
 
 def _plan_from_args(up: UpConfig, args: argparse.Namespace) -> MeshPlan:
     worker = config_from_args(WorkerConfig, args)
-    if worker.model_path is None:  # resolved once here, so every service reads the same one
+    # Resolved once here, so every service reads the same directory: the default model (made
+    # on first use), or a hub id's snapshot (downloaded once; the token never reaches a
+    # service's command line).
+    if worker.model_path is None:
         from radixmesh.make_model import default_model_path
-        worker = dataclasses.replace(worker, model_path=str(default_model_path()))
+        model_path = default_model_path()
+    else:
+        model_path = resolve_model_path(worker.model_path, worker.revision, worker.hf_token)
+    worker = dataclasses.replace(worker, model_path=str(model_path), revision=None,
+                                 hf_token=None)
     args.model_path = worker.model_path
     return plan_mesh(up, worker,
                      config_from_args(SchedulerConfig, args),
