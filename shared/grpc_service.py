@@ -24,9 +24,25 @@ from radixmesh.shared.errors import grpc_code
 # default, and both ends are ours. Still bounded: a bug that builds a runaway message fails
 # that one call with RESOURCE_EXHAUSTED instead of making a peer allocate without end.
 INTERNAL_MESSAGE_BYTES = 256 << 20
+# Keepalive (issue 17): a peer that is stopped (SIGSTOP), wedged or gone without closing its
+# socket answers no HTTP/2 ping, so the transport closes and every stream on it fails with
+# UNAVAILABLE within KEEPALIVE_TIME_MS + KEEPALIVE_TIMEOUT_MS (~10 s), idle or busy. Pings are
+# answered by gRPC's own threads, so a worker busy in a long step still answers them. Both
+# ends are ours: servers accept pings this often without data and never strike for them.
+KEEPALIVE_TIME_MS = 5_000
+KEEPALIVE_TIMEOUT_MS = 5_000
 INTERNAL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.max_send_message_length", INTERNAL_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", INTERNAL_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+    ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    # What this gRPC core actually waits for a ping's ack (its default is a minute; without
+    # it a stopped peer was never detected: keepalive_timeout_ms alone did not close it).
+    ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", KEEPALIVE_TIME_MS // 2),
+    ("grpc.http2.max_ping_strikes", 0),
 )
 # The public client's channel: unlimited both ways, because the server it talks to decides
 # what is too big (the front door's --max-request-bytes) and says so by name; a client-side

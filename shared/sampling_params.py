@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from radixmesh.shared.errors import InvalidRequestError
+from radixmesh.shared.text_checks import check_utf8
 
 MAX_SEED = 2**63 - 1
 MAX_INT32 = 2**31 - 1  # the wire's width for counts
@@ -14,6 +15,32 @@ PENALTY_RANGE = (-2.0, 2.0)
 # Below this, temperature means greedy: dividing logits by it overflows float32 (inf - inf is
 # NaN) long before 0, and the tempered distribution is already one-hot to float precision.
 GREEDY_TEMPERATURE = 1e-5
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingLimits:
+    """How long the lists of one request may be. The front door's flags set them (OpenAI takes
+    4 stop strings, vLLM and SGLang any number); every later entry checks `HARD_LIMITS`."""
+
+    max_stop_strings: int = 16
+    max_stop_string_length: int = 256    # characters
+    max_stop_token_ids: int = 64
+
+    def check_within(self, ceiling: SamplingLimits) -> None:
+        """Raises ValueError naming the flag of a limit below 1 or above `ceiling`'s."""
+        for name in self.__dataclass_fields__:
+            value, most = getattr(self, name), getattr(ceiling, name)
+            if not 1 <= value <= most:
+                raise ValueError(f"--{name.replace('_', '-')} must be in [1, {most}], got {value}")
+
+
+# What a service accepts whatever its caller checked (design §11: a service never trusts its
+# caller), and the largest values the front door's flags may take. It bounds the detokenizer's
+# work per request: a stop-string automaton of at most 64 x 512 characters (about 30 ms to
+# build on one CPU core; 3 ms at the defaults).
+HARD_LIMITS = SamplingLimits(max_stop_strings=64, max_stop_string_length=512,
+                             max_stop_token_ids=1024)
+DEFAULT_LIMITS = SamplingLimits()
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,12 +89,13 @@ class SamplingParams:
                 kwargs[name] = _as_tuple(name, kwargs[name])
         return cls(**kwargs)
 
-    def validate(self, vocab_size: int) -> None:
+    def validate(self, vocab_size: int, limits: SamplingLimits = HARD_LIMITS) -> None:
         """The one sampling validator: every entry (HTTP, public gRPC, the scheduler's own)
         calls it once. Raises InvalidRequestError naming the first field of a wrong type or
-        out of its range."""
+        out of its range, or a list past `limits`."""
         self._check_types()
         self._check_ranges()
+        check_stop_lists(self.stop, self.stop_token_ids, limits)
         self._check_stops(vocab_size)
 
     def _check_types(self) -> None:
@@ -114,15 +142,33 @@ class SamplingParams:
                 "repetition_penalty", f"must be in (0, 2], got {self.repetition_penalty}")
 
     def _check_stops(self, vocab_size: int) -> None:
-        for text in self.stop:
-            if not isinstance(text, str) or not text:
-                raise InvalidRequestError("stop", "stop strings must be non-empty strings")
         for token_id in self.stop_token_ids:
             if isinstance(token_id, bool) or not isinstance(token_id, int):
                 raise InvalidRequestError("stop_token_ids", f"must be integers, got {token_id!r}")
             if not 0 <= token_id < vocab_size:
                 raise InvalidRequestError(
                     "stop_token_ids", f"{token_id} is outside the vocabulary [0, {vocab_size})")
+
+
+def check_stop_lists(stop: Sequence[object], stop_token_ids: Sequence[object],
+                     limits: SamplingLimits) -> None:
+    """Counts and lengths first, so that no later check walks an oversized list; then each
+    stop string's type and encoding: a lone surrogate ("\\ud800" in JSON) cannot cross the
+    wire, and would break the link that carried it."""
+    if len(stop) > limits.max_stop_strings:
+        raise InvalidRequestError(
+            "stop", f"at most {limits.max_stop_strings} stop strings are allowed, got {len(stop)}")
+    if len(stop_token_ids) > limits.max_stop_token_ids:
+        raise InvalidRequestError("stop_token_ids", f"at most {limits.max_stop_token_ids} "
+                                  f"stop token ids are allowed, got {len(stop_token_ids)}")
+    for index, text in enumerate(stop):
+        if not isinstance(text, str) or not text:
+            raise InvalidRequestError("stop", "stop strings must be non-empty strings")
+        if len(text) > limits.max_stop_string_length:
+            raise InvalidRequestError(
+                "stop", f"stop string {index} has {len(text)} characters; at most "
+                f"{limits.max_stop_string_length} are allowed")
+        check_utf8("stop", text)
 
 
 _FLOAT_FIELDS = ("temperature", "top_p", "min_p", "frequency_penalty", "presence_penalty",

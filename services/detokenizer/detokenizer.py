@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from radixmesh.services.detokenizer.incremental import IncrementalDetokenizer, TokenDecoder
 from radixmesh.services.detokenizer.stop_strings import StopStringMatcher
+from radixmesh.shared.errors import InvalidRequestError
 from radixmesh.shared.requests import FinishKind, FinishReason, TextDelta, TokenDelta
+from radixmesh.shared.sampling_params import HARD_LIMITS, check_stop_lists
+from radixmesh.shared.text_checks import check_rid
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
 class RequestStream:
-    """Decoding state of one request."""
+    """Decoding state of one request; a refused one has neither decoder nor matcher."""
 
-    decoder: IncrementalDetokenizer
-    stops: StopStringMatcher
+    decoder: IncrementalDetokenizer | None
+    stops: StopStringMatcher | None
     finished: bool = False  # a finish went out; whatever arrives later is dropped
+    refused: str = ""       # why the entry check refused it: its first delta ends it so
 
 
 class Detokenizer:
@@ -26,6 +33,10 @@ class Detokenizer:
     A stop string match finishes the request with FinishKind.STOP; the tokens the scheduler
     produced meanwhile (it learns of the stop only when the caller aborts the request) are
     dropped, as are deltas of ids never added or already released.
+
+    Nothing a caller sends may raise out of `add_request` or `feed` (design §11: the
+    scheduler's stream carries every request): a registration that fails the entry checks, or
+    tokens that cannot be decoded, end that request alone with FinishKind.ABORT and the reason.
     """
 
     def __init__(self, tokenizer: TokenDecoder) -> None:
@@ -42,9 +53,22 @@ class Detokenizer:
                     prompt_ids: Sequence[int] = ()) -> None:
         if rid in self._streams:
             raise ValueError(f"request {rid!r} is already being detokenized")
-        self._streams[rid] = RequestStream(
-            decoder=IncrementalDetokenizer(self._tokenizer, prompt_ids),
-            stops=StopStringMatcher(stop))
+        try:
+            self._check_entry(rid, stop, prompt_ids)
+            stream = RequestStream(IncrementalDetokenizer(self._tokenizer, prompt_ids),
+                                   StopStringMatcher(stop))
+        except Exception as error:  # a bad registration must not fail the scheduler's stream
+            logger.warning("refused request %r at the detokenizer's entry: %s", rid, error)
+            stream = RequestStream(None, None, refused=f"refused by the detokenizer: {error}")
+        self._streams[rid] = stream
+
+    @staticmethod
+    def _check_entry(rid: str, stop: Sequence[str], prompt_ids: Sequence[int]) -> None:
+        """Ids are not held to the tokenizer's vocabulary: a model may have more embedding
+        rows than its tokenizer has tokens (they decode to nothing). Ids no tokenizer can take
+        (negative ones) make the decoder raise, which refuses the request as well."""
+        check_rid(rid)
+        check_stop_lists(stop, (), HARD_LIMITS)
 
     def release(self, rid: str) -> None:
         """Forgets a request; unknown ids are ignored, so releasing twice is harmless."""
@@ -60,9 +84,14 @@ class Detokenizer:
         return out
 
     def _step(self, stream: RequestStream, delta: TokenDelta) -> TextDelta:
-        text = stream.decoder.feed(delta.token_ids)
-        if delta.finish is not None:
-            text += stream.decoder.flush()
+        try:
+            text = self._decode(stream, delta)
+        except Exception as error:  # this request's tokens only: the others go on
+            logger.warning("request %r ends: %s", delta.rid, error)
+            stream.finished = True
+            reason = stream.refused or f"could not decode its token ids: {error}"
+            return TextDelta(delta.rid, "", list(delta.token_ids),
+                             FinishReason(FinishKind.ABORT, message=reason), delta.usage)
         match = stream.stops.feed(text)
         if match.matched is not None:
             stream.finished = True
@@ -73,3 +102,13 @@ class Detokenizer:
             return TextDelta(delta.rid, match.text + stream.stops.flush(),
                              list(delta.token_ids), delta.finish, delta.usage)
         return TextDelta(delta.rid, match.text, list(delta.token_ids))
+
+    @staticmethod
+    def _decode(stream: RequestStream, delta: TokenDelta) -> str:
+        """The delta's new text; raises for a refused request or ids the tokenizer refuses."""
+        if stream.decoder is None:
+            raise InvalidRequestError("request", stream.refused)
+        text = stream.decoder.feed(delta.token_ids)
+        if delta.finish is not None:
+            text += stream.decoder.flush()
+        return text

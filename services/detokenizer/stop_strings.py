@@ -7,12 +7,24 @@ it. Invariants (tested):
   *ends* first wins, as when generation halts the moment one appears; between two that end at
   the same character, the longer (earlier starting) one wins;
 - without a match, everything fed is emitted, in order, once `flush()` is called.
+
+The scan is an Aho-Corasick automaton over the stop strings' characters: each new character
+costs one transition (amortised), whatever the number and length of the stop strings, and
+the held text is exactly the automaton state's depth. Rescanning every stop string against a
+window per delta made one request with many stop strings slow down every request of the
+detokenizer's round (issue 17). Automata are shared by requests with the same stop strings.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
+
+# Transition keys are `state * CODE_POINTS + ord(char)`: one flat dict of ints, far smaller
+# than a dict per state.
+CODE_POINTS = 0x110000
+CACHED_AUTOMATA = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,11 +35,75 @@ class StopMatch:
     matched: str | None = None
 
 
+class StopAutomaton:
+    """The stop strings' trie with failure links; immutable once built, so shareable.
+
+    State 0 is the root. `depth[s]` is the length of the text state `s` stands for (the
+    longest suffix of the text read that is a prefix of some stop string); `match[s]` the
+    length of the longest stop string ending there, 0 if none.
+    """
+
+    __slots__ = ("goto", "fail", "depth", "match")
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.goto: dict[int, int] = {}
+        self.depth: list[int] = [0]
+        self.match: list[int] = [0]
+        children: list[list[tuple[int, int]]] = [[]]  # per state: (code point, child)
+        for stop in stops:
+            state = 0
+            for char in stop:
+                code = ord(char)
+                child = self.goto.get(state * CODE_POINTS + code)
+                if child is None:
+                    child = len(self.depth)
+                    self.goto[state * CODE_POINTS + code] = child
+                    self.depth.append(self.depth[state] + 1)
+                    self.match.append(0)
+                    children.append([])
+                    children[state].append((code, child))
+                state = child
+            self.match[state] = len(stop)
+        self.fail = [0] * len(self.depth)
+        self._link(children)
+
+    def _link(self, children: list[list[tuple[int, int]]]) -> None:
+        """Failure links, breadth first so a link's target is done before its source; each
+        state's `match` inherits its target's when it ends no stop string itself."""
+        fail = self.fail
+        queue = [child for _, child in children[0]]
+        for state in queue:  # grows while iterated: a breadth-first walk
+            for code, child in children[state]:
+                target = self.next(fail[state], code)
+                fail[child] = target
+                if not self.match[child]:
+                    self.match[child] = self.match[target]
+                queue.append(child)
+
+    def next(self, state: int, code: int) -> int:
+        """The state after reading the character `code` in `state`."""
+        goto, fail = self.goto, self.fail
+        while True:
+            child = goto.get(state * CODE_POINTS + code)
+            if child is not None:
+                return child
+            if state == 0:
+                return 0
+            state = fail[state]
+
+
+@lru_cache(maxsize=CACHED_AUTOMATA)
+def automaton(stops: tuple[str, ...]) -> StopAutomaton:
+    return StopAutomaton(stops)
+
+
 class StopStringMatcher:
     """Per-request matcher. After a match it emits nothing more."""
 
     def __init__(self, stops: Sequence[str]) -> None:
-        self._stops = tuple(dict.fromkeys(stop for stop in stops if stop))
+        unique = tuple(dict.fromkeys(stop for stop in stops if stop))
+        self._automaton = automaton(unique) if unique else None
+        self._state = 0
         self._held = ""
         self._matched: str | None = None
 
@@ -38,41 +114,25 @@ class StopStringMatcher:
     def feed(self, delta: str) -> StopMatch:
         if self._matched is not None:
             return StopMatch("")
-        if not self._stops:
+        if self._automaton is None:
             return StopMatch(delta)
+        scan, state = self._automaton, self._state
+        for index, char in enumerate(delta):
+            state = scan.next(state, ord(char))
+            length = scan.match[state]
+            if length:
+                end = len(self._held) + index + 1
+                text = self._held + delta
+                self._held, self._matched = "", text[end - length:end]
+                return StopMatch(text[:end - length], self._matched)
+        self._state = state
         text = self._held + delta
-        found = self._earliest_match(text)
-        if found is not None:
-            start, stop = found
-            self._held = ""
-            self._matched = stop
-            return StopMatch(text[:start], stop)
-        keep = self._partial_match_length(text)
+        keep = scan.depth[state]  # never more than the text: depth grows one per character
         self._held = text[len(text) - keep:]
         return StopMatch(text[:len(text) - keep])
 
     def flush(self) -> str:
         """Releases held text at the end of the stream: it can no longer become a stop."""
         held, self._held = self._held, ""
+        self._state = 0
         return held if self._matched is None else ""
-
-    def _earliest_match(self, text: str) -> tuple[int, str] | None:
-        """(start, stop) of the occurrence ending first; ties go to the earlier start."""
-        best: tuple[int, int, str] | None = None
-        for stop in self._stops:
-            start = text.find(stop)
-            if start < 0:
-                continue
-            key = (start + len(stop), start, stop)
-            if best is None or key < best:
-                best = key
-        return None if best is None else (best[1], best[2])
-
-    def _partial_match_length(self, text: str) -> int:
-        """Length of the longest suffix of `text` that is a proper prefix of some stop."""
-        longest = min(len(text), max(len(stop) for stop in self._stops) - 1)
-        for length in range(longest, 0, -1):
-            suffix = text[len(text) - length:]
-            if any(stop.startswith(suffix) for stop in self._stops):
-                return length
-        return 0

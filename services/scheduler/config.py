@@ -70,7 +70,19 @@ class SchedulerConfig(TracingFlags):
     detokenizer_address: str | None = field(default=None, metadata={
         "help": peer_help("detokenizer")})
     peer_timeout: float = field(default=600.0, metadata={
-        "help": "seconds to wait at startup for the worker and detokenizer to be healthy"})
+        "help": "seconds to wait at startup for the worker and detokenizer to be healthy "
+                "(once up, a lost peer is waited for without end, the scheduler NOT_SERVING)"})
+    # Why 300 s: a healthy 8B step takes well under a second (an 8192-token prefill chunk on
+    # an H100 ~0.2 s) and start-up warm-up and CUDA graph capture run before the worker reports
+    # SERVING, but a kernel first used by a live step may still compile then (a FlashInfer JIT
+    # module builds in tens of seconds to minutes): a step must never be taken for a hang.
+    # A stopped or dead worker is caught sooner anyway, by the channel's keepalive (~10 s).
+    worker_step_timeout: float = field(default=300.0, metadata={
+        "help": "seconds a step's result may take before the worker is taken for hung: its "
+                "running requests fail with UNAVAILABLE and the scheduler reconnects"})
+    worker_lost_timeout: float = field(default=30.0, metadata={
+        "help": "seconds requests queued when the worker was lost wait for a worker to come "
+                "back before they fail with UNAVAILABLE"})
 
     def __post_init__(self) -> None:
         # Frozen: resolved defaults are written once here, so readers never see None.
@@ -92,6 +104,8 @@ class SchedulerConfig(TracingFlags):
             raise ValueError("--port must be in [0, 65535]")
         if self.peer_timeout <= 0:
             raise ValueError("--peer-timeout must be > 0")
+        if self.worker_step_timeout <= 0 or self.worker_lost_timeout < 0:
+            raise ValueError("--worker-step-timeout must be > 0 and --worker-lost-timeout >= 0")
         if self.hicache_prefetch_threshold < 1 or self.hicache_prefetch_timeout < 0:
             raise ValueError("--hicache-prefetch-threshold must be >= 1 and "
                              "--hicache-prefetch-timeout >= 0")

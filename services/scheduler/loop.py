@@ -4,6 +4,11 @@ Pipelined (design §3): while the worker executes plan N, plan N+1 is already on
 the worker never waits for the scheduler between steps. The loop knows its peers only as
 async callables, so it runs the same against the gRPC streams and against an in-process
 worker in tests.
+
+A worker may be lost and come back (issue 17): a peer callable that raises WorkerLostError
+hands the loss to `on_worker_lost` and the loop goes on without a worker (requests still
+arrive, are refused or wait, and what they produce is published) until `attach_worker` gives
+it the next one.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from dataclasses import dataclass
 from radixmesh.services.scheduler.request_spans import RequestSpans
 from radixmesh.services.scheduler.scheduler import Scheduler
 from radixmesh.shared.errors import InvalidRequestError
+from radixmesh.shared.mesh_protocol import unavailable_finish
 from radixmesh.shared.requests import FinishKind, FinishReason, TokenDelta, TokenizedRequest, Usage
 from radixmesh.shared.span_recorder import DISABLED, SpanRecorder
 from radixmesh.shared.step import StepPlan, StepResult
@@ -35,6 +41,10 @@ class LoopStats:
 SendPlan = Callable[[StepPlan], Awaitable[None]]
 ReceiveResult = Callable[[], Awaitable[StepResult]]
 PublishBatch = Callable[[TokenBatch], Awaitable[None]]
+
+
+class WorkerLostError(ConnectionError):
+    """The worker's stream broke, ended or produced no result in time: what it held is gone."""
 
 
 class SchedulerLoop:
@@ -63,9 +73,15 @@ class SchedulerLoop:
         self._on_progress = on_progress
         self.stats = LoopStats()
         self.spans = RequestSpans(recorder, scheduler.running)
-        self._send_plan = send_plan
+        self._recorder = recorder
+        self._send_plan: SendPlan | None = send_plan  # None while no worker is attached
         self._receive_result = receive_result
         self._publish = publish
+        # Set while a peer the mesh needs is lost: new requests fail with it at once.
+        self.unavailable: str | None = None
+        # Told of a WorkerLostError from a peer callable; unset, `run` lets it propagate.
+        self.on_worker_lost: Callable[[WorkerLostError], None] | None = None
+        self._generation = 0  # counts worker detachments: results of an older one are void
         self._inflight = 0
         self._outbox = TokenBatch()
         self._wakeup = asyncio.Event()
@@ -87,12 +103,17 @@ class SchedulerLoop:
                 logger.error("request id %r is already live: ignoring the duplicate", request.rid)
                 continue
             self._register(request.rid, request.sampling.stop, request.input_ids, request.trace)
+            if self.unavailable is not None:  # fail fast: no worker or nobody to read output
+                self._finish_unscheduled(request.rid, len(request.input_ids),
+                                         unavailable_finish(self.unavailable))
+                continue
             try:
                 check_request(request, self.scheduler.worker.vocab_size)
                 self.scheduler.add_request(request)
             except Exception as error:  # a bad request must never take the scheduler down
                 logger.info("rejected %s: %s", request.rid, error)
-                self._finish_unscheduled(request.rid, len(request.input_ids), str(error))
+                self._finish_unscheduled(request.rid, len(request.input_ids),
+                                         FinishReason(FinishKind.ABORT, message=str(error)))
                 self.spans.rejected(request, str(error))
                 continue
             self._owners[request.rid] = owner
@@ -116,11 +137,12 @@ class SchedulerLoop:
             logger.error("cannot reject live request %r: %s", rid, message)
             return
         self._register(rid, (), input_ids)
-        self._finish_unscheduled(rid, len(input_ids), message)
+        self._finish_unscheduled(rid, len(input_ids), FinishReason(FinishKind.ABORT,
+                                                                   message=message))
         self._wakeup.set()
 
-    def abort(self, rid: str) -> None:
-        delta = self.scheduler.abort(rid)
+    def abort(self, rid: str, finish: FinishReason | None = None) -> None:
+        delta = self.scheduler.abort(rid, finish)
         if delta is not None:
             self._collect([delta])
             self._wakeup.set()
@@ -133,12 +155,24 @@ class SchedulerLoop:
     # ---- the loop --------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Runs until cancelled, or until a peer callable raises."""
+        """Runs until cancelled, or until a peer callable raises (a WorkerLostError only
+        while `on_worker_lost` is unset)."""
         while True:
             # Cleared before planning, so a submission arriving during any await of the turn
             # is never missed: planning sees everything submitted before this point.
             self._wakeup.clear()
-            if not await self.turn():
+            generation = self._generation
+            try:
+                progressed = await self.turn()
+            except WorkerLostError as error:
+                if self.on_worker_lost is None:
+                    raise
+                # A stale error (the stream it came from was detached meanwhile) is dropped.
+                if generation == self._generation and self._send_plan is not None:
+                    self.on_worker_lost(error)  # first: it may count what is running
+                    self.detach_worker(str(error))
+                continue
+            if not progressed:
                 await self._wakeup.wait()
 
     async def turn(self) -> bool:
@@ -150,7 +184,10 @@ class SchedulerLoop:
         await self.flush()
         if self._inflight == 0:
             return False
+        generation = self._generation
         result = await self._receive_result()
+        if generation != self._generation:  # the worker was detached meanwhile: stale
+            return True
         self._inflight -= 1
         self.spans.completed(result.step_id)  # before its deltas: a first token ends prefill
         self._collect(self.scheduler.process_result(result))
@@ -158,7 +195,7 @@ class SchedulerLoop:
         return True
 
     async def _fill_pipeline(self) -> None:
-        while self._inflight < self.max_inflight:
+        while (send := self._send_plan) is not None and self._inflight < self.max_inflight:
             plan = self.scheduler.schedule()
             if plan is None:
                 return
@@ -168,7 +205,7 @@ class SchedulerLoop:
             self.stats.num_steps += 1
             self.stats.max_inflight = max(self.stats.max_inflight, self._inflight)
             self.spans.planned(plan)
-            await self._send_plan(plan)
+            await send(plan)
 
     async def flush(self) -> None:
         """Publishes the outbox, if anything is in it, as one TokenBatch."""
@@ -177,6 +214,54 @@ class SchedulerLoop:
         batch, self._outbox = self._outbox, TokenBatch()
         await self._publish(batch)
 
+    # ---- a worker lost and found -----------------------------------------------------------
+
+    def detach_worker(self, reason: str) -> bool:
+        """The worker is gone, and what it held with it: every running request ends with
+        UNAVAILABLE (its pages freed) and the plans in flight are forgotten. Waiting requests
+        stay queued; new ones fail at once until a worker is attached. False (nothing done)
+        when no worker is attached."""
+        if self._send_plan is None:
+            return False
+        self._send_plan = None
+        self._inflight = 0
+        self._generation += 1
+        self.unavailable = self.unavailable or reason
+        self._fail(list(self.scheduler.running), reason)
+        return True
+
+    def attach_worker(self, scheduler: Scheduler, send_plan: SendPlan,
+                      receive_result: ReceiveResult) -> None:
+        """A (new) worker and the Scheduler sized for it (`recovery.py`) replace the old
+        ones; only after `detach_worker`, so nothing is in flight."""
+        assert self._send_plan is None and self._inflight == 0, "detach the old worker first"
+        self.scheduler = scheduler
+        self.spans = RequestSpans(self._recorder, scheduler.running)
+        self._send_plan, self._receive_result = send_plan, receive_result
+        self._wakeup.set()
+
+    def set_progress_hook(self, on_progress: Callable[[], None] | None) -> None:
+        """What `on_progress` of the constructor is, for the current Scheduler's links."""
+        self._on_progress = on_progress
+
+    def fail_waiting(self, reason: str) -> None:
+        """Queued requests waited long enough for a worker: they fail with UNAVAILABLE."""
+        self._fail([req.rid for req in self.scheduler.waiting], reason)
+
+    def fail_all(self, reason: str) -> None:
+        """Nobody can read any output (the detokenizer is lost): every request ends, its pages
+        freed, and what was meant for the lost peer is dropped, not sent to its successor."""
+        self._fail([*self.scheduler.running, *(req.rid for req in self.scheduler.waiting)],
+                   reason)
+        self._outbox = TokenBatch()
+        self._owners.clear()
+        self._streaming.clear()
+
+    def _fail(self, rids: Sequence[str], reason: str) -> None:
+        finish = unavailable_finish(reason)
+        for rid in rids:
+            self.abort(rid, finish)
+
     # ---- bookkeeping -----------------------------------------------------------------------
 
     def _register(self, rid: str, stop: Sequence[str], input_ids: Sequence[int],
@@ -184,8 +269,8 @@ class SchedulerLoop:
         self._outbox.registrations.append(DetokenizeRegistration(
             rid, tuple(stop), tuple(input_ids[-PROMPT_CONTEXT_TOKENS:]), len(input_ids), trace))
 
-    def _finish_unscheduled(self, rid: str, num_prompt_tokens: int, message: str) -> None:
-        finish = FinishReason(FinishKind.ABORT, message=message)
+    def _finish_unscheduled(self, rid: str, num_prompt_tokens: int,
+                            finish: FinishReason) -> None:
         self._outbox.deltas.append(TokenDelta(rid, [], finish, Usage(num_prompt_tokens, 0, 0)))
 
     def _collect(self, deltas: Sequence[TokenDelta]) -> None:

@@ -1,54 +1,43 @@
 """`radixmesh serve scheduler`: connects to its peers, then serves the Scheduler service.
 
-Startup: wait for the worker and the detokenizer to be healthy, size the Scheduler from the
-worker's info, open the one Execute stream and the one Tokens stream, start the step loop,
-then report SERVING. Losing either stream ends the service with an error: the worker's state
-and the detokenizer's are tied to them, and `radixmesh up` restarts nothing by itself.
+Startup: wait (up to --peer-timeout) for a worker and a detokenizer that pass the handshake,
+size the Scheduler from the worker's info, open the Execute and Tokens streams, start the
+step loop, then report SERVING. From then on the scheduler outlives its peers: losing the
+worker or the detokenizer turns health NOT_SERVING, fails the requests that depended on it
+with UNAVAILABLE, and it serves again once the peer is back (`supervisor.py`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
+from collections.abc import Callable
 
 import grpc
 
 from radixmesh.services.scheduler.config import SchedulerConfig
+from radixmesh.services.scheduler.detokenizer_link import DetokenizerLink
 from radixmesh.services.scheduler.hicache_link import HiCacheLink
-from radixmesh.services.scheduler.loop import (
-    PublishBatch,
-    ReceiveResult,
-    SchedulerLoop,
-    SendPlan,
-)
 from radixmesh.services.scheduler.scheduler import Scheduler
-from radixmesh.services.scheduler.servicer import (
-    SchedulerServicer,
-)
+from radixmesh.services.scheduler.servicer import SchedulerServicer
+from radixmesh.services.scheduler.supervisor import LinkSupervisor, PeerLostError
+from radixmesh.services.scheduler.worker_link import WorkerLink
 from radixmesh.shared import wire
-from radixmesh.shared.grpc_service import (
-    INTERNAL_OPTIONS,
-    host_port,
-    start_server,
-    wait_until_serving,
-)
-from radixmesh.shared.mesh_info import ModelInfo
-from radixmesh.shared.protos_gen import common_pb2, internal_pb2, internal_pb2_grpc
+from radixmesh.shared.errors import UnavailableError
+from radixmesh.shared.grpc_service import abort_with, host_port, start_server
+from radixmesh.shared.mesh_protocol import Hello
+from radixmesh.shared.protos_gen import common_pb2, generate_pb2, internal_pb2, internal_pb2_grpc
 from radixmesh.shared.span_recorder import SpanRecorder
-from radixmesh.shared.step import StepPlan, StepResult
-from radixmesh.shared.token_batch import TokenBatch
 from radixmesh.shared.tracing import start_tracing, stop_tracing
 
 logger = logging.getLogger(__name__)
 SERVICE_NAME = internal_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name
 
-
-class PeerLostError(ConnectionError):
-    """A stream the scheduler cannot work without has ended."""
+__all__ = ["PeerLostError", "serve"]
 
 
 async def serve(config: SchedulerConfig) -> None:
-    """Serves until cancelled; raises PeerLostError if the worker or detokenizer goes away."""
+    """Serves until cancelled; raises PeerLostError if no usable worker or detokenizer shows
+    up within --peer-timeout at startup."""
     recorder = start_tracing("scheduler", config)
     try:
         await _serve(config, recorder)
@@ -57,111 +46,67 @@ async def serve(config: SchedulerConfig) -> None:
 
 
 async def _serve(config: SchedulerConfig, recorder: SpanRecorder) -> None:
-    async with grpc.aio.insecure_channel(config.worker_address, options=INTERNAL_OPTIONS) as \
-            worker_channel, grpc.aio.insecure_channel(config.detokenizer_address,
-                                                      options=INTERNAL_OPTIONS) as detok_channel:
-        await _wait_for_peer("worker", config.worker_address, worker_channel, config.peer_timeout)
-        await _wait_for_peer("detokenizer", config.detokenizer_address, detok_channel,
-                             config.peer_timeout)
-        worker_stub = internal_pb2_grpc.WorkerStub(worker_channel)
-        worker_info = wire.worker_info_from_proto(await worker_stub.GetInfo(common_pb2.Empty()))
-        scheduler = Scheduler(config, worker_info)
-        execute = worker_stub.Execute()
-        tokens = internal_pb2_grpc.DetokenizerStub(detok_channel).Tokens()
-        link = _hicache_link(config, scheduler, recorder)
-        loop = SchedulerLoop(scheduler, _plan_sender(execute), _result_receiver(execute),
-                             _batch_publisher(tokens), config.max_inflight_steps,
-                             on_progress=link.kick if link is not None else None,
-                             recorder=recorder)
-        if link is not None:
-            link.wake = loop.wake
-        servicer = SchedulerServicer(loop, ModelInfo.from_worker(worker_info))
+    hello = Hello("scheduler", implementation="scheduler")
+    worker = WorkerLink(config.worker_address, hello, config.worker_step_timeout)
+    detokenizer = DetokenizerLink(config.detokenizer_address, hello)
+    supervisor = LinkSupervisor(config, worker, detokenizer, _hicache_factory(config, recorder),
+                                recorder)
+    try:
+        logger.info("waiting for the worker at %s and the detokenizer at %s",
+                    config.worker_address, config.detokenizer_address)
+        await supervisor.start()
+        servicer = LinkedSchedulerServicer(supervisor, hello)
         server = await start_server(
             host_port(config.host, config.port),
             lambda grpc_server: internal_pb2_grpc.add_SchedulerServicer_to_server(
                 servicer, grpc_server),
             [SERVICE_NAME])
-        loop_task = asyncio.create_task(loop.run(), name="scheduler-loop")
-        link_task = (asyncio.create_task(link.run(), name="hicache-link")
-                     if link is not None else None)
+        supervisor.set_serving = server.set_serving
+        logger.info("scheduler serving on port %d (instance %s, mesh protocol %d)", server.port,
+                    hello.instance_id, hello.protocol_version)
         try:
-            logger.info("scheduler serving on port %d: %s worker, %d pages of %d tokens",
-                        server.port, worker_info.worker, worker_info.num_pages,
-                        worker_info.page_size)
-            await server.set_serving()
-            await _run_until_peer_lost(loop_task, execute, tokens)
+            await supervisor.run()
         finally:
-            loop_task.cancel()
-            if link_task is not None:
-                link_task.cancel()
             await server.stop()
-            execute.cancel()
-            tokens.cancel()
-
-
-def _hicache_link(config: SchedulerConfig, scheduler: Scheduler,
-                  recorder: SpanRecorder) -> HiCacheLink | None:
-    if scheduler.host_cache is None:
-        return None
-    logger.info("hierarchical cache: hicache service at %s", config.hicache_address)
-    return HiCacheLink(config.hicache_address, scheduler.host_cache, scheduler.worker,
-                       scheduler.stats, lambda: scheduler.waiting, recorder)
-
-
-async def _run_until_peer_lost(loop_task: asyncio.Task, execute: grpc.aio.Call,
-                               tokens: grpc.aio.Call) -> None:
-    """Waits on the loop and on both streams' ends: an idle loop would not notice a peer
-    going away until the next request, and the mesh should stop at once instead."""
-    streams = {asyncio.ensure_future(execute.code()): "worker Execute",
-               asyncio.ensure_future(tokens.code()): "detokenizer Tokens"}
-    try:
-        done, _ = await asyncio.wait([loop_task, *streams], return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for watcher in streams:
-            watcher.cancel()
-    if loop_task in done:
-        loop_task.result()  # re-raises what stopped the loop
-        return
-    ended = next(watcher for watcher in streams if watcher in done)
-    raise PeerLostError(f"the {streams[ended]} stream ended ({ended.result().name})")
+        await worker.close()
+        await detokenizer.aclose()
 
 
-async def _wait_for_peer(name: str, address: str, channel: grpc.aio.Channel,
-                         timeout: float) -> None:
-    logger.info("waiting for the %s at %s", name, address)
-    try:
-        await wait_until_serving(channel, timeout)
-    except TimeoutError:
-        raise PeerLostError(f"the {name} at {address} was not healthy within {timeout:.0f}s") \
-            from None
+def _hicache_factory(config: SchedulerConfig,
+                     recorder: SpanRecorder) -> Callable[[Scheduler], HiCacheLink | None]:
+    """A hicache link per Scheduler (each new worker gets a new one, which attaches the L2
+    pool afresh); None when the hierarchical cache is off."""
+    def make(scheduler: Scheduler) -> HiCacheLink | None:
+        if scheduler.host_cache is None:
+            return None
+        logger.info("hierarchical cache: hicache service at %s", config.hicache_address)
+        return HiCacheLink(config.hicache_address, scheduler.host_cache, scheduler.worker,
+                           scheduler.stats, lambda: scheduler.waiting, recorder)
+    return make
 
 
-def _plan_sender(execute: grpc.aio.StreamStreamCall) -> SendPlan:
-    async def send(plan: StepPlan) -> None:
-        try:
-            await execute.write(wire.plan_to_proto(plan))
-        except (grpc.aio.AioRpcError, grpc.aio.UsageError) as error:
-            raise PeerLostError(f"worker Execute stream failed: {error}") from None
-    return send
+class LinkedSchedulerServicer(SchedulerServicer):
+    """The Scheduler service across worker swaps: model info is the current worker's, and
+    the handshake answers for this scheduler."""
 
+    def __init__(self, supervisor: LinkSupervisor, hello: Hello) -> None:
+        assert supervisor.loop is not None and supervisor.model_info is not None
+        super().__init__(supervisor.loop, supervisor.model_info)
+        self._supervisor = supervisor
+        self._hello = hello
 
-def _result_receiver(execute: grpc.aio.StreamStreamCall) -> ReceiveResult:
-    async def receive() -> StepResult:
-        try:
-            message = await execute.read()
-        except grpc.aio.AioRpcError as error:
-            raise PeerLostError(f"worker Execute stream failed: {error.code().name} "
-                                f"{error.details()}") from None
-        if message is grpc.aio.EOF:
-            raise PeerLostError("the worker closed the Execute stream")
-        return wire.result_from_proto(message)
-    return receive
+    async def GetInfo(self, request: common_pb2.Empty,
+                      context: grpc.aio.ServicerContext) -> generate_pb2.ModelInfo:
+        info = self._supervisor.model_info
+        if info is None:
+            await abort_with(context, UnavailableError("no worker yet"))
+        return wire.model_info_to_proto(info)
 
-
-def _batch_publisher(tokens: grpc.aio.StreamUnaryCall) -> PublishBatch:
-    async def publish(batch: TokenBatch) -> None:
-        try:
-            await tokens.write(wire.token_batch_to_proto(batch))
-        except (grpc.aio.AioRpcError, grpc.aio.UsageError) as error:
-            raise PeerLostError(f"detokenizer Tokens stream failed: {error}") from None
-    return publish
+    async def Hello(self, request: internal_pb2.PeerHello,
+                    context: grpc.aio.ServicerContext) -> internal_pb2.PeerHello:
+        hello = Hello(self._hello.service, self._hello.implementation,
+                      self._supervisor.model_id or "", self._hello.capabilities,
+                      protocol_version=self._hello.protocol_version,
+                      instance_id=self._hello.instance_id)
+        return internal_pb2.PeerHello(**hello.fields())

@@ -2,6 +2,10 @@
 
 Peer addresses are flags and environment variables alike: a flag left unset falls back to
 `RADIXMESH_SCHEDULER_ADDRESS` / `RADIXMESH_DETOKENIZER_ADDRESS`, then to the local default.
+
+The limits (design §11) are explicit flags with defaults a single front door can hold: past
+them a client gets a clear refusal (400 naming the field, 503 / RESOURCE_EXHAUSTED for
+capacity, a closed connection for a stalled one) instead of slowing everyone else.
 """
 
 from __future__ import annotations
@@ -10,9 +14,13 @@ from dataclasses import dataclass, field
 
 from radixmesh.shared.model_location import model_name
 from radixmesh.shared.peers import peer_address, peer_help
+from radixmesh.shared.sampling_params import DEFAULT_LIMITS, HARD_LIMITS, SamplingLimits
 from radixmesh.shared.tracing import TracingFlags
 
 DEFAULT_MAX_REQUEST_BYTES = 1 << 20
+# Python's json has no depth limit (it recurses until RecursionError): bodies deeper than this
+# are refused before any object is built. OpenAI bodies nest 5 deep at most.
+DEFAULT_MAX_JSON_DEPTH = 32
 
 
 @dataclass(frozen=True)
@@ -37,6 +45,26 @@ class TokenizerConfig(TracingFlags):
         "help": "largest HTTP request body or gRPC message accepted, in bytes"})
     api_key: str | None = field(default=None, metadata={
         "help": "if set, HTTP clients must send `Authorization: Bearer <key>`"})
+    max_connections: int = field(default=1024, metadata={
+        "help": "most HTTP connections open at once; past it a new connection is answered "
+                "503 and closed"})
+    max_concurrent_streams: int = field(default=1024, metadata={
+        "help": "most gRPC Generate streams at once (all connections; also each "
+                "connection's HTTP/2 limit); past it RESOURCE_EXHAUSTED"})
+    http_header_timeout: float = field(default=20.0, metadata={
+        "help": "seconds a connection may take to send a request's headers, from its opening "
+                "or the end of its previous response (also the idle keep-alive limit)"})
+    http_body_timeout: float = field(default=30.0, metadata={
+        "help": "seconds to receive a request's body once its headers are in (408 past it)"})
+    max_json_depth: int = field(default=DEFAULT_MAX_JSON_DEPTH, metadata={
+        "help": "deepest nesting of arrays and objects a JSON body may have"})
+    max_stop_strings: int = field(default=DEFAULT_LIMITS.max_stop_strings, metadata={
+        "help": f"most stop strings per request (at most {HARD_LIMITS.max_stop_strings})"})
+    max_stop_string_length: int = field(default=DEFAULT_LIMITS.max_stop_string_length, metadata={
+        "help": "most characters per stop string (at most "
+                f"{HARD_LIMITS.max_stop_string_length})"})
+    max_stop_token_ids: int = field(default=DEFAULT_LIMITS.max_stop_token_ids, metadata={
+        "help": f"most stop token ids per request (at most {HARD_LIMITS.max_stop_token_ids})"})
 
     def __post_init__(self) -> None:
         # Frozen: resolved defaults are written once here, so readers never see None.
@@ -50,4 +78,16 @@ class TokenizerConfig(TracingFlags):
                 raise ValueError(f"--{name.replace('_', '-')} must be in [0, 65535]")
         if self.max_request_bytes < 1024:
             raise ValueError("--max-request-bytes must be >= 1024")
+        for name in ("max_connections", "max_concurrent_streams", "max_json_depth"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+        for name in ("http_header_timeout", "http_body_timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be > 0")
+        self.sampling_limits.check_within(HARD_LIMITS)
+
+    @property
+    def sampling_limits(self) -> SamplingLimits:
+        return SamplingLimits(self.max_stop_strings, self.max_stop_string_length,
+                              self.max_stop_token_ids)
 

@@ -1,8 +1,12 @@
 """The router's gRPC link to the mesh: the scheduler's `Submit` stream and `GetInfo`/`GetLoad`,
-and a `Subscribe` stream from the detokenizer.
+a `Subscribe` stream from the detokenizer, and the scheduler's readiness (its gRPC health,
+watched: NOT_SERVING while it has lost its worker or detokenizer).
 
 Everything gRPC stays in this file: every RPC failure is raised as UnavailableError, and
 messages are converted with `shared/wire.py`, so the router only sees plain objects.
+`greet` is the handshake (`shared/mesh_protocol.py`): a scheduler or detokenizer of another
+protocol is refused with a HandshakeError naming both sides; one that predates the handshake
+(answers no Hello) is taken as it is.
 """
 
 from __future__ import annotations
@@ -12,11 +16,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TypeVar
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from radixmesh.shared import wire
 from radixmesh.shared.errors import UnavailableError
-from radixmesh.shared.grpc_service import INTERNAL_OPTIONS
+from radixmesh.shared.grpc_service import INTERNAL_OPTIONS, SERVING
 from radixmesh.shared.mesh_info import ModelInfo, SchedulerLoad
+from radixmesh.shared.mesh_protocol import Hello, check_peer
 from radixmesh.shared.protos_gen import common_pb2, internal_pb2, internal_pb2_grpc
 from radixmesh.shared.requests import TextDelta, TokenizedRequest
 
@@ -73,9 +79,12 @@ class GrpcTextSubscription:
 
 
 class GrpcMeshLink:
-    def __init__(self, scheduler_address: str, detokenizer_address: str) -> None:
+    def __init__(self, scheduler_address: str, detokenizer_address: str,
+                 hello: Hello | None = None) -> None:
         self.scheduler_address = scheduler_address
         self.detokenizer_address = detokenizer_address
+        self.hello = hello or Hello("tokenizer", implementation="tokenizer")
+        self._greeted_detokenizer: Hello | None = None  # None: it predates the handshake
         self._scheduler_channel = grpc.aio.insecure_channel(
             scheduler_address, options=INTERNAL_OPTIONS)
         self._detokenizer_channel = grpc.aio.insecure_channel(
@@ -97,9 +106,53 @@ class GrpcMeshLink:
             raise UnavailableError(
                 f"scheduler at {self.scheduler_address}: {_describe(exc)}") from exc
 
+    async def greet(self) -> None:
+        """The handshake with the scheduler and the detokenizer; HandshakeError if either
+        speaks another protocol, UnavailableError if one cannot be reached."""
+        await self._greet(self._scheduler.Hello, "scheduler", self.scheduler_address)
+        self._greeted_detokenizer = await self._greet(self._detokenizer.Hello, "detokenizer",
+                                                      self.detokenizer_address)
+
+    async def _greet(self, rpc: Callable[..., Awaitable[internal_pb2.PeerHello]], service: str,
+                     address: str) -> Hello | None:
+        try:
+            reply = await rpc(internal_pb2.PeerHello(**self.hello.fields()),
+                              timeout=UNARY_TIMEOUT_S)
+        except grpc.RpcError as exc:
+            if isinstance(exc, grpc.aio.AioRpcError) and \
+                    exc.code() is grpc.StatusCode.UNIMPLEMENTED:
+                return None
+            raise UnavailableError(f"{service} at {address}: {_describe(exc)}") from exc
+        peer = Hello.from_message(reply)
+        check_peer(self.hello, peer, address, service)
+        return peer
+
+    async def watch_serving(self) -> AsyncIterator[bool]:
+        """The scheduler's readiness as it changes (its gRPC health, watched), starting with
+        the current one; raises UnavailableError when the watch breaks. A scheduler without
+        the health service counts as ready for as long as the link holds."""
+        call = health_pb2_grpc.HealthStub(self._scheduler_channel).Watch(
+            health_pb2.HealthCheckRequest())
+        try:
+            async for status in call:
+                yield status.status == SERVING
+        except grpc.RpcError as exc:
+            if not (isinstance(exc, grpc.aio.AioRpcError)
+                    and exc.code() is grpc.StatusCode.UNIMPLEMENTED):
+                raise UnavailableError(f"scheduler at {self.scheduler_address}: "
+                                       f"{_describe(exc)}") from exc
+            yield True
+            await asyncio.Event().wait()  # until the connection is torn down
+        finally:
+            call.cancel()
+        raise UnavailableError(f"the scheduler at {self.scheduler_address} ended its health "
+                               "watch")
+
     async def open_subscription(self) -> GrpcTextSubscription:
         where = f"detokenizer at {self.detokenizer_address}"
-        call = self._detokenizer.Subscribe(common_pb2.Empty())
+        peer = self._greeted_detokenizer
+        call = self._detokenizer.Subscribe(
+            common_pb2.Empty(), metadata=self.hello.stream_metadata(peer) if peer else None)
         try:
             await asyncio.wait_for(call.initial_metadata(), SUBSCRIBE_ACK_TIMEOUT_S)
         except (grpc.RpcError, TimeoutError) as exc:

@@ -6,6 +6,10 @@ connected to the mesh) and `/metrics` (Prometheus text). Translation lives in
 mid-request cancels its handler (aiohttp's handler cancellation is on), which leaves the
 request stream's `async with` block and aborts the request through the mesh.
 
+Bodies are read within `--http-body-timeout` (408 past it) and decoded by
+`http_limits.parse_json_body`: too deep, malformed or holding text that is not UTF-8, they get
+a 400 naming the body or the field, before any object reaches the router.
+
 Each generating route's request is one root span (`request_span.py`), opened and ended by the
 outermost middleware so that it sees every outcome, error responses included; a sampled one
 answers with an `X-Trace-Id` header, added as any response's headers go out.
@@ -13,7 +17,7 @@ answers with an `X-Trace-Id` header, added as any response's headers go out.
 
 from __future__ import annotations
 
-import json
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
@@ -21,6 +25,7 @@ from aiohttp import web
 
 from radixmesh.services.tokenizer import openai_responses as responses
 from radixmesh.services.tokenizer.config import TokenizerConfig
+from radixmesh.services.tokenizer.http_limits import parse_json_body
 from radixmesh.services.tokenizer.live_request import RequestStream
 from radixmesh.services.tokenizer.metrics import FrontDoorMetrics
 from radixmesh.services.tokenizer.openai_protocol import (
@@ -105,11 +110,13 @@ class OpenAIApi:
     # ---- endpoints -------------------------------------------------------------------------
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
-        parsed = parse_completion_request(await self._read_json(request), self.model)
+        parsed = parse_completion_request(await self._read_json(request), self.model,
+                                          self.config.sampling_limits)
         return await self._generate(request, parsed, CompletionFormat())
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
-        parsed = parse_chat_request(await self._read_json(request), self.model)
+        parsed = parse_chat_request(await self._read_json(request), self.model,
+                                    self.config.sampling_limits)
         return await self._generate(request, parsed, ChatFormat())
 
     async def models(self, request: web.Request) -> web.Response:
@@ -174,14 +181,18 @@ class OpenAIApi:
 
     async def _read_json(self, request: web.Request) -> object:
         try:
-            raw = await request.read()
+            async with asyncio.timeout(self.config.http_body_timeout):
+                raw = await request.read()
+        except TimeoutError as exc:  # a client trickling its body holds a handler: let go
+            raise HttpError(408, f"request body not received within "
+                            f"{self.config.http_body_timeout:g} s", "body") from exc
         except web.HTTPRequestEntityTooLarge as exc:
             raise HttpError(413, f"request body exceeds the limit of "
                             f"{self.config.max_request_bytes} bytes", "body") from exc
         try:
-            return json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise HttpError(400, f"malformed JSON body: {exc}", "body") from exc
+            return parse_json_body(raw, self.config.max_json_depth)
+        except InvalidRequestError as exc:
+            raise HttpError.of(exc, param=exc.field) from exc
 
     @web.middleware
     async def _traced(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -211,9 +222,12 @@ class OpenAIApi:
             return await handler(request)
         except HttpError as exc:
             _fail_span(request, exc)
-            if exc.status in (400, 413):
+            if exc.status in (400, 408, 413):
                 self.metrics.on_bad_request()
-            return exc.response()
+            response = exc.response()
+            if exc.status in (408, 413):  # the rest of the body is not worth reading
+                response.force_close()
+            return response
         except RadixMeshError as exc:
             _fail_span(request, exc)
             param = exc.field if isinstance(exc, InvalidRequestError) else None

@@ -4,7 +4,9 @@
 (one prompt field plus the `SamplingParams` fields), along with the few things only the HTTP
 layer needs (stream, usage in the stream, which name the client used for the token limit).
 Every rejection is an InvalidRequestError whose `field` is the OpenAI parameter's name.
-SGLang's sampling extras are accepted in the body as SGLang accepts them.
+SGLang's sampling extras are accepted in the body as SGLang accepts them. The list limits
+(stop strings and stop token ids: the front door's flags) are checked here, before anything
+walks the lists; the text's encoding was checked as the body was decoded (`http_limits`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from radixmesh.shared.errors import InvalidRequestError
+from radixmesh.shared.sampling_params import DEFAULT_LIMITS, SamplingLimits, check_stop_lists
+from radixmesh.shared.text_checks import check_rid
 
 # OpenAI name -> our SamplingParams name, for fields both endpoints take.
 SAMPLING_FIELDS = {"temperature": "temperature", "top_p": "top_p", "seed": "seed",
@@ -59,19 +63,22 @@ class OpenAIRequest:
         return field
 
 
-def parse_completion_request(payload: object, served_model: str) -> OpenAIRequest:
-    body = _check_common(payload, COMPLETION_FIELDS, served_model)
+def parse_completion_request(payload: object, served_model: str,
+                             limits: SamplingLimits = DEFAULT_LIMITS) -> OpenAIRequest:
+    body = _check_common(payload, COMPLETION_FIELDS, served_model, limits)
     prompt_field, prompt = _completion_prompt(body.get("prompt"))
     return _translate(body, {prompt_field: prompt}, COMPLETION_LIMIT_NAMES)
 
 
-def parse_chat_request(payload: object, served_model: str) -> OpenAIRequest:
-    body = _check_common(payload, CHAT_FIELDS, served_model)
+def parse_chat_request(payload: object, served_model: str,
+                       limits: SamplingLimits = DEFAULT_LIMITS) -> OpenAIRequest:
+    body = _check_common(payload, CHAT_FIELDS, served_model, limits)
     _check_response_format(body.get("response_format"))
     return _translate(body, {"messages": chat_messages(body.get("messages"))}, CHAT_LIMIT_NAMES)
 
 
-def _check_common(payload: object, known: frozenset[str], served_model: str) -> Mapping:
+def _check_common(payload: object, known: frozenset[str], served_model: str,
+                  limits: SamplingLimits) -> Mapping:
     if not isinstance(payload, Mapping):
         raise InvalidRequestError("body", "must be a JSON object")
     unknown = sorted(str(key) for key in payload if key not in known)
@@ -83,8 +90,24 @@ def _check_common(payload: object, known: frozenset[str], served_model: str) -> 
             "model", f"model {model!r} is not served here; available: {served_model!r}")
     for name, neutral in UNSUPPORTED_UNLESS_NEUTRAL.items():
         if payload.get(name) not in neutral:
-            raise InvalidRequestError(name, f"{name}={payload[name]!r} is not supported")
+            raise InvalidRequestError(name, f"{name}={_short(payload[name])} is not supported")
+    check_stop_lists(_as_list(payload.get("stop")), _as_list(payload.get("stop_token_ids")),
+                     limits)
     return payload
+
+
+def _short(value: object, limit: int = 80) -> str:
+    """`value`'s repr, cut: an error message must not echo a megabyte back."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _as_list(value: object) -> list | tuple:
+    """A stop field as the list it stands for; other types are left to SamplingParams,
+    which names them."""
+    if isinstance(value, str):
+        return (value,)
+    return value if isinstance(value, list) else ()
 
 
 def _translate(body: Mapping, prompt: dict, limit_names: tuple[str, ...]) -> OpenAIRequest:
@@ -102,8 +125,8 @@ def _translate(body: Mapping, prompt: dict, limit_names: tuple[str, ...]) -> Ope
     stream = _check_bool("stream", body.get("stream", False))
     include_usage = _include_usage(body.get("stream_options"), stream)
     rid = body.get("rid")
-    if rid is not None and (not isinstance(rid, str) or not rid):
-        raise InvalidRequestError("rid", "must be a non-empty string")
+    if rid is not None:
+        check_rid(rid)
     return OpenAIRequest(ours, rid, stream, include_usage, limit_name)
 
 

@@ -17,6 +17,7 @@ from radixmesh.services.tokenizer.limits import apply_limits
 from radixmesh.shared.errors import InvalidRequestError
 from radixmesh.shared.requests import TokenizedRequest
 from radixmesh.shared.sampling_params import SamplingParams
+from radixmesh.shared.text_checks import check_utf8
 from radixmesh.shared.tokenizer import TextTokenizer
 
 PROMPT_FIELDS: tuple[str, ...] = ("input_ids", "text", "messages")
@@ -91,7 +92,7 @@ def check_text(value: object) -> str:
         raise InvalidRequestError("text", f"must be a string, got {type(value).__name__}")
     if not value:
         raise InvalidRequestError("text", "must not be empty")
-    return value
+    return check_utf8("text", value)  # the tokenizer raises a TypeError on a lone surrogate
 
 
 def check_messages(value: object) -> list[dict]:
@@ -107,6 +108,7 @@ def check_messages(value: object) -> list[dict]:
         for key in ("role", "content"):
             if not isinstance(message.get(key), str):
                 raise InvalidRequestError(f"{where}.{key}", "must be a string")
+            check_utf8(f"{where}.{key}", message[key])
         if not message["role"]:
             raise InvalidRequestError(f"{where}.role", "must not be empty")
     return [dict(message) for message in value]

@@ -8,6 +8,9 @@ one). Invariants:
   waiting leaves in one RequestBatch (so at most one batch per event-loop tick).
 - A request the front door ends itself (client abort, disconnect, stop string) is also
   aborted at the scheduler, so its pages are freed at once.
+- Ready (health, `/health`, new requests taken) exactly while the links are up and the
+  scheduler reports SERVING; a request that a lost peer took down (`unavailable_finish`)
+  ends with UnavailableError, as every live request does when a link breaks.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from radixmesh.services.tokenizer.metrics import FrontDoorMetrics
 from radixmesh.services.tokenizer.request_builder import RequestBody, RequestBuilder
 from radixmesh.shared.errors import InvalidRequestError, UnavailableError
 from radixmesh.shared.mesh_info import ModelInfo, SchedulerLoad
+from radixmesh.shared.mesh_protocol import HandshakeError, unavailable_reason
 from radixmesh.shared.requests import FinishKind, FinishReason, TextDelta, TokenizedRequest
 from radixmesh.shared.tokenizer import TextTokenizer
 from radixmesh.shared.trace_context import NO_TRACE, TraceContext
@@ -47,8 +51,10 @@ class TextSubscription(Protocol):
 class MeshLink(Protocol):
     """The router's view of the mesh. Every failure is raised as UnavailableError."""
 
+    async def greet(self) -> None: ...  # the handshake; HandshakeError on a mismatch
     async def get_info(self) -> ModelInfo: ...
     async def get_load(self) -> SchedulerLoad: ...
+    def watch_serving(self) -> AsyncIterator[bool]: ...  # the scheduler's readiness
     async def open_subscription(self) -> TextSubscription: ...
     def open_submit(self) -> SubmitStream: ...
 
@@ -71,6 +77,8 @@ class Router:
         self._ready = asyncio.Event()
         self._lost = asyncio.Event()  # the complement of _ready
         self._lost.set()
+        self._connected = False  # the streams are open
+        self._scheduler_serving = False  # as its health last said
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -88,8 +96,8 @@ class Router:
     async def wait_disconnected(self) -> None:
         await self._lost.wait()
 
-    def _set_ready(self, ready: bool) -> None:
-        if ready:
+    def _update_ready(self) -> None:
+        if self._connected and self._scheduler_serving:
             self._lost.clear()
             self._ready.set()
         else:
@@ -109,6 +117,8 @@ class Router:
                 await self._connect()
                 connected = True
                 await self._serve_connection()
+            except HandshakeError as exc:  # a peer of another protocol: said every time
+                logger.error("%s", exc)
             except UnavailableError as exc:
                 # Waiting for peers that are still starting is normal; losing them is not.
                 logger.log(logging.WARNING if connected else logging.INFO,
@@ -116,12 +126,14 @@ class Router:
             except Exception:  # a bug must not take the front door down for good
                 logger.exception("front door router failed; reconnecting")
             finally:
-                self._set_ready(False)
+                self._connected = self._scheduler_serving = False
+                self._update_ready()
                 self._fail_all("lost the connection to the mesh")
             delay = self._retry_delay if connected else min(delay * 2, self._max_retry_delay)
             await asyncio.sleep(delay)
 
     async def _connect(self) -> None:
+        await self._link.greet()
         info = await self._link.get_info()
         self.info = info
         self._builder = RequestBuilder(self._tokenizer, info.vocab_size, info.context_len,
@@ -132,8 +144,10 @@ class Router:
         subscription = await self._link.open_subscription()
         submit = self._link.open_submit()
         tasks = [asyncio.ensure_future(coro) for coro in (
-            self._receive(subscription), self._send(submit), submit.wait_closed())]
-        self._set_ready(True)
+            self._receive(subscription), self._send(submit), submit.wait_closed(),
+            self._follow_serving(self._link.watch_serving()))]
+        self._connected = True
+        self._update_ready()
         logger.info("connected to the mesh: model %s", self.info.model_id)
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -146,6 +160,20 @@ class Router:
             subscription.cancel()
             submit.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _follow_serving(self, statuses: AsyncIterator[bool]) -> None:
+        """Mirrors the scheduler's readiness. Requests it holds meanwhile are its to end (it
+        fails those a lost peer took down); new ones are refused here until it is back, and
+        then the model info is read again: a new worker may have another pool size."""
+        async for serving in statuses:
+            if serving and not self._scheduler_serving:
+                await self._connect()
+            if serving != self._scheduler_serving:
+                logger.log(logging.INFO if serving else logging.WARNING, "the scheduler is %s",
+                           "SERVING" if serving else "NOT SERVING: new requests are refused")
+            self._scheduler_serving = serving
+            self._update_ready()
+        raise UnavailableError("the scheduler's health watch ended")
 
     # ---- requests in -----------------------------------------------------------------------
 
@@ -225,6 +253,12 @@ class Router:
             del self._live[delta.rid]
             if delta.ends_on_stop_string:
                 self._cancel_in_mesh(delta.rid)
+            reason = unavailable_reason(delta.finish)
+            if reason is not None:  # a peer was lost: an error, not a finish
+                if delta.text or delta.token_ids:
+                    live.queue.put_nowait(dataclasses.replace(delta, finish=None, usage=None))
+                live.queue.put_nowait(UnavailableError(reason))
+                continue
             self._finish(live, delta)
 
     def _count_tokens(self, live: LiveRequest, delta: TextDelta, now: float) -> None:

@@ -5,6 +5,10 @@ the `x-trace-id` trailing metadata, on success and error alike.
 
 A client that cancels or disconnects cancels the `Generate` handler; leaving the request
 stream's `async with` block then aborts the request through the mesh at once.
+
+Protobuf has already refused text that is not UTF-8; the request id and the list limits (the
+front door's flags) are checked here, and at most `max_streams` Generate calls run at once:
+one more gets RESOURCE_EXHAUSTED at once rather than a place in an unbounded queue.
 """
 
 from __future__ import annotations
@@ -25,17 +29,31 @@ from radixmesh.services.tokenizer.request_span import (
 )
 from radixmesh.services.tokenizer.router import Router
 from radixmesh.shared import wire
-from radixmesh.shared.errors import InvalidRequestError, RadixMeshError, UnavailableError
+from radixmesh.shared.errors import (
+    CapacityError,
+    InvalidRequestError,
+    RadixMeshError,
+    UnavailableError,
+)
 from radixmesh.shared.grpc_service import abort_with
 from radixmesh.shared.protos_gen import common_pb2, generate_pb2, generate_pb2_grpc
 from radixmesh.shared.requests import TextDelta
+from radixmesh.shared.sampling_params import DEFAULT_LIMITS, SamplingLimits, check_stop_lists
 from radixmesh.shared.span_recorder import DISABLED, SpanRecorder
+from radixmesh.shared.text_checks import check_rid
 from radixmesh.shared.trace_context import TraceContext
 
+DEFAULT_MAX_STREAMS = 1024
 
-def request_body(request: generate_pb2.GenerateRequest) -> RequestBody:
+
+def request_body(request: generate_pb2.GenerateRequest,
+                 limits: SamplingLimits = DEFAULT_LIMITS) -> RequestBody:
     """A GenerateRequest's prompt and the sampling fields the client set, decoded once, with
-    no dict in between; RequestBuilder validates them as it does an HTTP body."""
+    no dict in between; RequestBuilder validates them as it does an HTTP body. The request id
+    (when given) and the list limits are checked here, as the HTTP door checks them."""
+    if request.rid:
+        check_rid(request.rid)
+    check_stop_lists(request.sampling.stop, request.sampling.stop_token_ids, limits)
     which = request.WhichOneof("prompt")
     prompt_field = select_prompt_field((which,) if which else ())  # none: names "prompt"
     prompt: object = request.text
@@ -69,19 +87,29 @@ def trace_of(request: generate_pb2.GenerateRequest,
 
 class GenerationServicer(generate_pb2_grpc.GenerationServicer):
     def __init__(self, router: Router, metrics: FrontDoorMetrics, served_model_name: str,
-                 max_request_bytes: int, recorder: SpanRecorder = DISABLED) -> None:
+                 max_request_bytes: int, recorder: SpanRecorder = DISABLED,
+                 limits: SamplingLimits = DEFAULT_LIMITS,
+                 max_streams: int = DEFAULT_MAX_STREAMS) -> None:
         self._router = router
         self._metrics = metrics
         self._served_model_name = served_model_name
         self._max_request_bytes = max_request_bytes
         self._spans = RequestSpans(recorder, served_model_name)
+        self._limits = limits
+        self._max_streams = max_streams
+        self._num_streams = 0
 
     async def Generate(self, request: generate_pb2.GenerateRequest,
                        context: grpc.aio.ServicerContext,
                        ) -> AsyncIterator[generate_pb2.GenerateResponse]:
+        if self._num_streams >= self._max_streams:
+            await abort_with(context, CapacityError(
+                f"{self._num_streams} Generate streams are running, the most this server "
+                "takes (--max-concurrent-streams); retry later"))
         span = self._spans.open(GENERATE, TEXT_COMPLETION, trace_of(request, context))
         if span.trace_id:  # set first: trailers go out with an abort too
             context.set_trailing_metadata(((TRACE_ID_TRAILER, span.trace_id),))
+        self._num_streams += 1  # given back in `finally`, however the stream ends
         try:
             async for response in self._generate(request, context, span):
                 yield response
@@ -89,6 +117,7 @@ class GenerationServicer(generate_pb2_grpc.GenerationServicer):
             span.fail(exc)
             raise
         finally:
+            self._num_streams -= 1
             span.end()
 
     async def _generate(self, request: generate_pb2.GenerateRequest,
@@ -98,7 +127,8 @@ class GenerationServicer(generate_pb2_grpc.GenerationServicer):
             if request.ByteSize() > self._max_request_bytes:
                 raise InvalidRequestError("request", f"{request.ByteSize()} bytes exceed the "
                                           f"limit of {self._max_request_bytes} bytes")
-            built = span.tokenize(self._router.build, request.rid, request_body(request))
+            built = span.tokenize(self._router.build, request.rid,
+                                  request_body(request, self._limits))
             stream = self._router.submit(built)
         except RadixMeshError as exc:
             if isinstance(exc, InvalidRequestError):

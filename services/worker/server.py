@@ -38,9 +38,10 @@ async def serve(config: WorkerConfig) -> None:
                                                                                grpc_server),
             [SERVICE_NAME])
         info = worker.info()
-        logger.info("%s worker serving %s on port %d: %d pages of %d tokens, %d slots",
-                    worker.name, info.model_id, server.port, info.num_pages, info.page_size,
-                    info.max_running_requests)
+        logger.info("%s worker serving %s on port %d: %d pages of %d tokens, %d slots "
+                    "(instance %s, mesh protocol %d)", worker.name, info.model_id, server.port,
+                    info.num_pages, info.page_size, info.max_running_requests,
+                    servicer.hello.instance_id, servicer.hello.protocol_version)
         await server.serve_until_stopped()
     finally:
         executor.shutdown(wait=False, cancel_futures=True)
