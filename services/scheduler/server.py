@@ -24,6 +24,7 @@ from radixmesh.services.scheduler.worker_link import WorkerLink
 from radixmesh.shared import wire
 from radixmesh.shared.errors import UnavailableError
 from radixmesh.shared.grpc_service import abort_with, host_port, start_server
+from radixmesh.shared.mesh_info import ModelInfo
 from radixmesh.shared.mesh_protocol import Hello
 from radixmesh.shared.protos_gen import common_pb2, generate_pb2, internal_pb2, internal_pb2_grpc
 from radixmesh.shared.span_recorder import SpanRecorder
@@ -95,6 +96,12 @@ class LinkedSchedulerServicer(SchedulerServicer):
         super().__init__(supervisor.loop, supervisor.model_info)
         self._supervisor = supervisor
         self._hello = hello
+
+    @property
+    def model_info(self) -> ModelInfo:
+        """The current worker's (its context and vocabulary bound the entry checks); the last
+        one's while none is attached, whose requests then fail UNAVAILABLE anyway."""
+        return self._supervisor.model_info or self._info
 
     async def GetInfo(self, request: common_pb2.Empty,
                       context: grpc.aio.ServicerContext) -> generate_pb2.ModelInfo:

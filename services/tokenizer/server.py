@@ -13,6 +13,7 @@ import logging
 from aiohttp import web
 
 from radixmesh.services.tokenizer.config import TokenizerConfig
+from radixmesh.services.tokenizer.http_limits import grpc_limit_options, start_http
 from radixmesh.services.tokenizer.mesh_link import GrpcMeshLink
 from radixmesh.services.tokenizer.metrics import FrontDoorMetrics
 from radixmesh.services.tokenizer.openai_api import OpenAIApi
@@ -78,20 +79,20 @@ class TokenizerServer:
 
     async def _start_grpc(self) -> None:
         servicer = GenerationServicer(self.router, self.metrics, self.config.served_model_name,
-                                      self.config.max_request_bytes, self.recorder)
+                                      self.config.max_request_bytes, self.recorder,
+                                      limits=self.config.sampling_limits,
+                                      max_streams=self.config.max_concurrent_streams)
         limit = self.config.max_request_bytes * GRPC_HARD_LIMIT_FACTOR
         self._grpc = await start_server(
             host_port(self.config.host, self.config.grpc_port),
             lambda server: generate_pb2_grpc.add_GenerationServicer_to_server(servicer, server),
-            [GENERATION_SERVICE], options=[("grpc.max_receive_message_length", limit)])
+            [GENERATION_SERVICE], options=[("grpc.max_receive_message_length", limit),
+                                           *grpc_limit_options(self.config)])
 
     async def _start_http(self) -> None:
         app = OpenAIApi(self.router, self.metrics, self.config, self.recorder).build_app()
-        # Handler cancellation turns a client disconnect into a cancelled handler: an abort.
-        runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, self.config.host, self.config.port).start()
-        self._http = runner
+        # With --max-connections, --http-header-timeout and client disconnects as aborts.
+        self._http, _ = await start_http(app, self.config)
 
     async def _track_health(self) -> None:
         """Mirrors the router's connection into the gRPC health service."""
