@@ -1,6 +1,7 @@
 """The OpenAI-compatible HTTP API of the front door (aiohttp).
 
-`/v1/completions` and `/v1/chat/completions` (JSON or SSE), `/v1/models`, `/health` (200 once
+`/v1/completions` and `/v1/chat/completions` (JSON or SSE), `/v1/models`, `/health_generate`
+(200 once a one-token probe came back), `/health` (200 once
 connected to the mesh) and `/metrics` (Prometheus text). Translation lives in
 `openai_protocol` / `openai_responses`; this file only moves bytes. A client that goes away
 mid-request cancels its handler (aiohttp's handler cancellation is on), which leaves the
@@ -58,6 +59,8 @@ from radixmesh.shared.trace_context import TraceContext
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+HEALTH_PROBE_TOKEN = 1  # any id of the vocabulary: the probe's prompt is one token
+HEALTH_GENERATE_TIMEOUT_S = 20.0
 # The POST routes that generate, by gen_ai.operation.name: each request is a root span. A new
 # generating route must be listed here (its handler reads the span `_traced` opened).
 GENERATING_ROUTES = {"/v1/completions": TEXT_COMPLETION, "/v1/chat/completions": CHAT}
@@ -104,6 +107,7 @@ class OpenAIApi:
         app.router.add_post("/v1/chat/completions", self.chat_completions)
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/health", self.health)
+        app.router.add_get("/health_generate", self.health_generate)
         app.router.add_get("/metrics", self.prometheus)
         return app
 
@@ -126,6 +130,25 @@ class OpenAIApi:
     async def health(self, request: web.Request) -> web.Response:
         if not self.router.ready:
             return web.Response(status=503, text="not connected to the mesh\n")
+        return web.Response(text="ok\n")
+
+    async def health_generate(self, request: web.Request) -> web.Response:
+        """200 once one real token came out of the mesh for a one-token request (as SGLang's
+        /health_generate): readiness says the links are up, this that they work end to end."""
+        if not self.router.ready:
+            return web.Response(status=503, text="not connected to the mesh\n")
+        probe = {"input_ids": [HEALTH_PROBE_TOKEN], "max_new_tokens": 1, "ignore_eos": True}
+        try:
+            stream = self.router.submit(self.router.build(None, probe))
+            async with asyncio.timeout(HEALTH_GENERATE_TIMEOUT_S):
+                tokens = [token async for delta in stream for token in delta.token_ids]
+        except TimeoutError:
+            return web.Response(status=503, text="no token within "
+                                f"{HEALTH_GENERATE_TIMEOUT_S:.0f}s\n")
+        except UnavailableError as error:
+            return web.Response(status=503, text=f"{error}\n")
+        if len(tokens) != 1:
+            return web.Response(status=503, text="the mesh ended the probe without a token\n")
         return web.Response(text="ok\n")
 
     async def prometheus(self, request: web.Request) -> web.Response:

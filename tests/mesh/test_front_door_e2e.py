@@ -178,3 +178,9 @@ def test_the_openai_client_streams_from_the_mesh(null_mesh: MeshProcess) -> None
         model=model, prompt="Hello", max_tokens=4, stream=True))
     assert text == "#$%&"
     wait_mesh_idle(null_mesh)
+
+
+def test_health_generate_makes_one_real_token(null_mesh: MeshProcess) -> None:
+    with urllib.request.urlopen(null_mesh.http_url + "/health_generate", timeout=30) as reply:
+        assert reply.status == 200
+    wait_mesh_idle(null_mesh)

@@ -182,10 +182,10 @@ class ResilientMesh:
 
     # ---- clients -----------------------------------------------------------------------------
 
-    def http_health(self) -> int:
+    def http_health(self, path: str = "/health", timeout: float = 5) -> int:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/health",
-                                        timeout=5) as reply:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}",
+                                        timeout=timeout) as reply:
                 return reply.status
         except urllib.error.HTTPError as error:
             return error.code

@@ -136,6 +136,8 @@ def test_a_stopped_idle_worker_is_noticed_by_keepalive(mesh_factory):
         wait_until(lambda: health(mesh["scheduler"].address) != SERVING,
                    "scheduler NOT_SERVING")
         wait_until(lambda: mesh.http_health() == 503, "front door /health 503")
+        assert mesh.http_health("/health_generate", timeout=30) == 503
     finally:
         mesh["worker"].signal(signal.SIGCONT)
     assert_serves_again(mesh)
+    assert mesh.http_health("/health_generate", timeout=30) == 200
