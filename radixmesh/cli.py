@@ -21,6 +21,7 @@ COMMANDS = {
                    "write a random HF-format model directory with a tokenizer"),
     "health": ("radixmesh.health_cli", "exit 0 if a service reports SERVING over gRPC health"),
     "check-env": ("radixmesh.check_env", "versions, GPUs and what is missing for which flag"),
+    "conformance": ("radixmesh.conformance.cli", "check a service against its internal contract"),
 }
 
 
