@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,19 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # `*.bin`, `*.pth` or `original/consolidated.*` (Llama ships both): never downloaded.
 ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
 _TRUE = {"1", "on", "yes", "true"}
+
+
+@dataclass(frozen=True)
+class HubFlags:
+    """Inherited by the config of every service that reads the model (worker, tokenizer,
+    detokenizer), so `radixmesh serve X --model-path ORG/NAME` resolves the same snapshot.
+    `radixmesh up` resolves once and hands the services a directory instead."""
+
+    revision: str | None = field(default=None, metadata={
+        "help": "hub ids: the branch, tag or commit to load (default: main)"})
+    # Not in repr: configs get logged, tokens must not be.
+    hf_token: str | None = field(default=None, repr=False, metadata={
+        "help": "hub ids: the access token for gated or private models (default: $HF_TOKEN)"})
 
 
 class ModelNotFoundError(FileNotFoundError, ValueError):

@@ -68,10 +68,11 @@ class TextTokenizer:
             clean_up_tokenization_spaces=False)
 
 
-def load_tokenizer(model_path: str | Path | None) -> TextTokenizer | None:
-    """The tokenizer of a model directory (default: the default model's), or None
+def load_tokenizer(model_path: str | Path | None, revision: str | None = None,
+                   token: str | None = None) -> TextTokenizer | None:
+    """The tokenizer of a model directory or hub id (default: the default model's), or None
     when the directory has none: then only `input_ids` prompts work and text stays empty."""
-    path = resolve_model_path(model_path)
+    path = resolve_model_path(model_path, revision, token)
     if not (path / "tokenizer.json").exists() and not (path / "tokenizer_config.json").exists():
         logger.warning("%s has no tokenizer: only input_ids prompts work, text stays empty", path)
         return None

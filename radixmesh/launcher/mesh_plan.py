@@ -24,7 +24,9 @@ INTERNAL_HOST = "127.0.0.1"
 # listens and finds its peers. The front door's host and ports stay the user's.
 WORKER_WIRING = WorkerConfig.SERVICE_FIELDS
 SCHEDULER_WIRING = SchedulerConfig.SERVICE_FIELDS
-TOKENIZER_WIRING = frozenset({"scheduler_address", "detokenizer_address", "model_path"})
+# revision and hf_token: `up` resolved the hub id once; the services get the directory.
+TOKENIZER_WIRING = frozenset({"scheduler_address", "detokenizer_address", "model_path",
+                              "revision", "hf_token"})
 # `--metrics-port` would be ambiguous in `up`: the worker's and the hicache service's are
 # UpConfig's --worker-metrics-port and --hicache-metrics-port.
 HICACHE_WIRING = frozenset({"host", "port", "metrics_port"})

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from radixmesh.shared.hub import HubFlags
 from radixmesh.shared.peers import DEFAULT_PORTS
 from radixmesh.shared.tracing import TracingFlags
 
 
 @dataclass(frozen=True)
-class DetokenizerConfig(TracingFlags):
+class DetokenizerConfig(TracingFlags, HubFlags):
     model_path: str | None = field(default=None, metadata={
         "help": "HF-format model directory whose tokenizer decodes the output (default: the "
                 "tiny random model made on first use); without a tokenizer, ids pass through "

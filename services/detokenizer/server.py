@@ -28,7 +28,8 @@ async def serve(config: DetokenizerConfig) -> None:
 
 
 async def _serve(config: DetokenizerConfig, recorder: SpanRecorder) -> None:
-    tokenizer = await asyncio.to_thread(load_tokenizer, config.model_path)
+    tokenizer = await asyncio.to_thread(load_tokenizer, config.model_path, config.revision,
+                                        config.hf_token)
     broadcaster = Broadcaster()
     servicer = DetokenizerServicer(BatchDetokenizer(tokenizer, recorder), broadcaster)
     server = await start_server(

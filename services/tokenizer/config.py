@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from radixmesh.shared.hub import HubFlags
 from radixmesh.shared.model_location import model_name
 from radixmesh.shared.peers import peer_address, peer_help
 from radixmesh.shared.sampling_params import DEFAULT_LIMITS, HARD_LIMITS, SamplingLimits
@@ -24,7 +25,7 @@ DEFAULT_MAX_JSON_DEPTH = 32
 
 
 @dataclass(frozen=True)
-class TokenizerConfig(TracingFlags):
+class TokenizerConfig(TracingFlags, HubFlags):
     """Invariant after construction: both peer addresses and `served_model_name` are set."""
 
     model_path: str | None = field(default=None, metadata={

@@ -49,7 +49,8 @@ class TokenizerServer:
     async def start(self) -> None:
         # The front door's sampler decides for the whole mesh (shared/tracing.py).
         self.recorder = start_tracing(FRONT_DOOR, self.config)
-        tokenizer = await asyncio.to_thread(load_tokenizer, self.config.model_path)
+        tokenizer = await asyncio.to_thread(load_tokenizer, self.config.model_path,
+                                            self.config.revision, self.config.hf_token)
         self.router = Router(self.link, tokenizer, self.metrics)
         await self._start_grpc()
         await self._start_http()

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from radixmesh.services.worker.quantization.config import QUANTIZATION_CHOICES
+from radixmesh.shared.hub import HubFlags
 from radixmesh.shared.peers import DEFAULT_PORTS
 from radixmesh.shared.tracing import TracingFlags
 
@@ -16,7 +17,7 @@ NULL_DEFAULT_MAX_RUNNING = 1024
 
 
 @dataclass(frozen=True)
-class WorkerConfig(TracingFlags):
+class WorkerConfig(TracingFlags, HubFlags):
     # Where the service listens: `radixmesh up` sets host and port itself, and the in-process
     # engine, which has no sockets, leaves all three at their defaults.
     SERVICE_FIELDS: ClassVar[frozenset[str]] = frozenset({"host", "port", "metrics_port"})
@@ -27,11 +28,6 @@ class WorkerConfig(TracingFlags):
     model_path: str | None = field(default=None, metadata={
         "help": "HF-format model directory, or a Hugging Face hub id (ORG/NAME) resolved "
                 "through the hub cache (default: a tiny random Llama made on first use)"})
-    revision: str | None = field(default=None, metadata={
-        "help": "hub ids: the branch, tag or commit to load (default: main)"})
-    # Not in repr: configs get logged, tokens must not be.
-    hf_token: str | None = field(default=None, repr=False, metadata={
-        "help": "hub ids: the access token for gated or private models (default: $HF_TOKEN)"})
     load_format: str = field(default="auto", metadata={
         "help": "auto: read safetensors; dummy: random weights from config.json alone",
         "choices": ("auto", "dummy")})
