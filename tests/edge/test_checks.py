@@ -24,6 +24,7 @@ from radixmesh.shared.request_checks import (
 from radixmesh.shared.sampling_params import HARD_LIMITS, SamplingLimits, SamplingParams
 from radixmesh.shared.step import ExtendChunk, NewRequest, PageTableWrite, StepPlan, WorkerInfo
 from radixmesh.shared.text_checks import check_json_text, check_rid, check_utf8
+from tests.detokenizer.test_stop_strings import reference
 
 # ---- text, ids and JSON ------------------------------------------------------------------
 
@@ -138,16 +139,6 @@ def test_a_plan_past_the_model_is_refused_naming_the_request(plan: StepPlan, rid
 
 
 # ---- the stop-string automaton ---------------------------------------------------------------
-
-
-def reference(stops: list[str], text: str) -> tuple[str, str | None]:
-    """The first stop string to complete as the text grows; the longest if several do."""
-    for end in range(1, len(text) + 1):
-        ending = [stop for stop in stops if stop and text[:end].endswith(stop)]
-        if ending:
-            stop = max(ending, key=len)
-            return text[:end - len(stop)], stop
-    return text, None
 
 
 @settings(max_examples=300, deadline=None)

@@ -22,6 +22,7 @@ from tests.mesh.conftest import (
     MeshProcess,
     child_pids,
     pid_alive,
+    read_endpoint,
     spawn_mesh,
     stop_process,
 )
@@ -29,7 +30,6 @@ from tests.mesh.conftest import mesh_model_path as mesh_model_path  # the sessio
 
 RECOVERY_TIMEOUT_S = 60.0  # a restart waits its backoff, then a service starts in seconds
 T = TypeVar("T")
-_ENDPOINT = re.compile(r"^\s+(\S.*?)\s{2,}(\S+)")
 
 
 class FollowedMesh(MeshProcess):
@@ -69,15 +69,7 @@ def spawn_followed(model_path: Path, *flags: str) -> FollowedMesh:
     threading.Thread(target=_follow, args=(mesh,), daemon=True).start()
     mesh.line(r"^Press Ctrl-C", timeout=STARTUP_TIMEOUT_S)
     for line in mesh.output:
-        match = _ENDPOINT.match(line)
-        if match:
-            name, where = match.groups()
-            if name == "OpenAI HTTP":
-                mesh.http_url = where.removesuffix("/v1")
-            elif name == "gRPC":
-                mesh.grpc_address = where
-            else:
-                mesh.internal[name] = where
+        read_endpoint(mesh, line)
     return mesh
 
 

@@ -168,6 +168,19 @@ class MeshProcess:
 _ENDPOINT = re.compile(r"^\s+(\S.*?)\s{2,}(\S+)")
 
 
+def read_endpoint(mesh: MeshProcess, line: str) -> None:
+    """Takes an endpoint from one line of what `up` prints once it is up, if it names one."""
+    match = _ENDPOINT.match(line)
+    if match:
+        name, where = match.groups()
+        if name == "OpenAI HTTP":
+            mesh.http_url = where.removesuffix("/v1")
+        elif name == "gRPC":
+            mesh.grpc_address = where
+        else:
+            mesh.internal[name] = where
+
+
 def _read_lines(stream, lines: queue.Queue) -> None:
     for line in stream:
         lines.put(line)
@@ -196,15 +209,7 @@ def wait_mesh_up(mesh: MeshProcess, timeout: float = STARTUP_TIMEOUT_S) -> None:
         if line is None:
             raise RuntimeError(f"radixmesh up exited ({mesh.process.wait()}): {mesh.output}")
         mesh.output.append(line)
-        match = _ENDPOINT.match(line)
-        if match:
-            name, where = match.groups()
-            if name == "OpenAI HTTP":
-                mesh.http_url = where.removesuffix("/v1")
-            elif name == "gRPC":
-                mesh.grpc_address = where
-            else:
-                mesh.internal[name] = where
+        read_endpoint(mesh, line)
         if line.startswith("Press Ctrl-C"):
             return
 

@@ -3,14 +3,13 @@ on its port: real processes, through the front door (issue 17)."""
 
 from __future__ import annotations
 
-import asyncio
 import signal
 
 import grpc
 import pytest
 
-from tests.resilience.conftest import SERVING, WAIT_S, Outcome, generate, health, run, wait_until
-from tests.resilience.test_worker_loss import LONG, PROMPT, assert_serves_again, streaming
+from tests.resilience.conftest import SERVING, generate, health, run, wait_until
+from tests.resilience.test_worker_loss import LONG, PROMPT, assert_serves_again, streams_cut_by
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -20,12 +19,7 @@ def test_a_killed_detokenizer_fails_requests_in_flight_and_a_restarted_one_serve
     mesh = mesh_factory()
     front_door = mesh["tokenizer"].address
 
-    async def scenario() -> list[Outcome]:
-        running, _ = await streaming(front_door, 3)
-        mesh["detokenizer"].kill()
-        return await asyncio.wait_for(asyncio.gather(*running), WAIT_S)
-
-    for outcome in run(scenario()):
+    for outcome in streams_cut_by(front_door, lambda: mesh["detokenizer"].kill()):
         assert outcome.code is grpc.StatusCode.UNAVAILABLE, outcome
         assert 0 < len(outcome.tokens) < LONG
     wait_until(lambda: health(mesh["scheduler"].address) != SERVING, "scheduler NOT_SERVING")
@@ -45,13 +39,8 @@ def test_a_stopped_detokenizer_fails_requests_in_flight_and_serves_after_sigcont
     mesh = mesh_factory()
     front_door = mesh["tokenizer"].address
 
-    async def scenario() -> list[Outcome]:
-        running, _ = await streaming(front_door, 3)
-        mesh["detokenizer"].signal(signal.SIGSTOP)
-        return await asyncio.wait_for(asyncio.gather(*running), WAIT_S)
-
     try:
-        for outcome in run(scenario()):
+        for outcome in streams_cut_by(front_door, lambda: mesh["detokenizer"].signal(signal.SIGSTOP)):
             assert outcome.code is grpc.StatusCode.UNAVAILABLE, outcome
         wait_until(lambda: mesh.http_health() == 503, "front door /health 503")
         mesh["scheduler"].wait_logged("detokenizer lost")

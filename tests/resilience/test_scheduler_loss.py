@@ -3,13 +3,11 @@ port: the front door, worker and detokenizer stay up and take the new one (issue
 
 from __future__ import annotations
 
-import asyncio
-
 import grpc
 import pytest
 
-from tests.resilience.conftest import WAIT_S, Outcome, generate, run, wait_until
-from tests.resilience.test_worker_loss import LONG, PROMPT, assert_serves_again, streaming
+from tests.resilience.conftest import generate, run, wait_until
+from tests.resilience.test_worker_loss import LONG, PROMPT, assert_serves_again, streams_cut_by
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -19,12 +17,7 @@ def test_a_killed_scheduler_fails_requests_in_flight_and_a_restarted_one_is_take
     mesh = mesh_factory()
     front_door = mesh["tokenizer"].address
 
-    async def scenario() -> list[Outcome]:
-        running, _ = await streaming(front_door, 3)
-        mesh["scheduler"].kill()
-        return await asyncio.wait_for(asyncio.gather(*running), WAIT_S)
-
-    for outcome in run(scenario()):
+    for outcome in streams_cut_by(front_door, lambda: mesh["scheduler"].kill()):
         assert outcome.code is grpc.StatusCode.UNAVAILABLE, outcome
         assert 0 < len(outcome.tokens) < LONG
     wait_until(lambda: mesh.http_health() == 503, "front door /health 503")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Callable
 
 import grpc
 import pytest
@@ -41,6 +42,15 @@ async def streaming(address: str, count: int, max_new_tokens: int = LONG,
              for i, first in enumerate(firsts)]
     await asyncio.wait_for(asyncio.gather(*(first.wait() for first in firsts)), WAIT_S)
     return tasks, firsts
+
+
+def streams_cut_by(address: str, fault: Callable[[], object], count: int = 3) -> list[Outcome]:
+    """`count` requests streaming when `fault` strikes (a kill, a SIGSTOP); how each ended."""
+    async def scenario() -> list[Outcome]:
+        running, _ = await streaming(address, count)
+        fault()
+        return await asyncio.wait_for(asyncio.gather(*running), WAIT_S)
+    return run(scenario())
 
 
 def assert_unavailable(outcomes: list[Outcome]) -> None:
@@ -113,13 +123,8 @@ def test_a_stopped_worker_fails_requests_within_the_step_timeout_and_serves_afte
     mesh = mesh_factory(scheduler_flags=("--worker-step-timeout", "2"))
     front_door = mesh["tokenizer"].address
 
-    async def scenario() -> list[Outcome]:
-        running, _ = await streaming(front_door, 3)
-        mesh["worker"].signal(signal.SIGSTOP)
-        return await asyncio.wait_for(asyncio.gather(*running), WAIT_S)
-
     try:
-        failed = run(scenario())
+        failed = streams_cut_by(front_door, lambda: mesh["worker"].signal(signal.SIGSTOP))
         assert_unavailable(failed)
         mesh["scheduler"].wait_logged("is hung: no result for step")
         assert_mesh_not_ready(mesh)
