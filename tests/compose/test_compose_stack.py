@@ -141,10 +141,13 @@ def test_spans_from_four_services_reach_the_receiver(stack: ComposeProject,
                 or any(linked == trace_id for linked, _ in span.links)]
 
     def complete(spans) -> bool:
-        names = {(span.service, span.name) for span in of_request(spans)}
-        return expected <= names and ("radixmesh-worker", "worker.step") in names
+        mine = of_request(spans)
+        names = {(span.service, span.name) for span in mine}
+        has_root = any(span.trace_id == trace_id and not span.parent_span_id for span in mine)
+        return has_root and expected <= names and ("radixmesh-worker", "worker.step") in names
 
-    # Services export in batches, every few seconds at most.
+    # Services export in batches, every few seconds at most; the root ends last (after the
+    # response is written), so it may arrive in a later batch than its children.
     spans = of_request(receiver.wait_for(complete, timeout=30))
     names = sorted({(span.service, span.name) for span in spans})
     assert len({span.service for span in spans}) >= 4, names
