@@ -8,11 +8,13 @@ bytes, never values, so the KV dtype does not matter and wider accesses move the
 
 On a CPU worker the copies are plain tensor copies, done when called. On CUDA the pool is pinned
 and its memory mapped into the device's address space, so a copy is a kernel on a copy stream
-that reads or writes host memory itself, with no staging buffer and no host thread moving bytes:
+that reads or writes host memory itself, with no host thread moving bytes (`page_rows.py` says
+which kernels):
 - loads: one event per layer; the forward pass waits for layer i's event just before layer i's
   attention reads the KV cache (`ForwardBatch.wait_for_layer`), so it waits only for that copy;
-- backups: queued behind the step's forward pass, one event per step; `backed_up_through` only
-  queries events, so a step's result never waits for its backups.
+- backups: the pages are gathered in stream order with the steps, then written to host memory
+  on the copy stream, one event per step; `backed_up_through` only queries events, so a step's
+  result never waits for its backups.
 """
 
 from __future__ import annotations
@@ -25,6 +27,13 @@ import torch
 
 from radixmesh.services.worker.host_to_device import to_device
 from radixmesh.services.worker.kv_pool import KVPool
+from radixmesh.services.worker.page_rows import (
+    KernelRows,
+    TorchRows,
+    as_words,
+    device_rows,
+    make_rows,
+)
 from radixmesh.services.worker.request_table import PlanError
 from radixmesh.shared.host_pool import HostPool, HostPoolError, HostPoolLayout
 from radixmesh.shared.step import HostPoolAttachment, PageCopies, StepPlan
@@ -85,18 +94,16 @@ NO_LOADS = PendingLoads()
 class HostKV:
     """Page copies between `kv_pool` and the mapped host pool, as step plans order them."""
 
-    def __init__(self, kv_pool: KVPool) -> None:
+    def __init__(self, kv_pool: KVPool, kernels: bool = True) -> None:
+        """`kernels`: move rows with the page-copy kernels where they can run (False: with
+        torch ops everywhere, for comparison)."""
         self.kv_pool = kv_pool
+        self._kernels = kernels
         self.num_slots = 0  # slot ids 1..num_slots of the mapped pool; 0: none mapped
         self._pool: HostPool | None = None
-        self._host_rows: torch.Tensor | None = None  # [slot, layer, K/V, word], copy-visible
+        self._rows: TorchRows | KernelRows | None = None  # moves rows to and from the pool
         self._stream = (torch.cuda.Stream(kv_pool.device) if kv_pool.device.type == "cuda"
                         else None)
-        pages = kv_pool.num_pages + 1
-        shape = (pages, kv_pool.page_size, kv_pool.num_kv_heads, kv_pool.head_dim)
-        self._device_rows = [(_as_rows(kv_pool.keys(layer).view(shape)),
-                              _as_rows(kv_pool.values(layer).view(shape)))
-                             for layer in range(kv_pool.num_layers)]
         self._pending: deque[tuple[int, torch.cuda.Event]] = deque()  # backups in flight
         self._newest_step = 0
 
@@ -109,7 +116,10 @@ class HostKV:
             return
         host = HostPool.attach(attachment.name, pool_layout(self.kv_pool, attachment.num_slots))
         try:
-            self._host_rows = self._copy_visible_rows(host)
+            host_rows = self._copy_visible_rows(host)
+            rows = device_rows(self.kv_pool, host_rows.dtype)
+            self._rows = (make_rows(rows, host_rows) if self._kernels
+                          else TorchRows(rows, host_rows))
         except BaseException:
             host.close()
             raise
@@ -126,11 +136,9 @@ class HostKV:
         events = []
         with self._copy_stream() as stream:
             pages, slots = self._indices(copies)
-            assert self._host_rows is not None, "check() the plan before loading"
-            for layer, (keys, values) in enumerate(self._device_rows):
-                rows = self._host_rows[:, layer].index_select(0, slots)
-                keys.index_copy_(0, pages, rows[:, 0])
-                values.index_copy_(0, pages, rows[:, 1])
+            assert self._rows is not None, "check() the plan before loading"
+            for layer in range(self.kv_pool.num_layers):
+                self._rows.load_layer(layer, pages, slots)
                 if stream is not None:
                     events.append(stream.record_event())
         return PendingLoads(events)
@@ -147,18 +155,15 @@ class HostKV:
         self._newest_step = step_id
         if not copies:
             return
-        assert self._host_rows is not None, "check() the plan before backing up"
+        assert self._rows is not None, "check() the plan before backing up"
         pages, slots = self._indices(copies)
         # The gather runs in stream order with the steps (a device-to-device copy, cheap); only
         # the copy of the gathered rows to host memory runs beside them.
-        staged = [torch.stack((keys.index_select(0, pages), values.index_select(0, pages)), 1)
-                  for keys, values in self._device_rows]
+        staged = self._rows.stage(pages)
         with self._copy_stream() as stream:
-            for layer, rows in enumerate(staged):
-                self._host_rows[:, layer].index_copy_(0, slots, rows)
-                if stream is not None:
-                    rows.record_stream(stream)  # the allocator keeps it until the copy is done
+            self._rows.store(staged, slots)
             if stream is not None:
+                staged.record_stream(stream)  # the allocator keeps it until the copy is done
                 slots.record_stream(stream)
                 self._pending.append((step_id, stream.record_event()))
 
@@ -175,7 +180,7 @@ class HostKV:
 
     def _detach(self) -> None:
         self._drain()  # no copy may touch the mapping once it is gone
-        self._host_rows = None
+        self._rows = None
         self.num_slots = 0
         if self._pool is not None:
             pool, self._pool = self._pool, None
@@ -216,9 +221,8 @@ class HostKV:
 def _as_rows(pages: torch.Tensor) -> torch.Tensor:
     """[..., page_size, kv_heads, head_dim] -> [..., words]: each page of one layer's K (or V)
     as one row of the widest integer words that divide it."""
-    rows = pages.flatten(-3).view(torch.uint8)
-    word = next(word for word in _WORDS if rows.shape[-1] % word.itemsize == 0)
-    return rows.view(word)
+    row_bytes = pages.shape[-3:].numel() * pages.element_size()
+    return as_words(pages, next(word for word in _WORDS if row_bytes % word.itemsize == 0))
 
 
 class _HostMemory:

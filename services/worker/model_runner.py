@@ -11,6 +11,7 @@ step N + 1 can be prepared and queued while step N runs; `finish` waits for step
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import torch
@@ -95,7 +96,10 @@ class ModelRunner(ModelWorker):
             on_release=lambda req: self.sampler.release_request(req.slot))
         # Each slot's latest sampled token, where the next decode of its request reads it.
         self.last_tokens = torch.zeros(self.max_running, dtype=torch.int64, device=self.device)
+        started = time.perf_counter()
         self._warm_up()
+        logger.info("warmed up in %.1f s (kernels that compile on first use)",
+                    time.perf_counter() - started)
         self.graph_runner = self._make_graph_runner()
         self.model_id = str(model_path)
         self.available_memory_gb = (torch.cuda.mem_get_info(self.device)[0] / 2**30
