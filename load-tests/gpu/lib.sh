@@ -9,7 +9,10 @@ declare -A MESH_VARIANTS=(
   [mesh-noradix]="--disable-radix-cache"
   [mesh-null]="--worker null"
   [mesh-hicache]="--enable-hierarchical-cache"
+  # Tracing on, every request sampled, spans exported to span_sink.py (started with the mesh).
+  [mesh-trace]="--enable-trace --otlp-traces-endpoint 127.0.0.1:4317"
 )
+SINK_PID=""          # span_sink.py, while a traced mesh runs
 
 SERVER_PID=""        # the running `radixmesh up`, if any
 SERVER_VARIANT=""    # its variant; "failed:<variant>" after a start that failed
@@ -92,6 +95,10 @@ start_server() {
   local -a argv=("$PY" -m radixmesh.cli --log-level "$LOG_LEVEL" up --model-path "$MODEL"
                  $MODEL_FLAGS ${MESH_VARIANTS[$variant]} $SERVER_FLAGS)
   echo "== starting: ${argv[*]}  (log: $log)"
+  if [[ " ${argv[*]} " == *" --enable-trace "* ]]; then
+    "$PY" "$RUN_DIR/span_sink.py" 127.0.0.1:4317 >>"$OUT/span-sink-$SERVER_STARTS.log" 2>&1 &
+    SINK_PID=$!
+  fi
   : >"$log"  # before the poll below reads it
   "${argv[@]}" >>"$log" 2>&1 &
   SERVER_PID=$! SERVER_VARIANT=$variant SERVER_COMMAND="radixmesh ${argv[*]:3}"
@@ -132,7 +139,7 @@ children_of() {
 
 # SIGTERM to the launcher, which stops its services in order; then make sure none outlived it.
 stop_server() {
-  [[ -n $SERVER_PID ]] || return 0
+  [[ -n $SERVER_PID ]] || { stop_sink; return 0; }
   echo "== stopping radixmesh up (pid $SERVER_PID)"
   SERVER_CHILDREN+=" $(children_of "$SERVER_PID")"  # also those started since it was up
   kill -TERM "$SERVER_PID" 2>/dev/null || true
@@ -150,6 +157,13 @@ stop_server() {
     fi
   done
   SERVER_PID="" SERVER_VARIANT="" SERVER_CHILDREN=""
+  stop_sink  # after the mesh: its last spans are flushed at shutdown
+}
+
+stop_sink() {
+  [[ -n $SINK_PID ]] || return 0
+  kill -TERM "$SINK_PID" 2>/dev/null; wait "$SINK_PID" 2>/dev/null
+  SINK_PID=""
 }
 
 step_tests() {

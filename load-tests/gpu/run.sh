@@ -12,6 +12,8 @@
 #        mesh-noradix:WORKLOAD ... against `radixmesh up --disable-radix-cache`
 #        mesh-null:WORKLOAD    ... against `radixmesh up --worker null`
 #        mesh-hicache:WORKLOAD ... against `radixmesh up --enable-hierarchical-cache`
+#        mesh-trace:WORKLOAD   ... against `radixmesh up --enable-trace` (every request traced,
+#                              spans exported to span_sink.py on 127.0.0.1:4317)
 #        hf                    HF transformers `generate`, batch 1 and 256 (hf_generate.py)
 # Consecutive steps of one mesh variant share one `radixmesh up`; any other step stops it
 # first (one model on the GPU at a time), so keep each variant's steps together.
