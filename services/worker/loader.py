@@ -28,17 +28,17 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
+from radixmesh.services.worker.checkpoint_sinks import checkpoint_sinks
+from radixmesh.services.worker.dummy_weights import DUMMY_SEED, init_dummy_weights
 from radixmesh.services.worker.model_config import ModelConfig
-from radixmesh.services.worker.models.fused_linear import FusedRows
 from radixmesh.services.worker.models.registry import model_class
-from radixmesh.services.worker.models.sinks import CopySink, Sink
+from radixmesh.services.worker.models.sinks import CutSink, Sink
+from radixmesh.services.worker.parallel.tensor_parallel import SINGLE, TensorParallel
 from radixmesh.services.worker.quantization.config import with_flag
 from radixmesh.services.worker.quantization.linear import QuantLinear
 
 LOAD_FORMATS = ("auto", "dummy")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-DUMMY_SEED = 0
-DUMMY_STD = 0.02
 # Checkpoint entries that are derived buffers, not weights: we rebuild them from the config.
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq", "rotary_emb.cos_cached", "rotary_emb.sin_cached")
 
@@ -60,17 +60,19 @@ def resolve_dtype(name: str, config: ModelConfig) -> torch.dtype:
 
 def load_model(config: ModelConfig, model_path: str | Path, load_format: str = "auto",
                dtype: str = "auto", device: torch.device | str = "cpu",
-               seed: int = DUMMY_SEED, quantization: str | None = None) -> nn.Module:
+               seed: int = DUMMY_SEED, quantization: str | None = None,
+               parallel: TensorParallel = SINGLE) -> nn.Module:
     """The model for `config` in eval mode with gradients off, its weights in place (dummy
     weights drawn from `seed`). `quantization` is `--quantization`: a float checkpoint is
     quantized at load; a quantized one (config.quantization) runs with its own method.
-    The model's `config.quantization` says what it runs with."""
+    The model's `config.quantization` says what it runs with. `parallel`: the tensor-parallel
+    rank to build, holding (and reading) only its share of each tensor."""
     if load_format not in LOAD_FORMATS:
         raise ValueError(f"unsupported load format {load_format!r}; supported: {LOAD_FORMATS}")
     config = dataclasses.replace(config, quantization=with_flag(config.quantization,
                                                                 quantization))
     with torch.device(device), _default_dtype(resolve_dtype(dtype, config)):
-        model = model_class(config)(config)
+        model = model_class(config)(config, parallel)
     model.eval().requires_grad_(False)
     with torch.no_grad():
         if load_format == "dummy":
@@ -88,31 +90,6 @@ def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
         yield
     finally:
         torch.set_default_dtype(previous)
-
-
-def init_dummy_weights(model: nn.Module, seed: int = DUMMY_SEED) -> None:
-    """Deterministic random weights: norms at 1, biases at 0, the rest N(0, DUMMY_STD).
-
-    Meant for speed benchmarks at real sizes; the small std keeps bf16 activations finite.
-    A quantized layer's weight is drawn in the activation dtype, exactly as the unquantized
-    model's would be (same generator, same order), and quantized: one layer at a time.
-    """
-    device = next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed)
-    for module_name, module in model.named_modules():
-        for param_name, param in module.named_parameters(recurse=False):
-            name = _join(module_name, param_name)
-            if name.endswith("norm.weight"):
-                param.fill_(1.0)
-            elif name.endswith(".bias"):
-                param.zero_()
-            elif isinstance(module, QuantLinear):
-                if param_name == "weight":  # its scales are derived from it
-                    weight = torch.empty(param.shape, dtype=module.act_dtype, device=device)
-                    module.quantize_rows(slice(None), weight.normal_(
-                        0.0, DUMMY_STD, generator=generator))
-            else:
-                param.normal_(0.0, DUMMY_STD, generator=generator)
 
 
 def load_safetensors(model: nn.Module, model_path: Path, tie_word_embeddings: bool) -> None:
@@ -138,8 +115,8 @@ def load_safetensors(model: nn.Module, model_path: Path, tie_word_embeddings: bo
                     unexpected.append(name)
                     continue
                 seen.add(name)
-                tensor = reader.get_tensor(name)
-                problem = sink.mismatch(tensor)
+                tensor, sink, problem = _read(reader, name, sink)
+                problem = problem or sink.mismatch(tensor)
                 if problem is not None:
                     misshaped.append(f"{name} ({problem})")
                     continue
@@ -149,50 +126,22 @@ def load_safetensors(model: nn.Module, model_path: Path, tie_word_embeddings: bo
         raise WeightLoadError(_mismatch_message(model_path, missing, unexpected, misshaped))
 
 
-def checkpoint_sinks(model: nn.Module) -> dict[str, Sink]:
-    """HF checkpoint name -> the sink that loads that tensor.
-
-    A parameter under its own name is a plain copy, except in a fused projection: there each
-    declared shard's name (`...self_attn.k_proj.weight`) copies into a view of the shard's rows
-    of the fused parameter (`...self_attn.qkv_proj.weight`). A quantized layer names its own
-    tensors per shard (e.g. `weight` and `weight_scale` of a prequantized FP8 checkpoint). The
-    keys are exactly the tensors a complete checkpoint holds (tied ones left out, as HF does).
-    """
-    sinks: dict[str, Sink] = {}
-    for module_name, module in model.named_modules():
-        shards = _shards(module_name, module)
-        if isinstance(module, QuantLinear):
-            for shard, rows in shards:
-                for suffix, sink in module.checkpoint_sinks(rows).items():
-                    sinks[_join(shard, suffix)] = sink
-            continue
-        for param_name, param in module.named_parameters(recurse=False):
-            for shard, rows in shards:
-                sinks[_join(shard, param_name)] = CopySink(param.detach()[rows])
-    return sinks
-
-
-def checkpoint_targets(model: nn.Module) -> dict[str, torch.Tensor]:
-    """HF checkpoint name -> the tensor (or block of rows) that checkpoint tensor fills."""
-    return {name: sink.view for name, sink in checkpoint_sinks(model).items()}
-
-
-def _shards(module_name: str, module: nn.Module) -> list[tuple[str, slice]]:
-    """(HF module name, its rows) for each checkpoint module `module` holds."""
-    if isinstance(module, FusedRows):
-        parent = module_name.rpartition(".")[0]
-        return [(_join(parent, shard), rows) for shard, rows in module.shard_rows.items()]
-    return [(module_name, slice(None))]
+def _read(reader, name: str, sink: Sink) -> tuple[torch.Tensor, Sink, str | None]:
+    """(the tensor `sink` takes, the sink to load it with, why it cannot): a tensor-parallel
+    rank reads only its cut from the file, never the whole tensor."""
+    if not isinstance(sink, CutSink):
+        return reader.get_tensor(name), sink, None
+    part = reader.get_slice(name)
+    problem = sink.shape_mismatch(tuple(part.get_shape()))
+    if problem is not None:
+        return torch.empty(0), sink, problem
+    return part[sink.cut.index(len(part.get_shape()))], sink.inner, None
 
 
 def _quantization_ignored_suffixes(model: nn.Module) -> tuple[str, ...]:
     methods = {module.method.__class__: module.method for module in model.modules()
                if isinstance(module, QuantLinear)}
     return tuple(suffix for method in methods.values() for suffix in method.ignored_suffixes)
-
-
-def _join(*parts: str) -> str:
-    return ".".join(part for part in parts if part)
 
 
 def checkpoint_files(model_path: Path) -> list[Path]:

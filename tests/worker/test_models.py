@@ -12,9 +12,10 @@ from transformers.models.llama.modeling_llama import LlamaRMSNorm, LlamaRotaryEm
 
 from radixmesh.make_model import make_model
 from radixmesh.services.worker.attention.torch_backend import TorchAttentionBackend
+from radixmesh.services.worker.checkpoint_sinks import checkpoint_targets
 from radixmesh.services.worker.forward_batch import ForwardBatch, ForwardMode
 from radixmesh.services.worker.kv_pool import KVPool
-from radixmesh.services.worker.loader import checkpoint_targets, load_model
+from radixmesh.services.worker.loader import load_model
 from radixmesh.services.worker.model_config import ModelConfig
 from radixmesh.services.worker.models.layers import RMSNorm, RotaryEmbedding
 

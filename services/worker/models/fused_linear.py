@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from radixmesh.services.worker.models.sinks import Cut
+
 
 class FusedRows:
     """The shard bookkeeping of a fused projection, shared by `FusedLinear` and its quantized
@@ -28,14 +30,21 @@ class FusedRows:
 
     shard_rows: dict[str, slice]
     shard_sizes: list[int]
+    # Under tensor parallelism, the rows of each shard's full HF tensor this rank holds (a
+    # shard absent here holds all of them).
+    shard_cuts: dict[str, Cut]
 
-    def set_shards(self, shards: dict[str, int]) -> None:
+    def set_shards(self, shards: dict[str, int], cuts: dict[str, Cut] | None = None) -> None:
         self.shard_sizes = list(shards.values())
         self.shard_rows = {}
         start = 0
         for name, rows in shards.items():
             self.shard_rows[name] = slice(start, start + rows)
             start += rows
+        self.shard_cuts = dict(cuts or {})
+        for name, cut in self.shard_cuts.items():
+            if (cut.dim, cut.length) != (0, shards[name]):
+                raise ValueError(f"shard {name}: {shards[name]} rows, cut {cut}")
 
     def forward_shards(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Each shard's output, in order: column views of one [..., out_features] output."""
@@ -50,6 +59,7 @@ class FusedRows:
 class FusedLinear(FusedRows, nn.Linear):
     """x @ W.T + b, where W (and b) is the row-wise concatenation of the shards' HF weights."""
 
-    def __init__(self, in_features: int, shards: dict[str, int], bias: bool) -> None:
+    def __init__(self, in_features: int, shards: dict[str, int], bias: bool,
+                 cuts: dict[str, Cut] | None = None) -> None:
         super().__init__(in_features, sum(shards.values()), bias=bias)
-        self.set_shards(shards)
+        self.set_shards(shards, cuts)

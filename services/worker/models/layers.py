@@ -17,8 +17,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from radixmesh.kernels.fused_gate import TRITON_USABLE, use_triton
+from radixmesh.services.worker.models.sinks import Cut
+from radixmesh.services.worker.parallel.layers import make_row_parallel
+from radixmesh.services.worker.parallel.sharding import even_range
+from radixmesh.services.worker.parallel.tensor_parallel import SINGLE, TensorParallel
 from radixmesh.services.worker.quantization.config import QuantizationConfig
-from radixmesh.services.worker.quantization.linear import make_fused_linear, make_linear
+from radixmesh.services.worker.quantization.linear import make_fused_linear
 
 if TRITON_USABLE:
     from radixmesh.kernels.activation import silu_and_mul as triton_silu_and_mul
@@ -68,13 +72,19 @@ class GatedMLP(nn.Module):
     """
 
     def __init__(self, hidden_size: int, intermediate_size: int, bias: bool,
-                 quantization: QuantizationConfig | None = None, prefix: str = "mlp") -> None:
+                 quantization: QuantizationConfig | None = None, prefix: str = "mlp",
+                 parallel: TensorParallel = SINGLE) -> None:
         super().__init__()
+        # Tensor-parallel: each rank holds a slice of the intermediate features, columns of
+        # gate and up, rows of down; down's partial sums are added up across ranks.
+        features = even_range(intermediate_size, parallel, "MLP intermediate features")
+        cut = Cut(0, features.start, features.stop, intermediate_size)
+        cuts = {"gate_proj": cut, "up_proj": cut} if parallel.is_split else None
         self.gate_up_proj = make_fused_linear(
-            hidden_size, {"gate_proj": intermediate_size, "up_proj": intermediate_size}, bias,
-            quantization, prefix)
-        self.down_proj = make_linear(intermediate_size, hidden_size, bias, quantization,
-                                     f"{prefix}.down_proj")
+            hidden_size, {"gate_proj": cut.length, "up_proj": cut.length}, bias,
+            quantization, prefix, cuts)
+        self.down_proj = make_row_parallel(Cut(1, cut.start, cut.stop, cut.full), hidden_size,
+                                           bias, quantization, f"{prefix}.down_proj", parallel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(silu_and_mul(self.gate_up_proj(x)))

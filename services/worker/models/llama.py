@@ -28,23 +28,43 @@ from radixmesh.services.worker.models.layers import (
     RotaryEmbedding,
     apply_rotary,
 )
-from radixmesh.services.worker.quantization.linear import make_fused_linear, make_linear
+from radixmesh.services.worker.models.sinks import Cut
+from radixmesh.services.worker.parallel.layers import (
+    gather_logits,
+    make_embedding,
+    make_lm_head,
+    make_row_parallel,
+)
+from radixmesh.services.worker.parallel.sharding import even_range, kv_head_range
+from radixmesh.services.worker.parallel.tensor_parallel import SINGLE, TensorParallel
+from radixmesh.services.worker.quantization.linear import make_fused_linear
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, config: ModelConfig, layer_id: int) -> None:
+    """Under tensor parallelism a rank holds a share of the query heads and the KV heads they
+    read (parallel/sharding.py): rows of q/k/v, columns of o, whose sums the ranks add up."""
+
+    def __init__(self, config: ModelConfig, layer_id: int,
+                 parallel: TensorParallel = SINGLE) -> None:
         super().__init__()
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = config.num_key_value_heads
-        self.head_dim = config.head_dim
+        self.head_dim = head_dim = config.head_dim
+        heads = even_range(config.num_attention_heads, parallel, "attention heads")
+        kv_heads = kv_head_range(config.num_key_value_heads, parallel)
+        self.num_heads, self.num_kv_heads = len(heads), len(kv_heads)
+        q_cut = Cut(0, heads.start * head_dim, heads.stop * head_dim,
+                    config.num_attention_heads * head_dim)
+        kv_cut = Cut(0, kv_heads.start * head_dim, kv_heads.stop * head_dim,
+                     config.num_key_value_heads * head_dim)
         qkv_bias, o_bias = self.projection_biases(config)
-        hidden, q_size = config.hidden_size, self.num_heads * self.head_dim
-        kv_size = self.num_kv_heads * self.head_dim
         prefix = f"model.layers.{layer_id}.self_attn"  # the HF name, for quantization's skips
         self.qkv_proj = make_fused_linear(
-            hidden, {"q_proj": q_size, "k_proj": kv_size, "v_proj": kv_size}, qkv_bias,
-            config.quantization, prefix)
-        self.o_proj = make_linear(q_size, hidden, o_bias, config.quantization, f"{prefix}.o_proj")
+            config.hidden_size,
+            {"q_proj": q_cut.length, "k_proj": kv_cut.length, "v_proj": kv_cut.length},
+            qkv_bias, config.quantization, prefix,
+            {"q_proj": q_cut, "k_proj": kv_cut, "v_proj": kv_cut} if parallel.is_split else None)
+        self.o_proj = make_row_parallel(Cut(1, q_cut.start, q_cut.stop, q_cut.full),
+                                        config.hidden_size, o_bias, config.quantization,
+                                        f"{prefix}.o_proj", parallel)
         self.attn = PagedAttention(AttentionSpec(
             layer_id=layer_id, num_heads=self.num_heads, num_kv_heads=self.num_kv_heads,
             head_dim=self.head_dim, scaling=self.head_dim ** -0.5,
@@ -71,11 +91,11 @@ class LlamaAttention(nn.Module):
 
 class LlamaDecoderLayer(nn.Module):
     def __init__(self, config: ModelConfig, layer_id: int,
-                 attention_class: type[LlamaAttention]) -> None:
+                 attention_class: type[LlamaAttention], parallel: TensorParallel) -> None:
         super().__init__()
-        self.self_attn = attention_class(config, layer_id)
+        self.self_attn = attention_class(config, layer_id, parallel)
         self.mlp = GatedMLP(config.hidden_size, config.intermediate_size, config.mlp_bias,
-                            config.quantization, f"model.layers.{layer_id}.mlp")
+                            config.quantization, f"model.layers.{layer_id}.mlp", parallel)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
@@ -97,11 +117,12 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, config: ModelConfig, attention_class: type[LlamaAttention]) -> None:
+    def __init__(self, config: ModelConfig, attention_class: type[LlamaAttention],
+                 parallel: TensorParallel) -> None:
         super().__init__()
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.embed_tokens = make_embedding(config.vocab_size, config.hidden_size, parallel)
         self.layers = nn.ModuleList(
-            LlamaDecoderLayer(config, layer_id, attention_class)
+            LlamaDecoderLayer(config, layer_id, attention_class, parallel)
             for layer_id in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         # One table for all layers: looked up once per pass, not once per layer.
@@ -122,16 +143,19 @@ class LlamaForCausalLM(nn.Module):
     """forward(batch) -> final hidden states [T, hidden]; compute_logits(hidden) -> [S, vocab].
 
     With tied embeddings there is no `lm_head` module: the logits reuse `embed_tokens.weight`.
+    `parallel`: this rank's place in its tensor-parallel group (one device by default); every
+    rank computes the whole vocabulary's logits.
     """
 
     attention_class: type[LlamaAttention] = LlamaAttention
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, parallel: TensorParallel = SINGLE) -> None:
         super().__init__()
         self.config = config
-        self.model = LlamaModel(config, self.attention_class)
+        self.parallel = parallel
+        self.model = LlamaModel(config, self.attention_class, parallel)
         if not config.tie_word_embeddings:
-            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+            self.lm_head = make_lm_head(config.hidden_size, config.vocab_size, parallel)
 
     @property
     def output_embedding(self) -> torch.Tensor:
@@ -147,7 +171,8 @@ class LlamaForCausalLM(nn.Module):
         """Next-token logits in float32 for the rows of `hidden` ([S, hidden]), written into
         `out` ([S, vocab] float32) when given: converting straight into it spares a float32
         temporary the size of the logits."""
-        logits = F.linear(hidden, self.output_embedding)
+        logits = gather_logits(F.linear(hidden, self.output_embedding), self.config.vocab_size,
+                               self.parallel)
         if out is None:
             return logits.float()
         return out.copy_(logits)

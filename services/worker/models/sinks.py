@@ -9,6 +9,7 @@ a layer stores its weight.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 import torch
 
@@ -69,3 +70,55 @@ class RowScaleSink(Sink):
 
     def load(self, tensor: torch.Tensor) -> None:
         self.view.copy_(tensor.reshape(-1).to(torch.float32).expand(self.view.shape[0]))
+
+
+@dataclass(frozen=True)
+class Cut:
+    """The part of a full checkpoint tensor that a rank's model tensor holds: indices
+    [start, stop) of dimension `dim`, of `full` in all (tensor parallelism; see
+    parallel/sharding.py)."""
+
+    dim: int
+    start: int
+    stop: int
+    full: int
+
+    @property
+    def length(self) -> int:
+        return self.stop - self.start
+
+    def of(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.narrow(self.dim, self.start, self.length)
+
+    def index(self, ndim: int) -> tuple[slice, ...]:
+        """The cut as an index of an `ndim`-dimensional tensor (for lazy slices of a file)."""
+        return tuple(slice(self.start, self.stop) if dim == self.dim else slice(None)
+                     for dim in range(ndim))
+
+
+class CutSink(Sink):
+    """A sink fed the whole checkpoint tensor that keeps only its `cut` (a rank's share)."""
+
+    def __init__(self, inner: Sink, cut: Cut) -> None:
+        self.inner, self.cut = inner, cut
+        self.view = inner.view
+
+    @property
+    def full_shape(self) -> tuple[int, ...]:
+        shape = list(self.view.shape)
+        shape[self.cut.dim] = self.cut.full
+        return tuple(shape)
+
+    def shape_mismatch(self, shape: tuple[int, ...]) -> str | None:
+        """Why a checkpoint tensor of `shape` is not the full tensor of the cut, or None."""
+        if len(shape) <= self.cut.dim or shape[self.cut.dim] != self.cut.full:
+            return (f"checkpoint {shape}, model {self.full_shape} (cut along dimension "
+                    f"{self.cut.dim} for tensor parallelism)")
+        return None
+
+    def mismatch(self, tensor: torch.Tensor) -> str | None:
+        return (self.shape_mismatch(tuple(tensor.shape))
+                or self.inner.mismatch(self.cut.of(tensor)))
+
+    def load(self, tensor: torch.Tensor) -> None:
+        self.inner.load(self.cut.of(tensor))

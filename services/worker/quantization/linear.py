@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from radixmesh.services.worker.models.fused_linear import FusedLinear, FusedRows
-from radixmesh.services.worker.models.sinks import CopySink, Sink
+from radixmesh.services.worker.models.sinks import CopySink, Cut, Sink
 
 # Registers "fp8": models reach quantization through this module.
 from radixmesh.services.worker.quantization import fp8 as _fp8  # noqa: F401
@@ -65,9 +65,9 @@ class FusedQuantLinear(FusedRows, QuantLinear):
     """A quantized `FusedLinear`: every row-aligned parameter is split by the same shard rows."""
 
     def __init__(self, in_features: int, shards: dict[str, int], bias: bool,
-                 method: QuantizationMethod) -> None:
+                 method: QuantizationMethod, cuts: dict[str, Cut] | None = None) -> None:
         super().__init__(in_features, sum(shards.values()), bias, method)
-        self.set_shards(shards)
+        self.set_shards(shards, cuts)
 
 
 def make_linear(in_features: int, out_features: int, bias: bool,
@@ -79,9 +79,11 @@ def make_linear(in_features: int, out_features: int, bias: bool,
 
 
 def make_fused_linear(in_features: int, shards: dict[str, int], bias: bool,
-                      quantization: QuantizationConfig | None, parent: str) -> nn.Module:
+                      quantization: QuantizationConfig | None, parent: str,
+                      cuts: dict[str, Cut] | None = None) -> nn.Module:
     """`FusedLinear`, or its quantized form; a checkpoint must keep all of a fused layer's
-    shards (`parent.q_proj`, ...) quantized or none of them: one GEMM has one weight format."""
+    shards (`parent.q_proj`, ...) quantized or none of them: one GEMM has one weight format.
+    `cuts`: the rows of each shard's full tensor this tensor-parallel rank holds."""
     ignored = {quantization is None or quantization.is_ignored(f"{parent}.{shard}")
                for shard in shards}
     if len(ignored) > 1:
@@ -89,6 +91,6 @@ def make_fused_linear(in_features: int, shards: dict[str, int], bias: bool,
             f"the checkpoint quantizes some of {', '.join(shards)} in {parent} but not all; "
             "they run as one fused GEMM")
     if ignored == {True}:
-        return FusedLinear(in_features, shards, bias)
+        return FusedLinear(in_features, shards, bias, cuts)
     assert quantization is not None
-    return FusedQuantLinear(in_features, shards, bias, quantization_method(quantization))
+    return FusedQuantLinear(in_features, shards, bias, quantization_method(quantization), cuts)
