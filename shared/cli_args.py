@@ -23,15 +23,16 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_class: type,
     for field in dataclasses.fields(config_class):
         if field.name in existing or field.name in skip:
             continue
-        flag = "--" + field.name.replace("_", "-")
+        # A field's metadata may name short spellings SGLang users type ("--tp").
+        flags = ["--" + field.name.replace("_", "-"), *field.metadata.get("aliases", ())]
         kind = _base_type(hints[field.name])
         help_text = field.metadata.get("help", "")
         if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default,
-                                help=help_text)
+            parser.add_argument(*flags, dest=field.name, action=argparse.BooleanOptionalAction,
+                                default=field.default, help=help_text)
             continue
-        parser.add_argument(flag, type=kind, default=field.default, help=help_text,
-                            choices=field.metadata.get("choices"))
+        parser.add_argument(*flags, dest=field.name, type=kind, default=field.default,
+                            help=help_text, choices=field.metadata.get("choices"))
 
 
 def config_from_args(config_class: type[ConfigT], args: argparse.Namespace) -> ConfigT:

@@ -56,6 +56,13 @@ class WorkerConfig(TracingFlags, HubFlags):
                 "--max-running-requests)); larger batches run eagerly"})
     disable_cuda_graph: bool = field(default=False, metadata={
         "help": "run every decode step eagerly (CUDA graphs are used on a GPU by default)"})
+    tp_size: int = field(default=1, metadata={
+        "help": "tensor-parallel ranks: the model's heads, MLP features and vocabulary split "
+                "over this many processes, one per device (cuda:0..N-1 on a GPU, gloo on "
+                "CPU), driven by this worker", "aliases": ("--tp",)})
+    tp_timeout: float = field(default=120.0, metadata={
+        "help": "seconds a tensor-parallel collective waits for the other ranks before the "
+                "group fails (and is restarted whole)"})
     random_seed: int = field(default=0, metadata={
         "help": "seeds dummy weights and the seeds of requests that bring none"})
     host: str = field(default="127.0.0.1", metadata={"help": "interface to listen on"})
@@ -71,6 +78,12 @@ class WorkerConfig(TracingFlags, HubFlags):
             raise ValueError("--max-total-tokens must be >= 1")
         if self.cuda_graph_max_bs is not None and self.cuda_graph_max_bs < 1:
             raise ValueError("--cuda-graph-max-bs must be >= 1")
+        if self.tp_size < 1:
+            raise ValueError("--tp-size must be >= 1")
+        if self.tp_size > 1 and self.worker != "model":
+            raise ValueError(f"--tp-size splits a model; the {self.worker} worker has none")
+        if self.tp_timeout <= 0:
+            raise ValueError("--tp-timeout must be > 0")
         if not 0 < self.mem_fraction_static < 1:
             raise ValueError("--mem-fraction-static must be in (0, 1)")
         for name in ("port", "metrics_port"):

@@ -27,8 +27,9 @@ from radixmesh.services.worker.kv_pool import KVPool
 from radixmesh.services.worker.loader import load_model, resolve_dtype
 from radixmesh.services.worker.memory import kv_pool_tokens
 from radixmesh.services.worker.model_config import ModelConfig
+from radixmesh.services.worker.parallel.tensor_parallel import SINGLE, TensorParallel
 from radixmesh.services.worker.request_state import WorkerRequest
-from radixmesh.services.worker.request_table import RequestTable
+from radixmesh.services.worker.request_table import PlanError, RequestTable
 from radixmesh.services.worker.sampling import Sampler, SamplingBatch
 from radixmesh.shared.page_keys import weights_fingerprint
 from radixmesh.shared.sampling_params import SamplingParams
@@ -65,15 +66,19 @@ class RunnerStep(LaunchedStep):
 class ModelRunner(ModelWorker):
     name = "model"
 
-    def __init__(self, config: WorkerConfig, model_path: Path) -> None:
+    def __init__(self, config: WorkerConfig, model_path: Path,
+                 parallel: TensorParallel = SINGLE, device: str | None = None) -> None:
+        """`parallel`: the tensor-parallel rank this runner is (parallel/worker_group.py runs
+        the group), on `device` (default: --device)."""
         self.config = config
-        self.device = resolve_device(config.device)
+        self.parallel = parallel
+        self.device = resolve_device(device or config.device)
         self.model_config = ModelConfig.from_pretrained(model_path)
         self.context_len = config.context_length or self.model_config.context_len
         self.dtype = resolve_dtype(config.dtype, self.model_config)
         self.model = load_model(self.model_config, model_path, config.load_format,
                                 config.dtype, self.device, seed=config.random_seed,
-                                quantization=config.quantization)
+                                quantization=config.quantization, parallel=parallel)
         self.model_config = self.model.config  # with the quantization it actually runs
         self.weights_fingerprint = weights_fingerprint(
             model_path, dummy_seed=config.random_seed if config.load_format == "dummy" else None,
@@ -165,6 +170,9 @@ class ModelRunner(ModelWorker):
         """Applies the plan in shared/step.py's order; the copies are checked before any
         state changes or any byte moves."""
         if plan.host_pool is not None:
+            if self.parallel.is_split:
+                raise PlanError("the hierarchical cache does not run tensor-parallel yet: "
+                                "drop --enable-hierarchical-cache or --tp-size")
             self.host_kv.attach(plan.host_pool)
         self.host_kv.check(plan)
         entries = self.table.apply(plan)
@@ -226,17 +234,19 @@ class ModelRunner(ModelWorker):
 
     def _make_kv_pool(self) -> KVPool:
         mc = self.model_config
-        per_token = KVPool.bytes_per_token(mc.num_hidden_layers, mc.num_key_value_heads,
-                                           mc.head_dim, self.dtype)
+        kv_heads = self.model.kv_heads  # this rank's share under tensor parallelism
+        per_token = KVPool.bytes_per_token(mc.num_hidden_layers, kv_heads, mc.head_dim,
+                                           self.dtype)
         tokens = kv_pool_tokens(self.config.max_total_tokens, per_token, self.device,
                                 self.config.mem_fraction_static)
-        num_pages = tokens // self.page_size
+        # Ranks share one page table, so one pool size: what the tightest rank can hold.
+        num_pages = self.parallel.agree_on_min(tokens // self.page_size, self.device)
         if num_pages < 1:
             raise ValueError(f"a KV pool of {tokens} tokens holds no page of {self.page_size}")
         logger.info("KV pool: %d pages of %d tokens (%.1f MiB)", num_pages, self.page_size,
                     num_pages * self.page_size * per_token / 2**20)
-        return KVPool(num_pages, self.page_size, mc.num_hidden_layers, mc.num_key_value_heads,
-                      mc.head_dim, self.dtype, self.device)
+        return KVPool(num_pages, self.page_size, mc.num_hidden_layers, kv_heads, mc.head_dim,
+                      self.dtype, self.device)
 
 
 def resolve_device(name: str) -> torch.device:

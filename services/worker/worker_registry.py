@@ -19,6 +19,7 @@ from radixmesh.services.worker.config import (
 from radixmesh.services.worker.model_config import ModelConfig
 from radixmesh.services.worker.model_runner import ModelRunner
 from radixmesh.services.worker.null_worker import NullWorker
+from radixmesh.services.worker.parallel.worker_group import TensorParallelWorker
 from radixmesh.shared.model_location import resolve_model_path
 from radixmesh.shared.registry import Registry
 from radixmesh.shared.step import WorkerInfo
@@ -32,6 +33,9 @@ def model_path_of(config: WorkerConfig) -> Path:
 
 
 def build_model_worker(config: WorkerConfig) -> ModelWorker:
+    """The model on one device, or a tensor-parallel group of `--tp-size` ranks."""
+    if config.tp_size > 1:
+        return TensorParallelWorker(config, model_path_of(config))
     return ModelRunner(config, model_path_of(config))
 
 

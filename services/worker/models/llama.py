@@ -158,6 +158,11 @@ class LlamaForCausalLM(nn.Module):
             self.lm_head = make_lm_head(config.hidden_size, config.vocab_size, parallel)
 
     @property
+    def kv_heads(self) -> int:
+        """KV heads per layer in this rank's KV cache (all of them on one device)."""
+        return self.model.layers[0].self_attn.num_kv_heads
+
+    @property
     def output_embedding(self) -> torch.Tensor:
         if self.config.tie_word_embeddings:
             return self.model.embed_tokens.weight

@@ -39,6 +39,14 @@ class TensorParallel:
             dist.all_reduce(x)
         return x
 
+    def agree_on_min(self, value: int, device: torch.device) -> int:
+        """The smallest of every rank's `value` (sizes every rank must share)."""
+        if not self.is_split:
+            return value
+        smallest = torch.tensor([value], dtype=torch.int64, device=device)
+        dist.all_reduce(smallest, op=dist.ReduceOp.MIN)
+        return int(smallest.item())
+
     def all_gather(self, x: torch.Tensor, dim: int = -1) -> torch.Tensor:
         """Every rank's `x` (same shape on all) concatenated along `dim`, in rank order."""
         if not self.is_split:

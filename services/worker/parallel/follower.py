@@ -1,0 +1,78 @@
+"""Ranks 1..N-1 of a tensor-parallel worker group: each a process that rank 0 started, running
+the plans rank 0 sends (see worker_group.py) on its share of the model, and nothing else.
+
+Messages on the pipe from rank 0: LAUNCH + a plan's protobuf encoding; FINISH (finish the
+oldest launched step); the pipe's end (leave). A follower's steps are rank 0's, so its results
+are dropped: rank 0 alone answers the scheduler.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import torch
+
+from radixmesh.services.worker.base import LaunchedStep
+from radixmesh.services.worker.config import WorkerConfig
+from radixmesh.services.worker.model_runner import ModelRunner, resolve_device
+from radixmesh.services.worker.parallel.tensor_parallel import (
+    TensorParallel,
+    init_group,
+    leave_group,
+)
+from radixmesh.services.worker.request_table import PlanError
+from radixmesh.shared.protos_gen import internal_pb2
+from radixmesh.shared.step import StepPlan
+from radixmesh.shared.wire import plan_from_proto
+
+LAUNCH, FINISH, READY = b"L", b"F", b"ready"
+logger = logging.getLogger(__name__)
+
+
+def group_device(config: WorkerConfig, rank: int) -> torch.device:
+    """Rank r computes on cuda:r on a GPU machine, on the CPU otherwise."""
+    device = resolve_device(config.device)
+    return torch.device("cuda", rank) if device.type == "cuda" else device
+
+
+def follower_main(rank: int, config: WorkerConfig, model_path: Path, init_method: str,
+                  pipe: Connection) -> None:
+    """A follower process's whole life: join the group, load the rank's share, then run what
+    rank 0 sends until the pipe ends."""
+    logging.basicConfig(level=logging.INFO,
+                        format=f"%(asctime)s %(levelname)s tp-rank-{rank}: %(message)s")
+    parallel = TensorParallel(rank, config.tp_size)
+    device = group_device(config, rank)
+    init_group(parallel, init_method, device, config.tp_timeout)
+    try:
+        runner = ModelRunner(config, model_path, parallel, device=str(device))
+        pipe.send_bytes(READY)
+        follow(runner, pipe)
+        runner.close()
+    finally:
+        leave_group()
+
+
+def follow(runner: ModelRunner, pipe: Connection) -> None:
+    launched: deque[LaunchedStep] = deque()
+    while True:
+        try:
+            message = pipe.recv_bytes()
+        except EOFError:
+            return  # rank 0 closed the group (or is gone)
+        if message[:1] == LAUNCH:
+            try:
+                launched.append(runner.launch(plan_from_bytes(message[1:])))
+            except PlanError:
+                pass  # rank 0 raised the same error from the same state: it finishes nothing
+        elif message == FINISH:
+            runner.finish(launched.popleft())
+        else:
+            raise ValueError(f"unknown tensor-parallel message {message[:8]!r}")
+
+
+def plan_from_bytes(data: bytes) -> StepPlan:
+    return plan_from_proto(internal_pb2.StepPlan.FromString(data))
