@@ -14,6 +14,7 @@ dead rank turns into an error on the others rather than a hang.
 from __future__ import annotations
 
 import datetime
+import os
 from dataclasses import dataclass
 
 import torch
@@ -64,6 +65,9 @@ def init_group(parallel: TensorParallel, init_method: str, device: torch.device,
     """Joins this process to its group's default process group: NCCL on CUDA, gloo on CPU.
     Collectives that wait longer than `timeout_s` raise (a rank died or hangs)."""
     backend = "nccl" if device.type == "cuda" else "gloo"
+    # NVLink multicast (NVLS) makes NCCL reserve memory and hang on some hosts; off unless the
+    # operator turns it on explicitly.
+    os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
     dist.init_process_group(backend, init_method=init_method, rank=parallel.rank,
                             world_size=parallel.size,
                             timeout=datetime.timedelta(seconds=timeout_s))
