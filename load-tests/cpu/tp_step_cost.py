@@ -27,10 +27,10 @@ from radixmesh.make_model import make_model
 from radixmesh.services.worker.base import ModelWorker
 from radixmesh.services.worker.config import WorkerConfig
 from radixmesh.services.worker.model_runner import ModelRunner
-from radixmesh.services.worker.parallel.worker_group import LAUNCH, TensorParallelWorker
+from radixmesh.services.worker.parallel.rank_link import launch_message
+from radixmesh.services.worker.parallel.worker_group import TensorParallelWorker
 from radixmesh.shared.sampling_params import SamplingParams
 from radixmesh.shared.step import ExtendChunk, NewRequest, PageTableWrite, StepPlan
-from radixmesh.shared.wire import plan_to_proto
 
 PROMPT = 16
 
@@ -66,7 +66,7 @@ def measure(worker: ModelWorker, batch: int, steps: int, followers: int,
     step_times, send_times = [], []
     for plan in decodes:
         started = time.perf_counter()
-        LAUNCH + plan_to_proto(plan).SerializeToString()  # what launch sends
+        launch_message(plan)  # what a group's launch sends
         encoded = time.perf_counter()
         send_times.append((encoded - started) + followers * pipe_write_s)
         started = time.perf_counter()

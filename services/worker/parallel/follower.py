@@ -1,9 +1,7 @@
 """Ranks 1..N-1 of a tensor-parallel worker group: each a process that rank 0 started, running
-the plans rank 0 sends (see worker_group.py) on its share of the model, and nothing else.
-
-Messages on the pipe from rank 0: LAUNCH + a plan's protobuf encoding; FINISH (finish the
-oldest launched step); the pipe's end (leave). A follower's steps are rank 0's, so its results
-are dropped: rank 0 alone answers the scheduler.
+the plans rank 0 sends over its link (rank_link.py) on its share of the model, and nothing
+else. A follower's steps are rank 0's, so its results are dropped: rank 0 alone answers the
+scheduler.
 """
 
 from __future__ import annotations
@@ -18,17 +16,14 @@ import torch
 from radixmesh.services.worker.base import LaunchedStep
 from radixmesh.services.worker.config import WorkerConfig
 from radixmesh.services.worker.model_runner import ModelRunner, resolve_device
+from radixmesh.services.worker.parallel.rank_link import FINISH, LAUNCH, READY, plan_of
 from radixmesh.services.worker.parallel.tensor_parallel import (
     TensorParallel,
     init_group,
     leave_group,
 )
 from radixmesh.services.worker.request_table import PlanError
-from radixmesh.shared.protos_gen import internal_pb2
-from radixmesh.shared.step import StepPlan
-from radixmesh.shared.wire import plan_from_proto
 
-LAUNCH, FINISH, READY = b"L", b"F", b"ready"
 logger = logging.getLogger(__name__)
 
 
@@ -65,14 +60,10 @@ def follow(runner: ModelRunner, pipe: Connection) -> None:
             return  # rank 0 closed the group (or is gone)
         if message[:1] == LAUNCH:
             try:
-                launched.append(runner.launch(plan_from_bytes(message[1:])))
+                launched.append(runner.launch(plan_of(message)))
             except PlanError:
                 pass  # rank 0 raised the same error from the same state: it finishes nothing
         elif message == FINISH:
             runner.finish(launched.popleft())
         else:
             raise ValueError(f"unknown tensor-parallel message {message[:8]!r}")
-
-
-def plan_from_bytes(data: bytes) -> StepPlan:
-    return plan_from_proto(internal_pb2.StepPlan.FromString(data))

@@ -2,7 +2,7 @@
 ranks 1..N-1, processes it starts, each running the same plans on its share of the model.
 
 Rank 0 sends each follower every call that changes a runner's state, in order, as bytes on a
-pipe: "launch this plan" (the plan's protobuf encoding) and "finish the oldest step", so every
+pipe (rank_link.py): "launch this plan" and "finish the oldest step", so every
 rank makes the same calls, and so the same collectives, in the same order. A pipe rather than a
 collective: a follower waits for the next plan as long as the mesh stays idle, and learns that
 rank 0 is gone from the pipe's end rather than from a timeout.
@@ -27,20 +27,14 @@ from pathlib import Path
 from radixmesh.services.worker.base import LaunchedStep, ModelWorker
 from radixmesh.services.worker.config import WorkerConfig
 from radixmesh.services.worker.model_runner import ModelRunner
-from radixmesh.services.worker.parallel.follower import (
-    FINISH,
-    LAUNCH,
-    READY,
-    follower_main,
-    group_device,
-)
+from radixmesh.services.worker.parallel.follower import follower_main, group_device
+from radixmesh.services.worker.parallel.rank_link import FINISH, READY, launch_message
 from radixmesh.services.worker.parallel.tensor_parallel import (
     TensorParallel,
     init_group,
     leave_group,
 )
 from radixmesh.shared.step import StepPlan, StepResult, WorkerInfo
-from radixmesh.shared.wire import plan_to_proto
 
 logger = logging.getLogger(__name__)
 FOLLOWER_LOST_EXIT = 70  # rank 0's exit status when a follower is gone
@@ -89,7 +83,7 @@ class TensorParallelWorker(ModelWorker):
         return self.finish(self.launch(plan))
 
     def launch(self, plan: StepPlan) -> LaunchedStep:
-        self._send(LAUNCH + plan_to_proto(plan).SerializeToString())
+        self._send(launch_message(plan))
         return self.runner.launch(plan)
 
     def finish(self, step: LaunchedStep) -> StepResult:
