@@ -170,7 +170,7 @@ class ModelRunner(ModelWorker):
         """Applies the plan in shared/step.py's order; the copies are checked before any
         state changes or any byte moves."""
         if plan.host_pool is not None:
-            if self.parallel.is_split:
+            if self.parallel.is_split and plan.host_pool.name:
                 raise PlanError("the hierarchical cache does not run tensor-parallel yet: "
                                 "drop --enable-hierarchical-cache or --tp-size")
             self.host_kv.attach(plan.host_pool)

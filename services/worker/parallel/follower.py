@@ -7,6 +7,7 @@ scheduler.
 from __future__ import annotations
 
 import logging
+import signal
 from collections import deque
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -39,6 +40,10 @@ def follower_main(rank: int, config: WorkerConfig, model_path: Path, init_method
     rank 0 sends until the pipe ends."""
     logging.basicConfig(level=logging.INFO,
                         format=f"%(asctime)s %(levelname)s tp-rank-{rank}: %(message)s")
+    # Rank 0 alone decides when the group ends (it closes the pipe): a Ctrl-C or SIGTERM sent
+    # to the whole process group must not take a rank away while rank 0 shuts down in order.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     parallel = TensorParallel(rank, config.tp_size)
     device = group_device(config, rank)
     init_group(parallel, init_method, device, config.tp_timeout)
