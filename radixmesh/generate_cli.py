@@ -12,6 +12,8 @@ import asyncio
 import sys
 
 from radixmesh.client import DEFAULT_ADDRESS, AsyncClient, GenerateChunk, RadixMeshClientError
+from radixmesh.client.async_client import client_tls
+from radixmesh.shared.api_keys import API_KEY_ENV
 
 SAMPLING_FLAGS: tuple[tuple[str, type, str], ...] = (
     ("max_new_tokens", int, "most tokens to generate (default: the server's)"),
@@ -40,6 +42,23 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
                         help="a stop string (repeat for several)")
     parser.add_argument("--ignore-eos", action="store_true", help="do not stop at EOS")
     parser.add_argument("--rid", default=None, help="request id (default: a fresh one)")
+    parser.add_argument("--api-key", default=None,
+                        help=f"the key of a mesh started with --api-key (default: "
+                             f"${API_KEY_ENV})")
+    parser.add_argument("--ssl-ca-certs", default=None,
+                        help="PEM CA certificates to trust: connect over TLS (a mesh started "
+                             "with --ssl-certfile; `up --ssl-self-signed` prints its CA file)")
+    parser.add_argument("--ssl-certfile", default=None,
+                        help="PEM client certificate, for a mesh started with --ssl-cert-reqs 2")
+    parser.add_argument("--ssl-keyfile", default=None, help="PEM key of --ssl-certfile")
+
+
+def tls_kwargs(args: argparse.Namespace) -> dict[str, str | None]:
+    """AsyncClient's TLS options from the flags; ValueError if a file cannot be used."""
+    kwargs = {"ssl_ca_certs": args.ssl_ca_certs, "ssl_certfile": args.ssl_certfile,
+              "ssl_keyfile": args.ssl_keyfile}
+    client_tls(**kwargs)
+    return kwargs
 
 
 def request_kwargs(args: argparse.Namespace) -> dict:
@@ -67,9 +86,10 @@ def summary_line(last: GenerateChunk) -> str:
             f"({cached} cached), completion {usage.get('completion_tokens', 0)} tokens]")
 
 
-async def stream_to_terminal(server: str, kwargs: dict) -> GenerateChunk | None:
+async def stream_to_terminal(server: str, kwargs: dict,
+                             tls: dict[str, str | None] | None = None) -> GenerateChunk | None:
     last: GenerateChunk | None = None
-    async with AsyncClient(server) as client:
+    async with AsyncClient(server, **(tls or {})) as client:
         async for chunk in client.generate(**kwargs):
             sys.stdout.write(chunk.text)
             sys.stdout.flush()
@@ -80,13 +100,16 @@ async def stream_to_terminal(server: str, kwargs: dict) -> GenerateChunk | None:
 def run_cli(args: argparse.Namespace) -> int:
     try:
         kwargs = request_kwargs(args)
+        tls = tls_kwargs(args)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     try:
-        last = asyncio.run(stream_to_terminal(args.server, kwargs))
+        last = asyncio.run(stream_to_terminal(args.server, kwargs,
+                                              {**tls, "api_key": args.api_key}))
     except RadixMeshClientError as error:
-        hint = f" (is the mesh running at {args.server}?)" if error.code == "UNAVAILABLE" else ""
+        hint = {"UNAVAILABLE": f" (is the mesh running at {args.server}?)",
+                "UNAUTHENTICATED": f" (pass --api-key, or set ${API_KEY_ENV})"}.get(error.code, "")
         print(f"\nerror: {error}{hint}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -6,6 +6,11 @@ of every container in `compose/`: no probe binary to download, and it imports on
 check every few seconds costs a fraction of a second of CPU.
 
 Every failure exits 1, never 2: Docker reads a healthcheck's 1 as "unhealthy" and reserves 2.
+
+Under mutual TLS it takes the services' own `--internal-ssl-*` flags and checks as an
+internal peer would (a container's healthcheck can reuse its service's flags); a target
+that speaks TLS without asking for a client certificate (the front door's public gRPC port)
+needs only `--ssl-ca-certs`, the CA to trust.
 """
 
 from __future__ import annotations
@@ -17,7 +22,10 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from radixmesh.shared.grpc_service import CLIENT_OPTIONS, SERVING
+from radixmesh.shared.cli_args import add_config_arguments, config_from_args
+from radixmesh.shared.grpc_service import CLIENT_OPTIONS, SERVING, open_blocking_channel
+from radixmesh.shared.tls import ClientTLS, internal_client_tls
+from radixmesh.shared.tls_flags import InternalTLSFlags, check_ca_file
 
 UNHEALTHY = 1
 # The codes that mean nothing answered at the address (or not in time), as opposed to a health
@@ -31,11 +39,12 @@ class HealthResult:
     reason: str  # one line: what was seen
 
 
-def check_health(target: str, service: str = "", timeout: float = 3.0) -> HealthResult:
+def check_health(target: str, service: str = "", timeout: float = 3.0,
+                 tls: ClientTLS | None = None) -> HealthResult:
     """One `grpc.health.v1.Health/Check` of `service` ("" = the server as a whole) at
-    `target`, waiting at most `timeout` seconds for the answer."""
+    `target`, waiting at most `timeout` seconds for the answer; over TLS with `tls`."""
     what = f"service {service!r}" if service else "the server"
-    with grpc.insecure_channel(target, options=list(CLIENT_OPTIONS)) as channel:
+    with open_blocking_channel(target, tls, CLIENT_OPTIONS) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout)
@@ -67,13 +76,35 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=3.0,
                         help="seconds to wait for the answer (default 3)")
     parser.add_argument("--quiet", action="store_true", help="print nothing when SERVING")
+    parser.add_argument("--ssl-ca-certs", default=None,
+                        help="PEM CA certificates to trust: check over TLS, showing no client "
+                             "certificate unless the --internal-ssl-* flags give one")
+    add_config_arguments(parser, InternalTLSFlags)
+
+
+def client_tls(args: argparse.Namespace) -> ClientTLS | None:
+    """The TLS the flags ask for; ValueError naming the flag if one cannot be used."""
+    flags = config_from_args(InternalTLSFlags, args)
+    flags.check_tls()
+    tls = internal_client_tls(flags)
+    if args.ssl_ca_certs is None:
+        return tls
+    check_ca_file("--ssl-ca-certs", args.ssl_ca_certs)
+    if tls is None:
+        return ClientTLS((args.ssl_ca_certs,))
+    return ClientTLS((*tls.ca_certs, args.ssl_ca_certs), tls.certfile, tls.keyfile)
 
 
 def run_cli(args: argparse.Namespace) -> int:
     if args.timeout <= 0:
         print(f"--timeout must be > 0, got {args.timeout:g}", file=sys.stderr)
         return 2
-    result = check_health(args.target, args.service, args.timeout)
+    try:
+        tls = client_tls(args)
+    except ValueError as error:
+        print(error, file=sys.stderr)
+        return 2
+    result = check_health(args.target, args.service, args.timeout, tls)
     if not result.serving:
         print(result.reason, file=sys.stderr)
         return UNHEALTHY

@@ -27,6 +27,10 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_class: type,
         flags = ["--" + field.name.replace("_", "-"), *field.metadata.get("aliases", ())]
         kind = _base_type(hints[field.name])
         help_text = field.metadata.get("help", "")
+        if typing.get_origin(kind) is tuple:  # `tuple[str, ...]`: a flag given once per item
+            parser.add_argument(*flags, dest=field.name, action="append", type=typing.get_args(kind)[0],
+                                default=list(field.default), help=help_text)
+            continue
         if kind is bool:
             parser.add_argument(*flags, dest=field.name, action=argparse.BooleanOptionalAction,
                                 default=field.default, help=help_text)
@@ -38,6 +42,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_class: type,
 def config_from_args(config_class: type[ConfigT], args: argparse.Namespace) -> ConfigT:
     names = {field.name for field in dataclasses.fields(config_class)}
     values: dict[str, Any] = {name: getattr(args, name) for name in names if hasattr(args, name)}
+    values = {name: tuple(value) if isinstance(value, list) else value  # configs are frozen
+              for name, value in values.items()}
     return config_class(**values)
 
 

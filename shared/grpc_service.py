@@ -1,8 +1,13 @@
 """What every radixmesh gRPC service shares: an asyncio server that carries the standard health
-service and server reflection, and waiting until a peer reports SERVING.
+service and server reflection, the channels to its peers, and waiting until a peer reports
+SERVING.
 
 A server starts NOT_SERVING and flips to SERVING once its service is ready to take calls, so
 `radixmesh up`, the tests and peers can all wait on the same signal.
+
+Every gRPC server and channel of the mesh is made here (`start_server`, `open_channel`,
+`open_blocking_channel`), so TLS is decided in one place: given a `ServerTLS` / `ClientTLS`
+(`shared/tls.py`) the port or channel is secure, else plain text.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from radixmesh.shared.errors import grpc_code
+from radixmesh.shared.tls import ClientTLS, ServerTLS
 
 # The one set of options for every internal channel and server. Internal messages carry
 # whole batches (a long prompt's ids, a 1000-request token batch): far above gRPC's 4 MiB
@@ -51,6 +57,7 @@ CLIENT_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.max_send_message_length", -1),
     ("grpc.max_receive_message_length", -1),
 )
+ChannelOptions = Sequence[tuple[str, int | str]]
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -85,8 +92,10 @@ class ServiceServer:
 
 async def start_server(address: str, register: Callable[[grpc.aio.Server], None],
                        service_names: Sequence[str],
-                       options: Sequence[tuple[str, int]] = INTERNAL_OPTIONS) -> ServiceServer:
+                       options: ChannelOptions = INTERNAL_OPTIONS,
+                       tls: ServerTLS | None = None) -> ServiceServer:
     """Binds `address` (host:port; port 0 picks a free one), registers the services, starts.
+    With `tls` the port speaks only TLS (and requires a client certificate if it says so).
 
     Health answers NOT_SERVING for everything until `set_serving()` is called.
     """
@@ -96,7 +105,8 @@ async def start_server(address: str, register: Callable[[grpc.aio.Server], None]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(address)
+    port = (server.add_insecure_port(address) if tls is None
+            else server.add_secure_port(address, tls.grpc_credentials()))
     if port == 0:
         raise OSError(f"cannot listen on {address}")
     started = ServiceServer(server, health_servicer, tuple(service_names), port)
@@ -133,9 +143,28 @@ async def wait_until_serving(channel: grpc.aio.Channel, timeout: float,
         await asyncio.sleep(0.1)
 
 
-def is_serving(address: str, timeout: float = 1.0) -> bool:
+def open_channel(address: str, tls: ClientTLS | None = None,
+                 options: ChannelOptions = INTERNAL_OPTIONS) -> grpc.aio.Channel:
+    """An asyncio channel to `address`: TLS when `tls` is given (verifying the server, showing
+    a client certificate if `tls` has one), plain text otherwise."""
+    if tls is None:
+        return grpc.aio.insecure_channel(address, options=list(options))
+    return grpc.aio.secure_channel(address, tls.grpc_credentials(),
+                                   options=[*options, *tls.grpc_options()])
+
+
+def open_blocking_channel(address: str, tls: ClientTLS | None = None,
+                          options: ChannelOptions = ()) -> grpc.Channel:
+    """The blocking twin of `open_channel`, for probes and command-line tools."""
+    if tls is None:
+        return grpc.insecure_channel(address, options=list(options))
+    return grpc.secure_channel(address, tls.grpc_credentials(),
+                               options=[*options, *tls.grpc_options()])
+
+
+def is_serving(address: str, timeout: float = 1.0, tls: ClientTLS | None = None) -> bool:
     """One blocking health check of `address`; False on any failure."""
-    with grpc.insecure_channel(address) as channel:
+    with open_blocking_channel(address, tls) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(), timeout=timeout)

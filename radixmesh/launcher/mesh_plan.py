@@ -3,6 +3,7 @@
 Internal services listen on 127.0.0.1 at ports picked free at launch; only the front door
 listens on `--host` at the public ports. Every other flag goes to the service whose config
 has it, and only where it differs from the default, so each service keeps its own defaults.
+The internal TLS flags reach every service, the public ones the front door (`tls_setup.py`).
 """
 
 from __future__ import annotations
@@ -12,11 +13,14 @@ import socket
 import sys
 from dataclasses import dataclass, field
 
+from radixmesh.launcher.tls_setup import front_door_probe_tls, internal_tls_argv
 from radixmesh.services.hicache.config import HiCacheConfig
 from radixmesh.services.scheduler.config import SchedulerConfig
 from radixmesh.services.tokenizer.config import TokenizerConfig
 from radixmesh.services.worker.config import WorkerConfig
 from radixmesh.shared.grpc_service import host_port
+from radixmesh.shared.tls import ClientTLS, internal_client_tls
+from radixmesh.shared.tls_flags import InternalTLSFlags
 from radixmesh.shared.tracing import TracingFlags
 
 INTERNAL_HOST = "127.0.0.1"
@@ -30,6 +34,9 @@ TOKENIZER_WIRING = frozenset({"scheduler_address", "detokenizer_address", "model
 # `--metrics-port` would be ambiguous in `up`: the worker's and the hicache service's are
 # UpConfig's --worker-metrics-port and --hicache-metrics-port.
 HICACHE_WIRING = frozenset({"host", "port", "metrics_port"})
+# One source for every internal service's TLS flags (the front door's config, which has them
+# all), so no two services of one mesh can disagree on whether the links are encrypted.
+INTERNAL_TLS_FIELDS = frozenset(spec.name for spec in dataclasses.fields(InternalTLSFlags))
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,10 @@ class UpConfig:
     restart_window: float = field(default=60.0, metadata={
         "help": "seconds over which --max-restarts counts; a service healthy for this long "
                 "starts its backoff over"})
+    ssl_self_signed: bool = field(default=False, metadata={
+        "help": "generate a throwaway CA and certificates (in a private temporary directory, "
+                "removed at exit) and turn on TLS on the public ports and mutual TLS between "
+                "services with them; prints where the CA certificate is for clients to trust"})
 
     def __post_init__(self) -> None:
         for flag, port in (("--hicache-metrics-port", self.hicache_metrics_port),
@@ -78,6 +89,7 @@ class ServiceCommand:
     argv: tuple[str, ...]
     health_address: str  # host:port whose gRPC health says when the service is up
     metrics_url: str | None = None  # its Prometheus /metrics, where it serves one
+    probe_tls: ClientTLS | None = None  # how `up` reaches its health, when it speaks TLS
 
 
 @dataclass(frozen=True)
@@ -93,8 +105,9 @@ def plan_mesh(up: UpConfig, worker: WorkerConfig, scheduler: SchedulerConfig,
               front_door: TokenizerConfig, log_level: str,
               hicache: HiCacheConfig | None = None) -> MeshPlan:
     """`worker.model_path` must be resolved: every service reads the same directory. The
-    wiring fields of `worker` and `scheduler` are ignored: the plan sets them. The hicache
-    service runs when the scheduler's --enable-hierarchical-cache asks for it."""
+    wiring fields of `worker` and `scheduler` are ignored: the plan sets them, and every
+    service's internal TLS flags are `front_door`'s. The hicache service runs when the
+    scheduler's --enable-hierarchical-cache asks for it."""
     assert worker.model_path is not None, "resolve the model path before planning"
     worker_port, detok_port, scheduler_port, hicache_port = pick_free_ports(4)
     worker_address = host_port(INTERNAL_HOST, worker_port)
@@ -102,36 +115,40 @@ def plan_mesh(up: UpConfig, worker: WorkerConfig, scheduler: SchedulerConfig,
     scheduler_address = host_port(INTERNAL_HOST, scheduler_port)
     hicache_address = host_port(INTERNAL_HOST, hicache_port)
     model = ("--model-path", worker.model_path)
+    tls, probe = internal_tls_argv(front_door), internal_client_tls(front_door)
     tiered = scheduler.enable_hierarchical_cache
     hicache_service = (ServiceCommand("hicache", serve_argv(
         log_level, "hicache", "--host", INTERNAL_HOST, "--port", str(hicache_port),
-        *metrics_argv(up.hicache_metrics_port),
-        *config_to_argv(hicache or HiCacheConfig(), skip=HICACHE_WIRING)), hicache_address,
-        metrics_url(INTERNAL_HOST, up.hicache_metrics_port)),
+        *metrics_argv(up.hicache_metrics_port), *tls,
+        *config_to_argv(hicache or HiCacheConfig(), skip=HICACHE_WIRING | INTERNAL_TLS_FIELDS)),
+        hicache_address, metrics_url(INTERNAL_HOST, up.hicache_metrics_port), probe),
     ) if tiered else ()
-    http_url = f"http://{host_port(_reachable(front_door.host), front_door.port)}"
+    scheme = "https" if front_door.public_tls_on else "http"
+    http_url = f"{scheme}://{host_port(_reachable(front_door.host), front_door.port)}"
     services = (
         ServiceCommand("worker", serve_argv(
             log_level, "worker", "--host", INTERNAL_HOST, "--port", str(worker_port),
-            *metrics_argv(up.worker_metrics_port), *config_to_argv(worker, skip=WORKER_WIRING)),
-            worker_address, metrics_url(INTERNAL_HOST, up.worker_metrics_port)),
+            *metrics_argv(up.worker_metrics_port), *tls,
+            *config_to_argv(worker, skip=WORKER_WIRING | INTERNAL_TLS_FIELDS)),
+            worker_address, metrics_url(INTERNAL_HOST, up.worker_metrics_port), probe),
         ServiceCommand("detokenizer", serve_argv(
             log_level, "detokenizer", "--host", INTERNAL_HOST, "--port", str(detok_port),
-            *model, *tracing_argv(front_door)), detok_address),
+            *model, *tracing_argv(front_door), *tls), detok_address, probe_tls=probe),
         *hicache_service,
         ServiceCommand("scheduler", serve_argv(
             log_level, "scheduler", "--host", INTERNAL_HOST, "--port", str(scheduler_port),
             "--worker-address", worker_address, "--detokenizer-address", detok_address,
             *(("--hicache-address", hicache_address) if tiered else ()),
-            "--peer-timeout", str(up.startup_timeout),
-            *config_to_argv(scheduler, skip=SCHEDULER_WIRING)),
-            scheduler_address),
+            "--peer-timeout", str(up.startup_timeout), *tls,
+            *config_to_argv(scheduler, skip=SCHEDULER_WIRING | INTERNAL_TLS_FIELDS)),
+            scheduler_address, probe_tls=probe),
         ServiceCommand("tokenizer", serve_argv(
             log_level, "tokenizer", "--scheduler-address", scheduler_address,
             "--detokenizer-address", detok_address, *model,
             *config_to_argv(front_door, skip=TOKENIZER_WIRING)),
             host_port(_reachable(front_door.host), front_door.grpc_port),
-            f"{http_url}/metrics"),  # served beside the OpenAI API, always
+            f"{http_url}/metrics",  # served beside the OpenAI API, always
+            front_door_probe_tls(front_door, _reachable(front_door.host))),
     )
     return MeshPlan(services, http_url, host_port(_reachable(front_door.host),
                                                   front_door.grpc_port))
@@ -164,6 +181,8 @@ def config_to_argv(config: object, skip: frozenset[str] = frozenset()) -> list[s
         flag = "--" + spec.name.replace("_", "-")
         if isinstance(value, bool):
             argv.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, tuple):  # a repeatable flag (`shared/cli_args.py`)
+            argv.extend(part for item in value for part in (flag, str(item)))
         else:
             argv.extend((flag, str(value)))
     return argv

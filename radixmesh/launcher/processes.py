@@ -74,8 +74,8 @@ class ServiceGroup:
             if should_stop():
                 return False
             self.check_alive()
-            pending = [child for child in pending
-                       if not is_serving(child.command.health_address, timeout=POLL_S)]
+            pending = [child for child in pending if not is_serving(
+                child.command.health_address, timeout=POLL_S, tls=child.command.probe_tls)]
             if pending and time.monotonic() > deadline:
                 names = ", ".join(child.name for child in pending)
                 raise TimeoutError(f"not healthy after {timeout:.0f}s: {names}")

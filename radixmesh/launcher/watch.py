@@ -58,7 +58,8 @@ def _probe_restarted(group: ServiceGroup, supervisor: Supervisor,
             continue
         if stop.is_set():
             return
-        if is_serving(child.command.health_address, timeout=POLL_S):
+        if is_serving(child.command.health_address, timeout=POLL_S,
+                      tls=child.command.probe_tls):
             supervisor.healthy(child.name)
             say(f"the {child.name} is serving again (pid {child.process.pid}, "
                 f"restart {state.total})")

@@ -11,6 +11,7 @@ from radixmesh.services.detokenizer.servicer import Broadcaster, DetokenizerServ
 from radixmesh.shared.grpc_service import host_port, start_server
 from radixmesh.shared.protos_gen import internal_pb2, internal_pb2_grpc
 from radixmesh.shared.span_recorder import SpanRecorder
+from radixmesh.shared.tls import internal_server_tls
 from radixmesh.shared.tokenizer import load_tokenizer
 from radixmesh.shared.tracing import start_tracing, stop_tracing
 
@@ -36,7 +37,7 @@ async def _serve(config: DetokenizerConfig, recorder: SpanRecorder) -> None:
         host_port(config.host, config.port),
         lambda grpc_server: internal_pb2_grpc.add_DetokenizerServicer_to_server(servicer,
                                                                                 grpc_server),
-        [SERVICE_NAME])
+        [SERVICE_NAME], tls=internal_server_tls(config))
     logger.info("detokenizer serving on port %d", server.port)
     await server.set_serving()
     try:

@@ -18,6 +18,7 @@ from dataclasses import replace
 from radixmesh.services.hicache.attachment import Attachment, KVLayout
 from radixmesh.services.hicache.checks import check_keys, check_namespace_root, check_slots
 from radixmesh.services.hicache.config import HiCacheConfig
+from radixmesh.services.hicache.page_index import PageIndex
 from radixmesh.services.hicache.pool_gate import Attached, PoolGate
 from radixmesh.services.hicache.stats import HiCacheSnapshot, HiCacheStats
 from radixmesh.services.hicache.storage import StorageBackend, make_storage_backend
@@ -57,8 +58,9 @@ class HiCache:
     their slots were granted in: new per instance, and new again whenever a re-attach replaces
     the pool, so slot ids of a pool that is gone can never touch its successor."""
 
-    def __init__(self, config: HiCacheConfig) -> None:
+    def __init__(self, config: HiCacheConfig, index: PageIndex | None = None) -> None:
         self._config = config
+        self._index = index  # told of every L3 page stored and gone, by the backend itself
         self._gate = PoolGate()
         self._attach_lock = threading.Lock()  # one attach or close at a time
         self._stats_lock = threading.Lock()
@@ -220,9 +222,14 @@ class HiCache:
         name = self._config.hicache_storage_backend
         if name is None:
             return None
-        return make_storage_backend(name, directory=self._config.hicache_storage_dir,
-                                    namespace_root=namespace_root,
-                                    capacity_bytes=self._config.storage_capacity_bytes)
+        backend = make_storage_backend(name, directory=self._config.hicache_storage_dir,
+                                       namespace_root=namespace_root,
+                                       capacity_bytes=self._config.storage_capacity_bytes,
+                                       listener=self._index)
+        if self._index is not None:
+            # Before any transfer sees the backend, so no store can slip between the two.
+            self._index.reset(backend.keys())
+        return backend
 
     @staticmethod
     def _release(old: Attached, keep: Attached | None) -> None:

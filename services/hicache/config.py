@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass, field
 
+from radixmesh.services.hicache.page_index.flags import check_index_flags
 from radixmesh.services.hicache.storage import STORAGE_BACKENDS
 from radixmesh.shared.model_location import radixmesh_home
 from radixmesh.shared.peers import DEFAULT_PORTS
+from radixmesh.shared.tls_flags import InternalTLSFlags
 from radixmesh.shared.tracing import TracingFlags
 
 # SGLang sizes host memory in decimal gigabytes (`--hicache-size 30` is 30e9 bytes).
@@ -14,8 +17,8 @@ GB = 10**9
 
 
 @dataclass(frozen=True)
-class HiCacheConfig(TracingFlags):
-    """Invariant after construction: `hicache_storage_dir` is set."""
+class HiCacheConfig(TracingFlags, InternalTLSFlags):
+    """Invariant after construction: `hicache_storage_dir` and `node_id` are set."""
 
     host: str = field(default="127.0.0.1", metadata={"help": "interface to listen on"})
     port: int = field(default=DEFAULT_PORTS["hicache"], metadata={
@@ -34,8 +37,31 @@ class HiCacheConfig(TracingFlags):
                 "disk's free space at start less 10%%)"})
     metrics_port: int = field(default=0, metadata={
         "help": "port of the Prometheus /metrics endpoint (0: off)"})
+    # The cross-node page index (design §4 "Redis holds"): see page_index/redis_index.py.
+    # Kept out of repr: the URL may carry a password.
+    hicache_redis_url: str | None = field(default=None, repr=False, metadata={
+        "help": "redis:// or rediss:// URL of the cross-node page index, user and password "
+                "in the URL as the redis package reads them (default: no index); needs "
+                "--hicache-storage-backend: the index advertises this node's L3 pages"})
+    hicache_redis_cluster: bool = field(default=False, metadata={
+        "help": "--hicache-redis-url names one node of a Redis Cluster (the client finds the "
+                "others); the index uses no cross-slot command either way"})
+    node_id: str | None = field(default=None, metadata={
+        "help": "this node's name in the page index (default: the host name)"})
+    hicache_advertise_address: str | None = field(default=None, metadata={
+        "help": "host:port where other nodes reach this hicache service, stored in its index "
+                "entries (default: --host and the port it listens on)"})
+    hicache_redis_key_prefix: str = field(default="radixmesh:", metadata={
+        "help": "prefix of every Redis key of the index, so deployments can share one Redis"})
+    hicache_redis_timeout: float = field(default=0.2, metadata={
+        "help": "seconds a Redis lookup may take; past it (or on any Redis error) the lookup "
+                "is a miss"})
+    hicache_redis_ttl: int = field(default=300, metadata={
+        "help": "seconds an index entry lives unless refreshed (refreshed every third of it "
+                "while the page lives)"})
 
     def __post_init__(self) -> None:
+        self.check_tls()  # TLS files named by the flags: usable, or a clear error
         if self.hicache_storage_dir is None:
             # Frozen: the resolved default is written once here, so readers never see None.
             object.__setattr__(self, "hicache_storage_dir", str(radixmesh_home() / "hicache"))
@@ -54,6 +80,9 @@ class HiCacheConfig(TracingFlags):
         if self.hicache_storage_size is not None and not self.hicache_storage_size > 0:
             raise ValueError(f"--hicache-storage-size must be > 0 GB, "
                              f"got {self.hicache_storage_size}")
+        if self.node_id is None:
+            object.__setattr__(self, "node_id", socket.gethostname())
+        check_index_flags(self)
 
     @property
     def host_pool_bytes(self) -> int | None:

@@ -1,6 +1,7 @@
 """The hicache service's Prometheus metrics (design §6), read from the core at each scrape, so
 the core's counters are the only copy: prefetched and stored tokens, copy bytes and seconds each
-way (bandwidth = rate(bytes) / rate(seconds)), lookups, and L2 / L3 sizes. Every metric
+way (bandwidth = rate(bytes) / rate(seconds)), lookups, L2 / L3 sizes, and the cross-node page
+index's lookups, errors and entries when there is one. Every metric
 carries `model_name`, as the front door's do."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from radixmesh.services.hicache.page_index import IndexStats
 from radixmesh.services.hicache.stats import HiCacheSnapshot
 
 PREFIX = "radixmesh:hicache_"
@@ -61,9 +63,28 @@ def _storage_metrics(make: _Families, snapshot: HiCacheSnapshot) -> Iterator[Met
                        stats.write_failures)
 
 
+def _index_metrics(make: _Families, stats: IndexStats) -> Iterator[Metric]:
+    yield make.counter("index_lookups", "Lookups of page chains in the cross-node page index",
+                       stats.lookups)
+    yield make.counter("index_remote_hit_pages", "Leading pages index lookups found on another "
+                       "node", stats.remote_hit_pages)
+    yield make.counter("index_errors", "Page index exchanges with Redis that failed or timed "
+                       "out (each a miss)", stats.errors)
+    yield make.counter("index_entries_written", "Page index entries written (published or "
+                       "refreshed)", stats.entries_written)
+    yield make.counter("index_entries_removed", "Page index entries this node removed",
+                       stats.entries_removed)
+    yield make.gauge("index_connected", "1 while the last exchange with the index's Redis "
+                     "succeeded", float(stats.connected))
+    yield make.gauge("index_pages", "Pages this node advertises in the index",
+                     stats.held_pages)
+
+
 class HiCacheCollector(Collector):
-    def __init__(self, snapshot: Callable[[], HiCacheSnapshot], model_name: str) -> None:
+    def __init__(self, snapshot: Callable[[], HiCacheSnapshot], model_name: str,
+                 index_stats: Callable[[], IndexStats] | None = None) -> None:
         self._snapshot = snapshot
+        self._index_stats = index_stats
         self._make = _Families(model_name)
 
     def collect(self) -> Iterator[Metric]:
@@ -83,14 +104,17 @@ class HiCacheCollector(Collector):
         yield make.gauge("l2_slots", "L2 host pool slots grantable", snapshot.l2_slots)
         yield make.gauge("l2_bytes", "Bytes of the L2 host pool", snapshot.l2_bytes)
         yield from _storage_metrics(make, snapshot)
+        if self._index_stats is not None:  # no index: absent rather than a misleading 0
+            yield from _index_metrics(make, self._index_stats())
 
 
 class HiCacheMetrics:
     """One registry per instance, so several services (or tests) in a process never collide."""
 
-    def __init__(self, snapshot: Callable[[], HiCacheSnapshot], model_name: str) -> None:
+    def __init__(self, snapshot: Callable[[], HiCacheSnapshot], model_name: str,
+                 index_stats: Callable[[], IndexStats] | None = None) -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(HiCacheCollector(snapshot, model_name))
+        self.registry.register(HiCacheCollector(snapshot, model_name, index_stats))
         self._http: WSGIServer | None = None
 
     def serve_http(self, host: str, port: int) -> None:

@@ -7,9 +7,11 @@ import logging
 from radixmesh.services.hicache.cache import HiCache
 from radixmesh.services.hicache.config import HiCacheConfig
 from radixmesh.services.hicache.metrics import HiCacheMetrics
+from radixmesh.services.hicache.page_index import IndexStartError, PageIndex, make_page_index
 from radixmesh.services.hicache.servicer import HiCacheServicer
-from radixmesh.shared.grpc_service import host_port, start_server
+from radixmesh.shared.grpc_service import ServiceServer, host_port, start_server
 from radixmesh.shared.protos_gen import hicache_pb2, hicache_pb2_grpc
+from radixmesh.shared.tls import internal_server_tls
 from radixmesh.shared.tracing import start_tracing, stop_tracing
 
 logger = logging.getLogger(__name__)
@@ -19,24 +21,42 @@ SERVICE_NAME = hicache_pb2.DESCRIPTOR.services_by_name["HiCache"].full_name
 async def serve(config: HiCacheConfig) -> None:
     """Serves until cancelled. The pool is made at the scheduler's first Attach; on the way
     out, however it comes (cancellation included), the pool's segment is unlinked."""
-    cache = HiCache(config)
+    index = make_page_index(config)
+    cache = HiCache(config, index)
     # The service is not told which model it caches (nothing it is sent names one), so the
     # label stays empty until a --served-model-name reaches it.
-    metrics = HiCacheMetrics(cache.snapshot, model_name="")
+    metrics = HiCacheMetrics(cache.snapshot, model_name="",
+                             index_stats=None if index is None else index.stats)
     recorder = start_tracing("hicache", config)
     try:
         if config.metrics_port:
             metrics.serve_http(config.host, config.metrics_port)
-        servicer = HiCacheServicer(cache, recorder)
+        servicer = HiCacheServicer(cache, recorder, index)
         server = await start_server(
             host_port(config.host, config.port),
             lambda grpc_server: hicache_pb2_grpc.add_HiCacheServicer_to_server(servicer,
                                                                              grpc_server),
-            [SERVICE_NAME])
+            [SERVICE_NAME], tls=internal_server_tls(config))
+        if index is not None:
+            await _start_index(index, config, server)
         logger.info("hicache serving on port %d (L3: %s)", server.port,
                     config.hicache_storage_backend or "none")
         await server.serve_until_stopped()
     finally:
         metrics.close()
         cache.close()
+        if index is not None:
+            await index.close()
         stop_tracing(recorder)  # flushes what is queued, for SHUTDOWN_FLUSH_S at most
+
+
+async def _start_index(index: PageIndex, config: HiCacheConfig, server: ServiceServer) -> None:
+    """Starts advertising this node's pages. Credentials Redis refuses stop the service here,
+    before it reports SERVING (so `radixmesh up` fails at once, saying why); a Redis that does
+    not answer does not: the index fills once it does."""
+    try:
+        await index.start(config.hicache_advertise_address or host_port(config.host, server.port))
+    except IndexStartError as error:
+        logger.error("%s", error)
+        await server.stop(0)
+        raise

@@ -19,6 +19,7 @@ import grpc
 
 from radixmesh.services.hicache.attachment import KVLayout
 from radixmesh.services.hicache.cache import HiCache
+from radixmesh.services.hicache.page_index import NO_RUN, PageIndex
 from radixmesh.shared.errors import RadixMeshError
 from radixmesh.shared.grpc_service import abort_with
 from radixmesh.shared.protos_gen import common_pb2, hicache_pb2, hicache_pb2_grpc
@@ -38,9 +39,11 @@ def layout_from_proto(layout: hicache_pb2.KVLayout) -> KVLayout:
 
 
 class HiCacheServicer(hicache_pb2_grpc.HiCacheServicer):
-    def __init__(self, cache: HiCache, recorder: SpanRecorder = DISABLED) -> None:
+    def __init__(self, cache: HiCache, recorder: SpanRecorder = DISABLED,
+                 index: PageIndex | None = None) -> None:
         self._cache = cache
         self._recorder = recorder
+        self._index = index
 
     async def Attach(self, request: hicache_pb2.AttachRequest,
                      context: grpc.aio.ServicerContext) -> hicache_pb2.AttachReply:
@@ -58,11 +61,19 @@ class HiCacheServicer(hicache_pb2_grpc.HiCacheServicer):
         start = now_ns() if trace else 0
         num_pages = await self._run(context, lambda _: self._cache.lookup(keys), trace,
                                     "hicache.lookup")
+        # Past what L3 holds, other nodes may hold more (a hint: never an error, never long).
+        remote = NO_RUN
+        if self._index is not None and num_pages < len(keys):
+            remote = await self._index.lookup(keys[num_pages:])
         if self._recorder.wants(trace):
             self._recorder.record("hicache.lookup", trace, start, now_ns(), {
                 "radixmesh.hicache.asked_pages": len(keys),
-                "radixmesh.hicache.storage_pages": num_pages})
-        return hicache_pb2.LookupReply(num_pages=num_pages)
+                "radixmesh.hicache.storage_pages": num_pages,
+                "radixmesh.hicache.remote_pages": remote.num_pages})
+        return hicache_pb2.LookupReply(
+            num_pages=num_pages, remote_num_pages=remote.num_pages,
+            remote_node_id=remote.node_id, remote_address=remote.address,
+            remote_epoch=remote.epoch)
 
     async def Prefetch(self, request: hicache_pb2.PageTransfer,
                        context: grpc.aio.ServicerContext) -> hicache_pb2.TransferReply:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from radixmesh.shared.peers import DEFAULT_PORTS, peer_address, peer_help
+from radixmesh.shared.tls_flags import InternalTLSFlags
 from radixmesh.shared.tracing import TracingFlags
 
 # The hierarchical cache's policies, named as SGLang names them.
@@ -18,7 +19,7 @@ PREFETCH_POLICIES = ("best_effort", "wait_complete", "timeout")
 
 
 @dataclass(frozen=True)
-class SchedulerConfig(TracingFlags):
+class SchedulerConfig(TracingFlags, InternalTLSFlags):
     """Invariant after construction: both peer addresses are set."""
 
     # Where the service listens and how it reaches its peers: `radixmesh up` sets these itself
@@ -85,6 +86,7 @@ class SchedulerConfig(TracingFlags):
                 "back before they fail with UNAVAILABLE"})
 
     def __post_init__(self) -> None:
+        self.check_tls()  # TLS files named by the flags: usable, or a clear error
         # Frozen: resolved defaults are written once here, so readers never see None.
         resolve = object.__setattr__
         resolve(self, "worker_address", peer_address("worker", self.worker_address))

@@ -17,9 +17,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from radixmesh.services.scheduler.supervisor import PeerNotReadyError
 from radixmesh.shared import wire
-from radixmesh.shared.grpc_service import INTERNAL_OPTIONS, SERVING
+from radixmesh.shared.grpc_service import SERVING, open_channel
 from radixmesh.shared.mesh_protocol import STREAM_ACK, HandshakeError, Hello, check_peer
 from radixmesh.shared.protos_gen import internal_pb2, internal_pb2_grpc
+from radixmesh.shared.tls import ClientTLS
 from radixmesh.shared.token_batch import TokenBatch
 
 logger = logging.getLogger(__name__)
@@ -28,11 +29,11 @@ PUBLISH_TIMEOUT_S = 10.0
 
 
 class DetokenizerLink:
-    def __init__(self, address: str, hello: Hello) -> None:
+    def __init__(self, address: str, hello: Hello, tls: ClientTLS | None = None) -> None:
         self.address = address
         self.hello = hello
         self.num_dropped = 0  # batches published while no stream was open
-        self._channel = grpc.aio.insecure_channel(address, options=INTERNAL_OPTIONS)
+        self._channel = open_channel(address, tls)
         self._stub = internal_pb2_grpc.DetokenizerStub(self._channel)
         self._call: grpc.aio.StreamUnaryCall | None = None
         self._closed = asyncio.Event()  # set when `_call` is abandoned from this side

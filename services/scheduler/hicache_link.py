@@ -18,10 +18,11 @@ from radixmesh.services.scheduler.host_cache import HostCache, HostPoolSpec, Pre
 from radixmesh.services.scheduler.prefetch_span import PrefetchSpan, metadata_of
 from radixmesh.services.scheduler.request import SchedReq
 from radixmesh.services.scheduler.stats import SchedulerStats
-from radixmesh.shared.grpc_service import INTERNAL_OPTIONS
+from radixmesh.shared.grpc_service import open_channel
 from radixmesh.shared.protos_gen import hicache_pb2, hicache_pb2_grpc
 from radixmesh.shared.span_recorder import DISABLED, SpanRecorder
 from radixmesh.shared.step import WorkerInfo
+from radixmesh.shared.tls import ClientTLS
 
 logger = logging.getLogger(__name__)
 CALL_TIMEOUT_S = 30.0
@@ -35,7 +36,7 @@ class HiCacheLink:
 
     def __init__(self, address: str, host_cache: HostCache, worker: WorkerInfo,
                  stats: SchedulerStats, waiting: Callable[[], list[SchedReq]],
-                 recorder: SpanRecorder = DISABLED) -> None:
+                 recorder: SpanRecorder = DISABLED, tls: ClientTLS | None = None) -> None:
         self.address = address
         self._recorder = recorder
         self.host_cache = host_cache
@@ -43,7 +44,7 @@ class HiCacheLink:
         self.worker = worker
         self.stats = stats
         self.wake: Callable[[], None] = lambda: None  # the scheduler loop's, once it exists
-        self._channel = grpc.aio.insecure_channel(address, options=INTERNAL_OPTIONS)
+        self._channel = open_channel(address, tls)
         self._stub = hicache_pb2_grpc.HiCacheStub(self._channel)
         self._kick = asyncio.Event()
         self._attached = asyncio.Event()
@@ -118,6 +119,11 @@ class HiCacheLink:
             reply = await self._stub.Lookup(hicache_pb2.LookupRequest(keys=job.keys),
                                             timeout=CALL_TIMEOUT_S, metadata=metadata)
             in_storage = reply.num_pages
+            if reply.remote_num_pages:
+                # Issue 20 slice A: known, not yet fetched (the fetch and its decision come next).
+                logger.debug("request %s: L3 holds %d leading pages, node %s (%s) %d more",
+                             job.req.rid, in_storage, reply.remote_node_id,
+                             reply.remote_address, reply.remote_num_pages)
             if self.host_cache.start_fetch(job, reply.num_pages):
                 transfer = hicache_pb2.PageTransfer(epoch=job.epoch, keys=job.keys,
                                                     slots=job.slots)

@@ -28,6 +28,7 @@ from radixmesh.shared.mesh_info import ModelInfo
 from radixmesh.shared.mesh_protocol import Hello
 from radixmesh.shared.protos_gen import common_pb2, generate_pb2, internal_pb2, internal_pb2_grpc
 from radixmesh.shared.span_recorder import SpanRecorder
+from radixmesh.shared.tls import internal_client_tls, internal_server_tls
 from radixmesh.shared.tracing import start_tracing, stop_tracing
 
 logger = logging.getLogger(__name__)
@@ -48,8 +49,9 @@ async def serve(config: SchedulerConfig) -> None:
 
 async def _serve(config: SchedulerConfig, recorder: SpanRecorder) -> None:
     hello = Hello("scheduler", implementation="scheduler")
-    worker = WorkerLink(config.worker_address, hello, config.worker_step_timeout)
-    detokenizer = DetokenizerLink(config.detokenizer_address, hello)
+    tls = internal_client_tls(config)
+    worker = WorkerLink(config.worker_address, hello, config.worker_step_timeout, tls)
+    detokenizer = DetokenizerLink(config.detokenizer_address, hello, tls)
     supervisor = LinkSupervisor(config, worker, detokenizer, _hicache_factory(config, recorder),
                                 recorder)
     try:
@@ -61,7 +63,7 @@ async def _serve(config: SchedulerConfig, recorder: SpanRecorder) -> None:
             host_port(config.host, config.port),
             lambda grpc_server: internal_pb2_grpc.add_SchedulerServicer_to_server(
                 servicer, grpc_server),
-            [SERVICE_NAME])
+            [SERVICE_NAME], tls=internal_server_tls(config))
         supervisor.set_serving = server.set_serving
         logger.info("scheduler serving on port %d (instance %s, mesh protocol %d)", server.port,
                     hello.instance_id, hello.protocol_version)
@@ -83,7 +85,8 @@ def _hicache_factory(config: SchedulerConfig,
             return None
         logger.info("hierarchical cache: hicache service at %s", config.hicache_address)
         return HiCacheLink(config.hicache_address, scheduler.host_cache, scheduler.worker,
-                           scheduler.stats, lambda: scheduler.waiting, recorder)
+                           scheduler.stats, lambda: scheduler.waiting, recorder,
+                           internal_client_tls(config))
     return make
 
 

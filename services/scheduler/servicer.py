@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from radixmesh.services.scheduler.cache_flush import flush_cache
 from radixmesh.services.scheduler.loop import SchedulerLoop
 from radixmesh.services.scheduler.stats import scheduler_load
 from radixmesh.shared import wire
@@ -51,6 +52,12 @@ class SchedulerServicer(internal_pb2_grpc.SchedulerServicer):
     async def GetLoad(self, request: common_pb2.Empty,
                       context: grpc.aio.ServicerContext) -> internal_pb2.SchedulerLoad:
         return wire.scheduler_load_to_proto(scheduler_load(self._loop.scheduler))
+
+    async def FlushCache(self, request: common_pb2.Empty,
+                         context: grpc.aio.ServicerContext) -> internal_pb2.FlushCacheReply:
+        outcome = flush_cache(self._loop.scheduler, self._loop.num_inflight)
+        return internal_pb2.FlushCacheReply(flushed=outcome.flushed, message=outcome.message,
+                                            freed_pages=outcome.freed_pages)
 
     def _submit(self, batch: internal_pb2.RequestBatch, owner: object) -> None:
         requests: list[TokenizedRequest] = []

@@ -22,10 +22,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from radixmesh.services.scheduler.loop import WorkerLostError
 from radixmesh.services.scheduler.supervisor import PeerNotReadyError
 from radixmesh.shared import wire
-from radixmesh.shared.grpc_service import INTERNAL_OPTIONS, SERVING
+from radixmesh.shared.grpc_service import SERVING, open_channel
 from radixmesh.shared.mesh_protocol import STREAM_ACK, HandshakeError, Hello, check_peer
 from radixmesh.shared.protos_gen import common_pb2, internal_pb2, internal_pb2_grpc
 from radixmesh.shared.step import StepPlan, StepResult, WorkerInfo
+from radixmesh.shared.tls import ClientTLS
 
 CALL_TIMEOUT_S = 5.0
 # The worker acknowledges a stream once the previous one released its state (about
@@ -46,11 +47,12 @@ class WorkerSession:
 
 
 class WorkerLink:
-    def __init__(self, address: str, hello: Hello, step_timeout: float) -> None:
+    def __init__(self, address: str, hello: Hello, step_timeout: float,
+                 tls: ClientTLS | None = None) -> None:
         self.address = address
         self.hello = hello
         self.step_timeout = step_timeout
-        self._channel = grpc.aio.insecure_channel(address, options=INTERNAL_OPTIONS)
+        self._channel = open_channel(address, tls)
         self._stub = internal_pb2_grpc.WorkerStub(self._channel)
 
     async def connect(self, expected_model: str | None) -> WorkerSession:

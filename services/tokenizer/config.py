@@ -12,10 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from radixmesh.shared.api_keys import API_KEY_ENV, ApiKeys, keys_from
 from radixmesh.shared.hub import HubFlags
 from radixmesh.shared.model_location import model_name
 from radixmesh.shared.peers import peer_address, peer_help
 from radixmesh.shared.sampling_params import DEFAULT_LIMITS, HARD_LIMITS, SamplingLimits
+from radixmesh.shared.tls_flags import TLSFlags
 from radixmesh.shared.tracing import TracingFlags
 
 DEFAULT_MAX_REQUEST_BYTES = 1 << 20
@@ -25,7 +27,7 @@ DEFAULT_MAX_JSON_DEPTH = 32
 
 
 @dataclass(frozen=True)
-class TokenizerConfig(TracingFlags, HubFlags):
+class TokenizerConfig(TracingFlags, HubFlags, TLSFlags):
     """Invariant after construction: both peer addresses and `served_model_name` are set."""
 
     model_path: str | None = field(default=None, metadata={
@@ -44,8 +46,16 @@ class TokenizerConfig(TracingFlags, HubFlags):
                 "directory's name)"})
     max_request_bytes: int = field(default=DEFAULT_MAX_REQUEST_BYTES, metadata={
         "help": "largest HTTP request body or gRPC message accepted, in bytes"})
-    api_key: str | None = field(default=None, metadata={
-        "help": "if set, HTTP clients must send `Authorization: Bearer <key>`"})
+    # Not in repr: configs get logged, keys must not be.
+    api_key: tuple[str, ...] = field(default=(), repr=False, metadata={
+        "help": "a key clients must present as `Authorization: Bearer <key>` (or "
+                "`x-api-key: <key>`) on every HTTP and gRPC call but /health, /metrics and "
+                f"gRPC health; repeat for several keys (default: ${API_KEY_ENV}, one key, "
+                "which keeps it off the command line; none: no authentication)"})
+    enable_special_tokens_in_content: bool = field(default=False, metadata={
+        "help": "tokenize special-token text inside chat message content (e.g. "
+                "`<|im_start|>`) as the special token; off: it is plain text, so a user "
+                "cannot forge the chat template's turns"})
     max_connections: int = field(default=1024, metadata={
         "help": "most HTTP connections open at once; past it a new connection is answered "
                 "503 and closed"})
@@ -68,10 +78,14 @@ class TokenizerConfig(TracingFlags, HubFlags):
         "help": f"most stop token ids per request (at most {HARD_LIMITS.max_stop_token_ids})"})
 
     def __post_init__(self) -> None:
+        self.check_tls()  # TLS files named by the flags: usable, or a clear error
         # Frozen: resolved defaults are written once here, so readers never see None.
         resolve = object.__setattr__
         resolve(self, "scheduler_address", peer_address("scheduler", self.scheduler_address))
         resolve(self, "detokenizer_address", peer_address("detokenizer", self.detokenizer_address))
+        if isinstance(self.api_key, str):  # one key given as a plain string
+            resolve(self, "api_key", (self.api_key,))
+        resolve(self, "api_key", tuple(self.api_key))
         if self.served_model_name is None:
             resolve(self, "served_model_name", model_name(self.model_path))
         for name in ("port", "grpc_port"):
@@ -86,6 +100,12 @@ class TokenizerConfig(TracingFlags, HubFlags):
             if not getattr(self, name) > 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be > 0")
         self.sampling_limits.check_within(HARD_LIMITS)
+
+    @property
+    def api_keys(self) -> ApiKeys:
+        """The keys in force: the flags', else $RADIXMESH_API_KEY's, read when asked, so a
+        launcher's config never copies the variable onto a service's command line."""
+        return ApiKeys(keys_from(self.api_key))
 
     @property
     def sampling_limits(self) -> SamplingLimits:

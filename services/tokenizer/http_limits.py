@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import ssl
 from collections.abc import Callable
 from itertools import accumulate
 
@@ -24,6 +25,7 @@ from aiohttp import web
 from radixmesh.services.tokenizer.config import TokenizerConfig
 from radixmesh.shared.errors import InvalidRequestError
 from radixmesh.shared.text_checks import check_json_text
+from radixmesh.shared.tls import public_server_tls
 
 # A JSON string token (the "unrolled loop" form: no backtracking per character).
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
@@ -104,8 +106,8 @@ class CappedTCPSite(web.TCPSite):
     """A TCPSite whose runner's server takes at most `max_connections` connections."""
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int,
-                 max_connections: int) -> None:
-        super().__init__(runner, host, port)
+                 max_connections: int, ssl_context: ssl.SSLContext | None = None) -> None:
+        super().__init__(runner, host, port, ssl_context=ssl_context)
         self._max_connections = max_connections
 
     async def start(self) -> None:
@@ -114,20 +116,22 @@ class CappedTCPSite(web.TCPSite):
         assert server is not None, "the runner is set up first"
         self._server = await asyncio.get_running_loop().create_server(
             capped(server, self._max_connections), self._host, self._port,
-            backlog=self._backlog, reuse_address=self._reuse_address,
+            ssl=self._ssl_context, backlog=self._backlog, reuse_address=self._reuse_address,
             reuse_port=self._reuse_port)
         self._bound_port = self._server.sockets[0].getsockname()[1]
 
 
 async def start_http(app: web.Application, config: TokenizerConfig,
                      port: int | None = None) -> tuple[web.AppRunner, CappedTCPSite]:
-    """Serves `app` on the configured host and port (or `port`) with the connection limits.
-    Handler cancellation turns a client disconnect into a cancelled handler: an abort."""
+    """Serves `app` on the configured host and port (or `port`) with the connection limits,
+    over HTTPS when `--ssl-certfile` is set. Handler cancellation turns a client disconnect
+    into a cancelled handler: an abort."""
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
                            keepalive_timeout=config.http_header_timeout)
     await runner.setup()
+    tls = public_server_tls(config)
     site = CappedTCPSite(runner, config.host, config.port if port is None else port,
-                         config.max_connections)
+                         config.max_connections, tls.ssl_context() if tls else None)
     await site.start()
     return runner, site
 

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from radixmesh.shared.api_keys import Owner
 from radixmesh.shared.completion import TextCompletion
 from radixmesh.shared.requests import TextDelta, Usage
 
@@ -27,6 +28,7 @@ class LiveRequest:
 
     rid: str
     num_prompt_tokens: int
+    owner: Owner = None  # the digest of the API key that started it (shared/api_keys.py)
     queue: asyncio.Queue[QueueItem] = field(default_factory=asyncio.Queue)
     created: float = field(default_factory=time.perf_counter)
     num_output_tokens: int = 0

@@ -20,11 +20,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from radixmesh.shared import wire
 from radixmesh.shared.errors import UnavailableError
-from radixmesh.shared.grpc_service import INTERNAL_OPTIONS, SERVING
-from radixmesh.shared.mesh_info import ModelInfo, SchedulerLoad
+from radixmesh.shared.grpc_service import SERVING, open_channel
+from radixmesh.shared.mesh_info import CacheFlush, ModelInfo, SchedulerLoad
 from radixmesh.shared.mesh_protocol import Hello, check_peer
 from radixmesh.shared.protos_gen import common_pb2, internal_pb2, internal_pb2_grpc
 from radixmesh.shared.requests import TextDelta, TokenizedRequest
+from radixmesh.shared.tls import ClientTLS
 
 Reply = TypeVar("Reply")
 
@@ -80,15 +81,13 @@ class GrpcTextSubscription:
 
 class GrpcMeshLink:
     def __init__(self, scheduler_address: str, detokenizer_address: str,
-                 hello: Hello | None = None) -> None:
+                 hello: Hello | None = None, tls: ClientTLS | None = None) -> None:
         self.scheduler_address = scheduler_address
         self.detokenizer_address = detokenizer_address
         self.hello = hello or Hello("tokenizer", implementation="tokenizer")
         self._greeted_detokenizer: Hello | None = None  # None: it predates the handshake
-        self._scheduler_channel = grpc.aio.insecure_channel(
-            scheduler_address, options=INTERNAL_OPTIONS)
-        self._detokenizer_channel = grpc.aio.insecure_channel(
-            detokenizer_address, options=INTERNAL_OPTIONS)
+        self._scheduler_channel = open_channel(scheduler_address, tls)
+        self._detokenizer_channel = open_channel(detokenizer_address, tls)
         self._scheduler = internal_pb2_grpc.SchedulerStub(self._scheduler_channel)
         self._detokenizer = internal_pb2_grpc.DetokenizerStub(self._detokenizer_channel)
 
@@ -97,6 +96,10 @@ class GrpcMeshLink:
 
     async def get_load(self) -> SchedulerLoad:
         return wire.scheduler_load_from_proto(await self._ask_scheduler(self._scheduler.GetLoad))
+
+    async def flush_cache(self) -> CacheFlush:
+        reply = await self._ask_scheduler(self._scheduler.FlushCache)
+        return CacheFlush(reply.flushed, reply.message, reply.freed_pages)
 
     async def _ask_scheduler(self, rpc: Callable[..., Awaitable[Reply]]) -> Reply:
         """One argument-less unary call; any gRPC failure means the mesh is unavailable."""

@@ -1,8 +1,9 @@
 """The OpenAI-compatible HTTP API of the front door (aiohttp).
 
-`/v1/completions` and `/v1/chat/completions` (JSON or SSE), `/v1/models`, `/health_generate`
-(200 once a one-token probe came back), `/health` (200 once
-connected to the mesh) and `/metrics` (Prometheus text). Translation lives in
+`/v1/completions` and `/v1/chat/completions` (JSON or SSE), `/v1/models` and
+`/v1/models/{id}` (OpenAI's 404 for another id), `/health_generate` (200 once a one-token
+probe came back), `/health` (200 once connected to the mesh), `/metrics` (Prometheus text),
+and SGLang's native routes (`native_api.py`). Translation lives in
 `openai_protocol` / `openai_responses`; this file only moves bytes. A client that goes away
 mid-request cancels its handler (aiohttp's handler cancellation is on), which leaves the
 request stream's `async with` block and aborts the request through the mesh.
@@ -10,6 +11,9 @@ request stream's `async with` block and aborts the request through the mesh.
 Bodies are read within `--http-body-timeout` (408 past it) and decoded by
 `http_limits.parse_json_body`: too deep, malformed or holding text that is not UTF-8, they get
 a 400 naming the body or the field, before any object reaches the router.
+
+Every route but `/health` and `/metrics` needs one of the configured API keys (401 with
+OpenAI's body otherwise); a request belongs to the key that started it (`shared/api_keys.py`).
 
 Each generating route's request is one root span (`request_span.py`), opened and ended by the
 outermost middleware so that it sees every outcome, error responses included; a sampled one
@@ -26,11 +30,13 @@ from aiohttp import web
 
 from radixmesh.services.tokenizer import openai_responses as responses
 from radixmesh.services.tokenizer.config import TokenizerConfig
-from radixmesh.services.tokenizer.http_limits import parse_json_body
+from radixmesh.services.tokenizer.http_common import OWNER, REQUEST_SPAN, HttpError, read_json
 from radixmesh.services.tokenizer.live_request import RequestStream
 from radixmesh.services.tokenizer.metrics import FrontDoorMetrics
+from radixmesh.services.tokenizer.native_api import NativeApi
 from radixmesh.services.tokenizer.openai_protocol import (
     OpenAIRequest,
+    UnknownModelError,
     parse_chat_request,
     parse_completion_request,
 )
@@ -47,15 +53,12 @@ from radixmesh.services.tokenizer.request_span import (
     RequestSpans,
 )
 from radixmesh.services.tokenizer.router import Router
-from radixmesh.shared.errors import (
-    InvalidRequestError,
-    RadixMeshError,
-    UnavailableError,
-    http_status,
-    openai_type,
-)
+from radixmesh.shared.api_keys import NO_KEYS, ApiKeys, AuthenticationError, presented_key
+from radixmesh.shared.errors import InvalidRequestError, RadixMeshError, UnavailableError
 from radixmesh.shared.span_recorder import DISABLED, SpanRecorder
 from radixmesh.shared.trace_context import TraceContext
+
+__all__ = ["REQUEST_SPAN", "HttpError", "OpenAIApi"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -63,36 +66,18 @@ HEALTH_PROBE_TOKEN = 1  # any id of the vocabulary: the probe's prompt is one to
 HEALTH_GENERATE_TIMEOUT_S = 20.0
 # The POST routes that generate, by gen_ai.operation.name: each request is a root span. A new
 # generating route must be listed here (its handler reads the span `_traced` opened).
-GENERATING_ROUTES = {"/v1/completions": TEXT_COMPLETION, "/v1/chat/completions": CHAT}
-REQUEST_SPAN = web.RequestKey("radixmesh_request_span", RequestSpan)
-
-
-class HttpError(Exception):
-    """An error reported to the client as an OpenAI-style body."""
-
-    def __init__(self, status: int, message: str, param: str | None = None,
-                 error_type: str = "invalid_request_error") -> None:
-        super().__init__(message)
-        self.status, self.message, self.param, self.error_type = status, message, param, error_type
-
-    @classmethod
-    def of(cls, error: BaseException, message: str | None = None,
-           param: str | None = None) -> HttpError:
-        """`error` with the status and type that the shared table (shared/errors.py) gives."""
-        return cls(http_status(error), str(error) if message is None else message, param,
-                   openai_type(error))
-
-    def body(self) -> dict:
-        return responses.error_body(self.message, self.param, self.status, self.error_type)
-
-    def response(self) -> web.Response:
-        return web.json_response(self.body(), status=self.status)
+GENERATING_ROUTES = {"/v1/completions": TEXT_COMPLETION, "/v1/chat/completions": CHAT,
+                     "/generate": TEXT_COMPLETION}
+# Served to anyone (design §11): probes and scrapers carry no key.
+OPEN_PATHS = frozenset({"/health", "/metrics"})
 
 
 class OpenAIApi:
     def __init__(self, router: Router, metrics: FrontDoorMetrics,
-                 config: TokenizerConfig, recorder: SpanRecorder = DISABLED) -> None:
+                 config: TokenizerConfig, recorder: SpanRecorder = DISABLED,
+                 api_keys: ApiKeys = NO_KEYS) -> None:
         self.router = router
+        self.api_keys = api_keys
         self.metrics = metrics
         self.config = config
         self.model = config.served_model_name
@@ -106,9 +91,11 @@ class OpenAIApi:
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/chat/completions", self.chat_completions)
         app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/v1/models/{model:.+}", self.retrieve_model)
         app.router.add_get("/health", self.health)
         app.router.add_get("/health_generate", self.health_generate)
         app.router.add_get("/metrics", self.prometheus)
+        NativeApi(self.router, self.config, self.metrics).add_routes(app)
         return app
 
     # ---- endpoints -------------------------------------------------------------------------
@@ -124,8 +111,20 @@ class OpenAIApi:
         return await self._generate(request, parsed, ChatFormat())
 
     async def models(self, request: web.Request) -> web.Response:
-        context_len = self.router.info.context_len if self.router.info is not None else 0
-        return web.json_response(responses.models_list(self.model, self.started, context_len))
+        return web.json_response(responses.models_list(self.model, self.started,
+                                                       self._context_len()))
+
+    async def retrieve_model(self, request: web.Request) -> web.Response:
+        """One model by id; OpenAI's 404 for any other, so `models.retrieve` raises
+        NotFoundError."""
+        name = request.match_info["model"]
+        if name != self.model:
+            raise HttpError.of(UnknownModelError(name, self.model), param="model")
+        return web.json_response(responses.model_card(self.model, self.started,
+                                                      self._context_len()))
+
+    def _context_len(self) -> int:
+        return self.router.info.context_len if self.router.info is not None else 0
 
     async def health(self, request: web.Request) -> web.Response:
         if not self.router.ready:
@@ -169,7 +168,7 @@ class OpenAIApi:
         except InvalidRequestError as exc:  # blame the OpenAI parameter the client sent
             param = parsed.param_name(exc.field)
             raise HttpError.of(exc, f"{param}: {exc.message}", param) from exc
-        stream = self.router.submit(built)
+        stream = self.router.submit(built, request[OWNER])
         span.follow(stream)
         ids = (fmt.id_prefix + built.rid, int(time.time()), self.model)
         async with stream:
@@ -203,19 +202,7 @@ class OpenAIApi:
         return response
 
     async def _read_json(self, request: web.Request) -> object:
-        try:
-            async with asyncio.timeout(self.config.http_body_timeout):
-                raw = await request.read()
-        except TimeoutError as exc:  # a client trickling its body holds a handler: let go
-            raise HttpError(408, f"request body not received within "
-                            f"{self.config.http_body_timeout:g} s", "body") from exc
-        except web.HTTPRequestEntityTooLarge as exc:
-            raise HttpError(413, f"request body exceeds the limit of "
-                            f"{self.config.max_request_bytes} bytes", "body") from exc
-        try:
-            return parse_json_body(raw, self.config.max_json_depth)
-        except InvalidRequestError as exc:
-            raise HttpError.of(exc, param=exc.field) from exc
+        return await read_json(request, self.config)
 
     @web.middleware
     async def _traced(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -263,10 +250,16 @@ class OpenAIApi:
             return HttpError(exc.status, exc.reason, None).response()
 
     def _check_auth(self, request: web.Request) -> None:
-        key = self.config.api_key
-        if key and request.path.startswith("/v1/") \
-                and request.headers.get("Authorization") != f"Bearer {key}":
-            raise HttpError(401, "invalid or missing API key", None, "authentication_error")
+        """Every route but the open ones needs a configured key; the request's owner (the
+        key's digest, None without keys) is kept for the handlers."""
+        if request.path in OPEN_PATHS:
+            request[OWNER] = None
+            return
+        try:
+            request[OWNER] = self.api_keys.authenticate(presented_key(request.headers.get))
+        except AuthenticationError as exc:
+            raise HttpError(401, str(exc), None, exc.openai_type,
+                            headers={"WWW-Authenticate": "Bearer"}) from exc
 
 
 def _fail_span(request: web.Request, error: BaseException) -> None:

@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import grpc
+
 from radixmesh.shared.errors import InvalidRequestError
 from radixmesh.shared.sampling_params import DEFAULT_LIMITS, SamplingLimits, check_stop_lists
 from radixmesh.shared.text_checks import check_rid
@@ -42,6 +44,18 @@ CHAT_FIELDS = COMMON_FIELDS | {"messages", "max_completion_tokens", "response_fo
 # Token-limit names in order of precedence, per endpoint.
 COMPLETION_LIMIT_NAMES = ("max_tokens", "max_new_tokens")
 CHAT_LIMIT_NAMES = ("max_completion_tokens", "max_tokens", "max_new_tokens")
+
+
+class UnknownModelError(InvalidRequestError):
+    """A model this server does not serve: 404 / NOT_FOUND, as OpenAI answers (its client
+    raises NotFoundError), rather than the 400 of a malformed request."""
+
+    grpc_status = grpc.StatusCode.NOT_FOUND
+    http_status = 404
+
+    def __init__(self, model: object, served_model: str) -> None:
+        super().__init__("model", f"the model {_short(model)} does not exist here; "
+                         f"available: {served_model!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +100,7 @@ def _check_common(payload: object, known: frozenset[str], served_model: str,
         raise InvalidRequestError(unknown[0], "unknown or unsupported parameter")
     model = payload.get("model")
     if model is not None and model != served_model:
-        raise InvalidRequestError(
-            "model", f"model {model!r} is not served here; available: {served_model!r}")
+        raise UnknownModelError(model, served_model)
     for name, neutral in UNSUPPORTED_UNLESS_NEUTRAL.items():
         if payload.get(name) not in neutral:
             raise InvalidRequestError(name, f"{name}={_short(payload[name])} is not supported")

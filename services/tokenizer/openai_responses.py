@@ -86,10 +86,14 @@ def usage_chunk(object_name: str, response_id: str, created: int, model: str,
     return body
 
 
+def model_card(served_model: str, created: int, context_len: int) -> dict:
+    """One `model` object, as `/v1/models/{id}` answers and `/v1/models` lists it."""
+    return {"id": served_model, "object": "model", "created": created, "owned_by": "radixmesh",
+            "max_model_len": context_len}
+
+
 def models_list(served_model: str, created: int, context_len: int) -> dict:
-    return {"object": "list", "data": [{"id": served_model, "object": "model",
-                                        "created": created, "owned_by": "radixmesh",
-                                        "max_model_len": context_len}]}
+    return {"object": "list", "data": [model_card(served_model, created, context_len)]}
 
 
 # ---- per-endpoint shaping of a request's deltas ------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Container, Mapping
 from dataclasses import dataclass
 
+from radixmesh.services.tokenizer.chat_encoding import encode_chat
 from radixmesh.services.tokenizer.limits import apply_limits
 from radixmesh.shared.errors import InvalidRequestError
 from radixmesh.shared.requests import TokenizedRequest
@@ -118,11 +119,15 @@ class RequestBuilder:
     """Validates and tokenizes request bodies for one model.
 
     Without a tokenizer (a model served from token ids alone) only `input_ids` is accepted.
+    Special-token text in chat content is plain text unless `allow_special_tokens_in_content`
+    (`chat_encoding.py`).
     """
 
     def __init__(self, tokenizer: TextTokenizer | None, vocab_size: int, context_len: int,
-                 max_total_tokens: int | None = None) -> None:
+                 max_total_tokens: int | None = None,
+                 allow_special_tokens_in_content: bool = False) -> None:
         self.tokenizer = tokenizer
+        self.allow_special_tokens_in_content = allow_special_tokens_in_content
         self.vocab_size = vocab_size
         self.context_len = context_len
         # The KV pool: a request that can never fit it would wait in the queue forever.
@@ -145,7 +150,8 @@ class RequestBuilder:
         if field == "text":
             ids = self.tokenizer.encode(check_text(value))
         else:
-            ids = self.tokenizer.apply_chat_template(check_messages(value))
+            ids = encode_chat(self.tokenizer, check_messages(value),
+                              self.allow_special_tokens_in_content)
         if not ids:
             raise InvalidRequestError(field, "tokenizes to no tokens")
         # The tokenizer may know more ids than the model has embedding rows for.

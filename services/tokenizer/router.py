@@ -8,6 +8,8 @@ one). Invariants:
   waiting leaves in one RequestBatch (so at most one batch per event-loop tick).
 - A request the front door ends itself (client abort, disconnect, stop string) is also
   aborted at the scheduler, so its pages are freed at once.
+- A request belongs to the API key that submitted it (its digest); a client's abort by id
+  (`abort_as`) ends only its own requests.
 - Ready (health, `/health`, new requests taken) exactly while the links are up and the
   scheduler reports SERVING; a request that a lost peer took down (`unavailable_finish`)
   ends with UnavailableError, as every live request does when a link breaks.
@@ -26,8 +28,9 @@ from typing import Protocol
 from radixmesh.services.tokenizer.live_request import LiveRequest, RequestStream
 from radixmesh.services.tokenizer.metrics import FrontDoorMetrics
 from radixmesh.services.tokenizer.request_builder import RequestBody, RequestBuilder
+from radixmesh.shared.api_keys import Owner, PermissionDeniedError, may_abort
 from radixmesh.shared.errors import InvalidRequestError, UnavailableError
-from radixmesh.shared.mesh_info import ModelInfo, SchedulerLoad
+from radixmesh.shared.mesh_info import CacheFlush, ModelInfo, SchedulerLoad
 from radixmesh.shared.mesh_protocol import HandshakeError, unavailable_reason
 from radixmesh.shared.requests import FinishKind, FinishReason, TextDelta, TokenizedRequest
 from radixmesh.shared.tokenizer import TextTokenizer
@@ -54,6 +57,7 @@ class MeshLink(Protocol):
     async def greet(self) -> None: ...  # the handshake; HandshakeError on a mismatch
     async def get_info(self) -> ModelInfo: ...
     async def get_load(self) -> SchedulerLoad: ...
+    async def flush_cache(self) -> CacheFlush: ...
     def watch_serving(self) -> AsyncIterator[bool]: ...  # the scheduler's readiness
     async def open_subscription(self) -> TextSubscription: ...
     def open_submit(self) -> SubmitStream: ...
@@ -62,9 +66,11 @@ class MeshLink(Protocol):
 class Router:
     def __init__(self, link: MeshLink, tokenizer: TextTokenizer | None,
                  metrics: FrontDoorMetrics | None = None, retry_delay: float = 0.1,
-                 max_retry_delay: float = 2.0) -> None:
+                 max_retry_delay: float = 2.0,
+                 allow_special_tokens_in_content: bool = False) -> None:
         self._link = link
         self._tokenizer = tokenizer
+        self._allow_special_tokens = allow_special_tokens_in_content
         self._metrics = metrics
         self._retry_delay = retry_delay
         self._max_retry_delay = max_retry_delay
@@ -137,7 +143,7 @@ class Router:
         info = await self._link.get_info()
         self.info = info
         self._builder = RequestBuilder(self._tokenizer, info.vocab_size, info.context_len,
-                                       info.max_total_tokens)
+                                       info.max_total_tokens, self._allow_special_tokens)
 
     async def _serve_connection(self) -> None:
         # Subscribe first: a delta of a request sent before the subscription would be lost.
@@ -185,24 +191,36 @@ class Router:
         """
         if self._builder is None or self.info is None:
             raise UnavailableError("the front door is not connected to the mesh yet")
-        rid = rid or uuid.uuid4().hex
+        rid = rid or uuid.uuid4().hex  # 122 bits from os.urandom: nobody can guess another's
         if len(rid) > MAX_RID_LENGTH:
             raise InvalidRequestError("rid", f"must be at most {MAX_RID_LENGTH} characters")
         if rid in self._live:
             raise InvalidRequestError("rid", f"request id {rid!r} is already in use")
         return dataclasses.replace(self._builder.build(rid, body), trace=trace)
 
-    def submit(self, request: TokenizedRequest) -> RequestStream:
-        """Queues a built request for the scheduler; its deltas arrive on the returned stream."""
+    def submit(self, request: TokenizedRequest, owner: Owner = None) -> RequestStream:
+        """Queues a built request for the scheduler; its deltas arrive on the returned stream.
+        `owner` (the caller's key digest) is who may abort it by id."""
         if not self.ready:
             raise UnavailableError("the front door is not connected to the mesh")
         if request.rid in self._live:
             raise InvalidRequestError("rid", f"request id {request.rid!r} is already in use")
-        live = LiveRequest(request.rid, len(request.input_ids))
+        live = LiveRequest(request.rid, len(request.input_ids), owner)
         self._live[request.rid] = live
         self._outbox[request.rid] = request
         self._wakeup.set()
         return RequestStream(live, self.abort)
+
+    def abort_as(self, caller: Owner, rid: str) -> bool:
+        """A client's abort by id: only the request's owner may (anyone where no key is
+        configured); PermissionDeniedError for a live request of another key. False if the
+        id is not live here."""
+        live = self._live.get(rid)
+        if live is None:
+            return False
+        if not may_abort(live.owner, caller):
+            raise PermissionDeniedError(f"request {rid!r} was started with another API key")
+        return self.abort(rid)
 
     def abort(self, rid: str) -> bool:
         """Ends a live request now (its stream gets a final "abort" delta) and frees it in
@@ -217,6 +235,14 @@ class Router:
 
     async def get_load(self) -> SchedulerLoad:
         return await self._link.get_load()
+
+    async def flush_cache(self) -> CacheFlush:
+        """Empties the mesh's prefix cache; refused while requests are live, here (the
+        scheduler may not have heard of them yet) or at the scheduler."""
+        if self._live:
+            return CacheFlush(False, f"cache not flushed: {len(self._live)} requests are "
+                              "running; retry when the server is idle")
+        return await self._link.flush_cache()
 
     def _cancel_in_mesh(self, rid: str) -> None:
         if self._outbox.pop(rid, None) is None:  # already sent: the scheduler must hear of it

@@ -19,9 +19,11 @@ from radixmesh.services.tokenizer.metrics import FrontDoorMetrics
 from radixmesh.services.tokenizer.openai_api import OpenAIApi
 from radixmesh.services.tokenizer.router import Router
 from radixmesh.services.tokenizer.servicer import GenerationServicer
+from radixmesh.shared.api_keys import warn_if_open
 from radixmesh.shared.grpc_service import ServiceServer, host_port, start_server
 from radixmesh.shared.protos_gen import generate_pb2, generate_pb2_grpc
 from radixmesh.shared.span_recorder import DISABLED, SpanRecorder
+from radixmesh.shared.tls import internal_client_tls, public_server_tls
 from radixmesh.shared.tokenizer import load_tokenizer
 from radixmesh.shared.tracing import FRONT_DOOR, start_tracing, stop_tracing
 
@@ -38,20 +40,25 @@ class TokenizerServer:
     def __init__(self, config: TokenizerConfig) -> None:
         self.config = config
         self.metrics = FrontDoorMetrics(config.served_model_name)
-        self.link = GrpcMeshLink(config.scheduler_address, config.detokenizer_address)
+        self.link = GrpcMeshLink(config.scheduler_address, config.detokenizer_address,
+                                 tls=internal_client_tls(config))
         self.router: Router | None = None
         self._grpc: ServiceServer | None = None
         self._http: web.AppRunner | None = None
         self._tasks: list[asyncio.Task] = []
         self._serving = asyncio.Event()  # health says SERVING
         self.recorder: SpanRecorder = DISABLED  # until `start`, and while tracing is off
+        self.api_keys = config.api_keys  # read once: the flags', else $RADIXMESH_API_KEY's
 
     async def start(self) -> None:
         # The front door's sampler decides for the whole mesh (shared/tracing.py).
         self.recorder = start_tracing(FRONT_DOOR, self.config)
         tokenizer = await asyncio.to_thread(load_tokenizer, self.config.model_path,
                                             self.config.revision, self.config.hf_token)
-        self.router = Router(self.link, tokenizer, self.metrics)
+        self.router = Router(self.link, tokenizer, self.metrics,
+                             allow_special_tokens_in_content=(
+                                 self.config.enable_special_tokens_in_content))
+        warn_if_open(self.api_keys, self.config.host)
         await self._start_grpc()
         await self._start_http()
         self._tasks = [asyncio.create_task(self.router.run(), name="router"),
@@ -82,16 +89,19 @@ class TokenizerServer:
         servicer = GenerationServicer(self.router, self.metrics, self.config.served_model_name,
                                       self.config.max_request_bytes, self.recorder,
                                       limits=self.config.sampling_limits,
-                                      max_streams=self.config.max_concurrent_streams)
+                                      max_streams=self.config.max_concurrent_streams,
+                                      api_keys=self.api_keys)
         limit = self.config.max_request_bytes * GRPC_HARD_LIMIT_FACTOR
         self._grpc = await start_server(
             host_port(self.config.host, self.config.grpc_port),
             lambda server: generate_pb2_grpc.add_GenerationServicer_to_server(servicer, server),
             [GENERATION_SERVICE], options=[("grpc.max_receive_message_length", limit),
-                                           *grpc_limit_options(self.config)])
+                                           *grpc_limit_options(self.config)],
+            tls=public_server_tls(self.config))
 
     async def _start_http(self) -> None:
-        app = OpenAIApi(self.router, self.metrics, self.config, self.recorder).build_app()
+        app = OpenAIApi(self.router, self.metrics, self.config, self.recorder,
+                        self.api_keys).build_app()
         # With --max-connections, --http-header-timeout and client disconnects as aborts.
         self._http, _ = await start_http(app, self.config)
 

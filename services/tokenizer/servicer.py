@@ -9,6 +9,10 @@ stream's `async with` block then aborts the request through the mesh at once.
 Protobuf has already refused text that is not UTF-8; the request id and the list limits (the
 front door's flags) are checked here, and at most `max_streams` Generate calls run at once:
 one more gets RESOURCE_EXHAUSTED at once rather than a place in an unbounded queue.
+
+Every method first checks the caller's API key (`shared/api_keys.py`: UNAUTHENTICATED without
+a configured one); a request belongs to the key that started it, and `Abort` by another key
+is refused with PERMISSION_DENIED while the request runs on.
 """
 
 from __future__ import annotations
@@ -29,6 +33,13 @@ from radixmesh.services.tokenizer.request_span import (
 )
 from radixmesh.services.tokenizer.router import Router
 from radixmesh.shared import wire
+from radixmesh.shared.api_keys import (
+    NO_KEYS,
+    ApiKeys,
+    AuthenticationError,
+    Owner,
+    PermissionDeniedError,
+)
 from radixmesh.shared.errors import (
     CapacityError,
     InvalidRequestError,
@@ -89,8 +100,10 @@ class GenerationServicer(generate_pb2_grpc.GenerationServicer):
     def __init__(self, router: Router, metrics: FrontDoorMetrics, served_model_name: str,
                  max_request_bytes: int, recorder: SpanRecorder = DISABLED,
                  limits: SamplingLimits = DEFAULT_LIMITS,
-                 max_streams: int = DEFAULT_MAX_STREAMS) -> None:
+                 max_streams: int = DEFAULT_MAX_STREAMS,
+                 api_keys: ApiKeys = NO_KEYS) -> None:
         self._router = router
+        self._api_keys = api_keys
         self._metrics = metrics
         self._served_model_name = served_model_name
         self._max_request_bytes = max_request_bytes
@@ -102,6 +115,7 @@ class GenerationServicer(generate_pb2_grpc.GenerationServicer):
     async def Generate(self, request: generate_pb2.GenerateRequest,
                        context: grpc.aio.ServicerContext,
                        ) -> AsyncIterator[generate_pb2.GenerateResponse]:
+        owner = await self._authenticate(context)
         if self._num_streams >= self._max_streams:
             await abort_with(context, CapacityError(
                 f"{self._num_streams} Generate streams are running, the most this server "
@@ -111,7 +125,7 @@ class GenerationServicer(generate_pb2_grpc.GenerationServicer):
             context.set_trailing_metadata(((TRACE_ID_TRAILER, span.trace_id),))
         self._num_streams += 1  # given back in `finally`, however the stream ends
         try:
-            async for response in self._generate(request, context, span):
+            async for response in self._generate(request, context, span, owner):
                 yield response
         except BaseException as exc:  # recorded, then re-raised as it was
             span.fail(exc)
@@ -122,14 +136,14 @@ class GenerationServicer(generate_pb2_grpc.GenerationServicer):
 
     async def _generate(self, request: generate_pb2.GenerateRequest,
                         context: grpc.aio.ServicerContext, span: RequestSpan,
-                        ) -> AsyncIterator[generate_pb2.GenerateResponse]:
+                        owner: Owner) -> AsyncIterator[generate_pb2.GenerateResponse]:
         try:
             if request.ByteSize() > self._max_request_bytes:
                 raise InvalidRequestError("request", f"{request.ByteSize()} bytes exceed the "
                                           f"limit of {self._max_request_bytes} bytes")
             built = span.tokenize(self._router.build, request.rid,
                                   request_body(request, self._limits))
-            stream = self._router.submit(built)
+            stream = self._router.submit(built, owner)
         except RadixMeshError as exc:
             if isinstance(exc, InvalidRequestError):
                 self._metrics.on_bad_request()
@@ -146,13 +160,28 @@ class GenerationServicer(generate_pb2_grpc.GenerationServicer):
 
     async def Abort(self, request: generate_pb2.AbortRequest,
                     context: grpc.aio.ServicerContext) -> generate_pb2.AbortResponse:
-        return generate_pb2.AbortResponse(found=self._router.abort(request.rid))
+        caller = await self._authenticate(context)
+        try:
+            found = self._router.abort_as(caller, request.rid)
+        except PermissionDeniedError as exc:  # another key's request: it runs on
+            await abort_with(context, exc)
+        return generate_pb2.AbortResponse(found=found)
 
     async def GetModelInfo(self, request: common_pb2.Empty,
                            context: grpc.aio.ServicerContext) -> generate_pb2.ModelInfo:
+        await self._authenticate(context)
         info = self._router.info
         if info is None:
             await abort_with(context,
                              UnavailableError("the front door is not connected to the mesh yet"))
         # The name clients use, not a server path.
         return wire.model_info_to_proto(dataclasses.replace(info, model_id=self._served_model_name))
+
+    async def _authenticate(self, context: grpc.aio.ServicerContext) -> Owner:
+        """The caller's owner digest; ends the call UNAUTHENTICATED without a configured key.
+        Every method of the service calls this first (health and reflection are other
+        services, and stay open)."""
+        try:
+            return self._api_keys.authenticate_grpc(context)
+        except AuthenticationError as exc:
+            await abort_with(context, exc)

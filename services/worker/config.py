@@ -8,6 +8,7 @@ from typing import ClassVar
 from radixmesh.services.worker.quantization.config import QUANTIZATION_CHOICES
 from radixmesh.shared.hub import HubFlags
 from radixmesh.shared.peers import DEFAULT_PORTS
+from radixmesh.shared.tls_flags import InternalTLSFlags
 from radixmesh.shared.tracing import TracingFlags
 
 # The null worker holds no KV tensors, so its pool is only metadata: make it roomy enough for
@@ -17,7 +18,7 @@ NULL_DEFAULT_MAX_RUNNING = 1024
 
 
 @dataclass(frozen=True)
-class WorkerConfig(TracingFlags, HubFlags):
+class WorkerConfig(TracingFlags, HubFlags, InternalTLSFlags):
     # Where the service listens: `radixmesh up` sets host and port itself, and the in-process
     # engine, which has no sockets, leaves all three at their defaults.
     SERVICE_FIELDS: ClassVar[frozenset[str]] = frozenset({"host", "port", "metrics_port"})
@@ -72,6 +73,7 @@ class WorkerConfig(TracingFlags, HubFlags):
         "help": "serve Prometheus /metrics (worker idle and forward time) on this port; 0: off"})
 
     def __post_init__(self) -> None:
+        self.check_tls()  # TLS files named by the flags: usable, or a clear error
         if self.page_size is not None and self.page_size < 1:
             raise ValueError("--page-size must be >= 1")
         if self.max_total_tokens is not None and self.max_total_tokens < 1:

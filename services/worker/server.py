@@ -13,6 +13,7 @@ from radixmesh.services.worker.worker_registry import build_worker
 from radixmesh.shared.grpc_service import host_port, start_server
 from radixmesh.shared.model_location import model_name
 from radixmesh.shared.protos_gen import internal_pb2, internal_pb2_grpc
+from radixmesh.shared.tls import internal_server_tls
 from radixmesh.shared.tracing import start_tracing, stop_tracing
 
 logger = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ async def serve(config: WorkerConfig) -> None:
             host_port(config.host, config.port),
             lambda grpc_server: internal_pb2_grpc.add_WorkerServicer_to_server(servicer,
                                                                                grpc_server),
-            [SERVICE_NAME])
+            [SERVICE_NAME], tls=internal_server_tls(config))
         info = worker.info()
         logger.info("%s worker serving %s on port %d: %d pages of %d tokens, %d slots "
                     "(instance %s, mesh protocol %d)", worker.name, info.model_id, server.port,

@@ -1,4 +1,4 @@
-"""A real L3 directory for the storage tests, and hicache cores on one."""
+"""A real L3 directory for the storage tests, hicache cores on one, and a real Redis."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from radixmesh.services.hicache.cache import HiCache
 from radixmesh.services.hicache.config import HiCacheConfig
 from radixmesh.services.hicache.storage import FileStorageBackend
 from tests.hicache.pages import ROOT, BackendFactory
+from tests.hicache.redis_server import REDIS_BINARY, RedisServer
 
 
 @pytest.fixture
@@ -45,3 +46,14 @@ def make_cache(tmp_path: Path) -> Iterator[Callable[..., HiCache]]:
     yield make
     for cache in made:
         cache.close()
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server for the module, on a free port, in a temporary directory."""
+    if REDIS_BINARY is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.kill()

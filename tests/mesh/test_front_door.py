@@ -176,7 +176,7 @@ HTTP_BAD_INPUTS = [
     ("completions", {"prompt": "hi", "temperature": -0.5}, 400, "temperature"),
     ("completions", {"prompt": "hi", "top_p": 0}, 400, "top_p"),
     ("completions", {"prompt": "hi", "top_p": 1.5}, 400, "top_p"),
-    ("completions", {"prompt": "hi", "model": "gpt-4"}, 400, "model"),
+    ("completions", {"prompt": "hi", "model": "gpt-4"}, 404, "model"),  # as OpenAI answers
     ("chat/completions", {"messages": []}, 400, "messages"),
     ("chat/completions", {"messages": [{"role": "user", "content": "hi"}],
                           "max_completion_tokens": -1}, 400, "max_completion_tokens"),
@@ -317,9 +317,10 @@ def test_the_blocking_client_and_the_generate_command(capsys: pytest.CaptureFixt
     async def body() -> None:
         async with running_front_door(null_worker()) as door:
             await asyncio.to_thread(_use_blocking_client, door.grpc_address)
-            args = argparse.Namespace(prompt="Hello", server=door.grpc_address, chat=True,
-                                      system="Be brief.", stop=["&"], ignore_eos=False, rid=None,
-                                      **{name: None for name, _, _ in generate_cli.SAMPLING_FLAGS})
+            parser = argparse.ArgumentParser()
+            generate_cli.add_cli_args(parser)  # the command's own flags, defaults and all
+            args = parser.parse_args(["Hello", "--server", door.grpc_address, "--chat",
+                                      "--system", "Be brief.", "--stop", "&"])
             assert await asyncio.to_thread(generate_cli.run_cli, args) == 0
             await wait_idle(door)
 

@@ -127,7 +127,7 @@ HTTP_BAD_INPUTS = [
     ({"prompt": "hi", "temperature": -1}, 400, "temperature"),
     ({"prompt": "hi", "top_p": 0}, 400, "top_p"),
     ({"prompt": "hi", "top_p": 1.5}, 400, "top_p"),
-    ({"prompt": "hi", "model": "no-such-model"}, 400, "model"),
+    ({"prompt": "hi", "model": "no-such-model"}, 404, "model"),  # as OpenAI answers
     (b"{not json", 400, "body"),
     ({"prompt": "x" * (2 << 20)}, 413, "body"),
 ]

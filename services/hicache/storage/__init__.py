@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from radixmesh.services.hicache.storage.base import StorageBackend, StorageStats, StorageUsage
+from radixmesh.services.hicache.storage.base import (
+    PageListener,
+    StorageBackend,
+    StorageStats,
+    StorageUsage,
+)
 from radixmesh.services.hicache.storage.file_backend import FileStorageBackend
 from radixmesh.shared.registry import Registry
 
 __all__ = [
     "FileStorageBackend",
+    "PageListener",
     "STORAGE_BACKENDS",
     "StorageBackend",
     "StorageStats",

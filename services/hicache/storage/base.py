@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +37,15 @@ class StorageStats:
                                 for name, delta in deltas.items()})
 
 
+class PageListener(Protocol):
+    """Who advertises a backend's pages (the page index): told of each change, under the
+    backend's lock, so it must be quick and must never call the backend back."""
+
+    def held(self, keys: Sequence[bytes]) -> None: ...
+
+    def gone(self, keys: Sequence[bytes]) -> None: ...
+
+
 class StorageBackend(ABC):
     """Pages of KV bytes named by their page key (`radixmesh.shared.page_keys`).
 
@@ -50,6 +60,10 @@ class StorageBackend(ABC):
     - `usage().bytes_used <= usage().capacity_bytes` after every call; making room evicts the
       least recently used pages first (a `put` or a hit is a use; `contains_prefix` is not).
     - Safe to call from several threads at once.
+    - The `listener` the backend was built with, if any, hears of every page stored
+      (`held`, once its data is in place) and of every page that leaves (`gone`: evicted,
+      deleted, cleared, dropped as corrupt or missing), in the order they happen; what a
+      restart found is `keys()`. The listener must not call the backend.
     """
 
     @abstractmethod
@@ -66,6 +80,10 @@ class StorageBackend(ABC):
     @abstractmethod
     def contains_prefix(self, keys: Sequence[bytes]) -> int:
         """How many leading `keys` are held (stops at the first miss); reads no page data."""
+
+    @abstractmethod
+    def keys(self) -> list[bytes]:
+        """A snapshot of the keys held (what a restart found, and what was stored since)."""
 
     @abstractmethod
     def delete(self, key: bytes) -> bool:

@@ -22,7 +22,12 @@ from collections.abc import Sequence
 from contextlib import suppress
 from pathlib import Path
 
-from radixmesh.services.hicache.storage.base import StorageBackend, StorageStats, StorageUsage
+from radixmesh.services.hicache.storage.base import (
+    PageListener,
+    StorageBackend,
+    StorageStats,
+    StorageUsage,
+)
 from radixmesh.services.hicache.storage.lru_index import LruIndex
 from radixmesh.services.hicache.storage.page_file import (
     HEADER_BYTES,
@@ -51,8 +56,10 @@ class FileStorageBackend(StorageBackend):
     (plus what the directory already holds, so a restart does not shrink the cap)."""
 
     def __init__(self, directory: str | Path, namespace_root: bytes,
-                 capacity_bytes: int | None = None, fsync: bool = False) -> None:
+                 capacity_bytes: int | None = None, fsync: bool = False,
+                 listener: PageListener | None = None) -> None:
         check_key(namespace_root, "namespace_root")
+        self._listener = listener
         self.directory = Path(directory)
         self._root = namespace_root
         self._fsync = fsync  # off by default: a page lost in a crash is a miss, never wrong data
@@ -118,6 +125,8 @@ class FileStorageBackend(StorageBackend):
                 self._write_failed(error)
                 return False
             self._index.add(key, size)
+            if self._listener is not None:
+                self._listener.held((key,))
         self._stamp(self._path(key))
         return True
 
@@ -127,6 +136,10 @@ class FileStorageBackend(StorageBackend):
                 if key not in self._index:
                     return count
             return len(keys)
+
+    def keys(self) -> list[bytes]:
+        with self._lock:
+            return self._index.keys()
 
     def delete(self, key: bytes) -> bool:
         check_key(key)
@@ -216,8 +229,8 @@ class FileStorageBackend(StorageBackend):
         """After a failed read: forget the page only if its file is really gone (not EIO)."""
         with self._lock:
             self._stats = self._stats.plus(misses=1)
-            if not self._path(key).exists():
-                self._index.remove(key)
+            if not self._path(key).exists() and self._index.remove(key):
+                self._removed(key)
 
     def _make_room(self, size: int) -> bool:
         """Evicts least recently used pages until `size` more bytes fit; False if they never can."""
@@ -235,6 +248,11 @@ class FileStorageBackend(StorageBackend):
         self._index.remove(key)
         with suppress(OSError):  # already gone, or a read-only directory: forgotten either way
             os.unlink(self._path(key))
+        self._removed(key)
+
+    def _removed(self, key: bytes) -> None:
+        if self._listener is not None:
+            self._listener.gone((key,))
 
     def _write_failed(self, error: OSError) -> None:
         self._stats = self._stats.plus(write_failures=1)

@@ -1,0 +1,68 @@
+"""What every HTTP route of the front door shares: OpenAI-shaped errors, reading a JSON body,
+and the per-request values the middlewares set for the handlers (its root span, its owner).
+
+`HttpError` is raised by handlers and turned into a response by the API's middleware; its body
+is OpenAI's (`{"error": {"message", "type", "param", "code"}}`), so the official client raises
+the matching exception (401 AuthenticationError, 404 NotFoundError, ...). `read_json` reads a
+body within `--http-body-timeout` (408 past it) and decodes it with `parse_json_body`: too
+deep, malformed or holding text that is not UTF-8, it is a 400 naming the body or the field.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from radixmesh.services.tokenizer import openai_responses as responses
+from radixmesh.services.tokenizer.config import TokenizerConfig
+from radixmesh.services.tokenizer.http_limits import parse_json_body
+from radixmesh.services.tokenizer.request_span import RequestSpan
+from radixmesh.shared.api_keys import Owner
+from radixmesh.shared.errors import InvalidRequestError, http_status, openai_type
+
+# Set by the middlewares: a generating route's root span, and every request's owner (the
+# digest of its API key; None with no keys configured, or on an open route).
+REQUEST_SPAN = web.RequestKey("radixmesh_request_span", RequestSpan)
+OWNER = web.RequestKey("radixmesh_owner", Owner)
+
+
+class HttpError(Exception):
+    """An error reported to the client as an OpenAI-style body."""
+
+    def __init__(self, status: int, message: str, param: str | None = None,
+                 error_type: str = "invalid_request_error",
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.error_type = status, message, param, error_type
+        self.headers = headers or {}
+
+    @classmethod
+    def of(cls, error: BaseException, message: str | None = None,
+           param: str | None = None) -> HttpError:
+        """`error` with the status and type that the shared table (shared/errors.py) gives."""
+        return cls(http_status(error), str(error) if message is None else message, param,
+                   openai_type(error))
+
+    def body(self) -> dict:
+        return responses.error_body(self.message, self.param, self.status, self.error_type)
+
+    def response(self) -> web.Response:
+        return web.json_response(self.body(), status=self.status, headers=self.headers)
+
+
+async def read_json(request: web.Request, config: TokenizerConfig) -> object:
+    """The request's body as decoded JSON; HttpError (408, 413, 400) when it cannot be."""
+    try:
+        async with asyncio.timeout(config.http_body_timeout):
+            raw = await request.read()
+    except TimeoutError as exc:  # a client trickling its body holds a handler: let go
+        raise HttpError(408, f"request body not received within "
+                        f"{config.http_body_timeout:g} s", "body") from exc
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise HttpError(413, f"request body exceeds the limit of "
+                        f"{config.max_request_bytes} bytes", "body") from exc
+    try:
+        return parse_json_body(raw, config.max_json_depth)
+    except InvalidRequestError as exc:
+        raise HttpError.of(exc, param=exc.field) from exc

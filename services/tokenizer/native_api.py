@@ -1,0 +1,156 @@
+"""SGLang's native HTTP routes, beside the OpenAI ones, where users script against them.
+
+- `POST /generate`: text or input_ids, `sampling_params`, `stream` (`native_protocol.py`).
+- `GET /get_model_info`: the served model (`model_path` is the name clients use, not a path
+  on the server) and its limits.
+- `GET /get_server_info`: the front door's flags (secrets left out), the model and the
+  scheduler's load (SGLang's `internal_states`).
+- `GET|POST /flush_cache`: empties the mesh's prefix cache; 400 while requests are live, as
+  SGLang answers. `POST /abort_request` `{"rid"}`: aborts one's own request (403 for another
+  key's).
+All of them need an API key where keys are configured (the OpenAI API's middleware checks).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import time
+
+from aiohttp import web
+
+from radixmesh.services.tokenizer import openai_responses as responses
+from radixmesh.services.tokenizer.config import TokenizerConfig
+from radixmesh.services.tokenizer.http_common import OWNER, REQUEST_SPAN, HttpError, read_json
+from radixmesh.services.tokenizer.live_request import RequestStream
+from radixmesh.services.tokenizer.metrics import FrontDoorMetrics
+from radixmesh.services.tokenizer.native_protocol import generate_answer, parse_generate_request
+from radixmesh.services.tokenizer.request_span import RequestSpan
+from radixmesh.services.tokenizer.router import Router
+from radixmesh.shared.completion import TextCompletion
+from radixmesh.shared.errors import InvalidRequestError, RadixMeshError, UnavailableError
+from radixmesh.shared.mesh_info import ModelInfo
+from radixmesh.shared.text_checks import check_rid
+
+CACHE_FLUSHED = "Cache flushed.\n"
+
+# The installed distribution's version (services do not import the CLI package for it).
+_VERSION = importlib.metadata.version("radixmesh")
+
+
+class NativeApi:
+    def __init__(self, router: Router, config: TokenizerConfig,
+                 metrics: FrontDoorMetrics) -> None:
+        self.router = router
+        self.config = config
+        self.metrics = metrics
+        self.model = config.served_model_name
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_post("/generate", self.generate)
+        app.router.add_get("/get_model_info", self.get_model_info)
+        app.router.add_get("/get_server_info", self.get_server_info)
+        app.router.add_get("/flush_cache", self.flush_cache)
+        app.router.add_post("/flush_cache", self.flush_cache)
+        app.router.add_post("/abort_request", self.abort_request)
+
+    # ---- /generate -------------------------------------------------------------------------
+
+    async def generate(self, request: web.Request) -> web.StreamResponse:
+        parsed = parse_generate_request(await read_json(request, self.config),
+                                        self.config.sampling_limits)
+        span = request[REQUEST_SPAN]  # opened by the API's `_traced` middleware
+        try:
+            built = span.tokenize(self.router.build, parsed.rid, parsed.body)
+        except InvalidRequestError as exc:  # blame the name the client used
+            param = parsed.param_name(exc.field)
+            raise HttpError.of(exc, f"{param}: {exc.message}", param) from exc
+        started = time.perf_counter()
+        stream = self.router.submit(built, request[OWNER])
+        span.follow(stream)
+        async with stream:
+            if parsed.stream:
+                return await self._stream(request, stream, started, span)
+            done = await stream.collect()
+            return web.json_response(_answer(done, stream, started))
+
+    async def _stream(self, request: web.Request, stream: RequestStream, started: float,
+                      span: RequestSpan) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                               "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        so_far = TextCompletion(stream.rid)
+        try:
+            async for delta in stream:
+                so_far.add(delta)
+                if delta.text or delta.token_ids or delta.finish is not None:
+                    await response.write(responses.sse_event(_answer(so_far, stream, started)))
+        except RadixMeshError as exc:  # the mesh went away; headers are gone: say so in the stream
+            span.fail(exc)
+            await response.write(responses.sse_event(HttpError.of(exc).body()))
+        except ConnectionResetError as exc:
+            span.fail(exc)
+            return response  # the client left; leaving `async with` aborts the request
+        await response.write(responses.SSE_DONE)
+        await response.write_eof()
+        return response
+
+    # ---- the others ------------------------------------------------------------------------
+
+    async def get_model_info(self, request: web.Request) -> web.Response:
+        info = self._info()
+        return web.json_response({
+            "model_path": self.model, "tokenizer_path": self.model, "is_generation": True,
+            "served_model_name": self.model, "context_len": info.context_len,
+            "vocab_size": info.vocab_size, "eos_token_ids": list(info.eos_token_ids),
+            "max_total_tokens": info.max_total_tokens, "page_size": info.page_size,
+            "worker": info.worker})
+
+    async def get_server_info(self, request: web.Request) -> web.Response:
+        info = self._info()
+        load = await self.router.get_load()
+        return web.json_response({
+            "version": _VERSION, **public_flags(self.config),
+            "model_info": {**dataclasses.asdict(info), "model_id": self.model,
+                           "eos_token_ids": list(info.eos_token_ids)},
+            "internal_states": [dataclasses.asdict(load)]})
+
+    async def flush_cache(self, request: web.Request) -> web.Response:
+        outcome = await self.router.flush_cache()
+        if not outcome.flushed:
+            raise HttpError(400, outcome.message or "cache not flushed")
+        return web.Response(text=CACHE_FLUSHED)
+
+    async def abort_request(self, request: web.Request) -> web.Response:
+        body = await read_json(request, self.config)
+        if not isinstance(body, dict):
+            raise HttpError(400, "body: must be a JSON object", "body")
+        unknown = sorted(str(key) for key in body if key not in ("rid", "abort_all"))
+        if unknown:
+            raise HttpError(400, f"{unknown[0]}: unknown parameter", unknown[0])
+        if body.get("abort_all", False) is not False:
+            raise HttpError(400, "abort_all: is not supported; abort requests by rid",
+                            "abort_all")
+        rid = check_rid(body.get("rid"))
+        found = self.router.abort_as(request[OWNER], rid)  # PermissionDeniedError: 403
+        return web.json_response({"rid": rid, "found": found})
+
+    def _info(self) -> ModelInfo:
+        if self.router.info is None:
+            raise UnavailableError("the front door is not connected to the mesh yet")
+        return self.router.info
+
+
+def _answer(done: TextCompletion, stream: RequestStream, started: float) -> dict:
+    return generate_answer(done.rid, done.text, done.token_ids, done.finish, done.usage,
+                           stream.num_prompt_tokens, time.perf_counter() - started)
+
+
+def public_flags(config: TokenizerConfig) -> dict:
+    """The front door's flags as JSON, without those kept out of repr (keys, tokens)."""
+    flags = {}
+    for spec in dataclasses.fields(config):
+        if spec.repr:
+            value = getattr(config, spec.name)
+            flags[spec.name] = list(value) if isinstance(value, tuple) else value
+    return flags
