@@ -47,9 +47,12 @@ class HostPoolLayout:
     num_slots: int
     num_layers: int
     page_size: int
-    num_kv_heads: int
+    num_kv_heads: int  # per tensor-parallel rank
     head_dim: int
     dtype: str
+    # A slot holds every tensor-parallel rank's part of a page, rank after rank, so each rank
+    # copies one contiguous part and the slot stays the unit of L3.
+    tp_size: int = 1
 
     def __post_init__(self) -> None:
         for field in fields(self):
@@ -64,10 +67,10 @@ class HostPoolLayout:
         return DTYPES[self.dtype]
 
     @property
-    def shape(self) -> tuple[int, int, int, int, int, int]:
-        """[slot, layer, K/V, token in page, kv head, head dim]."""
-        return (self.num_slots, self.num_layers, 2, self.page_size, self.num_kv_heads,
-                self.head_dim)
+    def shape(self) -> tuple[int, int, int, int, int, int, int]:
+        """[slot, tensor-parallel rank, layer, K/V, token in page, kv head, head dim]."""
+        return (self.num_slots, self.tp_size, self.num_layers, 2, self.page_size,
+                self.num_kv_heads, self.head_dim)
 
     @property
     def kv_page_bytes(self) -> int:
@@ -76,7 +79,7 @@ class HostPoolLayout:
 
     @property
     def bytes_per_slot(self) -> int:
-        return self.num_layers * 2 * self.kv_page_bytes
+        return self.tp_size * self.num_layers * 2 * self.kv_page_bytes
 
     @property
     def total_bytes(self) -> int:

@@ -168,6 +168,9 @@ class WorkerInfo:
     num_kv_heads: int = 0
     head_dim: int = 0
     weights_fingerprint: str = ""  # names the weights in page keys (design §4)
+    # Tensor-parallel ranks the worker is; each holds num_kv_heads of every layer, and a host
+    # slot holds every rank's part of a page.
+    tp_size: int = 1
 
     @property
     def max_total_tokens(self) -> int:

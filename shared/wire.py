@@ -208,6 +208,7 @@ def worker_info_to_proto(info: WorkerInfo) -> internal_pb2.WorkerInfo:
 def worker_info_from_proto(message: internal_pb2.WorkerInfo) -> WorkerInfo:
     values = {name: getattr(message, name) for name in _WORKER_INFO_FIELDS}
     values["eos_token_ids"] = tuple(message.eos_token_ids)
+    values["tp_size"] = message.tp_size or 1  # a worker from before tensor parallelism
     return WorkerInfo(**values)
 
 

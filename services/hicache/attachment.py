@@ -15,9 +15,10 @@ class KVLayout:
 
     num_layers: int
     page_size: int
-    num_kv_heads: int
+    num_kv_heads: int  # per tensor-parallel rank
     head_dim: int
     dtype: str
+    tp_size: int = 1
 
     def host_pool_layout(self, num_slots: int) -> HostPoolLayout:
         """The pool layout of `num_slots` slots. A bad field raises InvalidRequestError naming
@@ -25,7 +26,8 @@ class KVLayout:
         try:
             return HostPoolLayout(num_slots=num_slots, num_layers=self.num_layers,
                                   page_size=self.page_size, num_kv_heads=self.num_kv_heads,
-                                  head_dim=self.head_dim, dtype=self.dtype)
+                                  head_dim=self.head_dim, dtype=self.dtype,
+                                  tp_size=self.tp_size)
         except ValueError as error:
             raise InvalidRequestError("layout", str(error)) from None
 

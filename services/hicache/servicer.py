@@ -35,7 +35,7 @@ Transfer = Callable[[str, Sequence[bytes], Sequence[int], threading.Event], int]
 def layout_from_proto(layout: hicache_pb2.KVLayout) -> KVLayout:
     return KVLayout(num_layers=layout.num_layers, page_size=layout.page_size,
                     num_kv_heads=layout.num_kv_heads, head_dim=layout.head_dim,
-                    dtype=layout.dtype)
+                    dtype=layout.dtype, tp_size=layout.tp_size or 1)
 
 
 class HiCacheServicer(hicache_pb2_grpc.HiCacheServicer):

@@ -75,7 +75,7 @@ class HiCacheLink:
             layout=hicache_pb2.KVLayout(
                 num_layers=self.worker.num_layers, page_size=self.worker.page_size,
                 num_kv_heads=self.worker.num_kv_heads, head_dim=self.worker.head_dim,
-                dtype=self.worker.kv_dtype),
+                dtype=self.worker.kv_dtype, tp_size=self.worker.tp_size),
             num_device_pages=self.worker.num_pages, namespace_root=self.host_cache.key_root)
         try:
             reply = await self._stub.Attach(request, timeout=CALL_TIMEOUT_S)

@@ -209,7 +209,7 @@ def build_host_cache(config: SchedulerConfig, worker: WorkerInfo,
     namespace = KeyNamespace(model_id=worker.model_id,
                              weights_fingerprint=worker.weights_fingerprint or "unknown",
                              kv_dtype=worker.kv_dtype, page_size=worker.page_size,
-                             tp_layout="tp1")
+                             tp_layout=f"tp{worker.tp_size}")
     key_root = namespace.root()
     cache = HiRadixCache(worker.page_size, allocator, HostSlots(0),
                          config.hicache_write_policy, key_root)

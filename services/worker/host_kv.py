@@ -63,12 +63,13 @@ def check_copies(plan: StepPlan, num_pages: int, num_slots: int) -> None:
             raise PlanError(f"step {plan.step_id}: two {kind}s write the same place: {written}")
 
 
-def pool_layout(kv_pool: KVPool, num_slots: int) -> HostPoolLayout:
-    """The layout of a host pool of slots 1..num_slots for `kv_pool`'s pages. Slot 0 is never
-    granted (like device page 0) but exists, so slot ids index the pool directly."""
+def pool_layout(kv_pool: KVPool, num_slots: int, tp_size: int = 1) -> HostPoolLayout:
+    """The layout of a host pool of slots 1..num_slots for `kv_pool`'s pages (one rank's, of a
+    group of `tp_size`). Slot 0 is never granted (like device page 0) but exists, so slot ids
+    index the pool directly."""
     return HostPoolLayout(num_slots=num_slots + 1, num_layers=kv_pool.num_layers,
                           page_size=kv_pool.page_size, num_kv_heads=kv_pool.num_kv_heads,
-                          head_dim=kv_pool.head_dim, dtype=kv_pool.dtype_name)
+                          head_dim=kv_pool.head_dim, dtype=kv_pool.dtype_name, tp_size=tp_size)
 
 
 class PendingLoads:
@@ -94,11 +95,14 @@ NO_LOADS = PendingLoads()
 class HostKV:
     """Page copies between `kv_pool` and the mapped host pool, as step plans order them."""
 
-    def __init__(self, kv_pool: KVPool, kernels: bool = True) -> None:
+    def __init__(self, kv_pool: KVPool, kernels: bool = True, tp_rank: int = 0,
+                 tp_size: int = 1) -> None:
         """`kernels`: move rows with the page-copy kernels where they can run (False: with
-        torch ops everywhere, for comparison)."""
+        torch ops everywhere, for comparison). Under tensor parallelism `kv_pool` holds rank
+        `tp_rank`'s KV heads, and its copies touch that rank's part of each host slot only."""
         self.kv_pool = kv_pool
         self._kernels = kernels
+        self._tp_rank, self._tp_size = tp_rank, tp_size
         self.num_slots = 0  # slot ids 1..num_slots of the mapped pool; 0: none mapped
         self._pool: HostPool | None = None
         self._rows: TorchRows | KernelRows | None = None  # moves rows to and from the pool
@@ -114,7 +118,8 @@ class HostKV:
         self._detach()
         if not attachment.name:
             return
-        host = HostPool.attach(attachment.name, pool_layout(self.kv_pool, attachment.num_slots))
+        host = HostPool.attach(attachment.name, pool_layout(self.kv_pool, attachment.num_slots,
+                                                            self._tp_size))
         try:
             host_rows = self._copy_visible_rows(host)
             rows = device_rows(self.kv_pool, host_rows.dtype)
@@ -192,14 +197,15 @@ class HostKV:
         self._pending.clear()
 
     def _copy_visible_rows(self, host: HostPool) -> torch.Tensor:
-        """The pool as rows the copies can index: the mapping itself on a CPU worker; on CUDA,
-        the pinned mapping seen from the device."""
+        """This rank's part of the pool as [slot, layer, K/V, word] rows the copies can index
+        (slots lie tp_size parts apart): the mapping itself on a CPU worker; on CUDA, the
+        pinned mapping seen from the device."""
         if self._stream is None:
-            return _as_rows(host.tensor())
+            return _as_rows(host.tensor())[:, self._tp_rank]
         with torch.cuda.device(self.kv_pool.device):  # registered for, and mapped into, ours
             host.pin()
             device = torch.device("cuda", torch.cuda.current_device())
-            return _as_rows(_device_alias(host.tensor(), device))
+            return _as_rows(_device_alias(host.tensor(), device))[:, self._tp_rank]
 
     def _indices(self, copies: PageCopies) -> tuple[torch.Tensor, torch.Tensor]:
         device = self.kv_pool.device

@@ -29,7 +29,7 @@ from radixmesh.services.worker.memory import kv_pool_tokens
 from radixmesh.services.worker.model_config import ModelConfig
 from radixmesh.services.worker.parallel.tensor_parallel import SINGLE, TensorParallel
 from radixmesh.services.worker.request_state import WorkerRequest
-from radixmesh.services.worker.request_table import PlanError, RequestTable
+from radixmesh.services.worker.request_table import RequestTable
 from radixmesh.services.worker.sampling import Sampler, SamplingBatch
 from radixmesh.shared.page_keys import weights_fingerprint
 from radixmesh.shared.sampling_params import SamplingParams
@@ -85,7 +85,7 @@ class ModelRunner(ModelWorker):
             quantized_at_load=config.quantization)
         self.page_size = config.page_size or (16 if self.device.type == "cuda" else 1)
         self.kv_pool = self._make_kv_pool()
-        self.host_kv = HostKV(self.kv_pool)
+        self.host_kv = HostKV(self.kv_pool, tp_rank=parallel.rank, tp_size=parallel.size)
         default_max_running = (DEFAULT_MAX_RUNNING_GPU if self.device.type == "cuda"
                                else DEFAULT_MAX_RUNNING)
         self.max_running = min(config.max_running_requests or default_max_running,
@@ -156,7 +156,7 @@ class ModelRunner(ModelWorker):
             max_running_requests=self.max_running, available_memory_gb=self.available_memory_gb,
             cuda_graph=self.graph_runner is not None, worker=self.name,
             num_layers=pool.num_layers, num_kv_heads=pool.num_kv_heads, head_dim=pool.head_dim,
-            weights_fingerprint=self.weights_fingerprint)
+            weights_fingerprint=self.weights_fingerprint, tp_size=self.parallel.size)
 
     @property
     def num_requests(self) -> int:
@@ -170,9 +170,6 @@ class ModelRunner(ModelWorker):
         """Applies the plan in shared/step.py's order; the copies are checked before any
         state changes or any byte moves."""
         if plan.host_pool is not None:
-            if self.parallel.is_split and plan.host_pool.name:
-                raise PlanError("the hierarchical cache does not run tensor-parallel yet: "
-                                "drop --enable-hierarchical-cache or --tp-size")
             self.host_kv.attach(plan.host_pool)
         self.host_kv.check(plan)
         entries = self.table.apply(plan)

@@ -1,7 +1,8 @@
 """The two ways the worker moves KV page rows between its device pool and the host pool.
 
 Both see the same things: the device pool as one [page, word] row table per layer for K and one
-for V, and the host pool as [slot, layer, K/V, word] (one slot holds a page of every layer).
+for V, and the host pool as [slot, layer, K/V, word] (one slot holds a page of every layer; under
+tensor parallelism, this rank's part of each slot, a strided view).
 A backup is two moves: `stage` gathers the pages into a buffer laid out like host slots, in
 stream order with the steps, then `store` writes the staged slots to the host pool beside them.
 
@@ -72,6 +73,9 @@ class KernelRows:
         self._host = host
         self._layers, self._planes, self._row_words = host.shape[1], host.shape[1] * 2, \
             host.shape[3]
+        # A slot of the host pool holds every tensor-parallel rank's part; `host` is this
+        # rank's (its planes contiguous), so host slots lie `stride(0)` words apart.
+        self._host_slot_words = host.stride(0)
         on = host.device
         self._device_bases = torch.tensor([rows.data_ptr() for layer in device for rows in layer],
                                           dtype=torch.int64, device=on)
@@ -84,8 +88,9 @@ class KernelRows:
 
     def load_layer(self, layer: int, pages: torch.Tensor, slots: torch.Tensor) -> None:
         planes = slice(2 * layer, 2 * layer + 2)
-        self._copy_rows(self._host_bases[planes], self._device_bases[planes], self._slot_words,
-                        self._row_words, self._row_words, slots, pages, num_ctas=_LOAD_CTAS)
+        self._copy_rows(self._host_bases[planes], self._device_bases[planes],
+                        self._host_slot_words, self._row_words, self._row_words, slots, pages,
+                        num_ctas=_LOAD_CTAS)
 
     def stage(self, pages: torch.Tensor) -> torch.Tensor:
         staged = torch.empty((len(pages), self._layers, 2, self._row_words),
@@ -101,7 +106,7 @@ class KernelRows:
         # One plane whose rows are whole slots: the staged buffer already has the slot layout.
         # (Addresses are made on the device: a tensor from a list would be a blocking copy.)
         self._copy_rows(self._plane_offsets[:1] + staged.data_ptr(), self._host_bases[:1],
-                        self._slot_words, self._slot_words, self._slot_words, order, slots,
+                        self._slot_words, self._host_slot_words, self._slot_words, order, slots,
                         num_ctas=_STORE_CTAS)
 
 

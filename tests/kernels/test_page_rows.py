@@ -25,19 +25,25 @@ def filled_pool(device: str, seed: int) -> KVPool:
     return pool
 
 
+TP_SIZE, TP_RANK = 2, 1  # the host pool's slots hold two ranks' parts; the copies use rank 1's
+
+
 def host_slots(pool: KVPool, seed: int) -> torch.Tensor:
+    """A whole host pool: [slot, rank, layer, K/V, word]."""
     row_words = pool.page_size * pool.num_kv_heads * pool.head_dim * 2 // 8
     generator = torch.Generator().manual_seed(seed)
-    return torch.randint(-2**62, 2**62, (SLOTS + 1, LAYERS, 2, row_words),
+    return torch.randint(-2**62, 2**62, (SLOTS + 1, TP_SIZE, LAYERS, 2, row_words),
                          generator=generator).to(pool.device)
 
 
 def both(device: str) -> list[tuple[KVPool, torch.Tensor, object]]:
-    """The same pool and host contents, once per implementation."""
+    """The same pool and host contents, once per implementation (each moving rank 1's part of
+    the host slots, a strided view)."""
     made = []
     for rows_class in (TorchRows, KernelRows):
         pool, host = filled_pool(device, 1), host_slots(filled_pool(device, 1), 2)
-        made.append((pool, host, rows_class(device_rows(pool, torch.int64), host)))
+        made.append((pool, host, rows_class(device_rows(pool, torch.int64),
+                                            host[:, TP_RANK])))
     return made
 
 
@@ -68,4 +74,6 @@ def test_backups_match(device: str) -> None:
     (torch_staged, torch_host), (kernel_staged, kernel_host) = results
     assert torch.equal(torch_staged, kernel_staged)
     assert torch.equal(torch_host, kernel_host)
-    assert not torch.equal(torch_host, host_slots(filled_pool(device, 1), 2))  # it moved
+    before = host_slots(filled_pool(device, 1), 2)
+    assert not torch.equal(torch_host, before)  # it moved...
+    assert torch.equal(kernel_host[:, 1 - TP_RANK], before[:, 1 - TP_RANK])  # ...its part only

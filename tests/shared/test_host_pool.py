@@ -79,9 +79,13 @@ def test_layout_arithmetic() -> None:
     assert layout.kv_page_bytes == 16 * 8 * 128 * 2 == 32768
     assert layout.bytes_per_slot == 32 * 2 * 32768  # 2 MiB: 128 KiB of KV per token
     assert layout.total_bytes == 3 * layout.bytes_per_slot
-    assert layout.shape == (3, 32, 2, 16, 8, 128)
+    assert layout.shape == (3, 1, 32, 2, 16, 8, 128)
     assert HostPoolLayout(**{**asdict(layout), "dtype": "float32"}).kv_page_bytes == 65536
     assert HostPoolLayout(**{**asdict(layout), "dtype": "float8_e4m3fn"}).kv_page_bytes == 16384
+    # Two tensor-parallel ranks of 4 KV heads each: the same 2 MiB slot, rank after rank.
+    split = HostPoolLayout(**{**asdict(layout), "num_kv_heads": 4, "tp_size": 2})
+    assert split.bytes_per_slot == layout.bytes_per_slot
+    assert split.shape == (3, 2, 32, 2, 16, 4, 128)
 
 
 def test_layout_rejects_nonsense() -> None:
@@ -122,13 +126,13 @@ def test_views_share_the_memory() -> None:
         first, second = pool.tensor(), pool.tensor()
         assert first.shape == LAYOUT.shape and first.dtype == torch.float32
         assert first.data_ptr() == second.data_ptr()
-        first[2, 1, 1, 3, 0, 5] = 7.0
-        assert second[2, 1, 1, 3, 0, 5] == 7.0
+        first[2, 0, 1, 1, 3, 0, 5] = 7.0
+        assert second[2, 0, 1, 1, 3, 0, 5] == 7.0
         pool.write_slot(3, memoryview(bytearray(PATTERN)))
         assert first[3].numpy().tobytes() == PATTERN
         with pool.slot_bytes(2) as view:
             view[0:4] = torch.tensor([1.5]).numpy().tobytes()
-        assert first[2, 0, 0, 0, 0, 0] == 1.5
+        assert first[2, 0, 0, 0, 0, 0, 0] == 1.5
         del first, second
 
 

@@ -107,9 +107,11 @@ def page_bytes(kv: KVPool, pages: tuple[int, ...]) -> torch.Tensor:
                         for layer in range(kv.num_layers)]).cpu().view(torch.uint8)
 
 
-def slot_bytes(pool: HostPool, slots: tuple[int, ...]) -> torch.Tensor:
-    """The same layout as page_bytes, read from the host pool's slots."""
-    return pool.tensor()[list(slots)].permute(1, 2, 0, 3, 4, 5).contiguous().view(torch.uint8)
+def slot_bytes(pool: HostPool, slots: tuple[int, ...], rank: int = 0) -> torch.Tensor:
+    """The same layout as page_bytes, read from tensor-parallel rank `rank`'s part of the host
+    pool's slots."""
+    return (pool.tensor()[list(slots), rank].permute(1, 2, 0, 3, 4, 5).contiguous()
+            .view(torch.uint8))
 
 
 def check_reload(runner: ModelRunner) -> None:
@@ -232,6 +234,28 @@ def test_pages_round_trip_through_the_host_pool_bit_for_bit(dtype, page_size, nu
         assert torch.equal(slot_bytes(pool, (4, 1)), page_bytes(kv, (2, 5)))
         host.load(PageCopies((7, 3), (4, 1))).wait_all()
         assert torch.equal(page_bytes(kv, (7, 3)), page_bytes(kv, (2, 5)))
+
+
+def test_tensor_parallel_ranks_each_fill_their_part_of_a_slot():
+    """Two ranks' pools (each its KV heads) back up the same pages into one host pool, each
+    into its part of every slot, and load back their own part only."""
+    ranks = [random_kv(torch.float32, PAGE, 1, 16) for _ in range(2)]
+    hosts = [HostKV(kv, tp_rank=rank, tp_size=2) for rank, kv in enumerate(ranks)]
+    layout = pool_layout(ranks[0], 4, tp_size=2)
+    with HostPool.create(None, layout) as pool:
+        try:
+            for host in hosts:
+                host.attach(HostPoolAttachment(pool.name, 4))
+                host.backup(1, PageCopies((2, 5), (4, 1)))
+            for rank, kv in enumerate(ranks):
+                assert torch.equal(slot_bytes(pool, (4, 1), rank), page_bytes(kv, (2, 5)))
+            assert not torch.equal(page_bytes(ranks[0], (2,)), page_bytes(ranks[1], (2,)))
+            for host, kv in zip(hosts, ranks, strict=True):
+                host.load(PageCopies((7, 3), (4, 1))).wait_all()
+                assert torch.equal(page_bytes(kv, (7, 3)), page_bytes(kv, (2, 5)))
+        finally:
+            for host in hosts:
+                host.close()
 
 
 def test_attach_replaces_and_an_empty_name_detaches():

@@ -17,7 +17,13 @@ import torch
 from radixmesh.services.worker.base import LaunchedStep
 from radixmesh.services.worker.config import WorkerConfig
 from radixmesh.services.worker.model_runner import ModelRunner, resolve_device
-from radixmesh.services.worker.parallel.rank_link import FINISH, LAUNCH, READY, plan_of
+from radixmesh.services.worker.parallel.rank_link import (
+    FINISH,
+    LAUNCH,
+    READY,
+    backed_up_message,
+    plan_of,
+)
 from radixmesh.services.worker.parallel.tensor_parallel import (
     TensorParallel,
     init_group,
@@ -69,6 +75,7 @@ def follow(runner: ModelRunner, pipe: Connection) -> None:
             except PlanError:
                 pass  # rank 0 raised the same error from the same state: it finishes nothing
         elif message == FINISH:
-            runner.finish(launched.popleft())
+            result = runner.finish(launched.popleft())
+            pipe.send_bytes(backed_up_message(result.backed_up_through))
         else:
             raise ValueError(f"unknown tensor-parallel message {message[:8]!r}")

@@ -28,7 +28,12 @@ from radixmesh.services.worker.base import LaunchedStep, ModelWorker
 from radixmesh.services.worker.config import WorkerConfig
 from radixmesh.services.worker.model_runner import ModelRunner
 from radixmesh.services.worker.parallel.follower import follower_main, group_device
-from radixmesh.services.worker.parallel.rank_link import FINISH, READY, launch_message
+from radixmesh.services.worker.parallel.rank_link import (
+    FINISH,
+    READY,
+    backed_up_of,
+    launch_message,
+)
 from radixmesh.services.worker.parallel.tensor_parallel import (
     TensorParallel,
     init_group,
@@ -68,6 +73,8 @@ class TensorParallelWorker(ModelWorker):
         for pipe, process in zip(self._pipes, self._followers, strict=True):
             if pipe.recv_bytes() != READY:  # EOFError if it died while loading
                 raise RuntimeError(f"{process.name} did not start")
+        # Each follower's newest step with all its host backups in place (as it last said).
+        self._backed_up = [0] * len(self._pipes)
         self.on_gpu = self.runner.on_gpu
         threading.Thread(target=self._watch_followers, name="tp-watch", daemon=True).start()
         logger.info("tensor-parallel group of %d ranks ready", size)
@@ -88,7 +95,13 @@ class TensorParallelWorker(ModelWorker):
 
     def finish(self, step: LaunchedStep) -> StepResult:
         self._send(FINISH)
-        return self.runner.finish(step)
+        result = self.runner.finish(step)
+        # The scheduler may reuse a host slot's pages only once every rank's part has landed.
+        for index, pipe in enumerate(self._pipes):
+            while pipe.poll():
+                self._backed_up[index] = backed_up_of(pipe.recv_bytes())
+        result.backed_up_through = min(result.backed_up_through, *self._backed_up)
+        return result
 
     def close(self) -> None:
         """Ends the followers, then this rank's part. Idempotent."""
