@@ -29,6 +29,10 @@ class PrefixOracle(ABC):
     def record(self, replica: int, token_ids: Sequence[int]) -> None:
         """`token_ids` were sent to `replica`."""
 
+    @abstractmethod
+    def held_tokens(self, replica: int) -> int:
+        """Tokens `replica` is believed to hold in all (its cache's fill, as far as known)."""
+
 
 @dataclass(eq=False)
 class _Node:

@@ -8,13 +8,14 @@ The rule, in SGLang's router's spirit (its `cache_aware` policy), written here:
    prefix hit does not pay for a queue.
 2. Else, if some replica holds at least `cache_threshold` of the prompt, send it to the one
    holding the most (the least loaded among equals).
-3. Else, send to the least loaded, ties to the replica holding more of the prompt.
+3. Else, send to the least loaded; among equals, to the one holding more of the prompt, then
+   to the one holding least in all (the most room to cache; sequential traffic spreads).
 Every choice is recorded in the oracle, so a conversation's next turn follows its history.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from radixmesh.shared.prefix_oracle import PrefixOracle
@@ -31,6 +32,9 @@ class ChoiceRule:
         return busiest - idlest > self.balance_abs and busiest > idlest * self.balance_rel
 
 
+DEFAULT_RULE = ChoiceRule()
+
+
 @dataclass(frozen=True)
 class Choice:
     replica: int
@@ -38,21 +42,22 @@ class Choice:
     reason: str          # "cache", "load" or "balance": for logs and metrics
 
 
-def choose_replica(token_ids: Sequence[int], loads: Sequence[int], oracle: PrefixOracle,
-                   rule: ChoiceRule = ChoiceRule()) -> Choice:
-    """The replica for a prompt, given each replica's load (requests it holds), recorded in
-    `oracle`. Replicas are 0..len(loads)-1."""
+def choose_replica(token_ids: Sequence[int], loads: Mapping[int, int], oracle: PrefixOracle,
+                   rule: ChoiceRule = DEFAULT_RULE) -> Choice:
+    """The replica for a prompt among those that may take it (`loads`: replica -> requests it
+    holds), recorded in `oracle`."""
     if not loads:
         raise ValueError("no replica to choose from")
     matched = oracle.matched(token_ids)
-    least_loaded = min(range(len(loads)), key=lambda r: (loads[r], matched.get(r, 0) * -1, r))
-    if rule.imbalanced(loads):
-        choice = Choice(least_loaded, matched.get(least_loaded, 0), "balance")
+    held = {replica: matched.get(replica, 0) for replica in loads}
+    least_loaded = min(loads, key=lambda r: (loads[r], -held[r], oracle.held_tokens(r), r))
+    if rule.imbalanced(list(loads.values())):
+        choice = Choice(least_loaded, held[least_loaded], "balance")
     else:
-        best = max(range(len(loads)), key=lambda r: (matched.get(r, 0), -loads[r], -r))
-        if token_ids and matched.get(best, 0) >= rule.cache_threshold * len(token_ids):
-            choice = Choice(best, matched[best], "cache")
+        best = max(loads, key=lambda r: (held[r], -loads[r], -r))
+        if token_ids and held[best] >= rule.cache_threshold * len(token_ids):
+            choice = Choice(best, held[best], "cache")
         else:
-            choice = Choice(least_loaded, matched.get(least_loaded, 0), "load")
+            choice = Choice(least_loaded, held[least_loaded], "load")
     oracle.record(choice.replica, token_ids)
     return choice

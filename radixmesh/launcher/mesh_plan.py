@@ -64,6 +64,12 @@ class UpConfig:
     restart_window: float = field(default=60.0, metadata={
         "help": "seconds over which --max-restarts counts; a service healthy for this long "
                 "starts its backoff over"})
+    dp_size: int = field(default=1, metadata={
+        "aliases": ("--dp",),
+        "help": "data-parallel replicas: this many schedulers, each with its own worker (group "
+                "of --tp-size ranks), behind one front door and one detokenizer; the front door "
+                "sends a request to the replica holding most of its prompt unless loads are "
+                "far apart"})
     ssl_self_signed: bool = field(default=False, metadata={
         "help": "generate a throwaway CA and certificates (in a private temporary directory, "
                 "removed at exit) and turn on TLS on the public ports and mutual TLS between "
@@ -79,6 +85,8 @@ class UpConfig:
                              f"got {self.restart_policy!r}")
         if not 0 <= self.restart_backoff <= self.restart_backoff_max:
             raise ValueError("--restart-backoff must be in [0, --restart-backoff-max]")
+        if self.dp_size < 1:
+            raise ValueError("--dp-size must be >= 1")
         if self.max_restarts < 0 or self.restart_window <= 0:
             raise ValueError("--max-restarts must be >= 0 and --restart-window > 0")
 
@@ -107,43 +115,39 @@ def plan_mesh(up: UpConfig, worker: WorkerConfig, scheduler: SchedulerConfig,
     """`worker.model_path` must be resolved: every service reads the same directory. The
     wiring fields of `worker` and `scheduler` are ignored: the plan sets them, and every
     service's internal TLS flags are `front_door`'s. The hicache service runs when the
-    scheduler's --enable-hierarchical-cache asks for it."""
+    scheduler's --enable-hierarchical-cache asks for it. With --dp-size N, N replicas (a
+    scheduler and its worker each, named scheduler-0, worker-0, ...) share the detokenizer
+    and the front door."""
     assert worker.model_path is not None, "resolve the model path before planning"
-    worker_port, detok_port, scheduler_port, hicache_port = pick_free_ports(4)
-    worker_address = host_port(INTERNAL_HOST, worker_port)
+    tiered = scheduler.enable_hierarchical_cache
+    if up.dp_size > 1 and tiered:
+        raise ValueError("--dp-size > 1 with --enable-hierarchical-cache is not supported yet: "
+                         "each replica would need a hicache service of its own")
+    detok_port, hicache_port = pick_free_ports(2)
     detok_address = host_port(INTERNAL_HOST, detok_port)
-    scheduler_address = host_port(INTERNAL_HOST, scheduler_port)
     hicache_address = host_port(INTERNAL_HOST, hicache_port)
     model = ("--model-path", worker.model_path)
     tls, probe = internal_tls_argv(front_door), internal_client_tls(front_door)
-    tiered = scheduler.enable_hierarchical_cache
     hicache_service = (ServiceCommand("hicache", serve_argv(
         log_level, "hicache", "--host", INTERNAL_HOST, "--port", str(hicache_port),
         *metrics_argv(up.hicache_metrics_port), *tls,
         *config_to_argv(hicache or HiCacheConfig(), skip=HICACHE_WIRING | INTERNAL_TLS_FIELDS)),
         hicache_address, metrics_url(INTERNAL_HOST, up.hicache_metrics_port), probe),
     ) if tiered else ()
+    replicas = [_replica(index, up, worker, scheduler, log_level, tls, probe, detok_address,
+                         hicache_address if tiered else None) for index in range(up.dp_size)]
     scheme = "https" if front_door.public_tls_on else "http"
     http_url = f"{scheme}://{host_port(_reachable(front_door.host), front_door.port)}"
     services = (
-        ServiceCommand("worker", serve_argv(
-            log_level, "worker", "--host", INTERNAL_HOST, "--port", str(worker_port),
-            *metrics_argv(up.worker_metrics_port), *tls,
-            *config_to_argv(worker, skip=WORKER_WIRING | INTERNAL_TLS_FIELDS)),
-            worker_address, metrics_url(INTERNAL_HOST, up.worker_metrics_port), probe),
+        *(replica_worker for replica_worker, _ in replicas),
         ServiceCommand("detokenizer", serve_argv(
             log_level, "detokenizer", "--host", INTERNAL_HOST, "--port", str(detok_port),
             *model, *tracing_argv(front_door), *tls), detok_address, probe_tls=probe),
         *hicache_service,
-        ServiceCommand("scheduler", serve_argv(
-            log_level, "scheduler", "--host", INTERNAL_HOST, "--port", str(scheduler_port),
-            "--worker-address", worker_address, "--detokenizer-address", detok_address,
-            *(("--hicache-address", hicache_address) if tiered else ()),
-            "--peer-timeout", str(up.startup_timeout), *tls,
-            *config_to_argv(scheduler, skip=SCHEDULER_WIRING | INTERNAL_TLS_FIELDS)),
-            scheduler_address, probe_tls=probe),
+        *(replica_scheduler for _, replica_scheduler in replicas),
         ServiceCommand("tokenizer", serve_argv(
-            log_level, "tokenizer", "--scheduler-address", scheduler_address,
+            log_level, "tokenizer", "--scheduler-address",
+            ",".join(replica_scheduler.health_address for _, replica_scheduler in replicas),
             "--detokenizer-address", detok_address, *model,
             *config_to_argv(front_door, skip=TOKENIZER_WIRING)),
             host_port(_reachable(front_door.host), front_door.grpc_port),
@@ -152,6 +156,33 @@ def plan_mesh(up: UpConfig, worker: WorkerConfig, scheduler: SchedulerConfig,
     )
     return MeshPlan(services, http_url, host_port(_reachable(front_door.host),
                                                   front_door.grpc_port))
+
+
+def _replica(index: int, up: UpConfig, worker: WorkerConfig, scheduler: SchedulerConfig,
+             log_level: str, tls: list[str], probe: ClientTLS | None, detok_address: str,
+             hicache_address: str | None) -> tuple[ServiceCommand, ServiceCommand]:
+    """Data-parallel replica `index`: its worker (group) and its scheduler. One replica keeps
+    the plain names; a replica's worker metrics port is --worker-metrics-port + index."""
+    worker_port, scheduler_port = pick_free_ports(2)
+    worker_address = host_port(INTERNAL_HOST, worker_port)
+    scheduler_address = host_port(INTERNAL_HOST, scheduler_port)
+    suffix = f"-{index}" if up.dp_size > 1 else ""
+    metrics_port = up.worker_metrics_port + index if up.worker_metrics_port else 0
+    # Replica i's ranks take the devices after replica i-1's (a GPU machine; no-op on CPU).
+    devices = ("--base-gpu-id", str(index * worker.tp_size)) if index else ()
+    worker_command = ServiceCommand(f"worker{suffix}", serve_argv(
+        log_level, "worker", "--host", INTERNAL_HOST, "--port", str(worker_port),
+        *metrics_argv(metrics_port), *tls, *devices,
+        *config_to_argv(worker, skip=WORKER_WIRING | INTERNAL_TLS_FIELDS)),
+        worker_address, metrics_url(INTERNAL_HOST, metrics_port), probe)
+    scheduler_command = ServiceCommand(f"scheduler{suffix}", serve_argv(
+        log_level, "scheduler", "--host", INTERNAL_HOST, "--port", str(scheduler_port),
+        "--worker-address", worker_address, "--detokenizer-address", detok_address,
+        *(("--hicache-address", hicache_address) if hicache_address else ()),
+        "--peer-timeout", str(up.startup_timeout), *tls,
+        *config_to_argv(scheduler, skip=SCHEDULER_WIRING | INTERNAL_TLS_FIELDS)),
+        scheduler_address, probe_tls=probe)
+    return worker_command, scheduler_command
 
 
 def serve_argv(log_level: str, service: str, *flags: str) -> tuple[str, ...]:

@@ -38,7 +38,8 @@ class TokenizerConfig(TracingFlags, HubFlags, TLSFlags):
     port: int = field(default=30000, metadata={"help": "OpenAI-compatible HTTP port"})
     grpc_port: int = field(default=30001, metadata={"help": "gRPC Generation API port"})
     scheduler_address: str | None = field(default=None, metadata={
-        "help": peer_help("scheduler")})
+        "help": peer_help("scheduler") + "; several, comma-separated, for data-parallel "
+                "replicas (one scheduler each)"})
     detokenizer_address: str | None = field(default=None, metadata={
         "help": peer_help("detokenizer")})
     served_model_name: str | None = field(default=None, metadata={
@@ -77,6 +78,11 @@ class TokenizerConfig(TracingFlags, HubFlags, TLSFlags):
     max_stop_token_ids: int = field(default=DEFAULT_LIMITS.max_stop_token_ids, metadata={
         "help": f"most stop token ids per request (at most {HARD_LIMITS.max_stop_token_ids})"})
 
+    @property
+    def scheduler_addresses(self) -> tuple[str, ...]:
+        """One scheduler per data-parallel replica."""
+        return tuple(address.strip() for address in self.scheduler_address.split(","))
+
     def __post_init__(self) -> None:
         self.check_tls()  # TLS files named by the flags: usable, or a clear error
         # Frozen: resolved defaults are written once here, so readers never see None.
@@ -86,6 +92,8 @@ class TokenizerConfig(TracingFlags, HubFlags, TLSFlags):
         if isinstance(self.api_key, str):  # one key given as a plain string
             resolve(self, "api_key", (self.api_key,))
         resolve(self, "api_key", tuple(self.api_key))
+        if not all(self.scheduler_addresses):
+            raise ValueError(f"--scheduler-address {self.scheduler_address!r}: an empty address")
         if self.served_model_name is None:
             resolve(self, "served_model_name", model_name(self.model_path))
         for name in ("port", "grpc_port"):

@@ -96,6 +96,10 @@ class Router:
     def num_live(self) -> int:
         return len(self._live)
 
+    def holds(self, rid: str) -> bool:
+        """Whether `rid` is live here."""
+        return rid in self._live
+
     async def wait_ready(self) -> None:
         await self._ready.wait()
 

@@ -17,6 +17,7 @@ from radixmesh.services.tokenizer.http_limits import grpc_limit_options, start_h
 from radixmesh.services.tokenizer.mesh_link import GrpcMeshLink
 from radixmesh.services.tokenizer.metrics import FrontDoorMetrics
 from radixmesh.services.tokenizer.openai_api import OpenAIApi
+from radixmesh.services.tokenizer.replicas import ReplicaSet
 from radixmesh.services.tokenizer.router import Router
 from radixmesh.services.tokenizer.servicer import GenerationServicer
 from radixmesh.shared.api_keys import warn_if_open
@@ -40,9 +41,11 @@ class TokenizerServer:
     def __init__(self, config: TokenizerConfig) -> None:
         self.config = config
         self.metrics = FrontDoorMetrics(config.served_model_name)
-        self.link = GrpcMeshLink(config.scheduler_address, config.detokenizer_address,
-                                 tls=internal_client_tls(config))
-        self.router: Router | None = None
+        # One link per data-parallel replica, each to its scheduler and the one detokenizer.
+        self.links = [GrpcMeshLink(address, config.detokenizer_address,
+                                   tls=internal_client_tls(config))
+                      for address in config.scheduler_addresses]
+        self.router: Router | ReplicaSet | None = None
         self._grpc: ServiceServer | None = None
         self._http: web.AppRunner | None = None
         self._tasks: list[asyncio.Task] = []
@@ -55,9 +58,9 @@ class TokenizerServer:
         self.recorder = start_tracing(FRONT_DOOR, self.config)
         tokenizer = await asyncio.to_thread(load_tokenizer, self.config.model_path,
                                             self.config.revision, self.config.hf_token)
-        self.router = Router(self.link, tokenizer, self.metrics,
-                             allow_special_tokens_in_content=(
-                                 self.config.enable_special_tokens_in_content))
+        routers = [Router(link, tokenizer, self.metrics, allow_special_tokens_in_content=(
+                       self.config.enable_special_tokens_in_content)) for link in self.links]
+        self.router = routers[0] if len(routers) == 1 else ReplicaSet(routers)
         warn_if_open(self.api_keys, self.config.host)
         await self._start_grpc()
         await self._start_http()
@@ -79,7 +82,8 @@ class TokenizerServer:
             await self._http.cleanup()
         if self._grpc is not None:
             await self._grpc.stop(grace=1.0)
-        await self.link.close()
+        for link in self.links:
+            await link.close()
         # Last, so the spans of requests ended by the servers' stop are flushed too; the
         # flush blocks (at most 5 s), so off the event loop.
         await asyncio.to_thread(stop_tracing, self.recorder)

@@ -64,6 +64,9 @@ class WorkerConfig(TracingFlags, HubFlags, InternalTLSFlags):
     tp_timeout: float = field(default=120.0, metadata={
         "help": "seconds a tensor-parallel collective waits for the other ranks before the "
                 "group fails (and is restarted whole)"})
+    base_gpu_id: int = field(default=0, metadata={
+        "help": "the first GPU this worker uses (its ranks take the next --tp-size ones); "
+                "`up --dp-size` gives each replica its own"})
     random_seed: int = field(default=0, metadata={
         "help": "seeds dummy weights and the seeds of requests that bring none"})
     host: str = field(default="127.0.0.1", metadata={"help": "interface to listen on"})
@@ -84,6 +87,8 @@ class WorkerConfig(TracingFlags, HubFlags, InternalTLSFlags):
             raise ValueError("--tp-size must be >= 1")
         if self.tp_size > 1 and self.worker != "model":
             raise ValueError(f"--tp-size splits a model; the {self.worker} worker has none")
+        if self.base_gpu_id < 0:
+            raise ValueError("--base-gpu-id must be >= 0")
         if self.tp_timeout <= 0:
             raise ValueError("--tp-timeout must be > 0")
         if not 0 < self.mem_fraction_static < 1:

@@ -72,7 +72,7 @@ class ModelRunner(ModelWorker):
         the group), on `device` (default: --device)."""
         self.config = config
         self.parallel = parallel
-        self.device = resolve_device(device or config.device)
+        self.device = resolve_device(device or config.device, config.base_gpu_id)
         self.model_config = ModelConfig.from_pretrained(model_path)
         self.context_len = config.context_length or self.model_config.context_len
         self.dtype = resolve_dtype(config.dtype, self.model_config)
@@ -246,8 +246,11 @@ class ModelRunner(ModelWorker):
                       self.dtype, self.device)
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, base_gpu_id: int = 0) -> torch.device:
+    """`--device` as a torch device; a GPU named without an index is cuda:`base_gpu_id`."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        return torch.device("cuda", base_gpu_id)
     return torch.device(name)
 

@@ -11,6 +11,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from radixmesh import serve
 from radixmesh.launcher import endpoints_text
 from radixmesh.launcher.mesh_plan import UpConfig, plan_mesh
@@ -155,3 +157,29 @@ def test_the_worker_takes_its_metrics_port_from_up():
         parsed = config_from_args(WorkerConfig, parser.parse_args(command.argv[4:]))
         assert (parsed.metrics_port, command.metrics_url) == (port, url)
         assert endpoints_text(plan).count("metrics: ") == 1 + (port != 0)
+
+
+def test_data_parallel_replicas_each_get_a_scheduler_and_a_worker():
+    worker = WorkerConfig(model_path="/models/m", tp_size=2, device="cuda")
+    scheduler, front_door = SchedulerConfig(), TokenizerConfig(model_path="/models/m")
+    plan = plan_mesh(UpConfig(dp_size=2, worker_metrics_port=9500), worker, scheduler,
+                     front_door, "info")
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--log-level")
+    serve.add_cli_args(parser)
+    parsed = {command.name: parser.parse_args(command.argv[4:]) for command in plan.services}
+    assert [command.name for command in plan.services] == \
+        ["worker-0", "worker-1", "detokenizer", "scheduler-0", "scheduler-1", "tokenizer"]
+    addresses = {command.name: command.health_address for command in plan.services}
+    workers = [config_from_args(WorkerConfig, parsed[f"worker-{i}"]) for i in range(2)]
+    # Replica 1's two ranks take the GPUs after replica 0's; each worker its metrics port.
+    assert [(w.base_gpu_id, w.tp_size, w.metrics_port) for w in workers] == \
+        [(0, 2, 9500), (2, 2, 9501)]
+    for i in range(2):
+        assert parsed[f"scheduler-{i}"].worker_address == addresses[f"worker-{i}"]
+        assert parsed[f"scheduler-{i}"].detokenizer_address == addresses["detokenizer"]
+    tokenizer = config_from_args(TokenizerConfig, parsed["tokenizer"])
+    assert tokenizer.scheduler_addresses == (addresses["scheduler-0"], addresses["scheduler-1"])
+    with pytest.raises(ValueError, match="--dp-size > 1 with --enable-hierarchical-cache"):
+        plan_mesh(UpConfig(dp_size=2), worker, SchedulerConfig(enable_hierarchical_cache=True),
+                  front_door, "info")

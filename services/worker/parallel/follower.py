@@ -35,9 +35,9 @@ logger = logging.getLogger(__name__)
 
 
 def group_device(config: WorkerConfig, rank: int) -> torch.device:
-    """Rank r computes on cuda:r on a GPU machine, on the CPU otherwise."""
+    """Rank r computes on cuda:(--base-gpu-id + r) on a GPU machine, on the CPU otherwise."""
     device = resolve_device(config.device)
-    return torch.device("cuda", rank) if device.type == "cuda" else device
+    return torch.device("cuda", config.base_gpu_id + rank) if device.type == "cuda" else device
 
 
 def follower_main(rank: int, config: WorkerConfig, model_path: Path, init_method: str,

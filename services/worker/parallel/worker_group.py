@@ -69,7 +69,8 @@ class TensorParallelWorker(ModelWorker):
             self._followers.append(process)
         parallel = TensorParallel(0, size)
         init_group(parallel, init_method, group_device(config, 0), config.tp_timeout)
-        self.runner = ModelRunner(config, model_path, parallel)
+        self.runner = ModelRunner(config, model_path, parallel,
+                                  device=str(group_device(config, 0)))
         for pipe, process in zip(self._pipes, self._followers, strict=True):
             if pipe.recv_bytes() != READY:  # EOFError if it died while loading
                 raise RuntimeError(f"{process.name} did not start")

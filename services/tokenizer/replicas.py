@@ -1,0 +1,142 @@
+"""Data parallelism at the front door: one Router per replica (a scheduler and its worker
+group), all reading the one detokenizer, behind the interface of a single Router.
+
+A new request goes to the replica holding most of its prompt unless loads are far apart
+(`shared/replica_choice.py`, over an approximate radix tree of what was sent where); an abort
+goes to the replica that holds the request. Replicas fail alone: a replica whose link breaks
+fails only its own requests (its Router does that) and takes no new ones until it is back,
+while the others serve on. The front door is ready while any replica is.
+
+Invariants: a request id is live in at most one replica's Router; `ready` is true exactly
+while some replica's Router is ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Mapping, Sequence
+
+from radixmesh.services.tokenizer.live_request import RequestStream
+from radixmesh.services.tokenizer.request_builder import RequestBody
+from radixmesh.services.tokenizer.router import Router
+from radixmesh.shared.api_keys import Owner
+from radixmesh.shared.errors import InvalidRequestError, UnavailableError
+from radixmesh.shared.mesh_info import CacheFlush, ModelInfo, SchedulerLoad
+from radixmesh.shared.prefix_oracle import SentPrefixes
+from radixmesh.shared.replica_choice import DEFAULT_RULE, ChoiceRule, choose_replica
+from radixmesh.shared.requests import TokenizedRequest
+from radixmesh.shared.trace_context import NO_TRACE, TraceContext
+
+logger = logging.getLogger(__name__)
+
+
+class ReplicaSet:
+    def __init__(self, routers: Sequence[Router], rule: ChoiceRule = DEFAULT_RULE) -> None:
+        if not routers:
+            raise ValueError("a replica set needs at least one replica")
+        self._routers = list(routers)
+        self._rule = rule
+        self._oracle = SentPrefixes(len(routers))
+        self._changed = asyncio.Event()  # some replica's readiness may have changed
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return any(router.ready for router in self._routers)
+
+    @property
+    def info(self) -> ModelInfo | None:
+        return next((router.info for router in self._ready_routers()),
+                    self._routers[0].info)
+
+    @property
+    def num_live(self) -> int:
+        return sum(router.num_live for router in self._routers)
+
+    async def run(self) -> None:
+        """Runs every replica's Router (each reconnecting by itself) until cancelled."""
+        await asyncio.gather(*(router.run() for router in self._routers),
+                             *(self._watch(router) for router in self._routers))
+
+    async def wait_ready(self) -> None:
+        while not self.ready:
+            await self._next_change()
+
+    async def wait_disconnected(self) -> None:
+        while self.ready:
+            await self._next_change()
+
+    async def _watch(self, router: Router) -> None:
+        while True:
+            await router.wait_ready()
+            self._announce()
+            await router.wait_disconnected()
+            self._announce()
+
+    def _announce(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def _next_change(self) -> None:
+        await self._changed.wait()
+
+    # ---- requests --------------------------------------------------------------------------
+
+    def build(self, rid: str | None, body: Mapping | RequestBody,
+              trace: TraceContext = NO_TRACE) -> TokenizedRequest:
+        if rid and self._holder(rid) is not None:
+            raise InvalidRequestError("rid", f"request id {rid!r} is already in use")
+        router = next(iter(self._ready_routers()), None)
+        if router is None:
+            raise UnavailableError("no replica of the mesh is connected")
+        return router.build(rid, body, trace)
+
+    def submit(self, request: TokenizedRequest, owner: Owner = None) -> RequestStream:
+        if self._holder(request.rid) is not None:
+            raise InvalidRequestError("rid", f"request id {request.rid!r} is already in use")
+        loads = {index: router.num_live for index, router in enumerate(self._routers)
+                 if router.ready}
+        if not loads:
+            raise UnavailableError("no replica of the mesh is connected")
+        choice = choose_replica(request.input_ids, loads, self._oracle, self._rule)
+        logger.debug("request %s -> replica %d (%s, %d tokens held)", request.rid,
+                     choice.replica, choice.reason, choice.matched_tokens)
+        return self._routers[choice.replica].submit(request, owner)
+
+    def abort(self, rid: str) -> bool:
+        router = self._holder(rid)
+        return router is not None and router.abort(rid)
+
+    def abort_as(self, caller: Owner, rid: str) -> bool:
+        router = self._holder(rid)
+        return router is not None and router.abort_as(caller, rid)
+
+    async def get_load(self) -> SchedulerLoad:
+        """The replicas' loads added up (usage averaged, the hit rate from the sums)."""
+        loads = [await router.get_load() for router in self._ready_routers()]
+        if not loads:
+            raise UnavailableError("no replica of the mesh is connected")
+        total = SchedulerLoad(**{field.name: sum(getattr(load, field.name) for load in loads)
+                                 for field in dataclasses.fields(SchedulerLoad)})
+        return dataclasses.replace(
+            total, token_usage=total.token_usage / len(loads),
+            cache_hit_rate=(total.num_cached_tokens / total.num_prompt_tokens
+                            if total.num_prompt_tokens else 0.0))
+
+    async def flush_cache(self) -> CacheFlush:
+        """Every replica's prefix cache, and what was sent where; refused if any refuses."""
+        outcomes = [await router.flush_cache() for router in self._ready_routers()]
+        refused = [outcome for outcome in outcomes if not outcome.flushed]
+        if refused:
+            return refused[0]
+        self._oracle = SentPrefixes(len(self._routers))
+        return CacheFlush(True, "", sum(outcome.freed_pages for outcome in outcomes))
+
+    def _holder(self, rid: str) -> Router | None:
+        return next((router for router in self._routers if router.holds(rid)), None)
+
+    def _ready_routers(self) -> list[Router]:
+        return [router for router in self._routers if router.ready]
