@@ -63,6 +63,9 @@ rm -f "$WHEELS"/radixmesh-*.whl
 # isolated build inside the image.
 quiet_pip download --quiet --find-links "$WHEELS" --dest "$WHEELS" \
   "setuptools>=77" wheel "grpcio-tools>=1.60"
+# Dependencies that markers ask for on the image's patch release only: the host resolves its own
+# (bookworm's python3 is 3.11.2; `redis` needs async-timeout below 3.11.3).
+quiet_pip download --quiet --find-links "$WHEELS" --dest "$WHEELS" "async-timeout>=4.0.3"
 log "$(find "$WHEELS" -name '*.whl' | wc -l) wheels, $(du -sh "$WHEELS" | cut -f1)"
 
 log "docker build $IMAGE"
