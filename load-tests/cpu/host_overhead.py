@@ -1,0 +1,149 @@
+#!/usr/bin/env python3
+"""Host overhead per decode step, on the CPU, in-process: what every step costs before and
+after the device's work, at batch 1, 64, 256 and 1024 (issue 16's yardstick).
+
+For each batch size, that many requests are admitted and prefilled, then decode steps are
+timed part by part (median µs per step):
+- `scheduler_plan`: `Scheduler.schedule()` (batch formation, page allocation, the plan);
+- `link_plan`: the plan over the wire, both ends (to protobuf, bytes, back), as the
+  scheduler -> worker stream carries it, less the socket;
+- `worker_table`: the worker's request bookkeeping for the plan (the null worker's `execute`:
+  the request table applied and committed, what the model worker does too);
+- `worker_batch`: the model worker's batch building for the plan (`build_forward_batch` and
+  the torch attention backend's `prepare`), over a KV pool of tiny dimensions (host cost does
+  not depend on them);
+- `link_result`, `scheduler_result`: the result's way back and `Scheduler.process_result()`.
+
+    python load-tests/cpu/host_overhead.py [--steps 50] [--output-dir load-tests/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from radixmesh.bench.results import git_commit
+from radixmesh.services.scheduler.config import SchedulerConfig
+from radixmesh.services.scheduler.scheduler import Scheduler
+from radixmesh.services.worker.attention.torch_backend import TorchAttentionBackend
+from radixmesh.services.worker.batch_builder import build_forward_batch
+from radixmesh.services.worker.kv_pool import KVPool
+from radixmesh.services.worker.null_worker import NullWorker
+from radixmesh.services.worker.request_table import RequestTable
+from radixmesh.shared.protos_gen import internal_pb2
+from radixmesh.shared.requests import TokenizedRequest
+from radixmesh.shared.sampling_params import SamplingParams
+from radixmesh.shared.step import StepPlan, StepResult, WorkerInfo
+from radixmesh.shared.wire import (
+    plan_from_proto,
+    plan_to_proto,
+    result_from_proto,
+    result_to_proto,
+)
+
+BATCHES = (1, 64, 256, 1024)
+PROMPT, PAGE = 128, 16
+PARTS = ("scheduler_plan", "link_plan", "worker_table", "worker_batch", "link_result",
+         "scheduler_result")
+
+
+def timed(samples: list[float], fn, *args):
+    started = time.perf_counter()
+    out = fn(*args)
+    samples.append(time.perf_counter() - started)
+    return out
+
+
+def plan_over_link(plan: StepPlan) -> StepPlan:
+    data = plan_to_proto(plan).SerializeToString()
+    return plan_from_proto(internal_pb2.StepPlan.FromString(data))
+
+
+def result_over_link(result: StepResult) -> StepResult:
+    data = result_to_proto(result).SerializeToString()
+    return result_from_proto(internal_pb2.StepResult.FromString(data))
+
+
+class BatchBuilder:
+    """The model worker's host work for a plan, minus the model: its own request table, a KV
+    pool of tiny dimensions and the torch attention backend."""
+
+    def __init__(self, info: WorkerInfo) -> None:
+        self.table = RequestTable(info.max_running_requests, lambda: 0)
+        self.kv_pool = KVPool(info.num_pages, info.page_size, 1, 1, 8, torch.float32, "cpu")
+        self.backend = TorchAttentionBackend(self.kv_pool)
+        self.last_tokens = torch.zeros(info.max_running_requests, dtype=torch.int64)
+
+    def build(self, plan: StepPlan) -> None:
+        entries = self.table.apply(plan)
+        if entries:
+            batch = build_forward_batch(entries, len(plan.extends), self.kv_pool,
+                                        self.backend, self.last_tokens)
+            self.backend.prepare(batch)
+        self.table.commit(plan, entries, [0] * sum(entry.sample for entry in entries))
+
+
+def measure(batch: int, steps: int) -> dict[str, float]:
+    pages = batch * (PROMPT + steps + 2 * PAGE) // PAGE + 1
+    info = WorkerInfo(model_id="host-overhead", num_pages=pages, page_size=PAGE,
+                      context_len=1 << 20, vocab_size=32000, eos_token_ids=(2,),
+                      kv_dtype="none", max_running_requests=batch)
+    scheduler = Scheduler(SchedulerConfig(max_running_requests=batch,
+                                          chunked_prefill_size=-1, decode_log_interval=1 << 30), info)
+    worker, builder = NullWorker(info), BatchBuilder(info)
+    # Long enough that no request finishes while steps are timed (the pool fits them all).
+    sampling = SamplingParams(temperature=0.0, max_new_tokens=steps + 4, ignore_eos=True)
+    for index in range(batch):
+        prompt = [3 + (index + position) % 30000 for position in range(PROMPT)]
+        scheduler.add_request(TokenizedRequest(f"r{index}", tuple(prompt), sampling))
+    samples: dict[str, list[float]] = {part: [] for part in PARTS}
+    decodes = 0
+    while decodes < steps:
+        plan = timed(samples["scheduler_plan"], scheduler.schedule)
+        decoding = plan is not None and not plan.extends
+        sent = timed(samples["link_plan"], plan_over_link, plan)
+        timed(samples["worker_batch"], builder.build, sent)
+        result = timed(samples["worker_table"], worker.execute, sent)
+        back = timed(samples["link_result"], result_over_link, result)
+        timed(samples["scheduler_result"], scheduler.process_result, back)
+        if not decoding:  # the prefill steps are not what is measured
+            for part in PARTS:
+                samples[part].pop()
+        decodes += decoding
+    figures = {part: round(statistics.median(values) * 1e6, 1)
+               for part, values in samples.items()}
+    figures["total"] = round(sum(figures[part] for part in PARTS), 1)
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--output-dir", type=Path, default=Path("load-tests/results"))
+    args = parser.parse_args()
+    figures = {}
+    for batch in BATCHES:
+        figures[f"batch_{batch}"] = measure(batch, args.steps)
+        print(f"batch {batch:5d}: {figures[f'batch_{batch}']}", flush=True)
+    record = {"what": "host overhead per decode step, µs (median), in-process on CPU: the "
+                      "scheduler, both ends of the links (protobuf), the worker's request "
+                      "table and batch building; no model, no sockets",
+              "device": "cpu", "cpu": platform.processor() or platform.machine(),
+              "prompt_tokens": PROMPT, "page_size": PAGE, "steps": args.steps, **figures,
+              "commit": git_commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+              "command": f"python load-tests/cpu/host_overhead.py --steps {args.steps}"}
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    out = args.output_dir / f"host-overhead-cpu-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"result: {out}")
+
+
+if __name__ == "__main__":
+    main()
