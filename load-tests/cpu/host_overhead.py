@@ -9,9 +9,9 @@ timed part by part (median µs per step):
   scheduler -> worker stream carries it, less the socket;
 - `worker_table`: the worker's request bookkeeping for the plan (the null worker's `execute`:
   the request table applied and committed, what the model worker does too);
-- `worker_batch`: the model worker's batch building for the plan (`build_forward_batch` and
-  the torch attention backend's `prepare`), over a KV pool of tiny dimensions (host cost does
-  not depend on them);
+- `worker_batch`: the model worker's batch building for the plan (`build_forward_batch`), over
+  a KV pool of tiny dimensions (host cost does not depend on them); the attention backend's
+  own planning is left out: the CPU's torch backend is no measure of FlashInfer's;
 - `link_result`, `scheduler_result`: the result's way back and `Scheduler.process_result()`.
 
     python load-tests/cpu/host_overhead.py [--steps 50] [--output-dir load-tests/results]
@@ -71,8 +71,8 @@ def result_over_link(result: StepResult) -> StepResult:
 
 
 class BatchBuilder:
-    """The model worker's host work for a plan, minus the model: its own request table, a KV
-    pool of tiny dimensions and the torch attention backend."""
+    """The model worker's host work for a plan, minus the model and the attention backend's
+    planning: its own request table and a KV pool of tiny dimensions."""
 
     def __init__(self, info: WorkerInfo) -> None:
         self.table = RequestTable(info.max_running_requests, lambda: 0)
@@ -83,9 +83,8 @@ class BatchBuilder:
     def build(self, plan: StepPlan) -> None:
         entries = self.table.apply(plan)
         if entries:
-            batch = build_forward_batch(entries, len(plan.extends), self.kv_pool,
-                                        self.backend, self.last_tokens)
-            self.backend.prepare(batch)
+            build_forward_batch(entries, len(plan.extends), self.kv_pool, self.backend,
+                                self.last_tokens)
         self.table.commit(plan, entries, [0] * sum(entry.sample for entry in entries))
 
 
