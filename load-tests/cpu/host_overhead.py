@@ -35,6 +35,7 @@ from radixmesh.services.worker.attention.torch_backend import TorchAttentionBack
 from radixmesh.services.worker.batch_builder import build_forward_batch
 from radixmesh.services.worker.kv_pool import KVPool
 from radixmesh.services.worker.null_worker import NullWorker
+from radixmesh.services.worker.page_table import DevicePageTable
 from radixmesh.services.worker.request_table import RequestTable
 from radixmesh.shared.protos_gen import internal_pb2
 from radixmesh.shared.requests import TokenizedRequest
@@ -48,7 +49,7 @@ from radixmesh.shared.wire import (
 )
 
 BATCHES = (1, 64, 256, 1024)
-PROMPT, PAGE = 128, 16
+PAGE = 16
 PARTS = ("scheduler_plan", "link_plan", "worker_table", "worker_batch", "link_result",
          "scheduler_result")
 
@@ -75,7 +76,11 @@ class BatchBuilder:
     planning: its own request table and a KV pool of tiny dimensions."""
 
     def __init__(self, info: WorkerInfo) -> None:
-        self.table = RequestTable(info.max_running_requests, lambda: 0)
+        self.page_table = DevicePageTable(info.max_running_requests,
+                                          info.context_len // info.page_size, torch.device("cpu"))
+        self.table = RequestTable(
+            info.max_running_requests, lambda: 0,
+            on_pages=lambda req, start, pages: self.page_table.write(req.slot, start, pages))
         self.kv_pool = KVPool(info.num_pages, info.page_size, 1, 1, 8, torch.float32, "cpu")
         self.backend = TorchAttentionBackend(self.kv_pool)
         self.last_tokens = torch.zeros(info.max_running_requests, dtype=torch.int64)
@@ -84,14 +89,14 @@ class BatchBuilder:
         entries = self.table.apply(plan)
         if entries:
             build_forward_batch(entries, len(plan.extends), self.kv_pool, self.backend,
-                                self.last_tokens)
+                                self.last_tokens, self.page_table)
         self.table.commit(plan, entries, [0] * sum(entry.sample for entry in entries))
 
 
-def measure(batch: int, steps: int) -> dict[str, float]:
-    pages = batch * (PROMPT + steps + 2 * PAGE) // PAGE + 1
+def measure(batch: int, steps: int, prompt_tokens: int) -> dict[str, float]:
+    pages = batch * (prompt_tokens + steps + 2 * PAGE) // PAGE + 1
     info = WorkerInfo(model_id="host-overhead", num_pages=pages, page_size=PAGE,
-                      context_len=1 << 20, vocab_size=32000, eos_token_ids=(2,),
+                      context_len=prompt_tokens + steps + 2 * PAGE, vocab_size=32000, eos_token_ids=(2,),
                       kv_dtype="none", max_running_requests=batch)
     scheduler = Scheduler(SchedulerConfig(max_running_requests=batch,
                                           chunked_prefill_size=-1, decode_log_interval=1 << 30), info)
@@ -99,7 +104,7 @@ def measure(batch: int, steps: int) -> dict[str, float]:
     # Long enough that no request finishes while steps are timed (the pool fits them all).
     sampling = SamplingParams(temperature=0.0, max_new_tokens=steps + 4, ignore_eos=True)
     for index in range(batch):
-        prompt = [3 + (index + position) % 30000 for position in range(PROMPT)]
+        prompt = [3 + (index + position) % 30000 for position in range(prompt_tokens)]
         scheduler.add_request(TokenizedRequest(f"r{index}", tuple(prompt), sampling))
     samples: dict[str, list[float]] = {part: [] for part in PARTS}
     decodes = 0
@@ -125,19 +130,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--prompt-tokens", type=int, default=512,
+                        help="each request's prompt: its page table's length in decode")
     parser.add_argument("--output-dir", type=Path, default=Path("load-tests/results"))
     args = parser.parse_args()
+    # One thread, as a worker's host side runs: torch's intra-op threads only add contention
+    # (and noise) to operations this small.
+    torch.set_num_threads(1)
     figures = {}
     for batch in BATCHES:
-        figures[f"batch_{batch}"] = measure(batch, args.steps)
+        figures[f"batch_{batch}"] = measure(batch, args.steps, args.prompt_tokens)
         print(f"batch {batch:5d}: {figures[f'batch_{batch}']}", flush=True)
     record = {"what": "host overhead per decode step, µs (median), in-process on CPU: the "
                       "scheduler, both ends of the links (protobuf), the worker's request "
                       "table and batch building; no model, no sockets",
               "device": "cpu", "cpu": platform.processor() or platform.machine(),
-              "prompt_tokens": PROMPT, "page_size": PAGE, "steps": args.steps, **figures,
+              "prompt_tokens": args.prompt_tokens, "page_size": PAGE, "steps": args.steps,
+              **figures,
               "commit": git_commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-              "command": f"python load-tests/cpu/host_overhead.py --steps {args.steps}"}
+              "command": f"python load-tests/cpu/host_overhead.py --steps {args.steps} "
+                         f"--prompt-tokens {args.prompt_tokens}"}
     args.output_dir.mkdir(parents=True, exist_ok=True)
     out = args.output_dir / f"host-overhead-cpu-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps(record, indent=2) + "\n")

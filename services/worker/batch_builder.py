@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -11,6 +12,9 @@ from radixmesh.services.worker.forward_batch import ForwardBatch, ForwardMode
 from radixmesh.services.worker.host_to_device import to_device
 from radixmesh.services.worker.kv_pool import KVPool
 from radixmesh.services.worker.request_state import WorkerRequest
+
+if TYPE_CHECKING:  # page_table.py needs the request table, which needs this module
+    from radixmesh.services.worker.page_table import DevicePageTable
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,10 +28,12 @@ class BatchEntry:
 
 
 def build_forward_batch(entries: list[BatchEntry], num_extends: int, kv_pool: KVPool,
-                        backend: AttentionBackend, last_tokens: torch.Tensor) -> ForwardBatch:
+                        backend: AttentionBackend, last_tokens: torch.Tensor,
+                        page_table: DevicePageTable) -> ForwardBatch:
     """Extends (`entries[:num_extends]`) read their tokens from the host; a decode's one input
     is its request's latest sampled token, which may still be only on the device: it is
-    gathered from `last_tokens` (indexed by request slot), so no host sync is needed."""
+    gathered from `last_tokens` (indexed by request slot), so no host sync is needed. The
+    batch's page table is gathered from `page_table`'s rows (flushed here first)."""
     device = last_tokens.device
     page_size = kv_pool.page_size
     positions: list[int] = []
@@ -45,8 +51,7 @@ def build_forward_batch(entries: list[BatchEntry], num_extends: int, kv_pool: KV
             logits_indices.append(len(positions) - 1)
     seq_lens = [entry.start + entry.length for entry in entries]
     max_pages = max(-(-n // page_size) for n in seq_lens)
-    page_table = [entry.req.page_table[:max_pages] + [0] * (max_pages - len(entry.req.page_table))
-                  for entry in entries]
+    page_table.flush()
     mode = ForwardMode.of(num_extends, len(entries) - num_extends)
 
     def as_tensor(values: list, dtype: torch.dtype) -> torch.Tensor:
@@ -68,7 +73,7 @@ def build_forward_batch(entries: list[BatchEntry], num_extends: int, kv_pool: KV
         seq_lens=as_tensor(seq_lens, torch.int32),
         extend_lens=as_tensor([entry.length for entry in entries], torch.int32),
         extend_starts=as_tensor(extend_starts, torch.int32),
-        page_table=as_tensor(page_table, torch.int32),
+        page_table=page_table.gather([entry.req.slot for entry in entries], max_pages),
         logits_indices=as_tensor(logits_indices, torch.int64),
         seq_lens_cpu=seq_lens,
         extend_lens_cpu=[entry.length for entry in entries],

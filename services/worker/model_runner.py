@@ -27,6 +27,7 @@ from radixmesh.services.worker.kv_pool import KVPool
 from radixmesh.services.worker.loader import load_model, resolve_dtype
 from radixmesh.services.worker.memory import kv_pool_tokens
 from radixmesh.services.worker.model_config import ModelConfig
+from radixmesh.services.worker.page_table import DevicePageTable
 from radixmesh.services.worker.parallel.tensor_parallel import SINGLE, TensorParallel
 from radixmesh.services.worker.request_state import WorkerRequest
 from radixmesh.services.worker.request_table import RequestTable
@@ -95,10 +96,14 @@ class ModelRunner(ModelWorker):
         vocab_width = self.model_config.vocab_size
         self.sampler = Sampler(vocab_width, self.max_running, self.device)
         seeds = torch.Generator().manual_seed(config.random_seed)
+        self.page_table = DevicePageTable(
+            self.max_running, -(-self.context_len // self.page_size), self.device)
         self.table = RequestTable(
             self.max_running, lambda: int(torch.randint(0, 2**62, (), generator=seeds)),
             on_register=self._register_sampling,
-            on_release=lambda req: self.sampler.release_request(req.slot))
+            on_release=lambda req: self.sampler.release_request(req.slot),
+            on_pages=lambda req, start, page_ids: self.page_table.write(req.slot, start,
+                                                                        page_ids))
         # Each slot's latest sampled token, where the next decode of its request reads it.
         self.last_tokens = torch.zeros(self.max_running, dtype=torch.int64, device=self.device)
         started = time.perf_counter()
@@ -119,8 +124,9 @@ class ModelRunner(ModelWorker):
         length = self.page_size
         req = WorkerRequest("warm-up", [0] * length, length, 0, SamplingParams(), seed=0,
                             slot=0, page_table=[0])
+        self.page_table.write(0, 0, [0])
         batch = build_forward_batch([BatchEntry(req, 0, length, True)], 1, self.kv_pool,
-                                    self.backend, self.last_tokens)
+                                    self.backend, self.last_tokens, self.page_table)
         logits = self._eager_logits(batch)
         # A random draw compiles the sampler's fused race kernel (torch.compile on CUDA).
         drawn = SamplingParams(temperature=1.0)
@@ -180,7 +186,7 @@ class ModelRunner(ModelWorker):
             loads.wait_all()  # a later step's pass must not read pages before they land
             return FinishedStep(StepResult(plan.step_id, [], []))
         batch = build_forward_batch(entries, len(plan.extends), self.kv_pool, self.backend,
-                                    self.last_tokens)
+                                    self.last_tokens, self.page_table)
         graph = self.graph_runner is not None and self.graph_runner.can_run(batch)
         if graph:
             loads.wait_all()  # a replayed graph has no per-layer hook: every layer lands first

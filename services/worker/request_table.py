@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from radixmesh.services.worker.batch_builder import BatchEntry
 from radixmesh.services.worker.request_state import WorkerRequest
 from radixmesh.shared.step import NewRequest, StepPlan, StepResult
+
+PageWriteHook = Callable[[WorkerRequest, int, Sequence[int]], None]
 
 
 class PlanError(ValueError):
@@ -26,13 +28,17 @@ class RequestTable:
 
     def __init__(self, max_slots: int, draw_seed: Callable[[], int],
                  on_register: Callable[[WorkerRequest], None] = lambda req: None,
-                 on_release: Callable[[WorkerRequest], None] = lambda req: None) -> None:
+                 on_release: Callable[[WorkerRequest], None] = lambda req: None,
+                 on_pages: PageWriteHook = lambda req, start, page_ids: None) -> None:
+        """`on_pages(req, start, page_ids)`: pages written into `req`'s page table from
+        index `start` (its cached pages at registration, then every plan's writes)."""
         self.requests: dict[str, WorkerRequest] = {}
         self.max_slots = max_slots
         self._free_slots = list(range(max_slots - 1, -1, -1))
         self._draw_seed = draw_seed
         self._on_register = on_register
         self._on_release = on_release
+        self._on_pages = on_pages
 
     def __len__(self) -> int:
         return len(self.requests)
@@ -43,10 +49,11 @@ class RequestTable:
         for new in plan.new_requests:
             self._register(new)
         for write in plan.page_writes:
-            table = self.get(write.rid).page_table
+            req = self.get(write.rid)
             end = write.start + len(write.page_ids)
-            table.extend([0] * (end - len(table)))
-            table[write.start:end] = write.page_ids
+            req.page_table.extend([0] * (end - len(req.page_table)))
+            req.page_table[write.start:end] = write.page_ids
+            self._on_pages(req, write.start, write.page_ids)
         entries = self._entries(plan)
         for entry in entries:
             entry.req.kv_len += entry.length
@@ -97,6 +104,8 @@ class RequestTable:
                             page_table=list(new.cached_page_ids), trace=new.trace)
         self.requests[new.rid] = req
         self._on_register(req)
+        if new.cached_page_ids:
+            self._on_pages(req, 0, new.cached_page_ids)
 
     def _release(self, rid: str) -> None:
         req = self.requests.pop(rid, None)

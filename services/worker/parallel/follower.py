@@ -76,6 +76,9 @@ def follow(runner: ModelRunner, pipe: Connection) -> None:
                 pass  # rank 0 raised the same error from the same state: it finishes nothing
         elif message == FINISH:
             result = runner.finish(launched.popleft())
-            pipe.send_bytes(backed_up_message(result.backed_up_through))
+            try:
+                pipe.send_bytes(backed_up_message(result.backed_up_through))
+            except (BrokenPipeError, ConnectionResetError):
+                return  # rank 0 closed the group after its last finish
         else:
             raise ValueError(f"unknown tensor-parallel message {message[:8]!r}")
