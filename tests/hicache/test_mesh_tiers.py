@@ -179,17 +179,25 @@ def test_requests_ended_midway_leak_no_slot_or_file(
     assert aborted_requests(tiered.mesh) - aborted > 0
     assert tiered.mesh.process.poll() is None, "the mesh ended: an accounting check failed?"
     # Served exactly still, and host memory still serves: leaked slots would starve it.
-    before = tier_totals(tiered.mesh)
-    for turn in (turn for turn in run.turns if turn.round == NUM_ROUNDS):
+    last_turns = [turn for turn in run.turns if turn.round == NUM_ROUNDS]
+    for turn in last_turns:
         assert resend(tiered.mesh, turn).output == reference.outputs[
             (turn.conversation, turn.round)]
     wait_idle(tiered.mesh)
     assert tiered.mesh.process.poll() is None, "the mesh ended after the aborts"
-    # Each resent prompt nearly fills the device pool, so its history comes through host
-    # slots: straight from L2, or from files loaded into L2 first (which of the two depends on
-    # what the aborted round left in L2). Leaked slots would starve both.
+    # Which of those histories came from host memory depends on what the aborted round left
+    # there (resending four conversations in turn through an L2 that holds under three can
+    # miss every time). So once more, the last two in the other order: the last one's pages
+    # were just backed up, and the other's prompt, which nearly fills the device pool, pushes
+    # them out of the device, so its history must come back from host memory. Leaked slots
+    # would starve it.
+    before = tier_totals(tiered.mesh)
+    for turn in (last_turns[-2], last_turns[-1]):
+        assert resend(tiered.mesh, turn).output == reference.outputs[
+            (turn.conversation, turn.round)]
+    wait_idle(tiered.mesh)
     served = tiers_since(tiered.mesh, before)
-    assert served["host"] + served["storage"] > 0, served
+    assert served["host"] > 0, served
     l3 = samples(scrape(tiered.hicache_metrics_url))
     assert len(page_files(tiered.l3_dir)) == l3["radixmesh:hicache_l3_pages"]
     assert temp_files(tiered.l3_dir) == []
