@@ -39,6 +39,15 @@ class WorkerConfig(TracingFlags, HubFlags, InternalTLSFlags):
                 "GEMMs on GPUs of compute capability 8.9+, dequantized GEMMs elsewhere. A "
                 "checkpoint quantized ahead of time loads as it is without this flag",
         "choices": QUANTIZATION_CHOICES})
+    kv_cache_dtype: str = field(default="auto", metadata={
+        "help": "KV cache storage: auto (the model's dtype), or FP8 with per-tensor scales "
+                "(fp8_e4m3, fp8_e5m2): half the bytes per token in every tier, so the same "
+                "memory holds ~2x the tokens",
+        "choices": ("auto", "fp8_e4m3", "fp8_e5m2")})
+    enable_deterministic_inference: bool = field(default=False, metadata={
+        "help": "batch-invariant GEMMs and attention: a request gets bitwise-equal logits "
+                "whatever it is batched with, whether its prefix was cached and however its "
+                "prefill was chunked (slower; torch and triton attention backends only)"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
     attention_backend: str = field(default="auto", metadata={
         "help": "attention kernels; auto picks the fastest available"})
@@ -85,6 +94,9 @@ class WorkerConfig(TracingFlags, HubFlags, InternalTLSFlags):
             raise ValueError("--cuda-graph-max-bs must be >= 1")
         if self.tp_size < 1:
             raise ValueError("--tp-size must be >= 1")
+        if self.kv_cache_dtype not in ("auto", "fp8_e4m3", "fp8_e5m2"):
+            raise ValueError("--kv-cache-dtype must be auto, fp8_e4m3 or fp8_e5m2, not "
+                             f"{self.kv_cache_dtype!r}")
         if self.tp_size > 1 and self.worker != "model":
             raise ValueError(f"--tp-size splits a model; the {self.worker} worker has none")
         if self.base_gpu_id < 0:

@@ -14,6 +14,9 @@ CPU_MAX_DEFAULT_TOKENS = 1 << 16
 
 def kv_pool_tokens(requested: int | None, bytes_per_token: int, device: torch.device,
                    mem_fraction_static: float) -> int:
+    """Tokens the KV pool holds. `bytes_per_token` is in the KV cache's own dtype
+    (`KVPool.bytes_per_token`): an FP8 cache has half of bf16's, so the same budget holds
+    twice the tokens."""
     if requested is not None:
         return requested
     if device.type == "cuda":

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import torch
@@ -19,11 +21,12 @@ import torch
 from radixmesh.services.worker.attention import make_attention_backend, pick_attention_backend
 from radixmesh.services.worker.base import FinishedStep, LaunchedStep, ModelWorker
 from radixmesh.services.worker.batch_builder import BatchEntry, build_forward_batch
+from radixmesh.services.worker.batch_invariant import BatchInvariantMatmul, row_block_for
 from radixmesh.services.worker.config import WorkerConfig
 from radixmesh.services.worker.cuda_graph import CudaGraphRunner
 from radixmesh.services.worker.forward_batch import ForwardBatch
 from radixmesh.services.worker.host_kv import HostKV
-from radixmesh.services.worker.kv_pool import KVPool
+from radixmesh.services.worker.kv_pool import KVPool, resolve_kv_dtype
 from radixmesh.services.worker.loader import load_model, resolve_dtype
 from radixmesh.services.worker.memory import kv_pool_tokens
 from radixmesh.services.worker.model_config import ModelConfig
@@ -91,8 +94,10 @@ class ModelRunner(ModelWorker):
                                else DEFAULT_MAX_RUNNING)
         self.max_running = min(config.max_running_requests or default_max_running,
                                self.kv_pool.num_pages)
+        deterministic = config.enable_deterministic_inference
         self.backend = make_attention_backend(
-            pick_attention_backend(config.attention_backend, self.device, self.dtype), self.kv_pool)
+            pick_attention_backend(config.attention_backend, self.device, self.dtype,
+                                   deterministic), self.kv_pool, deterministic)
         vocab_width = self.model_config.vocab_size
         self.sampler = Sampler(vocab_width, self.max_running, self.device)
         seeds = torch.Generator().manual_seed(config.random_seed)
@@ -112,6 +117,9 @@ class ModelRunner(ModelWorker):
                     time.perf_counter() - started)
         self.graph_runner = self._make_graph_runner()
         self.model_id = str(model_path)
+        # Sees each step's logits (rids of the sampled rows, [S, vocab] float32) before
+        # sampling: for tests and tools that compare logits bit for bit; None costs nothing.
+        self.logits_observer: Callable[[list[str], torch.Tensor], None] | None = None
         self.available_memory_gb = (torch.cuda.mem_get_info(self.device)[0] / 2**30
                                     if self.device.type == "cuda" else 0.0)
 
@@ -146,7 +154,8 @@ class ModelRunner(ModelWorker):
         max_pages_per_seq = -(-self.context_len // self.page_size)
         runner = CudaGraphRunner(self.model, self.backend, self.kv_pool, max_bs,
                                  max_pages_per_seq)
-        runner.capture()
+        with self._forward_mode():  # the graphs hold whatever kernels the mode launched
+            runner.capture()
         return runner
 
     @property
@@ -194,7 +203,10 @@ class ModelRunner(ModelWorker):
         else:
             batch.wait_for_layer = loads.wait_for_layer
             logits = self._eager_logits(batch)
-        sampling = self._sampling_batch([entry.req for entry in entries if entry.sample])
+        sampled = [entry.req for entry in entries if entry.sample]
+        if self.logits_observer is not None:
+            self.logits_observer([req.rid for req in sampled], logits)
+        sampling = self._sampling_batch(sampled)
         next_ids = self.sampler.sample(logits, sampling)
         self.last_tokens.index_copy_(0, sampling.slots, next_ids)
         if self.device.type != "cuda":
@@ -207,7 +219,14 @@ class ModelRunner(ModelWorker):
 
     def _eager_logits(self, batch: ForwardBatch) -> torch.Tensor:
         self.backend.prepare(batch)
-        return self.model.compute_logits(self.model(batch)[batch.logits_indices])
+        with self._forward_mode():
+            return self.model.compute_logits(self.model(batch)[batch.logits_indices])
+
+    def _forward_mode(self) -> AbstractContextManager:
+        """Batch-invariant GEMMs under --enable-deterministic-inference (batch_invariant.py)."""
+        if not self.config.enable_deterministic_inference:
+            return nullcontext()
+        return BatchInvariantMatmul(row_block_for(self.device))
 
     def finish(self, step: LaunchedStep) -> StepResult:
         if isinstance(step, FinishedStep):
@@ -238,8 +257,9 @@ class ModelRunner(ModelWorker):
     def _make_kv_pool(self) -> KVPool:
         mc = self.model_config
         kv_heads = self.model.kv_heads  # this rank's share under tensor parallelism
+        kv_dtype = resolve_kv_dtype(self.config.kv_cache_dtype, self.dtype)
         per_token = KVPool.bytes_per_token(mc.num_hidden_layers, kv_heads, mc.head_dim,
-                                           self.dtype)
+                                           kv_dtype)
         tokens = kv_pool_tokens(self.config.max_total_tokens, per_token, self.device,
                                 self.config.mem_fraction_static)
         # Ranks share one page table, so one pool size: what the tightest rank can hold.
@@ -249,7 +269,7 @@ class ModelRunner(ModelWorker):
         logger.info("KV pool: %d pages of %d tokens (%.1f MiB)", num_pages, self.page_size,
                     num_pages * self.page_size * per_token / 2**20)
         return KVPool(num_pages, self.page_size, mc.num_hidden_layers, kv_heads, mc.head_dim,
-                      self.dtype, self.device)
+                      kv_dtype, self.device, compute_dtype=self.dtype)
 
 
 def resolve_device(name: str, base_gpu_id: int = 0) -> torch.device:

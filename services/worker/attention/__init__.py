@@ -39,20 +39,24 @@ if _flashinfer_usable():
     ATTENTION_BACKENDS.add(FlashInferAttentionBackend.name, FlashInferAttentionBackend)
 
 
-def make_attention_backend(name: str, kv_pool: KVPool) -> AttentionBackend:
-    return ATTENTION_BACKENDS.get(name)(kv_pool)
+def make_attention_backend(name: str, kv_pool: KVPool,
+                           deterministic: bool = False) -> AttentionBackend:
+    return ATTENTION_BACKENDS.get(name)(kv_pool, deterministic=deterministic)
 
 
-def pick_attention_backend(name: str, device: torch.device, dtype: torch.dtype) -> str:
+def pick_attention_backend(name: str, device: torch.device, dtype: torch.dtype,
+                           deterministic: bool = False) -> str:
     """`auto` takes the fastest backend that runs on `device` in `dtype`: FlashInfer on a Hopper
     GPU (compute capability 9.x) when it is offered and supports `dtype` (it has no float32
-    kernels), else Triton on a CUDA device when it is offered, else torch."""
+    kernels), else Triton on a CUDA device when it is offered, else torch. `deterministic`
+    takes only batch-invariant backends (not FlashInfer, whose split-KV plan follows the
+    batch)."""
     if name != "auto":
         return name
     if device.type != "cuda":
         return "torch"
     flashinfer = ATTENTION_BACKENDS.find("flashinfer")
-    if (flashinfer is not None and dtype in flashinfer.supported_dtypes
+    if (flashinfer is not None and not deterministic and dtype in flashinfer.supported_dtypes
             and torch.cuda.get_device_capability(device)[0] == 9):
         return "flashinfer"
     return "triton" if "triton" in ATTENTION_BACKENDS else "torch"

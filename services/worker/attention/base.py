@@ -28,7 +28,9 @@ class AttentionBackend(ABC):
     """Attention over the paged KV cache.
 
     Invariants every backend keeps:
-    - `forward` first stores the batch's new K and V at `batch.out_cache_loc`, then attends.
+    - `forward` first stores the batch's new K and V at `batch.out_cache_loc` (through the
+      pool, which quantizes for an FP8 cache), then attends, reading the cache at the pool's
+      scales (`kv_pool.k_scales`, `v_scales`) and computing in the query's dtype.
     - The query at position p of a sequence attends to exactly that sequence's KV positions
       [0, p] (causal), or (p - sliding_window, p] for a sliding-window layer; nothing else, in
       particular never to padding page 0 nor to another sequence's pages.
@@ -48,9 +50,17 @@ class AttentionBackend(ABC):
 
     name: str = ""
     supports_cuda_graph: bool = False
+    # Whether the backend can honour `deterministic`: each query's output bitwise independent
+    # of the batch around it, of its chunking and of where its prefix's KV came from.
+    supports_deterministic: bool = False
 
-    def __init__(self, kv_pool: KVPool) -> None:
+    def __init__(self, kv_pool: KVPool, deterministic: bool = False) -> None:
+        if deterministic and not self.supports_deterministic:
+            raise ValueError(f"the {self.name} attention backend is not batch-invariant: with "
+                             "--enable-deterministic-inference use --attention-backend triton "
+                             "(GPU) or torch")
         self.kv_pool = kv_pool
+        self.deterministic = deterministic
 
     def prepare(self, batch: ForwardBatch) -> None:  # noqa: B027 (optional hook)
         """Builds per-pass metadata (index tensors, kernel plans). Optional."""

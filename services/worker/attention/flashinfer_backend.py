@@ -2,7 +2,10 @@
 
 FlashInfer reads the pool's per-layer K and V buffers in place, viewed as
 [num_pages + 1, page_size, kv_heads, head_dim] (its "NHD" layout); page 0 is padding and is
-never listed in a sequence's pages.
+never listed in a sequence's pages. An FP8 cache is read natively: plans name the query dtype
+(the activations') and the KV dtype apart, and each run passes the layer's `k_scale` and
+`v_scale` (FlashInfer folds the first into the softmax scale and applies the second to the
+output). Prefill then uses FlashInfer's fa2 kernels, which take FP8 KV beside a bf16/fp16 query.
 
 FlashInfer splits attention into `plan` (host work: partitioning the work, copying index arrays
 to the device) and `run` (kernel launches only). A plan is bound to a layer *kind* (head count,
@@ -24,7 +27,6 @@ from typing import Any
 
 import torch
 
-from radixmesh.kernels.kv_store import store_kv
 from radixmesh.kernels.page_indices import flatten_page_table
 from radixmesh.services.worker.attention.base import AttentionBackend, AttentionSpec
 from radixmesh.services.worker.forward_batch import ForwardBatch
@@ -102,11 +104,11 @@ class FlashInferAttentionBackend(AttentionBackend):
     supports_cuda_graph = True
     supported_dtypes = (torch.float16, torch.bfloat16)
 
-    def __init__(self, kv_pool: KVPool) -> None:
-        super().__init__(kv_pool)
-        if kv_pool.dtype not in self.supported_dtypes:
-            raise ValueError(f"flashinfer supports float16/bfloat16, not {kv_pool.dtype}; "
-                             "use --attention-backend triton")
+    def __init__(self, kv_pool: KVPool, deterministic: bool = False) -> None:
+        super().__init__(kv_pool, deterministic)
+        if kv_pool.compute_dtype not in self.supported_dtypes:
+            raise ValueError(f"flashinfer supports float16/bfloat16, not "
+                             f"{kv_pool.compute_dtype}; use --attention-backend triton")
         import flashinfer  # here, not at module level: registering the backend stays cheap
 
         self._flashinfer = flashinfer
@@ -164,20 +166,22 @@ class FlashInferAttentionBackend(AttentionBackend):
                 batch: ForwardBatch) -> torch.Tensor:
         meta = self._meta
         assert meta is not None, "prepare(batch) must run before the first layer"
-        store_kv(self.kv_pool.keys(spec.layer_id), self.kv_pool.values(spec.layer_id),
-                 batch.out_cache_loc, k, v)
+        pool, layer = self.kv_pool, spec.layer_id
+        pool.store(layer, batch.out_cache_loc, k, v)
         kind = LayerKind.of(spec)
         prefill, decode = meta.plans.get(kind) or self._plan(kind)
-        query = q if q.dtype == self.kv_pool.dtype else q.to(self.kv_pool.dtype)
+        query = q if q.dtype == pool.compute_dtype else q.to(pool.compute_dtype)
         if query.stride(-1) != 1:
             query = query.contiguous()
         out = torch.empty(query.shape, dtype=query.dtype, device=query.device)
         cache = self._caches[spec.layer_id]
         first_decode = meta.num_extend_tokens
+        scales = (dict(k_scale=pool.k_scales[layer], v_scale=pool.v_scales[layer])
+                  if pool.is_fp8 else {})
         if prefill is not None:
-            prefill.run(query[:first_decode], cache, out=out[:first_decode])
+            prefill.run(query[:first_decode], cache, out=out[:first_decode], **scales)
         if decode is not None:
-            decode.run(query[first_decode:], cache, out=out[first_decode:])
+            decode.run(query[first_decode:], cache, out=out[first_decode:], **scales)
         return out.view(q.shape[0], -1).to(q.dtype)
 
     def _plan(self, kind: LayerKind) -> tuple[Any, Any]:
@@ -188,7 +192,7 @@ class FlashInferAttentionBackend(AttentionBackend):
             raise RuntimeError("flashinfer: a layer kind met for the first time during CUDA-graph "
                                "capture; run the pass once eagerly before capturing it")
         pool = self.kv_pool
-        dtypes = dict(q_data_type=pool.dtype, kv_data_type=pool.dtype)
+        dtypes = dict(q_data_type=pool.compute_dtype, kv_data_type=pool.dtype)
         prefill = decode = None
         if meta.extends is not None:
             prefill = self._prefill_wrapper(kind)
@@ -212,7 +216,8 @@ class FlashInferAttentionBackend(AttentionBackend):
         if wrapper is None:
             # FlashInfer 0.5.3's Hopper (fa3) prefill deadlocks on some windowed GQA batches
             # (seen on an H100: 32/8 heads, window 300, 90 new tokens); its fa2 kernels do not.
-            backend = "auto" if kind.window_left < 0 else "fa2"
+            # Its fa3 kernels also want the query and the KV in one dtype: an FP8 cache too.
+            backend = "auto" if kind.window_left < 0 and not self.kv_pool.is_fp8 else "fa2"
             wrapper = self._flashinfer.BatchPrefillWithPagedKVCacheWrapper(
                 self._workspace, "NHD", backend=backend)
             self._prefill_wrappers[kind] = wrapper

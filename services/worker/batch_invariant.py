@@ -1,0 +1,112 @@
+"""Batch-invariant matrix products for `--enable-deterministic-inference`.
+
+Why: a GEMM library picks its kernel (and with it the order in which a dot product is summed)
+from the shape, above all from M, the number of rows. On this project's CPU torch (MKL, fp32)
+`F.linear` of one row gives other bits than the same row inside 2, 3, 9 or 200 rows; so a
+request's logits change with whatever else is in its batch, with how its prefill was chunked
+and with whether its prefix came from the cache (each changes M).
+
+What: under `BatchInvariantMatmul`, every linear layer and 2-D matrix product (`aten.linear`,
+and `aten.matmul` of a matrix, which CPU torch runs as ops of their own, and `aten.mm` /
+`aten.addmm`, what they decompose into elsewhere:
+`nn.Linear`, the LM head and the dequantizing FP8 layers all come down to these) runs as a sequence of
+products of exactly `row_block` rows, the last block padded with zero rows. Each call then has
+one shape whatever the batch, hence one kernel, and a row's result does not depend on the other
+rows of its block (a GEMM sums each output over K alone). Products of other ranks (the attention
+backends' batched products, whose shapes they fix themselves) pass through untouched.
+
+Cost: M / row_block kernel calls instead of one, and the weights read once per block. On a CPU
+that is small next to the arithmetic; on a GPU the block is larger (see `row_block_for`) so
+that a block keeps the tensor cores busy.
+
+What is covered: the torch ops on any device for the products above. Not covered: FP8 GEMMs
+through `torch._scaled_mm` (use the dequantizing path, i.e. no --quantization, for determinism),
+and cuBLAS's own guarantee that one shape always runs one kernel (it holds for a fixed workspace
+and stream, which the worker keeps, but NVIDIA documents no batch invariance).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+aten = torch.ops.aten
+
+# Rows per product: 16 on a CPU (fp32 MKL kernels differ below ~3 rows, and a padded decode row
+# costs 16x a tiny GEMV, nothing next to one layer); 128 on a GPU, one tensor-core tile.
+CPU_ROW_BLOCK = 16
+GPU_ROW_BLOCK = 128
+
+
+def row_block_for(device: torch.device) -> int:
+    return GPU_ROW_BLOCK if device.type == "cuda" else CPU_ROW_BLOCK
+
+
+def blocked_mm(a: torch.Tensor, b: torch.Tensor, row_block: int,
+               bias: torch.Tensor | None = None, beta: float = 1, alpha: float = 1
+               ) -> torch.Tensor:
+    """a @ b (or beta * bias + alpha * a @ b), computed `row_block` rows of `a` at a time with
+    every call the same shape: bitwise the same rows whatever M is."""
+    m = a.shape[0]
+    out = a.new_empty((m, b.shape[1]))
+    a = a.contiguous()  # one layout for every block, so one kernel
+    row_bias = bias is not None and bias.dim() == 2 and bias.shape[0] == m and m != 1
+    for start in range(0, m, row_block):
+        rows = min(row_block, m - start)
+        block = a[start:start + rows]
+        if rows < row_block:
+            block = F.pad(block, (0, 0, 0, row_block - rows))
+        if bias is None:
+            product = torch.mm(block, b)
+        else:
+            block_bias = bias[start:start + rows] if row_bias else bias
+            if row_bias and rows < row_block:
+                block_bias = F.pad(block_bias, (0, 0, 0, row_block - rows))
+            product = torch.addmm(block_bias, block, b, beta=beta, alpha=alpha)
+        out[start:start + rows] = product[:rows]
+    return out
+
+
+class BatchInvariantMatmul(TorchDispatchMode):
+    """While active (a context manager, per thread), routes `aten.linear`, `aten.mm`,
+    `aten.addmm` and matrix-by-matrix `aten.matmul` through `blocked_mm`; every other op runs as it would. Nested ops inside the handler run outside the
+    mode, so the blocks' own `mm` calls are the real kernels."""
+
+    def __init__(self, row_block: int) -> None:
+        super().__init__()
+        if row_block < 1:
+            raise ValueError("row_block must be >= 1")
+        self.row_block = row_block
+        self._handlers: dict[Any, Callable[..., torch.Tensor]] = {
+            aten.mm.default: self._mm, aten.addmm.default: self._addmm,
+            aten.linear.default: self._linear, aten.matmul.default: self._matmul}
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (),
+                           kwargs: dict | None = None) -> Any:
+        handler = self._handlers.get(func)
+        if handler is None:
+            return func(*args, **(kwargs or {}))
+        return handler(*args, **(kwargs or {}))
+
+    def _mm(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return blocked_mm(a, b, self.row_block)
+
+    def _linear(self, x: torch.Tensor, weight: torch.Tensor,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        out = blocked_mm(rows, weight.t(), self.row_block, bias)
+        return out.view(*x.shape[:-1], weight.shape[0])
+
+    def _matmul(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if b.dim() != 2 or a.dim() < 2:  # batched products: shapes their callers fix
+            return torch.matmul(a, b)
+        out = blocked_mm(a.reshape(-1, a.shape[-1]), b, self.row_block)
+        return out.view(*a.shape[:-1], b.shape[1])
+
+    def _addmm(self, bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *,
+               beta: float = 1, alpha: float = 1) -> torch.Tensor:
+        return blocked_mm(a, b, self.row_block, bias, beta, alpha)
