@@ -47,10 +47,11 @@ class SchedulerLoad:
     backed_up_tokens: int = 0
     loaded_tokens: int = 0
     gen_throughput: float = 0.0
+    cached_tokens_remote: int = 0  # fetched from another node (the cross-node page index)
 
     def cached_tokens_by_tier(self) -> dict[str, int]:
         return {"device": self.cached_tokens_device, "host": self.cached_tokens_host,
-                "storage": self.cached_tokens_storage}
+                "storage": self.cached_tokens_storage, "remote": self.cached_tokens_remote}
 
 
 @dataclass(frozen=True, slots=True)

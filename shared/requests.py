@@ -30,6 +30,9 @@ class FinishReason:
     kind: FinishKind
     matched: int | str | None = None  # the stop token id or stop string that ended it
     message: str = ""
+    # An abort that is an error carries the HTTP status it deserves (400: refused by a
+    # service's input checks; 500: a failure), as SGLang's do; None for a client's abort.
+    status_code: int | None = None
 
     def to_dict(self) -> dict:
         out: dict = {"type": self.kind.value}
@@ -37,6 +40,8 @@ class FinishReason:
             out["matched"] = self.matched
         if self.message:
             out["message"] = self.message
+        if self.status_code is not None:
+            out["status_code"] = self.status_code
         return out
 
 

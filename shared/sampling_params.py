@@ -15,6 +15,9 @@ PENALTY_RANGE = (-2.0, 2.0)
 # Below this, temperature means greedy: dividing logits by it overflows float32 (inf - inf is
 # NaN) long before 0, and the tempered distribution is already one-hot to float precision.
 GREEDY_TEMPERATURE = 1e-5
+# What may happen to prompt pages another node holds (`--hicache-remote-policy`, and the
+# request's override): decided per request from measured speeds, or forced either way.
+REMOTE_POLICIES = ("auto", "fetch", "recompute")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +68,9 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
     repetition_penalty: float = 1.0
+    # Not sampling, but per request like it: whether prompt pages another node holds are
+    # fetched, recomputed, or left to the server's decision (None: --hicache-remote-policy).
+    hicache_remote_policy: str | None = None
 
     @property
     def is_greedy(self) -> bool:
@@ -115,6 +121,10 @@ class SamplingParams:
             raise InvalidRequestError("seed", f"must be an integer, got {self.seed!r}")
         if not isinstance(self.ignore_eos, bool):
             raise InvalidRequestError("ignore_eos", "must be a boolean")
+        if self.hicache_remote_policy not in REMOTE_POLICIES + (None,):
+            raise InvalidRequestError("hicache_remote_policy", f"must be one of "
+                                      f"{', '.join(REMOTE_POLICIES)}, got "
+                                      f"{self.hicache_remote_policy!r}")
 
     def _check_ranges(self) -> None:
         if self.max_new_tokens < 1:

@@ -38,7 +38,8 @@ DeltaMessage = TypeVar("DeltaMessage", internal_pb2.TokenDelta, internal_pb2.Tex
 
 # Proto `optional` fields: left unset, the receiver takes SamplingParams' default.
 _OPTIONAL_SAMPLING = ("max_new_tokens", "temperature", "top_p", "top_k", "min_p", "seed",
-                      "frequency_penalty", "presence_penalty", "repetition_penalty")
+                      "frequency_penalty", "presence_penalty", "repetition_penalty",
+                      "hicache_remote_policy")
 _LIST_SAMPLING = ("stop", "stop_token_ids")
 SAMPLING_NAMES: tuple[str, ...] = tuple(SamplingParams.__dataclass_fields__)
 
@@ -80,7 +81,8 @@ def sampling_from_proto(message: common_pb2.SamplingParams) -> SamplingParams:
 
 
 def finish_to_proto(finish: FinishReason) -> common_pb2.FinishReason:
-    message = common_pb2.FinishReason(type=finish.kind.value, message=finish.message)
+    message = common_pb2.FinishReason(type=finish.kind.value, message=finish.message,
+                                      status_code=finish.status_code or 0)
     if isinstance(finish.matched, str):
         message.matched_text = finish.matched
     elif finish.matched is not None:
@@ -94,7 +96,8 @@ def finish_from_proto(message: common_pb2.FinishReason) -> FinishReason | None:
         return None
     which = message.WhichOneof("matched")
     matched = getattr(message, which) if which else None
-    return FinishReason(FinishKind(message.type), matched=matched, message=message.message)
+    return FinishReason(FinishKind(message.type), matched=matched, message=message.message,
+                        status_code=message.status_code or None)
 
 
 def usage_to_proto(usage: Usage) -> common_pb2.Usage:

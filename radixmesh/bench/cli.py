@@ -3,6 +3,7 @@
     radixmesh bench --workload sharegpt-like                  # a running mesh at --server
     radixmesh bench --workload sharegpt-like --path offline   # the same, in-process
     radixmesh bench --workload multiturn-long                 # closed loop: multiturn_cli.py
+    radixmesh bench --workload cross-node --model-path M      # two meshes: cross_node.py
     radixmesh bench --workload online --trace-breakdown localhost:4318  # time per stage
 
 Prints a summary table and writes the result JSON to load-tests/results/ (see results.py).
@@ -18,6 +19,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from radixmesh.bench.cross_node import (
+    CROSS_NODE,
+    add_cross_node_args,
+    cross_node_problem,
+    run_cross_node,
+)
 from radixmesh.bench.mesh_path import run_on_mesh
 from radixmesh.bench.metrics import error_counts, summarize
 from radixmesh.bench.multiturn import DEFAULTS, MULTITURN
@@ -56,7 +63,7 @@ class CompletedRun:
 
 
 def add_cli_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--workload", required=True, choices=(*WORKLOADS, MULTITURN))
+    parser.add_argument("--workload", required=True, choices=(*WORKLOADS, MULTITURN, CROSS_NODE))
     parser.add_argument("--path", choices=("mesh", "offline"), default="mesh",
                         help="mesh: a running mesh at --server; offline: the in-process engine")
     parser.add_argument("--server", default=DEFAULT_ADDRESS, help="gRPC address of the mesh")
@@ -87,6 +94,7 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
                              "median and p99 time per stage: tokenize, queue, prefill, decode, "
                              "detokenize (mesh path only)")
     add_multiturn_args(parser)
+    add_cross_node_args(parser)
     engine = parser.add_argument_group("engine flags (--path offline only)")
     add_engine_arguments(engine)
 
@@ -137,7 +145,7 @@ def run_settings(args: argparse.Namespace, run: CompletedRun) -> dict:
 
 def check_args(args: argparse.Namespace) -> str | None:
     """The first thing wrong with the options, found before a model loads or a stream opens."""
-    problem = multiturn_problem(args)
+    problem = multiturn_problem(args) or cross_node_problem(args)
     if problem is not None:
         return problem
     try:
@@ -182,6 +190,8 @@ def run_cli(args: argparse.Namespace) -> int:
     try:
         if args.workload == MULTITURN:  # a closed loop: prompts are built as rounds finish
             return run_multiturn(args, sampling_from_args(args), spans)
+        if args.workload == CROSS_NODE:  # starts its own meshes
+            return run_cross_node(args, sampling_from_args(args))
         return run_and_report(args, spans)
     finally:
         if spans is not None:

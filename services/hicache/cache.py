@@ -1,9 +1,11 @@
 """The hicache core: the L2 pool in shared memory, L3 storage, and the copies between them.
 
 Plain Python, no gRPC. The scheduler decides what lives where; this moves bytes between the
-slots it names and L3 pages named by their key. Blocking (file I/O): the servicer calls it on
-threads, and concurrent prefetches and stores of different slots are safe (the pool gate keeps
-the pool mapped under them; the backend is thread-safe; slots are disjoint memory).
+slots it names and L3 pages named by their key, and between them and other nodes (pages read
+for a peer, pages a peer sent checked into slots; `peer_link.py` does the talking). Blocking
+(file I/O): the servicer calls it on threads, and concurrent transfers of different slots are
+safe (the pool gate keeps the pool mapped under them; the backend is thread-safe; slots are
+disjoint memory).
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from dataclasses import replace
 from radixmesh.services.hicache.attachment import Attachment, KVLayout
 from radixmesh.services.hicache.checks import check_keys, check_namespace_root, check_slots
 from radixmesh.services.hicache.config import HiCacheConfig
+from radixmesh.services.hicache.errors import ForeignNamespaceError
 from radixmesh.services.hicache.page_index import PageIndex
+from radixmesh.services.hicache.peer_pages import ReceivedPage, rejection
 from radixmesh.services.hicache.pool_gate import Attached, PoolGate
 from radixmesh.services.hicache.stats import HiCacheSnapshot, HiCacheStats
-from radixmesh.services.hicache.storage import StorageBackend, make_storage_backend
+from radixmesh.services.hicache.storage import StorageBackend, StoredPage, make_storage_backend
 from radixmesh.shared.errors import CapacityError, InvalidRequestError, UnavailableError
 from radixmesh.shared.host_pool import HostPool, HostPoolError
 from radixmesh.shared.page_keys import key_hex
@@ -72,6 +76,12 @@ class HiCache:
     def epoch(self) -> str:
         return self._epoch
 
+    @property
+    def namespace_root(self) -> bytes | None:
+        """h_0 of the keys of the attached namespace; None before the first attach."""
+        state = self._gate.current
+        return None if state is None else state.namespace_root
+
     def attach(self, layout: KVLayout, num_device_pages: int,
                namespace_root: bytes) -> Attachment:
         """Sizes L2 for `layout` and opens L3 for `namespace_root`. The same request keeps the
@@ -118,6 +128,61 @@ class HiCache:
         `stop` set); returns how many were written (0 without L3 or with writes off). The
         slots are read until this returns; the caller may reuse them after."""
         return self._transfer(epoch, keys, slots, stop, _save_page, "stored")
+
+    def read_for_peer(self, namespace_root: bytes, keys: Sequence[bytes],
+                      max_bytes: int) -> list[StoredPage]:
+        """The leading pages of `keys` L3 holds, with their stored checksums, up to the first
+        miss or `max_bytes` (one page at least); ForeignNamespaceError for another namespace."""
+        check_keys(keys)
+        check_namespace_root(namespace_root)
+        started, pages, size = time.perf_counter(), [], 0
+        with self._gate.use_current() as state:
+            if state is None or state.backend is None:
+                return []
+            if state.namespace_root != namespace_root:
+                raise ForeignNamespaceError(
+                    "namespace_root", "this node caches pages of another namespace (model, "
+                    "weights, KV dtype, page size or TP layout)")
+            for key in keys:
+                page = state.backend.get_for_peer(key)
+                if page is None:
+                    break
+                pages.append(page)
+                size += len(page.data)
+                if size >= max_bytes:
+                    break
+            page_size = state.layout.page_size
+        self._count("served", len(pages), page_size, size, time.perf_counter() - started)
+        return pages
+
+    def place_fetched(self, epoch: str, keys: Sequence[bytes], slots: Sequence[int],
+                      pages: Sequence[ReceivedPage]) -> int:
+        """Checks `pages[i]` against `keys[i]` (key, length, checksum) and writes it to
+        `slots[i]`, in order, up to the first that fails; returns how many were placed."""
+        check_keys(keys)
+        with self._gate.use(epoch) as state:
+            check_slots(slots, len(keys), state.num_slots)
+            slot_bytes = state.pool.layout.bytes_per_slot
+            done = 0
+            for page, key, slot in zip(pages, keys, slots, strict=False):
+                reason = rejection(page, key, slot_bytes)
+                if reason is not None:
+                    logger.warning("fetched page %s rejected: %s; it is recomputed",
+                                   key_hex(key), reason)
+                    self._count("fetched", 0, 0, 0, 0.0, rejected=1)
+                    break
+                state.pool.write_slot(slot, page.data)
+                done += 1
+        return done
+
+    def fetched(self, num_pages: int, num_asked: int, seconds: float) -> None:
+        """A fetch from another node ended, `num_pages` of `num_asked` placed in `seconds`."""
+        with self._gate.use_current() as state:
+            if state is None:
+                return
+            page_size, slot_bytes = state.layout.page_size, state.pool.layout.bytes_per_slot
+        self._count("fetched", num_pages, page_size, num_pages * slot_bytes, seconds,
+                    fallback=num_pages < num_asked)
 
     def clear(self) -> int:
         """Drops every L3 page of the attached namespace; returns how many."""
@@ -166,11 +231,17 @@ class HiCache:
                 done += 1
             seconds = time.perf_counter() - started
             layout = state.pool.layout
-        with self._stats_lock:
-            moved = getattr(self._stats, direction).plus(done, layout.page_size,
-                                                         layout.bytes_per_slot, seconds)
-            self._stats = replace(self._stats, **{direction: moved})
+        self._count(direction, done, layout.page_size, done * layout.bytes_per_slot, seconds)
         return done
+
+    def _count(self, direction: str, pages: int, page_size: int, num_bytes: int,
+               seconds: float, fallback: bool = False, rejected: int = 0) -> None:
+        with self._stats_lock:
+            stats = self._stats
+            moved = getattr(stats, direction).plus(pages, page_size, num_bytes, seconds)
+            self._stats = replace(stats, **{direction: moved},
+                                  fetch_fallbacks=stats.fetch_fallbacks + fallback,
+                                  fetch_rejected_pages=stats.fetch_rejected_pages + rejected)
 
     def _next_state(self, old: Attached | None, layout: KVLayout, num_device_pages: int,
                     namespace_root: bytes) -> Attached:

@@ -19,3 +19,15 @@ class StalePoolError(RadixMeshError):
     grpc_status = grpc.StatusCode.FAILED_PRECONDITION
     http_status = 409
     openai_type = "invalid_request_error"
+
+
+class ForeignNamespaceError(RadixMeshError):
+    """A peer asked for pages of a key namespace (model, weights, dtype, page size, TP layout)
+    other than the one this node caches: none of its pages could be the ones it wants.
+
+    FAILED_PRECONDITION: the request is well formed; the two nodes serve different models.
+    """
+
+    grpc_status = grpc.StatusCode.FAILED_PRECONDITION
+    http_status = 409
+    openai_type = "invalid_request_error"

@@ -80,6 +80,27 @@ def _index_metrics(make: _Families, stats: IndexStats) -> Iterator[Metric]:
                      stats.held_pages)
 
 
+def _fetch_metrics(make: _Families, snapshot: HiCacheSnapshot) -> Iterator[Metric]:
+    stats = snapshot.stats
+    fetched = stats.fetched
+    yield make.counter("fetched_tokens", "Tokens fetched from other nodes into L2 slots",
+                       fetched.tokens)
+    yield make.counter("fetched_bytes", "KV bytes fetched from other nodes into L2 slots",
+                       fetched.bytes)
+    yield make.counter("fetch_seconds", "Seconds fetches from other nodes took, end to end",
+                       fetched.seconds)
+    yield make.gauge("fetch_bandwidth_bytes_per_second", "Bytes fetched from other nodes "
+                     "per second of fetching, since start",
+                     fetched.bytes / fetched.seconds if fetched.seconds > 0 else 0.0)
+    yield make.counter("fetch_fallbacks", "Fetches from another node that brought fewer pages "
+                       "than asked (failed, stalled past the deadline, or a page rejected): "
+                       "the rest was recomputed", stats.fetch_fallbacks)
+    yield make.counter("fetch_rejected_pages", "Fetched pages that failed their key, length "
+                       "or checksum check (never placed)", stats.fetch_rejected_pages)
+    yield make.counter("served_bytes", "KV bytes this node sent to other nodes' fetches",
+                       stats.served.bytes)
+
+
 class HiCacheCollector(Collector):
     def __init__(self, snapshot: Callable[[], HiCacheSnapshot], model_name: str,
                  index_stats: Callable[[], IndexStats] | None = None) -> None:
@@ -104,6 +125,7 @@ class HiCacheCollector(Collector):
         yield make.gauge("l2_slots", "L2 host pool slots grantable", snapshot.l2_slots)
         yield make.gauge("l2_bytes", "Bytes of the L2 host pool", snapshot.l2_bytes)
         yield from _storage_metrics(make, snapshot)
+        yield from _fetch_metrics(make, snapshot)
         if self._index_stats is not None:  # no index: absent rather than a misleading 0
             yield from _index_metrics(make, self._index_stats())
 

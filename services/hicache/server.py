@@ -8,10 +8,12 @@ from radixmesh.services.hicache.cache import HiCache
 from radixmesh.services.hicache.config import HiCacheConfig
 from radixmesh.services.hicache.metrics import HiCacheMetrics
 from radixmesh.services.hicache.page_index import IndexStartError, PageIndex, make_page_index
+from radixmesh.services.hicache.peer_link import PeerFetcher
 from radixmesh.services.hicache.servicer import HiCacheServicer
+from radixmesh.shared.api_keys import is_loopback
 from radixmesh.shared.grpc_service import ServiceServer, host_port, start_server
 from radixmesh.shared.protos_gen import hicache_pb2, hicache_pb2_grpc
-from radixmesh.shared.tls import internal_server_tls
+from radixmesh.shared.tls import internal_client_tls, internal_server_tls
 from radixmesh.shared.tracing import start_tracing, stop_tracing
 
 logger = logging.getLogger(__name__)
@@ -28,10 +30,12 @@ async def serve(config: HiCacheConfig) -> None:
     metrics = HiCacheMetrics(cache.snapshot, model_name="",
                              index_stats=None if index is None else index.stats)
     recorder = start_tracing("hicache", config)
+    fetcher = PeerFetcher(cache, internal_client_tls(config))
     try:
         if config.metrics_port:
             metrics.serve_http(config.host, config.metrics_port)
-        servicer = HiCacheServicer(cache, recorder, index)
+        warn_if_pages_open(config)
+        servicer = HiCacheServicer(cache, recorder, index, fetcher)
         server = await start_server(
             host_port(config.host, config.port),
             lambda grpc_server: hicache_pb2_grpc.add_HiCacheServicer_to_server(servicer,
@@ -43,11 +47,24 @@ async def serve(config: HiCacheConfig) -> None:
                     config.hicache_storage_backend or "none")
         await server.serve_until_stopped()
     finally:
+        await fetcher.close()
         metrics.close()
         cache.close()
         if index is not None:
             await index.close()
         stop_tracing(recorder)  # flushes what is queued, for SHUTDOWN_FLUSH_S at most
+
+
+def warn_if_pages_open(config: HiCacheConfig) -> bool:
+    """Logs a warning when other nodes may read this node's KV pages (ReadPages) with no
+    mutual TLS to tell who they are; True if it warned."""
+    if config.internal_tls_on or is_loopback(config.host):
+        return False
+    logger.warning("hicache listens on %s without internal mutual TLS: anyone who can reach "
+                   "it may read this node's KV pages (and so what its prompts held). Set "
+                   "--internal-ssl-certfile/--internal-ssl-keyfile/--internal-ssl-ca-certs, "
+                   "or bind --host 127.0.0.1", config.host)
+    return True
 
 
 async def _start_index(index: PageIndex, config: HiCacheConfig, server: ServiceServer) -> None:

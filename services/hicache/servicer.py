@@ -1,9 +1,10 @@
 """The HiCache gRPC service: a thin layer over HiCache. Each call runs on a thread (the core
 blocks on file I/O), and errors leave through the shared table.
 
-A Lookup or Prefetch that carries a sampled `traceparent` in its metadata (the scheduler's
-`hicache.prefetch` span) gets a span of its own, `hicache.lookup` / `hicache.prefetch`, as that
-span's child. Stores carry none: they write pages of the tree, not of one request.
+A Lookup, Prefetch or FetchRemote that carries a sampled `traceparent` in its metadata (the
+scheduler's `hicache.prefetch` span) gets a span of its own, `hicache.lookup` /
+`hicache.prefetch` / `hicache.fetch_remote`, as that span's child. Stores carry none: they
+write pages of the tree, not of one request. ReadPages is another node's hicache asking.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TypeVar
 
 import grpc
@@ -20,7 +22,9 @@ import grpc
 from radixmesh.services.hicache.attachment import KVLayout
 from radixmesh.services.hicache.cache import HiCache
 from radixmesh.services.hicache.page_index import NO_RUN, PageIndex
-from radixmesh.shared.errors import RadixMeshError
+from radixmesh.services.hicache.peer_link import PeerFetcher
+from radixmesh.services.hicache.peer_pages import BATCH_BYTES
+from radixmesh.shared.errors import InvalidRequestError, RadixMeshError
 from radixmesh.shared.grpc_service import abort_with
 from radixmesh.shared.protos_gen import common_pb2, hicache_pb2, hicache_pb2_grpc
 from radixmesh.shared.span_recorder import DISABLED, SpanRecorder, now_ns
@@ -40,10 +44,11 @@ def layout_from_proto(layout: hicache_pb2.KVLayout) -> KVLayout:
 
 class HiCacheServicer(hicache_pb2_grpc.HiCacheServicer):
     def __init__(self, cache: HiCache, recorder: SpanRecorder = DISABLED,
-                 index: PageIndex | None = None) -> None:
+                 index: PageIndex | None = None, fetcher: PeerFetcher | None = None) -> None:
         self._cache = cache
         self._recorder = recorder
         self._index = index
+        self._fetcher = fetcher or PeerFetcher(cache)
 
     async def Attach(self, request: hicache_pb2.AttachRequest,
                      context: grpc.aio.ServicerContext) -> hicache_pb2.AttachReply:
@@ -96,6 +101,47 @@ class HiCacheServicer(hicache_pb2_grpc.HiCacheServicer):
         removed = await self._run(context, lambda _: self._cache.clear())
         logger.info("cleared %d L3 pages", removed)
         return common_pb2.Empty()
+
+    async def FetchRemote(self, request: hicache_pb2.RemoteFetch,
+                          context: grpc.aio.ServicerContext) -> hicache_pb2.TransferReply:
+        keys, slots = list(request.keys), list(request.slots)
+        if not request.address:
+            await abort_with(context, InvalidRequestError("address", "names no peer"))
+        if not (math.isfinite(request.deadline_s) and request.deadline_s > 0):
+            await abort_with(context, InvalidRequestError(
+                "deadline_s", f"must be > 0 seconds, got {request.deadline_s}"))
+        # Keys, slots and epoch are checked (placing nothing) before any byte is asked for.
+        await self._run(context, lambda _: self._cache.place_fetched(request.epoch, keys,
+                                                                     slots, []))
+        trace = self._trace_of(context)
+        start = now_ns() if trace else 0
+        outcome = await self._fetcher.fetch(request.epoch, keys, slots, request.address,
+                                            request.deadline_s)
+        self._cache.fetched(outcome.num_pages, len(keys), outcome.seconds)
+        if self._recorder.wants(trace):
+            self._recorder.record("hicache.fetch_remote", trace, start, now_ns(), {
+                "radixmesh.hicache.asked_pages": len(keys),
+                "radixmesh.hicache.fetched_pages": outcome.num_pages,
+                "radixmesh.hicache.peer": request.address,
+                "radixmesh.hicache.fetch_problem": outcome.problem})
+        return hicache_pb2.TransferReply(num_pages=outcome.num_pages)
+
+    async def ReadPages(self, request: hicache_pb2.PageRead,
+                        context: grpc.aio.ServicerContext) -> AsyncIterator[hicache_pb2.PageBatch]:
+        keys, root = list(request.keys), request.namespace_root
+        sent = 0
+        while sent < len(keys):
+            rest = keys[sent:]
+            pages = await self._run(context, lambda _, rest=rest: self._cache.read_for_peer(
+                root, rest, BATCH_BYTES))
+            if not pages:
+                return
+            yield hicache_pb2.PageBatch(pages=[
+                hicache_pb2.PeerPage(key=key, data=page.data, checksum=page.checksum)
+                for key, page in zip(rest, pages, strict=False)])
+            sent += len(pages)
+            if sum(len(page.data) for page in pages) < BATCH_BYTES:
+                return  # it stopped at a page L3 lacks
 
     async def _transfer(self, transfer: Transfer, request: hicache_pb2.PageTransfer,
                         context: grpc.aio.ServicerContext, trace: TraceContext = NO_TRACE,

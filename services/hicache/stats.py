@@ -17,9 +17,10 @@ class CopyStats:
     bytes: int = 0
     seconds: float = 0.0
 
-    def plus(self, pages: int, page_size: int, page_bytes: int, seconds: float) -> CopyStats:
+    def plus(self, pages: int, page_size: int, num_bytes: int, seconds: float) -> CopyStats:
+        """`num_bytes`: of all `pages` together."""
         return CopyStats(self.pages + pages, self.tokens + pages * page_size,
-                         self.bytes + pages * page_bytes, self.seconds + seconds)
+                         self.bytes + num_bytes, self.seconds + seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +33,11 @@ class HiCacheStats:
     lookup_hit_tokens: int = 0
     prefetched: CopyStats = CopyStats()  # L3 -> L2
     stored: CopyStats = CopyStats()      # L2 -> L3
+    fetched: CopyStats = CopyStats()     # another node -> L2 (seconds: each fetch's wall time)
+    served: CopyStats = CopyStats()      # L3 -> another node
+    fetch_rejected_pages: int = 0  # fetched pages that failed their check (never placed)
+    fetch_fallbacks: int = 0       # fetches that placed fewer pages than asked: the rest is
+                                   # recomputed
 
     def plus_lookup(self, hit_pages: int, page_size: int) -> HiCacheStats:
         return replace(self, lookups=self.lookups + 1,

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from radixmesh.services.scheduler.remote_flags import RemoteFetchFlags
 from radixmesh.shared.peers import DEFAULT_PORTS, peer_address, peer_help
 from radixmesh.shared.tls_flags import InternalTLSFlags
 from radixmesh.shared.tracing import TracingFlags
@@ -19,7 +20,7 @@ PREFETCH_POLICIES = ("best_effort", "wait_complete", "timeout")
 
 
 @dataclass(frozen=True)
-class SchedulerConfig(TracingFlags, InternalTLSFlags):
+class SchedulerConfig(TracingFlags, InternalTLSFlags, RemoteFetchFlags):
     """Invariant after construction: both peer addresses are set."""
 
     # Where the service listens and how it reaches its peers: `radixmesh up` sets these itself
@@ -87,6 +88,7 @@ class SchedulerConfig(TracingFlags, InternalTLSFlags):
 
     def __post_init__(self) -> None:
         self.check_tls()  # TLS files named by the flags: usable, or a clear error
+        self.check_remote_flags()
         # Frozen: resolved defaults are written once here, so readers never see None.
         resolve = object.__setattr__
         resolve(self, "worker_address", peer_address("worker", self.worker_address))

@@ -1,4 +1,6 @@
-"""The scheduler's link to the hicache service: attach, lookups, prefetches and stores.
+"""The scheduler's link to the hicache service: attach, lookups, prefetches (from L3, and
+from another node when the page index names one and the decision says fetching is faster:
+`remote_decision.py`) and stores.
 
 It performs what `HostCache` decides and reports back, on the scheduler's event loop. The
 hicache service is a hint, never a dependency (design §4): while it is unreachable the
@@ -10,12 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 import grpc
 
 from radixmesh.services.scheduler.host_cache import HostCache, HostPoolSpec, PrefetchJob
-from radixmesh.services.scheduler.prefetch_span import PrefetchSpan, metadata_of
+from radixmesh.services.scheduler.prefetch_span import Metadata, PrefetchSpan, metadata_of
 from radixmesh.services.scheduler.request import SchedReq
 from radixmesh.services.scheduler.stats import SchedulerStats
 from radixmesh.shared.grpc_service import open_channel
@@ -26,6 +29,7 @@ from radixmesh.shared.tls import ClientTLS
 
 logger = logging.getLogger(__name__)
 CALL_TIMEOUT_S = 30.0
+CALL_MARGIN_S = 2.0  # past a fetch's own deadline, for its answer to come back
 RETRY_S = 2.0
 
 
@@ -36,8 +40,10 @@ class HiCacheLink:
 
     def __init__(self, address: str, host_cache: HostCache, worker: WorkerInfo,
                  stats: SchedulerStats, waiting: Callable[[], list[SchedReq]],
-                 recorder: SpanRecorder = DISABLED, tls: ClientTLS | None = None) -> None:
+                 recorder: SpanRecorder = DISABLED, tls: ClientTLS | None = None,
+                 remote_timeout_s: float = 5.0) -> None:
         self.address = address
+        self.remote_timeout_s = remote_timeout_s  # --hicache-remote-timeout
         self._recorder = recorder
         self.host_cache = host_cache
         self._waiting = waiting
@@ -119,16 +125,11 @@ class HiCacheLink:
             reply = await self._stub.Lookup(hicache_pb2.LookupRequest(keys=job.keys),
                                             timeout=CALL_TIMEOUT_S, metadata=metadata)
             in_storage = reply.num_pages
-            if reply.remote_num_pages:
-                # Issue 20 slice A: known, not yet fetched (the fetch and its decision come next).
-                logger.debug("request %s: L3 holds %d leading pages, node %s (%s) %d more",
-                             job.req.rid, in_storage, reply.remote_node_id,
-                             reply.remote_address, reply.remote_num_pages)
-            if self.host_cache.start_fetch(job, reply.num_pages):
-                transfer = hicache_pb2.PageTransfer(epoch=job.epoch, keys=job.keys,
-                                                    slots=job.slots)
-                done = (await self._stub.Prefetch(transfer, timeout=CALL_TIMEOUT_S,
-                                                  metadata=metadata)).num_pages
+            num_remote = self._remote_pages(job, reply)
+            if self.host_cache.start_fetch(job, in_storage, num_remote, reply.remote_address):
+                done = await self._read_storage(job, metadata)
+                if done == job.num_storage and job.num_remote:
+                    done += await self._fetch_remote(job, metadata)
         except grpc.aio.AioRpcError as error:
             failure = error
             self._lost(error)
@@ -141,6 +142,45 @@ class HiCacheLink:
             if span is not None:
                 span.end(in_storage, prefetched, failure)
             self.wake()
+
+    def _remote_pages(self, job: PrefetchJob, reply: hicache_pb2.LookupReply) -> int:
+        """How many of the pages another node holds (past L3's) to fetch: all or none."""
+        remote = self.host_cache.remote
+        if not reply.remote_num_pages or remote is None:
+            return 0
+        decision = remote.decide(reply.remote_num_pages, job.req.sampling.hicache_remote_policy)
+        logger.debug("request %s: node %s holds %d pages past L3's %d: %s (%s; fetch ~%.1f ms, "
+                     "recompute ~%.1f ms)", job.req.rid, reply.remote_node_id,
+                     reply.remote_num_pages, reply.num_pages,
+                     "fetch" if decision.fetch else "recompute", decision.why,
+                     decision.fetch_s * 1e3, decision.recompute_s * 1e3)
+        return reply.remote_num_pages if decision.fetch else 0
+
+    async def _read_storage(self, job: PrefetchJob, metadata: Metadata | None) -> int:
+        if not job.num_storage:
+            return 0
+        count = job.num_storage
+        transfer = hicache_pb2.PageTransfer(epoch=job.epoch, keys=job.keys[:count],
+                                            slots=job.slots[:count])
+        return (await self._stub.Prefetch(transfer, timeout=CALL_TIMEOUT_S,
+                                          metadata=metadata)).num_pages
+
+    async def _fetch_remote(self, job: PrefetchJob, metadata: Metadata | None) -> int:
+        """The local hicache service fetches the job's remote pages from the peer; it answers
+        by the deadline with what came (a failed or stalled peer is no error: the rest is
+        recomputed)."""
+        first, deadline = job.num_storage, self.remote_timeout_s
+        request = hicache_pb2.RemoteFetch(epoch=job.epoch, keys=job.keys[first:],
+                                          slots=job.slots[first:], address=job.remote_address,
+                                          deadline_s=deadline)
+        started = time.monotonic()
+        reply = await self._stub.FetchRemote(request, timeout=deadline + CALL_MARGIN_S,
+                                             metadata=metadata)
+        fetched = min(reply.num_pages, job.num_remote)
+        remote = self.host_cache.remote
+        if remote is not None:
+            remote.fetched(fetched, time.monotonic() - started)
+        return fetched
 
     # ---- stores --------------------------------------------------------------------------
 

@@ -15,16 +15,19 @@ from radixmesh.services.scheduler.config import PREFETCH_POLICIES, SchedulerConf
 from radixmesh.services.scheduler.host_slots import HostSlots
 from radixmesh.services.scheduler.page_allocator import PageAllocator
 from radixmesh.services.scheduler.prefix_cache.hi_radix_cache import HiRadixCache
+from radixmesh.services.scheduler.remote_decision import RemoteDecider
 from radixmesh.services.scheduler.request import Prefetch, SchedReq
+from radixmesh.shared.host_pool import HostPoolLayout
 from radixmesh.shared.page_keys import KeyNamespace
-from radixmesh.shared.step import HostPoolAttachment, PageCopies, WorkerInfo
+from radixmesh.shared.step import HostPoolAttachment, PageCopies, StepPlan, WorkerInfo
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
 class PrefetchJob:
-    """One prefetch: pages `first_page ..` of a request's prompt (keyed `keys`), into `slots`."""
+    """One prefetch: pages `first_page ..` of a request's prompt (keyed `keys`), into `slots`:
+    the first `num_storage` read from L3, the rest fetched from the node at `remote_address`."""
 
     req: SchedReq
     epoch: str
@@ -33,6 +36,12 @@ class PrefetchJob:
     keys: list[bytes]
     slots: list[int] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
+    num_storage: int = 0
+    remote_address: str = ""
+
+    @property
+    def num_remote(self) -> int:
+        return len(self.slots) - self.num_storage
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +60,8 @@ class HostCache:
     ends; requests wait for a prefetch only under the wait_complete and timeout policies."""
 
     def __init__(self, cache: HiRadixCache, key_root: bytes, prefetch_policy: str,
-                 threshold_tokens: int, timeout_s: float) -> None:
+                 threshold_tokens: int, timeout_s: float,
+                 remote: RemoteDecider | None = None) -> None:
         if prefetch_policy not in PREFETCH_POLICIES:
             raise ValueError(f"unknown --hicache-prefetch-policy {prefetch_policy!r}")
         self.cache = cache
@@ -63,6 +73,7 @@ class HostCache:
         self.pending_spec: HostPoolSpec | None = None  # applied once queued copies went out
         self.jobs: dict[str, PrefetchJob] = {}
         self.stores: list[tuple[bytes, int]] = []
+        self.remote = remote  # decides on pages another node holds; None: never fetched
 
     @property
     def epoch(self) -> str:
@@ -99,10 +110,15 @@ class HostCache:
         return self.cache.tier.has_copies or self.pending_spec is not None
 
     def take_copies(self, step_id: int) -> tuple[PageCopies, PageCopies]:
+        if self.remote is not None:
+            self.remote.prefill.planned(step_id)
         return self.cache.tier.take_copies(step_id)
 
-    def acknowledge(self, backed_up_through: int) -> None:
-        """The worker's progress: backups that landed may now go to L3."""
+    def acknowledge(self, backed_up_through: int, plan: StepPlan | None = None) -> None:
+        """The worker's progress (`plan`'s result is back): backups that landed may now go
+        to L3."""
+        if plan is not None and self.remote is not None:
+            self.remote.prefill.completed(plan)
         stores = self.cache.tier.take_stores(backed_up_through)
         if self.storage:
             self.stores.extend(stores)
@@ -113,6 +129,11 @@ class HostCache:
 
     def holds_back(self, req: SchedReq) -> bool:
         """Whether `req` should wait for its prefetch before it is admitted."""
+        job = self.jobs.get(req.rid)
+        if job is not None and job.num_remote and req.prefetch is Prefetch.FETCHING:
+            # Whatever the policy: a fetch is chosen only when waiting for it beats
+            # recomputing, and its deadline bounds the wait.
+            return True
         if self.policy == "best_effort" or not self.storage:
             return False
         if req.prefetch is None:
@@ -147,10 +168,13 @@ class HostCache:
             found.append(job)
         return found
 
-    def start_fetch(self, job: PrefetchJob, num_in_storage: int) -> bool:
-        """L3 holds `num_in_storage` leading pages of the job: grants host slots for them.
-        False when it is not worth it (or no slots): the job ends."""
-        count = min(num_in_storage, len(job.keys))
+    def start_fetch(self, job: PrefetchJob, num_in_storage: int, num_remote: int = 0,
+                    remote_address: str = "") -> bool:
+        """L3 holds `num_in_storage` leading pages of the job, and the node at
+        `remote_address` the `num_remote` after them: grants host slots for them all (the
+        remote ones only if L3's all fit). False when it is not worth it (or no slots): the
+        job ends."""
+        count = min(num_in_storage + num_remote, len(job.keys))
         host = self.cache.host
         if job.epoch != self.epoch or count < self.threshold_pages:
             return self.end(job)
@@ -160,6 +184,8 @@ class HostCache:
         if not slots:
             return self.end(job)
         job.slots, job.keys = slots, job.keys[:len(slots)]
+        job.num_storage = min(num_in_storage, len(slots))
+        job.remote_address = remote_address if job.num_remote else ""
         self.cache.tier.num_prefetching += len(slots)
         job.req.prefetch = Prefetch.FETCHING
         return True
@@ -172,9 +198,14 @@ class HostCache:
         tier, page_size = self.cache.tier, self.cache.page_size
         tier.num_prefetching -= len(job.slots)
         done = max(0, min(num_done, len(job.slots)))
-        end = (job.first_page + done) * page_size
-        unused = self.cache.insert_prefetched(job.tokens[:end], job.slots[:done],
-                                              job.keys[:done]) if done else []
+        unused = []
+        # L3's pages, then the fetched ones after them: each part a node of its own tier.
+        for first, last, remote in ((0, min(done, job.num_storage), False),
+                                    (job.num_storage, done, True)):
+            if last > first:
+                end = (job.first_page + last) * page_size
+                unused += self.cache.insert_prefetched(job.tokens[:end], job.slots[first:last],
+                                                       job.keys[first:last], remote)
         self.cache.host.release(unused + job.slots[done:])
         self.end(job)
         return done * page_size
@@ -213,5 +244,19 @@ def build_host_cache(config: SchedulerConfig, worker: WorkerInfo,
     key_root = namespace.root()
     cache = HiRadixCache(worker.page_size, allocator, HostSlots(0),
                          config.hicache_write_policy, key_root)
+    remote = RemoteDecider(config.hicache_remote_policy, config.hicache_remote_bandwidth,
+                           config.hicache_remote_prefill_speed, _page_bytes(worker),
+                           worker.page_size)
     return HostCache(cache, key_root, config.hicache_prefetch_policy,
-                     config.hicache_prefetch_threshold, config.hicache_prefetch_timeout)
+                     config.hicache_prefetch_threshold, config.hicache_prefetch_timeout, remote)
+
+
+def _page_bytes(worker: WorkerInfo) -> int:
+    """Bytes of one page in every tier (all tensor-parallel ranks' parts); 0 for a worker that
+    reports no KV layout (an older one), whose fetches are then priced at bandwidth alone."""
+    if min(worker.num_layers, worker.num_kv_heads, worker.head_dim) < 1:
+        return 0
+    return HostPoolLayout(
+        num_slots=1, num_layers=worker.num_layers, page_size=worker.page_size,
+        num_kv_heads=worker.num_kv_heads, head_dim=worker.head_dim, dtype=worker.kv_dtype,
+        tp_size=worker.tp_size).bytes_per_slot

@@ -58,15 +58,16 @@ class KVManager:
         pages = self._alloc(match.num_host_tokens // self.page_size)
         if pages is None:
             return
-        handle, from_storage = self.cache.load(match, pages)
+        handle, from_storage, from_remote = self.cache.load(match, pages)
         self.cache.lock(handle)
         self.cache.unlock(req.cache_handle)
         req.cache_handle = handle
         req.page_ids.extend(pages)
         req.num_tree_pages = len(req.page_ids)
         req.kv_len += match.num_host_tokens
-        req.cached_tiers = CachedTiers(match.num_tokens, match.num_host_tokens - from_storage,
-                                       from_storage)
+        req.cached_tiers = CachedTiers(match.num_tokens,
+                                       match.num_host_tokens - from_storage - from_remote,
+                                       from_storage, from_remote)
 
     def grow(self, req: SchedReq, num_tokens: int) -> PageTableWrite | None:
         """Extends `req`'s pages to hold `num_tokens` tokens. None, taking nothing, if the pool

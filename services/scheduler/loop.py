@@ -17,10 +17,11 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from http import HTTPStatus
 
 from radixmesh.services.scheduler.request_spans import RequestSpans
 from radixmesh.services.scheduler.scheduler import Scheduler
-from radixmesh.shared.errors import InvalidRequestError
+from radixmesh.shared.errors import InvalidRequestError, http_status
 from radixmesh.shared.mesh_protocol import unavailable_finish
 from radixmesh.shared.requests import FinishKind, FinishReason, TokenDelta, TokenizedRequest, Usage
 from radixmesh.shared.span_recorder import DISABLED, SpanRecorder
@@ -113,7 +114,8 @@ class SchedulerLoop:
             except Exception as error:  # a bad request must never take the scheduler down
                 logger.info("rejected %s: %s", request.rid, error)
                 self._finish_unscheduled(request.rid, len(request.input_ids),
-                                         FinishReason(FinishKind.ABORT, message=str(error)))
+                                         FinishReason(FinishKind.ABORT, message=str(error),
+                                                      status_code=http_status(error)))
                 self.spans.rejected(request, str(error))
                 continue
             self._owners[request.rid] = owner
@@ -137,8 +139,9 @@ class SchedulerLoop:
             logger.error("cannot reject live request %r: %s", rid, message)
             return
         self._register(rid, (), input_ids)
-        self._finish_unscheduled(rid, len(input_ids), FinishReason(FinishKind.ABORT,
-                                                                   message=message))
+        # The request's own fault: the front door answers 400 / INVALID_ARGUMENT.
+        self._finish_unscheduled(rid, len(input_ids), FinishReason(
+            FinishKind.ABORT, message=message, status_code=HTTPStatus.BAD_REQUEST))
         self._wakeup.set()
 
     def abort(self, rid: str, finish: FinishReason | None = None) -> None:

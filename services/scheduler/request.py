@@ -26,10 +26,11 @@ class CachedTiers:
     device: int = 0
     host: int = 0
     storage: int = 0  # brought from L3 into host memory by a prefetch, then loaded
+    remote: int = 0   # fetched from another node into host memory, then loaded
 
     @property
     def total(self) -> int:
-        return self.device + self.host + self.storage
+        return self.device + self.host + self.storage + self.remote
 
 
 class ReqStatus(Enum):

@@ -142,7 +142,7 @@ class Scheduler:
         plan = self._inflight.popleft()
         assert plan.step_id == result.step_id, "results must come back in plan order"
         if self.host_cache is not None:
-            self.host_cache.acknowledge(result.backed_up_through)
+            self.host_cache.acknowledge(result.backed_up_through, plan)
         for chunk in plan.extends:
             req = self.running.get(chunk.rid)
             if req is not None:

@@ -86,7 +86,7 @@ def _hicache_factory(config: SchedulerConfig,
         logger.info("hierarchical cache: hicache service at %s", config.hicache_address)
         return HiCacheLink(config.hicache_address, scheduler.host_cache, scheduler.worker,
                            scheduler.stats, lambda: scheduler.waiting, recorder,
-                           internal_client_tls(config))
+                           internal_client_tls(config), config.hicache_remote_timeout)
     return make
 
 

@@ -28,7 +28,7 @@ class SchedulerStats:
         self.num_decode_steps = 0
         self.cuda_graph = False  # whether the last decode step was replayed from a CUDA graph
         # Prompt tokens served from each tier, counted once per request at its admission.
-        self.cached_tokens_by_tier = {"device": 0, "host": 0, "storage": 0}
+        self.cached_tokens_by_tier = {"device": 0, "host": 0, "storage": 0, "remote": 0}
         self.prefetched_tokens = 0  # brought from L3 into host memory
         self.stored_tokens = 0      # written from host memory to L3
         self.backed_up_tokens = 0   # copied from the device pool to host memory
@@ -46,6 +46,7 @@ class SchedulerStats:
         by_tier["device"] += tiers.device
         by_tier["host"] += tiers.host
         by_tier["storage"] += tiers.storage
+        by_tier["remote"] += tiers.remote
 
     def on_copies(self, num_loads: int, num_backups: int, page_size: int) -> None:
         self.loaded_tokens += num_loads * page_size
@@ -110,6 +111,7 @@ def scheduler_load(scheduler: Scheduler) -> SchedulerLoad:
         cached_tokens_device=stats.cached_tokens_by_tier["device"],
         cached_tokens_host=stats.cached_tokens_by_tier["host"],
         cached_tokens_storage=stats.cached_tokens_by_tier["storage"],
+        cached_tokens_remote=stats.cached_tokens_by_tier["remote"],
         prefetched_tokens=stats.prefetched_tokens, stored_tokens=stats.stored_tokens,
         backed_up_tokens=stats.backed_up_tokens, loaded_tokens=stats.loaded_tokens,
         gen_throughput=stats.gen_throughput)

@@ -63,6 +63,11 @@ class TokenizerConfig(TracingFlags, HubFlags, TLSFlags):
     max_concurrent_streams: int = field(default=1024, metadata={
         "help": "most gRPC Generate streams at once (all connections; also each "
                 "connection's HTTP/2 limit); past it RESOURCE_EXHAUSTED"})
+    max_queued_requests: int | None = field(default=None, metadata={
+        "help": "most requests this front door holds at once, queued or running (it counts "
+                "what it submitted and has not seen finish); past it a new request gets 429 / "
+                "RESOURCE_EXHAUSTED at once (default: no limit of its own, as SGLang's: "
+                "--max-connections and --max-concurrent-streams already bound it)"})
     http_header_timeout: float = field(default=20.0, metadata={
         "help": "seconds a connection may take to send a request's headers, from its opening "
                 "or the end of its previous response (also the idle keep-alive limit)"})
@@ -104,6 +109,8 @@ class TokenizerConfig(TracingFlags, HubFlags, TLSFlags):
         for name in ("max_connections", "max_concurrent_streams", "max_json_depth"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+        if self.max_queued_requests is not None and self.max_queued_requests < 1:
+            raise ValueError("--max-queued-requests must be >= 1")
         for name in ("http_header_timeout", "http_body_timeout"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be > 0")

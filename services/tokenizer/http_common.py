@@ -16,15 +16,23 @@ from aiohttp import web
 
 from radixmesh.services.tokenizer import openai_responses as responses
 from radixmesh.services.tokenizer.config import TokenizerConfig
+from radixmesh.services.tokenizer.finish_status import CLIENT_CLOSED_REQUEST
 from radixmesh.services.tokenizer.http_limits import parse_json_body
 from radixmesh.services.tokenizer.request_span import RequestSpan
 from radixmesh.shared.api_keys import Owner
-from radixmesh.shared.errors import InvalidRequestError, http_status, openai_type
+from radixmesh.shared.errors import (
+    CapacityError,
+    InvalidRequestError,
+    http_status,
+    openai_type,
+)
 
 # Set by the middlewares: a generating route's root span, and every request's owner (the
 # digest of its API key; None with no keys configured, or on an open route).
 REQUEST_SPAN = web.RequestKey("radixmesh_request_span", RequestSpan)
 OWNER = web.RequestKey("radixmesh_owner", Owner)
+# Set by a handler once a streamed response's headers are out: no error response can follow.
+STREAMING = web.RequestKey("radixmesh_streaming", bool)
 
 
 class HttpError(Exception):
@@ -40,15 +48,30 @@ class HttpError(Exception):
     @classmethod
     def of(cls, error: BaseException, message: str | None = None,
            param: str | None = None) -> HttpError:
-        """`error` with the status and type that the shared table (shared/errors.py) gives."""
+        """`error` with the status and type that the shared table (shared/errors.py) gives;
+        a refusal for capacity says when to retry (the `openai` client waits that long)."""
+        headers = {"Retry-After": "1"} if isinstance(error, CapacityError) else None
         return cls(http_status(error), str(error) if message is None else message, param,
-                   openai_type(error))
+                   openai_type(error), headers)
+
+    @classmethod
+    def blamed(cls, error: InvalidRequestError, param: str) -> HttpError:
+        """`error` blamed on `param`, the name the client used for the field it names."""
+        return cls.of(error, f"{param}: {error.message}", param)
 
     def body(self) -> dict:
         return responses.error_body(self.message, self.param, self.status, self.error_type)
 
     def response(self) -> web.Response:
-        return web.json_response(self.body(), status=self.status, headers=self.headers)
+        # aiohttp knows no reason phrase for nginx's 499; say it rather than send none.
+        reason = "Client Closed Request" if self.status == CLIENT_CLOSED_REQUEST else None
+        return web.json_response(self.body(), status=self.status, reason=reason,
+                                 headers=self.headers)
+
+
+def error_param(error: BaseException) -> str | None:
+    """The field an error blames, for an error body's `param`."""
+    return error.field if isinstance(error, InvalidRequestError) else None
 
 
 async def read_json(request: web.Request, config: TokenizerConfig) -> object:

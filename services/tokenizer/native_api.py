@@ -20,13 +20,24 @@ import time
 from aiohttp import web
 
 from radixmesh.services.tokenizer import openai_responses as responses
+from radixmesh.services.tokenizer.admission import check_admission
 from radixmesh.services.tokenizer.config import TokenizerConfig
-from radixmesh.services.tokenizer.http_common import OWNER, REQUEST_SPAN, HttpError, read_json
+from radixmesh.services.tokenizer.finish_status import finish_error, refusal
+from radixmesh.services.tokenizer.http_common import (
+    OWNER,
+    REQUEST_SPAN,
+    STREAMING,
+    HttpError,
+    error_param,
+    read_json,
+)
 from radixmesh.services.tokenizer.live_request import RequestStream
 from radixmesh.services.tokenizer.metrics import FrontDoorMetrics
+from radixmesh.services.tokenizer.native_models import AbortRequestBody
 from radixmesh.services.tokenizer.native_protocol import generate_answer, parse_generate_request
 from radixmesh.services.tokenizer.request_span import RequestSpan
 from radixmesh.services.tokenizer.router import Router
+from radixmesh.services.tokenizer.validation_errors import validate_body
 from radixmesh.shared.completion import TextCompletion
 from radixmesh.shared.errors import InvalidRequestError, RadixMeshError, UnavailableError
 from radixmesh.shared.mesh_info import ModelInfo
@@ -57,14 +68,15 @@ class NativeApi:
     # ---- /generate -------------------------------------------------------------------------
 
     async def generate(self, request: web.Request) -> web.StreamResponse:
+        # Shed past --max-queued-requests before reading the body.
+        check_admission(self.router.num_live, self.config.max_queued_requests)
         parsed = parse_generate_request(await read_json(request, self.config),
                                         self.config.sampling_limits)
         span = request[REQUEST_SPAN]  # opened by the API's `_traced` middleware
         try:
             built = span.tokenize(self.router.build, parsed.rid, parsed.body)
         except InvalidRequestError as exc:  # blame the name the client used
-            param = parsed.param_name(exc.field)
-            raise HttpError.of(exc, f"{param}: {exc.message}", param) from exc
+            raise HttpError.blamed(exc, parsed.param_name(exc.field)) from exc
         started = time.perf_counter()
         stream = self.router.submit(built, request[OWNER])
         span.follow(stream)
@@ -72,22 +84,32 @@ class NativeApi:
             if parsed.stream:
                 return await self._stream(request, stream, started, span)
             done = await stream.collect()
-            return web.json_response(_answer(done, stream, started))
+        error = finish_error(done.finish)  # an aborted or refused request is no 200
+        if isinstance(error, InvalidRequestError):
+            raise HttpError.blamed(error, parsed.param_name(error.field))
+        if error is not None:
+            raise error
+        return web.json_response(_answer(done, stream, started))
 
     async def _stream(self, request: web.Request, stream: RequestStream, started: float,
                       span: RequestSpan) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                                "Cache-Control": "no-cache"})
         await response.prepare(request)
+        request[STREAMING] = True
         so_far = TextCompletion(stream.rid)
         try:
             async for delta in stream:
+                error = refusal(delta.finish)
+                if error is not None:  # refused inside the mesh: an error event, not a finish
+                    raise error
                 so_far.add(delta)
                 if delta.text or delta.token_ids or delta.finish is not None:
                     await response.write(responses.sse_event(_answer(so_far, stream, started)))
         except RadixMeshError as exc:  # the mesh went away; headers are gone: say so in the stream
             span.fail(exc)
-            await response.write(responses.sse_event(HttpError.of(exc).body()))
+            event = HttpError.of(exc, param=error_param(exc)).body()
+            await response.write(responses.sse_event(event))
         except ConnectionResetError as exc:
             span.fail(exc)
             return response  # the client left; leaving `async with` aborts the request
@@ -122,16 +144,8 @@ class NativeApi:
         return web.Response(text=CACHE_FLUSHED)
 
     async def abort_request(self, request: web.Request) -> web.Response:
-        body = await read_json(request, self.config)
-        if not isinstance(body, dict):
-            raise HttpError(400, "body: must be a JSON object", "body")
-        unknown = sorted(str(key) for key in body if key not in ("rid", "abort_all"))
-        if unknown:
-            raise HttpError(400, f"{unknown[0]}: unknown parameter", unknown[0])
-        if body.get("abort_all", False) is not False:
-            raise HttpError(400, "abort_all: is not supported; abort requests by rid",
-                            "abort_all")
-        rid = check_rid(body.get("rid"))
+        body = validate_body(AbortRequestBody, await read_json(request, self.config))
+        rid = check_rid(body.rid)
         found = self.router.abort_as(request[OWNER], rid)  # PermissionDeniedError: 403
         return web.json_response({"rid": rid, "found": found})
 

@@ -14,6 +14,10 @@ a 400 naming the body or the field, before any object reaches the router.
 
 Every route but `/health` and `/metrics` needs one of the configured API keys (401 with
 OpenAI's body otherwise); a request belongs to the key that started it (`shared/api_keys.py`).
+Past `--max-queued-requests` live requests a generating route answers 429 before reading the
+body. A non-streaming request that ends aborted answers an error, never 200
+(`finish_status.py`: 499 when its owner aborted it, the refusal's status otherwise), and
+every error, a bug's 500 included, has OpenAI's body.
 
 Each generating route's request is one root span (`request_span.py`), opened and ended by the
 outermost middleware so that it sees every outcome, error responses included; a sampled one
@@ -23,14 +27,24 @@ answers with an `X-Trace-Id` header, added as any response's headers go out.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from radixmesh.services.tokenizer import openai_responses as responses
+from radixmesh.services.tokenizer.admission import check_admission
 from radixmesh.services.tokenizer.config import TokenizerConfig
-from radixmesh.services.tokenizer.http_common import OWNER, REQUEST_SPAN, HttpError, read_json
+from radixmesh.services.tokenizer.finish_status import finish_error, refusal
+from radixmesh.services.tokenizer.http_common import (
+    OWNER,
+    REQUEST_SPAN,
+    STREAMING,
+    HttpError,
+    error_param,
+    read_json,
+)
 from radixmesh.services.tokenizer.live_request import RequestStream
 from radixmesh.services.tokenizer.metrics import FrontDoorMetrics
 from radixmesh.services.tokenizer.native_api import NativeApi
@@ -60,6 +74,7 @@ from radixmesh.shared.trace_context import TraceContext
 
 __all__ = ["REQUEST_SPAN", "HttpError", "OpenAIApi"]
 
+logger = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 HEALTH_PROBE_TOKEN = 1  # any id of the vocabulary: the probe's prompt is one token
@@ -101,11 +116,13 @@ class OpenAIApi:
     # ---- endpoints -------------------------------------------------------------------------
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
+        self._admit()
         parsed = parse_completion_request(await self._read_json(request), self.model,
                                           self.config.sampling_limits)
         return await self._generate(request, parsed, CompletionFormat())
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        self._admit()
         parsed = parse_chat_request(await self._read_json(request), self.model,
                                     self.config.sampling_limits)
         return await self._generate(request, parsed, ChatFormat())
@@ -122,6 +139,10 @@ class OpenAIApi:
             raise HttpError.of(UnknownModelError(name, self.model), param="model")
         return web.json_response(responses.model_card(self.model, self.started,
                                                       self._context_len()))
+
+    def _admit(self) -> None:
+        """Sheds a new request past --max-queued-requests, before its body is read."""
+        check_admission(self.router.num_live, self.config.max_queued_requests)
 
     def _context_len(self) -> int:
         return self.router.info.context_len if self.router.info is not None else 0
@@ -166,15 +187,20 @@ class OpenAIApi:
         try:
             built = span.tokenize(self.router.build, parsed.rid, parsed.body)
         except InvalidRequestError as exc:  # blame the OpenAI parameter the client sent
-            param = parsed.param_name(exc.field)
-            raise HttpError.of(exc, f"{param}: {exc.message}", param) from exc
+            raise HttpError.blamed(exc, parsed.param_name(exc.field)) from exc
         stream = self.router.submit(built, request[OWNER])
         span.follow(stream)
         ids = (fmt.id_prefix + built.rid, int(time.time()), self.model)
         async with stream:
-            if not parsed.stream:
-                return web.json_response(fmt.response(*ids, await stream.collect()))
-            return await self._stream(request, stream, fmt, ids, parsed.include_usage, span)
+            if parsed.stream:
+                return await self._stream(request, stream, fmt, ids, parsed.include_usage, span)
+            done = await stream.collect()
+        error = finish_error(done.finish)  # an aborted or refused request is no 200
+        if isinstance(error, InvalidRequestError):
+            raise HttpError.blamed(error, parsed.param_name(error.field))
+        if error is not None:
+            raise error
+        return web.json_response(fmt.response(*ids, done))
 
     async def _stream(self, request: web.Request, stream: RequestStream, fmt: ResponseFormat,
                       ids: tuple[str, int, str], include_usage: bool,
@@ -182,10 +208,14 @@ class OpenAIApi:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                                "Cache-Control": "no-cache"})
         await response.prepare(request)
+        request[STREAMING] = True
         try:
             for event in fmt.opening(*ids):
                 await response.write(responses.sse_event(event))
             async for delta in stream:
+                error = refusal(delta.finish)
+                if error is not None:  # refused inside the mesh: an error event, not a finish
+                    raise error
                 for event in fmt.chunks(*ids, delta):
                     await response.write(responses.sse_event(event))
                 if delta.finish is not None and include_usage:
@@ -193,7 +223,8 @@ class OpenAIApi:
                     await response.write(responses.sse_event(usage))
         except RadixMeshError as exc:  # the mesh went away; headers are gone: say so in the stream
             span.fail(exc)
-            await response.write(responses.sse_event(HttpError.of(exc).body()))
+            event = HttpError.of(exc, param=error_param(exc)).body()
+            await response.write(responses.sse_event(event))
         except ConnectionResetError as exc:
             span.fail(exc)
             return response  # the client left; leaving `async with` aborts the request
@@ -240,7 +271,7 @@ class OpenAIApi:
             return response
         except RadixMeshError as exc:
             _fail_span(request, exc)
-            param = exc.field if isinstance(exc, InvalidRequestError) else None
+            param = error_param(exc)
             if param is not None:
                 self.metrics.on_bad_request()
             return HttpError.of(exc, param=param).response()
@@ -248,6 +279,13 @@ class OpenAIApi:
             if exc.status < 400:
                 raise
             return HttpError(exc.status, exc.reason, None).response()
+        except Exception as exc:  # a bug: still a 500 with OpenAI's body, and the trace logged
+            if request.get(STREAMING):
+                raise  # the headers are out: aiohttp closes the connection
+            logger.exception("%s %s failed", request.method, request.path)
+            _fail_span(request, exc)
+            return HttpError(500, "internal server error; the server's log has the details",
+                             None, "internal_error").response()
 
     def _check_auth(self, request: web.Request) -> None:
         """Every route but the open ones needs a configured key; the request's owner (the

@@ -13,8 +13,11 @@ from __future__ import annotations
 from collections.abc import Container, Mapping
 from dataclasses import dataclass
 
+from jinja2 import TemplateError
+
 from radixmesh.services.tokenizer.chat_encoding import encode_chat
 from radixmesh.services.tokenizer.limits import apply_limits
+from radixmesh.services.tokenizer.openai_models import chat_messages
 from radixmesh.shared.errors import InvalidRequestError
 from radixmesh.shared.requests import TokenizedRequest
 from radixmesh.shared.sampling_params import SamplingParams
@@ -97,22 +100,13 @@ def check_text(value: object) -> str:
 
 
 def check_messages(value: object) -> list[dict]:
-    """A non-empty list of {role, content} dicts with string values; other keys pass through."""
-    if not isinstance(value, list):
-        raise InvalidRequestError("messages", "must be a list of {role, content} objects")
-    if not value:
-        raise InvalidRequestError("messages", "must not be empty")
-    for index, message in enumerate(value):
-        where = f"messages[{index}]"
-        if not isinstance(message, Mapping):
-            raise InvalidRequestError(where, "must be an object with role and content")
-        for key in ("role", "content"):
-            if not isinstance(message.get(key), str):
-                raise InvalidRequestError(f"{where}.{key}", "must be a string")
-            check_utf8(f"{where}.{key}", message[key])
-        if not message["role"]:
-            raise InvalidRequestError(f"{where}.role", "must not be empty")
-    return [dict(message) for message in value]
+    """A non-empty list of chat turns, validated as a chat request's `messages` are (roles,
+    content, no unknown keys), as the chat template takes them; each string valid UTF-8."""
+    turns = chat_messages(value)
+    for index, turn in enumerate(turns):
+        for key, text in turn.items():
+            check_utf8(f"messages[{index}].{key}", text)
+    return turns
 
 
 class RequestBuilder:
@@ -150,9 +144,15 @@ class RequestBuilder:
         if field == "text":
             ids = self.tokenizer.encode(check_text(value))
         else:
-            ids = encode_chat(self.tokenizer, check_messages(value),
-                              self.allow_special_tokens_in_content)
+            ids = self._encode_chat(check_messages(value))
         if not ids:
             raise InvalidRequestError(field, "tokenizes to no tokens")
         # The tokenizer may know more ids than the model has embedding rows for.
         return check_input_ids(ids, self.vocab_size, field)
+
+    def _encode_chat(self, messages: list[dict]) -> list[int]:
+        try:
+            return encode_chat(self.tokenizer, messages, self.allow_special_tokens_in_content)
+        except TemplateError as exc:  # the template's own rules (e.g. roles must alternate)
+            raise InvalidRequestError("messages", f"the model's chat template refused the "
+                                      f"conversation: {exc}") from exc

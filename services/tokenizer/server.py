@@ -13,6 +13,7 @@ import logging
 from aiohttp import web
 
 from radixmesh.services.tokenizer.config import TokenizerConfig
+from radixmesh.services.tokenizer.grpc_decoding import add_tolerant_service
 from radixmesh.services.tokenizer.http_limits import grpc_limit_options, start_http
 from radixmesh.services.tokenizer.mesh_link import GrpcMeshLink
 from radixmesh.services.tokenizer.metrics import FrontDoorMetrics
@@ -22,14 +23,15 @@ from radixmesh.services.tokenizer.router import Router
 from radixmesh.services.tokenizer.servicer import GenerationServicer
 from radixmesh.shared.api_keys import warn_if_open
 from radixmesh.shared.grpc_service import ServiceServer, host_port, start_server
-from radixmesh.shared.protos_gen import generate_pb2, generate_pb2_grpc
+from radixmesh.shared.protos_gen import generate_pb2
 from radixmesh.shared.span_recorder import DISABLED, SpanRecorder
 from radixmesh.shared.tls import internal_client_tls, public_server_tls
 from radixmesh.shared.tokenizer import load_tokenizer
 from radixmesh.shared.tracing import FRONT_DOOR, start_tracing, stop_tracing
 
 logger = logging.getLogger(__name__)
-GENERATION_SERVICE = generate_pb2.DESCRIPTOR.services_by_name["Generation"].full_name
+GENERATION = generate_pb2.DESCRIPTOR.services_by_name["Generation"]
+GENERATION_SERVICE = GENERATION.full_name
 # gRPC itself refuses messages past this multiple of the limit; below it the servicer answers
 # INVALID_ARGUMENT with the sizes, which says more than RESOURCE_EXHAUSTED would.
 GRPC_HARD_LIMIT_FACTOR = 4
@@ -94,11 +96,13 @@ class TokenizerServer:
                                       self.config.max_request_bytes, self.recorder,
                                       limits=self.config.sampling_limits,
                                       max_streams=self.config.max_concurrent_streams,
-                                      api_keys=self.api_keys)
+                                      api_keys=self.api_keys,
+                                      max_queued_requests=self.config.max_queued_requests)
         limit = self.config.max_request_bytes * GRPC_HARD_LIMIT_FACTOR
         self._grpc = await start_server(
             host_port(self.config.host, self.config.grpc_port),
-            lambda server: generate_pb2_grpc.add_GenerationServicer_to_server(servicer, server),
+            # Malformed requests end INVALID_ARGUMENT, not UNKNOWN (grpc_decoding.py).
+            lambda server: add_tolerant_service(GENERATION, servicer, server),
             [GENERATION_SERVICE], options=[("grpc.max_receive_message_length", limit),
                                            *grpc_limit_options(self.config)],
             tls=public_server_tls(self.config))

@@ -6,9 +6,14 @@ the `x-trace-id` trailing metadata, on success and error alike.
 A client that cancels or disconnects cancels the `Generate` handler; leaving the request
 stream's `async with` block then aborts the request through the mesh at once.
 
-Protobuf has already refused text that is not UTF-8; the request id and the list limits (the
-front door's flags) are checked here, and at most `max_streams` Generate calls run at once:
-one more gets RESOURCE_EXHAUSTED at once rather than a place in an unbounded queue.
+Bytes that do not decode (text that is not UTF-8, a broken wire format) and fields this API
+version does not declare never reach a method: `grpc_decoding.py` turns them into
+INVALID_ARGUMENT naming the field (`refuse`). The request id and the list limits (the front
+door's flags) are checked here, and at most `max_streams` Generate calls run at once, and at
+most `--max-queued-requests` requests live at the front door: one more gets
+RESOURCE_EXHAUSTED at once rather than a place in an unbounded queue. A request refused inside
+the mesh (a finish carrying a status code) ends with that status, not with a finish message;
+one its owner aborted ends with its "abort" finish.
 
 Every method first checks the caller's API key (`shared/api_keys.py`: UNAUTHENTICATED without
 a configured one); a request belongs to the key that started it, and `Abort` by another key
@@ -22,6 +27,8 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from radixmesh.services.tokenizer.admission import check_admission
+from radixmesh.services.tokenizer.finish_status import refusal
 from radixmesh.services.tokenizer.metrics import FrontDoorMetrics
 from radixmesh.services.tokenizer.request_builder import RequestBody, select_prompt_field
 from radixmesh.services.tokenizer.request_span import (
@@ -101,7 +108,8 @@ class GenerationServicer(generate_pb2_grpc.GenerationServicer):
                  max_request_bytes: int, recorder: SpanRecorder = DISABLED,
                  limits: SamplingLimits = DEFAULT_LIMITS,
                  max_streams: int = DEFAULT_MAX_STREAMS,
-                 api_keys: ApiKeys = NO_KEYS) -> None:
+                 api_keys: ApiKeys = NO_KEYS,
+                 max_queued_requests: int | None = None) -> None:
         self._router = router
         self._api_keys = api_keys
         self._metrics = metrics
@@ -110,6 +118,7 @@ class GenerationServicer(generate_pb2_grpc.GenerationServicer):
         self._spans = RequestSpans(recorder, served_model_name)
         self._limits = limits
         self._max_streams = max_streams
+        self._max_queued_requests = max_queued_requests
         self._num_streams = 0
 
     async def Generate(self, request: generate_pb2.GenerateRequest,
@@ -138,6 +147,7 @@ class GenerationServicer(generate_pb2_grpc.GenerationServicer):
                         context: grpc.aio.ServicerContext, span: RequestSpan,
                         owner: Owner) -> AsyncIterator[generate_pb2.GenerateResponse]:
         try:
+            check_admission(self._router.num_live, self._max_queued_requests)
             if request.ByteSize() > self._max_request_bytes:
                 raise InvalidRequestError("request", f"{request.ByteSize()} bytes exceed the "
                                           f"limit of {self._max_request_bytes} bytes")
@@ -153,8 +163,11 @@ class GenerationServicer(generate_pb2_grpc.GenerationServicer):
         async with stream:
             try:
                 async for delta in stream:
+                    error = refusal(delta.finish)
+                    if error is not None:  # refused inside the mesh: its status, not a finish
+                        raise error
                     yield generate_response(delta)
-            except RadixMeshError as exc:  # the mesh went away mid-stream
+            except RadixMeshError as exc:  # refused, or the mesh went away mid-stream
                 span.fail(exc)
                 await abort_with(context, exc)
 
@@ -162,8 +175,9 @@ class GenerationServicer(generate_pb2_grpc.GenerationServicer):
                     context: grpc.aio.ServicerContext) -> generate_pb2.AbortResponse:
         caller = await self._authenticate(context)
         try:
+            check_rid(request.rid)
             found = self._router.abort_as(caller, request.rid)
-        except PermissionDeniedError as exc:  # another key's request: it runs on
+        except (InvalidRequestError, PermissionDeniedError) as exc:  # another key's: runs on
             await abort_with(context, exc)
         return generate_pb2.AbortResponse(found=found)
 
@@ -176,6 +190,14 @@ class GenerationServicer(generate_pb2_grpc.GenerationServicer):
                              UnavailableError("the front door is not connected to the mesh yet"))
         # The name clients use, not a server path.
         return wire.model_info_to_proto(dataclasses.replace(info, model_id=self._served_model_name))
+
+    async def refuse(self, context: grpc.aio.ServicerContext,
+                     error: InvalidRequestError) -> None:
+        """Ends a call whose request could not be decoded (`grpc_decoding.py`): INVALID_ARGUMENT
+        naming the field, once the caller's key is checked like any call's."""
+        await self._authenticate(context)
+        self._metrics.on_bad_request()
+        await abort_with(context, error)
 
     async def _authenticate(self, context: grpc.aio.ServicerContext) -> Owner:
         """The caller's owner digest; ends the call UNAUTHENTICATED without a configured key.

@@ -93,8 +93,8 @@ def test_cli_writes_a_multiturn_result(mesh: MeshProcess, tmp_path: Path,
     # Per tier, from the scheduler's counters at the front door: with no hierarchical cache
     # every hit is on the device, and the device hit rate is the overall one.
     per_tier = metrics["per_tier"]
-    assert set(per_tier) == {"device", "host", "storage"}
-    assert per_tier["host"] == per_tier["storage"] == 0
+    assert set(per_tier) == {"device", "host", "storage", "remote"}
+    assert per_tier["host"] == per_tier["storage"] == per_tier["remote"] == 0
     assert per_tier["device"] == pytest.approx(metrics["cache_hit_rate"], abs=1e-3)
 
 

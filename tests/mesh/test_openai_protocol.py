@@ -106,7 +106,7 @@ def test_chat_content_parts_are_flattened_and_other_keys_kept() -> None:
     messages = chat_messages([
         {"role": "system", "content": [{"type": "text", "text": "a"},
                                        {"type": "text", "text": "b"}]},
-        {"role": "assistant", "content": None, "name": "bot"},
+        {"role": "assistant", "content": "", "name": "bot"},
     ])
     assert messages == [{"role": "system", "content": "a\nb"},
                         {"role": "assistant", "content": "", "name": "bot"}]

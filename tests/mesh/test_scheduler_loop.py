@@ -172,6 +172,10 @@ def test_a_request_the_scheduler_refuses_finishes_with_an_abort_and_others_go_on
         assert recorder.registered["undecodable"] == 7
         assert recorder.finishes["ok"].kind is FinishKind.LENGTH
         assert len(recorder.outputs["ok"]) == 3
+        # Refusals carry the status the front door answers with (issue 18).
+        assert {recorder.finishes[rid].status_code for rid in (
+            "huge", "oov", "top_p", "empty", "undecodable")} == {400}
+        assert recorder.finishes["ok"].status_code is None
 
     asyncio.run(run_loop(body))
 

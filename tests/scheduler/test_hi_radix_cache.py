@@ -58,7 +58,7 @@ def test_evicted_device_copy_is_matched_in_host_memory_and_loaded_back() -> None
     match = cache.match_prefix(tokens + [9])
     assert (match.num_tokens, match.num_host_tokens) == (0, 6)
     new_pages = cache.allocator.alloc(3)
-    handle, from_storage = cache.load(match, new_pages)
+    handle, from_storage, _ = cache.load(match, new_pages)
     loads, _ = cache.tier.take_copies(2)
     assert loads.device_pages == tuple(new_pages) and from_storage == 0
     cache.lock(handle)
@@ -151,7 +151,7 @@ def test_prefetched_pages_become_host_nodes_under_the_cached_prefix() -> None:
     assert cache.insert_prefetched(tokens, slots, keys[2:]) == []
     match = cache.match_prefix(tokens + [0])
     assert (match.num_tokens, match.num_host_tokens) == (4, 4)
-    _, from_storage = cache.load(match, cache.allocator.alloc(2))
+    _, from_storage, _ = cache.load(match, cache.allocator.alloc(2))
     assert from_storage == 4
     cache.check_consistency()
 
@@ -205,7 +205,7 @@ def test_random_operations_keep_every_invariant(policy: str) -> None:
                 cache.evict(max(0, num - cache.allocator.num_free))
                 pages = cache.allocator.alloc(num)
                 if pages is not None:
-                    new_handle, _ = cache.load(match, pages)
+                    new_handle, _, _ = cache.load(match, pages)
                     cache.lock(new_handle)
                     cache.unlock(handle)
                     handle = new_handle

@@ -18,7 +18,7 @@ def test_sglang_names_become_ours_and_neutral_options_pass() -> None:
         "text": "hi", "rid": "r1", "stream": True, "return_logprob": False,
         "sampling_params": {"max_new_tokens": 4, "sampling_seed": 7, "stop": "\n", "n": 1,
                             "no_stop_trim": False, "top_k": 5}})
-    assert parsed.body == {"text": "hi", "max_new_tokens": 4, "seed": 7, "stop": "\n",
+    assert parsed.body == {"text": "hi", "max_new_tokens": 4, "seed": 7, "stop": ["\n"],
                            "top_k": 5}
     assert (parsed.rid, parsed.stream) == ("r1", True)
     assert parsed.param_name("seed") == "sampling_params.seed"

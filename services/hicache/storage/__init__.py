@@ -7,6 +7,7 @@ from radixmesh.services.hicache.storage.base import (
     StorageBackend,
     StorageStats,
     StorageUsage,
+    StoredPage,
 )
 from radixmesh.services.hicache.storage.file_backend import FileStorageBackend
 from radixmesh.shared.registry import Registry
@@ -18,6 +19,7 @@ __all__ = [
     "StorageBackend",
     "StorageStats",
     "StorageUsage",
+    "StoredPage",
     "make_storage_backend",
 ]
 

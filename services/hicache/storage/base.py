@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
+from radixmesh.services.hicache.page_checksum import page_checksum
+
 
 @dataclass(frozen=True, slots=True)
 class StorageUsage:
@@ -35,6 +37,14 @@ class StorageStats:
         """These counters with `deltas` added (`plus(hits=1)`)."""
         return replace(self, **{name: getattr(self, name) + delta
                                 for name, delta in deltas.items()})
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPage:
+    """A page's bytes and the checksum it was stored with, for another node to check."""
+
+    data: bytes
+    checksum: bytes
 
 
 class PageListener(Protocol):
@@ -69,6 +79,13 @@ class StorageBackend(ABC):
     @abstractmethod
     def get(self, key: bytes) -> bytes | None:
         """The page's bytes, or None on a miss."""
+
+    def get_for_peer(self, key: bytes) -> StoredPage | None:
+        """The page's bytes and checksum for another node, which checks both itself; None on a
+        miss. A backend that stores the checksum with the page returns it without hashing the
+        bytes again; this default reads the page (checked) and hashes it."""
+        data = self.get(key)
+        return None if data is None else StoredPage(data, page_checksum(data))
 
     @abstractmethod
     def put(self, key: bytes, data: bytes | memoryview) -> bool:

@@ -18,27 +18,31 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from pathlib import Path
+from typing import TypeVar
 
 from radixmesh.services.hicache.storage.base import (
     PageListener,
     StorageBackend,
     StorageStats,
     StorageUsage,
+    StoredPage,
 )
 from radixmesh.services.hicache.storage.lru_index import LruIndex
 from radixmesh.services.hicache.storage.page_file import (
     HEADER_BYTES,
     CorruptPageError,
     read_page_file,
+    read_page_for_peer,
     read_page_header,
     write_page_file,
 )
 from radixmesh.shared.page_keys import check_key, key_from_hex, key_hex
 
 logger = logging.getLogger(__name__)
+Read = TypeVar("Read")
 
 TEMP_PREFIX = ".tmp-"
 # Design §4: without a cap, L3 may fill what the disk has free at start, less 10%.
@@ -77,6 +81,14 @@ class FileStorageBackend(StorageBackend):
         self._make_room(0)  # the cap may be lower than when these files were written
 
     def get(self, key: bytes) -> bytes | None:
+        return self._read(key, read_page_file)
+
+    def get_for_peer(self, key: bytes) -> StoredPage | None:
+        # The header's checksum as written: the receiving node hashes the bytes, not this one.
+        found = self._read(key, read_page_for_peer)
+        return None if found is None else StoredPage(*found)
+
+    def _read(self, key: bytes, read: Callable[[Path, bytes, bytes], Read]) -> Read | None:
         check_key(key)
         with self._lock:
             if key not in self._index:
@@ -84,7 +96,7 @@ class FileStorageBackend(StorageBackend):
                 return None
         path = self._path(key)
         try:
-            payload = read_page_file(path, key, self._root)
+            payload = read(path, key, self._root)
         except CorruptPageError as corrupt:
             self._drop_corrupt(key, corrupt.inode)
             return None

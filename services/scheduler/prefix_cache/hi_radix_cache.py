@@ -83,20 +83,22 @@ class HiRadixCache(RadixCache):
             node = node.parent
         return node, matched, page_ids
 
-    def load(self, match: PrefixMatch, device_pages: Sequence[int]) -> tuple[RadixNode, int]:
+    def load(self, match: PrefixMatch,
+             device_pages: Sequence[int]) -> tuple[RadixNode, int, int]:
         """Gives the host-only nodes of `match` device pages, planning their loads. Returns the
         deepest of them (the handle to lock in place of `match.handle`) and how many of the
-        loaded tokens a prefetch from L3 had brought."""
+        loaded tokens a prefetch had brought from L3, and from another node."""
         nodes: tuple[RadixNode, ...] = match.host_handle or ()
-        start = from_storage = 0
+        start = from_storage = from_remote = 0
         for node in nodes:
             expect(not node.evicted and not node.page_ids, "loading a node that changed")
             pages = list(device_pages[start:start + len(node.host_slots)])
-            from_storage += len(node.key) if node.from_storage else 0
+            from_remote += len(node.key) if node.from_remote else 0
+            from_storage += len(node.key) if node.from_storage and not node.from_remote else 0
             self.tier.plan_load(node, pages)
             self._give_device_pages(node, pages)
             start += len(pages)
-        return nodes[-1], from_storage
+        return nodes[-1], from_storage, from_remote
 
     # -- inserting ----------------------------------------------------------------------------
 
@@ -124,11 +126,11 @@ class HiRadixCache(RadixCache):
         return device_tokens
 
     def insert_prefetched(self, token_ids: Sequence[int], slots: Sequence[int],
-                          keys: Sequence[bytes]) -> list[int]:
+                          keys: Sequence[bytes], remote: bool = False) -> list[int]:
         """Adds the pages a prefetch wrote as host-only nodes: `slots[i]` holds the page keyed
-        `keys[i]`, the last `len(slots)` pages of `token_ids`. Returns the slots the tree did
-        not take (their pages were cached meanwhile, or the prefix before them is gone), for
-        the caller to free."""
+        `keys[i]`, the last `len(slots)` pages of `token_ids` (`remote`: fetched from another
+        node, not read from L3). Returns the slots the tree did not take (their pages were
+        cached meanwhile, or the prefix before them is gone), for the caller to free."""
         key = tuple(token_ids)
         node, matched, _ = RadixCache._walk(self, key)
         first = len(key) // self.page_size - len(slots)
@@ -137,7 +139,7 @@ class HiRadixCache(RadixCache):
         if skip < 0 or skip == len(slots) or not connected:
             return list(slots)
         leaf = self._attach_leaf(node, key[matched:], [])
-        self.tier.adopt_prefetched(leaf, list(slots[skip:]), list(keys[skip:]))
+        self.tier.adopt_prefetched(leaf, list(slots[skip:]), list(keys[skip:]), remote)
         return list(slots[:skip])
 
     # -- backups ------------------------------------------------------------------------------
@@ -247,7 +249,7 @@ class HiRadixCache(RadixCache):
         stack = list(self._root.children.values())
         while stack:
             node = stack.pop()
-            node.host_slots, node.from_storage = [], False
+            node.host_slots, node.from_storage, node.from_remote = [], False, False
             if node.page_ids:
                 stack.extend(node.children.values())
                 continue

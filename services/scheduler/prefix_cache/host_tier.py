@@ -56,7 +56,7 @@ class HostTier:
     def split(self, head: RadixNode, tail: RadixNode, num_pages: int) -> None:
         head.host_slots, tail.host_slots = tail.host_slots[:num_pages], tail.host_slots[num_pages:]
         head.page_keys, tail.page_keys = tail.page_keys[:num_pages], tail.page_keys[num_pages:]
-        head.from_storage = tail.from_storage
+        head.from_storage, head.from_remote = tail.from_storage, tail.from_remote
 
     # -- planning copies ----------------------------------------------------------------------
 
@@ -74,10 +74,12 @@ class HostTier:
     def plan_load(self, node: RadixNode, device_pages: list[int]) -> None:
         self.host.plan_use(node.host_slots, self.next_step)
         self._loads.extend(zip(device_pages, node.host_slots, strict=True))
-        node.from_storage = False
+        node.from_storage = node.from_remote = False
 
-    def adopt_prefetched(self, leaf: RadixNode, slots: list[int], keys: list[bytes]) -> None:
+    def adopt_prefetched(self, leaf: RadixNode, slots: list[int], keys: list[bytes],
+                         remote: bool = False) -> None:
         leaf.host_slots, leaf.page_keys, leaf.from_storage = slots, keys, True
+        leaf.from_remote = remote
         self.host.mark_filled(slots)
         for slot, key in zip(slots, keys, strict=True):
             self.host.keys[slot] = key

@@ -37,6 +37,7 @@ class RadixNode:
     host_slots: list[int] = field(default_factory=list)  # one per page, or none
     page_keys: list[bytes] = field(default_factory=list)  # chained keys, one per page, with L3
     from_storage: bool = False  # its host copy came from L3 and no request has used it yet
+    from_remote: bool = False   # ... from another node (from_storage is set too)
     in_host_heap: bool = False
 
     @property

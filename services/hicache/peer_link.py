@@ -1,0 +1,122 @@
+"""Fetching pages from another node's hicache service into this node's L2 slots.
+
+The asking side of hicache <-> hicache: one ReadPages stream per fetch to the peer the index
+named, each batch checked and written off the event loop (a thread: hashing a few MiB must not
+stall the other calls), the fetch bounded by its deadline. A peer that is gone, refuses, stalls
+or sends a bad page ends the fetch early, never in an error: the caller gets the leading pages
+placed, and the scheduler recomputes the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
+
+import grpc
+
+from radixmesh.services.hicache.cache import HiCache
+from radixmesh.services.hicache.peer_pages import ReceivedPage
+from radixmesh.shared.errors import RadixMeshError
+from radixmesh.shared.grpc_service import open_channel
+from radixmesh.shared.protos_gen import hicache_pb2, hicache_pb2_grpc
+from radixmesh.shared.tls import ClientTLS
+
+logger = logging.getLogger(__name__)
+MAX_PEERS = 64  # channels kept open; past it the oldest is closed (peers come and go)
+
+
+@dataclass(frozen=True, slots=True)
+class FetchOutcome:
+    num_pages: int   # leading pages now in their slots
+    seconds: float
+    problem: str = ""  # why it ended short, when it did
+
+
+@dataclass(slots=True)
+class _Progress:
+    placed: int = 0  # leading pages written to their slots so far
+
+
+class PeerFetcher:
+    """Invariant: when `fetch` returns (or is cancelled), no write to the caller's slots is
+    still under way: a batch being placed is waited for, so the slots may be reused at once."""
+
+    def __init__(self, cache: HiCache, tls: ClientTLS | None = None) -> None:
+        self._cache = cache
+        self._tls = tls
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    async def fetch(self, epoch: str, keys: Sequence[bytes], slots: Sequence[int],
+                    address: str, deadline_s: float) -> FetchOutcome:
+        started = time.perf_counter()
+        progress = _Progress()
+        root = self._cache.namespace_root
+        if root is None:
+            return FetchOutcome(0, 0.0, "no pool attached")
+        try:
+            async with asyncio.timeout(deadline_s):
+                problem = await self._stream(epoch, keys, slots, address, root, progress)
+        except TimeoutError:
+            problem = f"past its deadline of {deadline_s:g} s"
+        except grpc.aio.AioRpcError as error:
+            problem = f"{error.code().name}: {error.details()}"
+        seconds = time.perf_counter() - started
+        if problem:
+            logger.warning("fetch of %d pages from %s ended after %d: %s; the rest is "
+                           "recomputed", len(keys), address, progress.placed, problem)
+        return FetchOutcome(progress.placed, seconds, problem)
+
+    async def _stream(self, epoch: str, keys: Sequence[bytes], slots: Sequence[int],
+                      address: str, root: bytes, progress: _Progress) -> str:
+        """Why the fetch ended short ("" when every page came)."""
+        stub = hicache_pb2_grpc.HiCacheStub(self._channel(address))
+        call = stub.ReadPages(hicache_pb2.PageRead(namespace_root=root, keys=keys))
+        try:
+            async for batch in call:
+                pages = [ReceivedPage(page.key, page.data, page.checksum) for page in batch.pages]
+                placed = progress.placed
+                done = await _uncancelled(asyncio.to_thread(
+                    self._cache.place_fetched, epoch, keys[placed:], slots[placed:], pages))
+                progress.placed += done
+                if done < len(pages):
+                    return "a page failed its check"
+                if progress.placed >= len(keys):
+                    break
+        except RadixMeshError as error:  # our pool went away (a re-attach): nothing fits
+            return str(error)
+        finally:
+            call.cancel()
+        if progress.placed < len(keys):
+            return f"the peer holds {progress.placed} of the {len(keys)} pages"
+        return ""
+
+    def _channel(self, address: str) -> grpc.aio.Channel:
+        channel = self._channels.get(address)
+        if channel is None:
+            if len(self._channels) >= MAX_PEERS:
+                oldest = next(iter(self._channels))
+                asyncio.ensure_future(self._channels.pop(oldest).close())
+            channel = self._channels[address] = open_channel(address, self._tls)
+        return channel
+
+    async def close(self) -> None:
+        channels, self._channels = list(self._channels.values()), {}
+        for channel in channels:
+            await channel.close()
+
+
+async def _uncancelled(work: Awaitable[int]) -> int:
+    """Awaits `work` (a thread writing slots) to its end even if the caller is cancelled
+    meanwhile, then lets the cancellation through: slots are never written after a fetch is
+    over."""
+    running = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(running)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await running
+        raise
