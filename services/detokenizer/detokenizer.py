@@ -90,8 +90,11 @@ class Detokenizer:
             logger.warning("request %r ends: %s", delta.rid, error)
             stream.finished = True
             reason = stream.refused or f"could not decode its token ids: {error}"
+            # Refused at the entry check: the request was bad (400); else decoding failed (500).
+            status = 400 if stream.refused else 500
             return TextDelta(delta.rid, "", list(delta.token_ids),
-                             FinishReason(FinishKind.ABORT, message=reason), delta.usage)
+                             FinishReason(FinishKind.ABORT, message=reason, status_code=status),
+                             delta.usage)
         match = stream.stops.feed(text)
         if match.matched is not None:
             stream.finished = True

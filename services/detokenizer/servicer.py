@@ -136,5 +136,5 @@ def _aborted(tokens: TokenBatch, reason: str) -> list[TextDelta]:
     """A finishing abort for every request `tokens` names, so that none waits forever."""
     rids = dict.fromkeys([reg.rid for reg in tokens.registrations]
                          + [delta.rid for delta in tokens.deltas])
-    finish = FinishReason(FinishKind.ABORT, message=reason)
+    finish = FinishReason(FinishKind.ABORT, message=reason, status_code=500)  # a fault of ours
     return [TextDelta(rid, "", [], finish) for rid in rids]

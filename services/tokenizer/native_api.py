@@ -129,13 +129,7 @@ class NativeApi:
             "worker": info.worker})
 
     async def get_server_info(self, request: web.Request) -> web.Response:
-        info = self._info()
-        load = await self.router.get_load()
-        return web.json_response({
-            "version": _VERSION, **public_flags(self.config),
-            "model_info": {**dataclasses.asdict(info), "model_id": self.model,
-                           "eos_token_ids": list(info.eos_token_ids)},
-            "internal_states": [dataclasses.asdict(load)]})
+        return web.json_response(await server_info(self.router, self.config))
 
     async def flush_cache(self, request: web.Request) -> web.Response:
         outcome = await self.router.flush_cache()
@@ -158,6 +152,19 @@ class NativeApi:
 def _answer(done: TextCompletion, stream: RequestStream, started: float) -> dict:
     return generate_answer(done.rid, done.text, done.token_ids, done.finish, done.usage,
                            stream.num_prompt_tokens, time.perf_counter() - started)
+
+
+async def server_info(router: Router, config: TokenizerConfig) -> dict:
+    """SGLang's server info document: version, the front door's flags, the model, the load.
+    The same for GET /get_server_info and gRPC GetServerInfo."""
+    info = router.info
+    if info is None:
+        raise UnavailableError("the front door is not connected to the mesh yet")
+    load = await router.get_load()
+    return {"version": _VERSION, **public_flags(config),
+            "model_info": {**dataclasses.asdict(info), "model_id": config.served_model_name,
+                           "eos_token_ids": list(info.eos_token_ids)},
+            "internal_states": [dataclasses.asdict(load)]}
 
 
 def public_flags(config: TokenizerConfig) -> dict:

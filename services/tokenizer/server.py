@@ -17,6 +17,7 @@ from radixmesh.services.tokenizer.grpc_decoding import add_tolerant_service
 from radixmesh.services.tokenizer.http_limits import grpc_limit_options, start_http
 from radixmesh.services.tokenizer.mesh_link import GrpcMeshLink
 from radixmesh.services.tokenizer.metrics import FrontDoorMetrics
+from radixmesh.services.tokenizer.native_api import server_info
 from radixmesh.services.tokenizer.openai_api import OpenAIApi
 from radixmesh.services.tokenizer.replicas import ReplicaSet
 from radixmesh.services.tokenizer.router import Router
@@ -97,7 +98,8 @@ class TokenizerServer:
                                       limits=self.config.sampling_limits,
                                       max_streams=self.config.max_concurrent_streams,
                                       api_keys=self.api_keys,
-                                      max_queued_requests=self.config.max_queued_requests)
+                                      max_queued_requests=self.config.max_queued_requests,
+                                      server_info=lambda: server_info(self.router, self.config))
         limit = self.config.max_request_bytes * GRPC_HARD_LIMIT_FACTOR
         self._grpc = await start_server(
             host_port(self.config.host, self.config.grpc_port),

@@ -23,7 +23,8 @@ is refused with PERMISSION_DENIED while the request runs on.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 
@@ -109,8 +110,11 @@ class GenerationServicer(generate_pb2_grpc.GenerationServicer):
                  limits: SamplingLimits = DEFAULT_LIMITS,
                  max_streams: int = DEFAULT_MAX_STREAMS,
                  api_keys: ApiKeys = NO_KEYS,
-                 max_queued_requests: int | None = None) -> None:
+                 max_queued_requests: int | None = None,
+                 server_info: Callable[[], Awaitable[dict]] | None = None) -> None:
+        """`server_info`: SGLang's server info document (native_api.server_info)."""
         self._router = router
+        self._server_info = server_info
         self._api_keys = api_keys
         self._metrics = metrics
         self._served_model_name = served_model_name
@@ -190,6 +194,28 @@ class GenerationServicer(generate_pb2_grpc.GenerationServicer):
                              UnavailableError("the front door is not connected to the mesh yet"))
         # The name clients use, not a server path.
         return wire.model_info_to_proto(dataclasses.replace(info, model_id=self._served_model_name))
+
+    async def GetServerInfo(self, request: common_pb2.Empty,
+                            context: grpc.aio.ServicerContext) -> generate_pb2.ServerInfo:
+        await self._authenticate(context)
+        if self._server_info is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "no server info here")
+        try:
+            document = await self._server_info()
+        except RadixMeshError as exc:
+            await abort_with(context, exc)
+        return generate_pb2.ServerInfo(json=json.dumps(document))
+
+    async def FlushCache(self, request: common_pb2.Empty,
+                         context: grpc.aio.ServicerContext) -> generate_pb2.FlushCacheResponse:
+        """As POST /flush_cache: refused (flushed false, with why) while requests are live."""
+        await self._authenticate(context)
+        try:
+            outcome = await self._router.flush_cache()
+        except RadixMeshError as exc:
+            await abort_with(context, exc)
+        return generate_pb2.FlushCacheResponse(flushed=outcome.flushed, message=outcome.message,
+                                               freed_pages=outcome.freed_pages)
 
     async def refuse(self, context: grpc.aio.ServicerContext,
                      error: InvalidRequestError) -> None:

@@ -31,6 +31,8 @@ GRPC_CALLS: dict[str, object] = {
         text="hi", sampling=common_pb2.SamplingParams(max_new_tokens=2)),
     "Abort": generate_pb2.AbortRequest(rid="no-such-request"),
     "GetModelInfo": common_pb2.Empty(),
+    "GetServerInfo": common_pb2.Empty(),
+    "FlushCache": common_pb2.Empty(),
 }
 # Every HTTP route: (method, path, body, status with a key). Checked against the app's table.
 HTTP_CALLS: list[tuple[str, str, dict | None, int]] = [

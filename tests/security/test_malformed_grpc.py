@@ -36,7 +36,7 @@ def chat(*messages: tuple[str, str]) -> generate_pb2.ChatMessages:
 
 @dataclass(frozen=True)
 class Case:
-    method: str              # Generate, Abort or GetModelInfo
+    method: str              # a method of Generation
     request: object          # bytes sent raw, or a message
     field: str               # the field the status details must name
 
@@ -69,6 +69,7 @@ CASES = [
     Case("Abort", b"\xff\xff", "request"), Case("Abort", ld(1, b"\xff"), "rid"),
     Case("Abort", ld(1, b"r") + b"\x10\x01", "<field 2>"),
     Case("GetModelInfo", b"\x08\x01", "<field 1>"), Case("GetModelInfo", b"\x0a\x09", "request"),
+    Case("GetServerInfo", b"\x08\x01", "<field 1>"), Case("FlushCache", b"\x0a\x09", "request"),
     # ---- the prompt
     gen(Request(), "prompt"), gen(Request(text=""), "text"),
     gen(Request(input_ids=generate_pb2.TokenIds()), "input_ids"),

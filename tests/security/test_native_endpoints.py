@@ -10,10 +10,12 @@ import json
 import time
 from pathlib import Path
 
+import grpc
 import pytest
 
 from radixmesh.client import AsyncClient
 from radixmesh.services.tokenizer.chat_encoding import encode_chat
+from radixmesh.shared.protos_gen import common_pb2, generate_pb2_grpc
 from radixmesh.shared.tokenizer import TextTokenizer
 from tests.mesh.conftest import MeshProcess
 from tests.security.keyed_mesh import KEYS, MODEL, bearer, http
@@ -143,3 +145,28 @@ def test_special_token_text_in_a_message_stays_plain_text(keyed_mesh: MeshProces
             return done.usage["prompt_tokens"]
 
     assert asyncio.run(over_grpc()) == len(guarded)
+
+
+def grpc_call(mesh: MeshProcess, method: str):
+    """One unary `Generation` method with the first key, its reply."""
+    async def call():
+        async with grpc.aio.insecure_channel(mesh.grpc_address) as channel:
+            stub = generate_pb2_grpc.GenerationStub(channel)
+            return await getattr(stub, method)(common_pb2.Empty(),
+                                               metadata=(("authorization", f"Bearer {KEYS[0]}"),))
+    return asyncio.run(call())
+
+
+def test_server_info_and_cache_flush_over_grpc(keyed_mesh: MeshProcess) -> None:
+    """What a gRPC-only client finds beside GetModelInfo: the /get_server_info document, and
+    /flush_cache's answer (flushed, or refused with why)."""
+    server = json.loads(grpc_call(keyed_mesh, "GetServerInfo").json)
+    assert server["served_model_name"] == MODEL and server["version"]
+    assert not any(key in json.dumps(server) for key in KEYS)
+    for _ in range(200):  # idle once the other tests' requests have ended
+        flushed = grpc_call(keyed_mesh, "FlushCache")
+        if flushed.flushed:
+            break
+        assert "not flushed" in flushed.message
+        time.sleep(0.05)
+    assert flushed.flushed and flushed.freed_pages >= 0
