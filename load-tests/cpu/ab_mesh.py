@@ -8,6 +8,12 @@ checkout, on an otherwise idle machine:
 
     python load-tests/cpu/ab_mesh.py --a /work/venv-before/bin/python --b python3 \
         --rounds 3 --out load-tests/results/seams-ab-cpu.json
+
+The two sides may also be one install with different `radixmesh up` flags, e.g. data
+parallelism on the null worker:
+
+    python load-tests/cpu/ab_mesh.py --a python3 --b python3 --b-up-flags "--dp-size 2" \
+        --workloads null-worker --rounds 3 --out load-tests/results/dp-null-worker-cpu.json
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import socket
 import statistics
 import subprocess
@@ -78,15 +85,21 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--a", required=True, help="python of install A (the baseline)")
     parser.add_argument("--b", required=True, help="python of install B (the change)")
+    parser.add_argument("--a-up-flags", default="", help="more `radixmesh up` flags for A")
+    parser.add_argument("--b-up-flags", default="", help="more `radixmesh up` flags for B")
+    parser.add_argument("--workloads", nargs="+", default=[name for name, _, _ in WORKLOADS],
+                        choices=[name for name, _, _ in WORKLOADS])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    installs = {"a": args.a, "b": args.b}
-    runs: dict[str, dict[str, list[float]]] = {w[0]: {"a": [], "b": []} for w in WORKLOADS}
+    installs = {"a": (args.a, tuple(shlex.split(args.a_up_flags))),
+                "b": (args.b, tuple(shlex.split(args.b_up_flags)))}
+    workloads = [workload for workload in WORKLOADS if workload[0] in args.workloads]
+    runs: dict[str, dict[str, list[float]]] = {w[0]: {"a": [], "b": []} for w in workloads}
     for round_index in range(args.rounds):
-        for name, up_flags, bench_flags in WORKLOADS:
-            for which, python in installs.items():
-                figure = run_once(python, up_flags, bench_flags)
+        for name, up_flags, bench_flags in workloads:
+            for which, (python, extra_flags) in installs.items():
+                figure = run_once(python, (*up_flags, *extra_flags), bench_flags)
                 runs[name][which].append(round(figure, 1))
                 print(f"round {round_index + 1} {name} {which}: {figure:.1f} out tok/s",
                       flush=True)
@@ -97,9 +110,13 @@ def main() -> None:
                       "alternated per round; output tok/s", "device": cpu_name(),
               "cpu_count": os.cpu_count(),
               "a_commit": commit_of(args.a), "b_commit": commit_of(args.b),
+              "a_up_flags": args.a_up_flags, "b_up_flags": args.b_up_flags,
               "command": "python load-tests/cpu/ab_mesh.py " + " ".join(
-                  f"--{k} {v}" for k, v in (("a", args.a), ("b", args.b),
-                                            ("rounds", args.rounds), ("out", args.out))),
+                  f"--{k} {shlex.quote(str(v))}" for k, v in (
+                      ("a", args.a), ("b", args.b), ("a-up-flags", args.a_up_flags),
+                      ("b-up-flags", args.b_up_flags), ("rounds", args.rounds),
+                      ("out", args.out)) if v != "") + " --workloads " + " ".join(
+                          args.workloads),
               "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "workloads": summary}
     args.out.write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(summary, indent=2))

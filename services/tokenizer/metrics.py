@@ -58,6 +58,9 @@ class FrontDoorMetrics:
                              [MODEL_LABEL], buckets=LATENCY_BUCKETS,
                              registry=registry).labels(**model)
         self._tiers = TierCounters(model_name)
+        self.replicas_ready = Gauge("radixmesh:dp_replicas_ready", "data-parallel replicas the "
+                                    "front door can send requests to", [MODEL_LABEL],
+                                    registry=registry).labels(**model)
         registry.register(self._tiers)
 
     def on_tokens(self, num_tokens: int, since_previous: float | None,

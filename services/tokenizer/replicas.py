@@ -19,6 +19,7 @@ import logging
 from collections.abc import Mapping, Sequence
 
 from radixmesh.services.tokenizer.live_request import RequestStream
+from radixmesh.services.tokenizer.metrics import FrontDoorMetrics
 from radixmesh.services.tokenizer.request_builder import RequestBody
 from radixmesh.services.tokenizer.router import Router
 from radixmesh.shared.api_keys import Owner
@@ -33,10 +34,12 @@ logger = logging.getLogger(__name__)
 
 
 class ReplicaSet:
-    def __init__(self, routers: Sequence[Router], rule: ChoiceRule = DEFAULT_RULE) -> None:
+    def __init__(self, routers: Sequence[Router], rule: ChoiceRule = DEFAULT_RULE,
+                 metrics: FrontDoorMetrics | None = None) -> None:
         if not routers:
             raise ValueError("a replica set needs at least one replica")
         self._routers = list(routers)
+        self._metrics = metrics
         self._rule = rule
         self._oracle = SentPrefixes(len(routers))
         self._changed = asyncio.Event()  # some replica's readiness may have changed
@@ -77,6 +80,8 @@ class ReplicaSet:
             self._announce()
 
     def _announce(self) -> None:
+        if self._metrics is not None:
+            self._metrics.replicas_ready.set(len(self._ready_routers()))
         self._changed.set()
         self._changed = asyncio.Event()
 

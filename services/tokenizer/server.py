@@ -63,7 +63,8 @@ class TokenizerServer:
                                             self.config.revision, self.config.hf_token)
         routers = [Router(link, tokenizer, self.metrics, allow_special_tokens_in_content=(
                        self.config.enable_special_tokens_in_content)) for link in self.links]
-        self.router = routers[0] if len(routers) == 1 else ReplicaSet(routers)
+        self.router = (routers[0] if len(routers) == 1
+                       else ReplicaSet(routers, metrics=self.metrics))
         warn_if_open(self.api_keys, self.config.host)
         await self._start_grpc()
         await self._start_http()

@@ -9,6 +9,7 @@ import asyncio
 import os
 import signal
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,7 +31,21 @@ def dp_mesh(mesh_model_path: Path) -> Iterator[MeshProcess]:
     # A long context, so a null-worker request can outlast every step of a test.
     with start_mesh(mesh_model_path, "--dp-size", "2", "--page-size", "1",
                     "--context-length", "200000", worker="null") as mesh:
+        # `up` is up once the front door serves, which it does from its first replica on.
+        wait_replicas_ready(mesh, 2)
         yield mesh
+
+
+def wait_replicas_ready(mesh: MeshProcess, count: int) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        metrics = urllib.request.urlopen(f"{mesh.http_url}/metrics", timeout=5).read().decode()
+        ready = [line for line in metrics.splitlines()
+                 if line.startswith("radixmesh:dp_replicas_ready{")]
+        if ready and float(ready[0].rsplit(" ", 1)[1]) == count:
+            return
+        assert time.monotonic() < deadline, f"not {count} replicas ready: {ready}"
+        time.sleep(0.2)
 
 
 async def complete(address: str, prompt: list[int], max_new_tokens: int = 4
