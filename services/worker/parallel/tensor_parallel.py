@@ -65,6 +65,10 @@ def init_group(parallel: TensorParallel, init_method: str, device: torch.device,
     """Joins this process to its group's default process group: NCCL on CUDA, gloo on CPU.
     Collectives that wait longer than `timeout_s` raise (a rank died or hangs)."""
     backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cpu":
+        # The ranks share the machine's cores: each taking all of them for its intra-op threads
+        # oversubscribes it, and a collective then waits for whichever rank was descheduled.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // parallel.size))
     # NVLink multicast (NVLS) makes NCCL reserve memory and hang on some hosts; off unless the
     # operator turns it on explicitly.
     os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
