@@ -67,7 +67,7 @@ def follow(runner: ModelRunner, pipe: Connection) -> None:
     while True:
         try:
             message = pipe.recv_bytes()
-        except EOFError:
+        except (EOFError, ConnectionResetError):
             return  # rank 0 closed the group (or is gone)
         if message[:1] == LAUNCH:
             try:

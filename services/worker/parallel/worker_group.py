@@ -110,6 +110,8 @@ class TensorParallelWorker(ModelWorker):
             return
         self._closing.set()  # before the followers leave: the watcher then lets them go
         for pipe in self._pipes:
+            while pipe.poll():  # unread progress reports would make the close a reset
+                pipe.recv_bytes()
             pipe.close()  # the followers' cue to leave
         for process in self._followers:
             process.join(timeout=10)
