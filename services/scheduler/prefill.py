@@ -47,8 +47,8 @@ class PrefillPlanner:
         into the step)."""
         plan = PrefillPlan()
         budget = (self.chunk_budget if self.chunk_budget is not None else 1 << 62) - tokens_taken
-        if budget <= 0:
-            return plan
+        if budget <= 0 or (partial is None and not waiting):
+            return plan  # nothing to prefill: skip the pass over every decoding request
         pool_tokens = self.kv.available_pages * self.kv.page_size
         pool_tokens -= sum(ratio.reserve(req) for req in decoding)
         if partial is not None:

@@ -194,10 +194,13 @@ class Scheduler:
         plan.page_writes += decode.page_writes
 
     def _apply_prefill(self, plan: StepPlan, prefill: PrefillPlan) -> None:
+        if prefill.admitted:  # one pass over the queue, not one per admitted request
+            admitted = {id(req) for req in prefill.admitted}
+            self.waiting = [req for req in self.waiting if id(req) not in admitted]
+        chunk_lens = {chunk.rid: chunk.length for chunk in prefill.chunks}
         for req in prefill.admitted:
-            self.waiting.remove(req)
             req.status = ReqStatus.RUNNING
-            num_cached = req.kv_len - self._chunk_len(prefill, req)
+            num_cached = req.kv_len - chunk_lens[req.rid]
             if not req.admitted_once:
                 req.num_cached_prompt_tokens = num_cached
                 req.admitted_once = True
@@ -211,10 +214,6 @@ class Scheduler:
         plan.extends = prefill.chunks
         plan.page_writes = prefill.page_writes
         self.stats.on_prefill(prefill, self)
-
-    @staticmethod
-    def _chunk_len(prefill: PrefillPlan, req: SchedReq) -> int:
-        return next(chunk.length for chunk in prefill.chunks if chunk.rid == req.rid)
 
     def _plan_decode(self, plan: StepPlan) -> None:
         decoding = self._decodable()
