@@ -1,5 +1,6 @@
 """What every HTTP route of the front door shares: OpenAI-shaped errors, reading a JSON body,
-and the per-request values the middlewares set for the handlers (its root span, its owner).
+the per-request values the middlewares set for the handlers (its root span, its owner), and
+how a generation ends: its finish checked, or its events streamed.
 
 `HttpError` is raised by handlers and turned into a response by the API's middleware; its body
 is OpenAI's (`{"error": {"message", "type", "param", "code"}}`), so the official client raises
@@ -11,21 +12,25 @@ deep, malformed or holding text that is not UTF-8, it is a 400 naming the body o
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncGenerator, AsyncIterable, Callable
+from contextlib import aclosing
 
 from aiohttp import web
 
 from radixmesh.services.tokenizer import openai_responses as responses
 from radixmesh.services.tokenizer.config import TokenizerConfig
-from radixmesh.services.tokenizer.finish_status import CLIENT_CLOSED_REQUEST
+from radixmesh.services.tokenizer.finish_status import CLIENT_CLOSED_REQUEST, finish_error, refusal
 from radixmesh.services.tokenizer.http_limits import parse_json_body
 from radixmesh.services.tokenizer.request_span import RequestSpan
 from radixmesh.shared.api_keys import Owner
 from radixmesh.shared.errors import (
     CapacityError,
     InvalidRequestError,
+    RadixMeshError,
     http_status,
     openai_type,
 )
+from radixmesh.shared.requests import FinishReason, TextDelta
 
 # Set by the middlewares: a generating route's root span, and every request's owner (the
 # digest of its API key; None with no keys configured, or on an open route).
@@ -89,3 +94,48 @@ async def read_json(request: web.Request, config: TokenizerConfig) -> object:
         return parse_json_body(raw, config.max_json_depth)
     except InvalidRequestError as exc:
         raise HttpError.of(exc, param=exc.field) from exc
+
+
+def raise_finish_error(finish: FinishReason | None, param_name: Callable[[str], str]) -> None:
+    """An aborted or refused request is no 200: raises its error, a refusal blamed on
+    `param_name` of the field (the name the client used for it)."""
+    error = finish_error(finish)
+    if isinstance(error, InvalidRequestError):
+        raise HttpError.blamed(error, param_name(error.field))
+    if error is not None:
+        raise error
+
+
+async def unrefused(deltas: AsyncIterable[TextDelta]) -> AsyncGenerator[TextDelta, None]:
+    """The deltas, a refusal inside the mesh raised as its error rather than passed on as a
+    finish."""
+    async for delta in deltas:
+        error = refusal(delta.finish)
+        if error is not None:
+            raise error
+        yield delta
+
+
+async def stream_events(request: web.Request, span: RequestSpan,
+                        events: AsyncGenerator[dict, None]) -> web.StreamResponse:
+    """Sends `events` as server-sent events, then `[DONE]`. Once the headers are out no error
+    response can follow: a failure `events` raises (the mesh went away, a refusal) becomes an
+    error event in the stream; a client that left just ends it (leaving the request stream's
+    `async with` then aborts the request)."""
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                           "Cache-Control": "no-cache"})
+    await response.prepare(request)
+    request[STREAMING] = True
+    try:
+        async with aclosing(events):
+            async for event in events:
+                await response.write(responses.sse_event(event))
+    except RadixMeshError as exc:
+        span.fail(exc)
+        await response.write(responses.sse_event(HttpError.of(exc, param=error_param(exc)).body()))
+    except ConnectionResetError as exc:
+        span.fail(exc)
+        return response
+    await response.write(responses.SSE_DONE)
+    await response.write_eof()
+    return response

@@ -16,20 +16,20 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import time
+from collections.abc import AsyncGenerator
 
 from aiohttp import web
 
-from radixmesh.services.tokenizer import openai_responses as responses
 from radixmesh.services.tokenizer.admission import check_admission
 from radixmesh.services.tokenizer.config import TokenizerConfig
-from radixmesh.services.tokenizer.finish_status import finish_error, refusal
 from radixmesh.services.tokenizer.http_common import (
     OWNER,
     REQUEST_SPAN,
-    STREAMING,
     HttpError,
-    error_param,
+    raise_finish_error,
     read_json,
+    stream_events,
+    unrefused,
 )
 from radixmesh.services.tokenizer.live_request import RequestStream
 from radixmesh.services.tokenizer.metrics import FrontDoorMetrics
@@ -39,7 +39,7 @@ from radixmesh.services.tokenizer.request_span import RequestSpan
 from radixmesh.services.tokenizer.router import Router
 from radixmesh.services.tokenizer.validation_errors import validate_body
 from radixmesh.shared.completion import TextCompletion
-from radixmesh.shared.errors import InvalidRequestError, RadixMeshError, UnavailableError
+from radixmesh.shared.errors import InvalidRequestError, UnavailableError
 from radixmesh.shared.mesh_info import ModelInfo
 from radixmesh.shared.text_checks import check_rid
 
@@ -84,38 +84,18 @@ class NativeApi:
             if parsed.stream:
                 return await self._stream(request, stream, started, span)
             done = await stream.collect()
-        error = finish_error(done.finish)  # an aborted or refused request is no 200
-        if isinstance(error, InvalidRequestError):
-            raise HttpError.blamed(error, parsed.param_name(error.field))
-        if error is not None:
-            raise error
+        raise_finish_error(done.finish, parsed.param_name)
         return web.json_response(_answer(done, stream, started))
 
     async def _stream(self, request: web.Request, stream: RequestStream, started: float,
                       span: RequestSpan) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                               "Cache-Control": "no-cache"})
-        await response.prepare(request)
-        request[STREAMING] = True
-        so_far = TextCompletion(stream.rid)
-        try:
-            async for delta in stream:
-                error = refusal(delta.finish)
-                if error is not None:  # refused inside the mesh: an error event, not a finish
-                    raise error
+        async def events() -> AsyncGenerator[dict, None]:
+            so_far = TextCompletion(stream.rid)
+            async for delta in unrefused(stream):
                 so_far.add(delta)
                 if delta.text or delta.token_ids or delta.finish is not None:
-                    await response.write(responses.sse_event(_answer(so_far, stream, started)))
-        except RadixMeshError as exc:  # the mesh went away; headers are gone: say so in the stream
-            span.fail(exc)
-            event = HttpError.of(exc, param=error_param(exc)).body()
-            await response.write(responses.sse_event(event))
-        except ConnectionResetError as exc:
-            span.fail(exc)
-            return response  # the client left; leaving `async with` aborts the request
-        await response.write(responses.SSE_DONE)
-        await response.write_eof()
-        return response
+                    yield _answer(so_far, stream, started)
+        return await stream_events(request, span, events())
 
     # ---- the others ------------------------------------------------------------------------
 

@@ -29,21 +29,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 
 from aiohttp import web
 
 from radixmesh.services.tokenizer import openai_responses as responses
 from radixmesh.services.tokenizer.admission import check_admission
 from radixmesh.services.tokenizer.config import TokenizerConfig
-from radixmesh.services.tokenizer.finish_status import finish_error, refusal
 from radixmesh.services.tokenizer.http_common import (
     OWNER,
     REQUEST_SPAN,
     STREAMING,
     HttpError,
     error_param,
+    raise_finish_error,
     read_json,
+    stream_events,
+    unrefused,
 )
 from radixmesh.services.tokenizer.live_request import RequestStream
 from radixmesh.services.tokenizer.metrics import FrontDoorMetrics
@@ -195,42 +197,21 @@ class OpenAIApi:
             if parsed.stream:
                 return await self._stream(request, stream, fmt, ids, parsed.include_usage, span)
             done = await stream.collect()
-        error = finish_error(done.finish)  # an aborted or refused request is no 200
-        if isinstance(error, InvalidRequestError):
-            raise HttpError.blamed(error, parsed.param_name(error.field))
-        if error is not None:
-            raise error
+        raise_finish_error(done.finish, parsed.param_name)
         return web.json_response(fmt.response(*ids, done))
 
     async def _stream(self, request: web.Request, stream: RequestStream, fmt: ResponseFormat,
                       ids: tuple[str, int, str], include_usage: bool,
                       span: RequestSpan) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                               "Cache-Control": "no-cache"})
-        await response.prepare(request)
-        request[STREAMING] = True
-        try:
+        async def events() -> AsyncGenerator[dict, None]:
             for event in fmt.opening(*ids):
-                await response.write(responses.sse_event(event))
-            async for delta in stream:
-                error = refusal(delta.finish)
-                if error is not None:  # refused inside the mesh: an error event, not a finish
-                    raise error
+                yield event
+            async for delta in unrefused(stream):
                 for event in fmt.chunks(*ids, delta):
-                    await response.write(responses.sse_event(event))
+                    yield event
                 if delta.finish is not None and include_usage:
-                    usage = responses.usage_chunk(fmt.chunk_object, *ids, delta.usage)
-                    await response.write(responses.sse_event(usage))
-        except RadixMeshError as exc:  # the mesh went away; headers are gone: say so in the stream
-            span.fail(exc)
-            event = HttpError.of(exc, param=error_param(exc)).body()
-            await response.write(responses.sse_event(event))
-        except ConnectionResetError as exc:
-            span.fail(exc)
-            return response  # the client left; leaving `async with` aborts the request
-        await response.write(responses.SSE_DONE)
-        await response.write_eof()
-        return response
+                    yield responses.usage_chunk(fmt.chunk_object, *ids, delta.usage)
+        return await stream_events(request, span, events())
 
     async def _read_json(self, request: web.Request) -> object:
         return await read_json(request, self.config)
