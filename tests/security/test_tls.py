@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from radixmesh import cli
 from radixmesh.client import Client, RadixMeshClientError
-from radixmesh.launcher.certs import CertificateSet, make_certificates
+from radixmesh.launcher.certs import CertificateSet
 from radixmesh.shared.grpc_service import SERVING, open_channel
 from radixmesh.shared.protos_gen import common_pb2, internal_pb2_grpc
 from radixmesh.shared.tls import ClientTLS
@@ -35,15 +35,6 @@ INTERNAL = ("worker", "detokenizer", "scheduler")
 PROMPT = "The quick brown fox"
 
 
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> CertificateSet:
-    return make_certificates(tmp_path_factory.mktemp("tls-mesh") / "certs")
-
-
-@pytest.fixture(scope="module")
-def foreign(tmp_path_factory: pytest.TempPathFactory) -> CertificateSet:
-    """Another CA, with a client certificate of its own: trusted by nobody in the mesh."""
-    return make_certificates(tmp_path_factory.mktemp("tls-mesh") / "foreign")
 
 
 @pytest.fixture(scope="module")

@@ -42,17 +42,6 @@ from radixmesh.shared.tls import ClientTLS, ServerTLS, public_server_tls
 from radixmesh.shared.tls_flags import TLSConfigError
 
 
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> CertificateSet:
-    return make_certificates(tmp_path_factory.mktemp("tls") / "certs")
-
-
-@pytest.fixture(scope="module")
-def foreign(tmp_path_factory: pytest.TempPathFactory) -> CertificateSet:
-    """Another CA's set: trusted by nobody here."""
-    return make_certificates(tmp_path_factory.mktemp("tls") / "foreign")
-
-
 def internal_flags(certs: CertificateSet) -> dict[str, str]:
     return {"internal_ssl_certfile": str(certs.server_cert),
             "internal_ssl_keyfile": str(certs.server_key),
