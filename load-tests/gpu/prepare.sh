@@ -13,9 +13,13 @@ download() {
     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any -d .whl "$@"
 }
 # Missing from the GPU image (it has torch, transformers, tokenizers, safetensors, grpcio,
-# protobuf, numpy, jinja2, tqdm). aiohttp and its deps are the front door's HTTP server (the
-# mesh steps); idna (yarl's) is surely there through httpx, carried in case it is not.
+# protobuf, numpy, jinja2, tqdm, xxhash). aiohttp and its deps are the front door's HTTP
+# server (the mesh steps); idna (yarl's) is surely there through httpx, carried in case it is
+# not. pydantic is the front door's request models, redis the page index's client,
+# cryptography the certificates `up --ssl-self-signed` makes.
 # The stubs need the grpcio they were generated for (the image has an older one).
+# pydantic and its compiled core must be the pair that was tested here.
+pkg_version() { python3 -c "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))" "$1"; }
 grpc_version=$(python3 -c "import grpc_tools, importlib.metadata as m; print(m.version('grpcio-tools'))")
 # The health and reflection packages are released less often than grpcio: any of its minor.
 grpc_minor=${grpc_version%.*}
@@ -25,7 +29,9 @@ download "grpcio==$grpc_version" "grpcio-health-checking==$grpc_minor.*" \
   pytest-timeout hypothesis sortedcontainers \
   opentelemetry-api opentelemetry-sdk opentelemetry-exporter-otlp-proto-grpc \
   opentelemetry-exporter-otlp-proto-common opentelemetry-proto opentelemetry-semantic-conventions \
-  googleapis-common-protos importlib-metadata zipp typing-extensions
+  googleapis-common-protos importlib-metadata zipp typing-extensions \
+  "pydantic==$(pkg_version pydantic)" "pydantic-core==$(pkg_version pydantic-core)" \
+  annotated-types typing-inspection redis cryptography cffi pycparser
 if [[ "${WITH_FLASHINFER:-0}" == 1 ]]; then
   download flashinfer-python==0.5.3 apache-tvm-ffi nvidia-cudnn-frontend
 fi
