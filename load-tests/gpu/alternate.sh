@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# An A/B comparison in one lease (METHOD: alternate the arms, A, B, A at least, and report
+# medians). Run ON THE GPU MACHINE from the repo root, carrying `.whl` and, for a baseline
+# build, a second wheel folder (a radixmesh wheel built from the baseline commit, and its
+# COMMIT file):
+#
+#   BASELINE_WHEELS=.whl-before bash load-tests/gpu/alternate.sh \
+#       "mesh mesh@baseline mesh-trace mesh mesh@baseline mesh" decode-b1 sharegpt-like
+#
+# Each ARM is a mesh variant of run.sh (mesh, mesh-trace, mesh-hicache, ...), optionally
+# `@baseline` to run it from the baseline wheel; each arm is one `radixmesh up` serving every
+# WORKLOAD in turn. The result JSONs and logs come back in $OUT/alternate.tgz, and a table of
+# each arm's figures with the per-arm medians in $OUT/alternate.txt.
+# Environment: as run.sh's (SERVER_FLAGS, BENCH_FLAGS, MODEL, ...), and BASELINE_WHEELS.
+set -uo pipefail
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
+export OUT=${OUT:-/tmp/out} PY=${PY:-python3}
+read -r -a arms <<<"${1:?the arms, e.g. \"mesh mesh-trace mesh\"}"; shift
+workloads=("${@:-decode-b1}")
+work=/tmp/alternate && rm -rf "$work" && mkdir -p "$work" "$OUT"
+
+install() {  # install WHEEL_DIR TARGET
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target "$2" "$1"/*.whl
+}
+install "$REPO/.whl" /tmp/site || { echo "!! installing .whl failed"; exit 1; }
+if [[ " ${arms[*]} " == *@baseline* ]]; then
+  install "$REPO/${BASELINE_WHEELS:?set BASELINE_WHEELS for @baseline arms}" /tmp/site-baseline ||
+    { echo "!! installing $BASELINE_WHEELS failed"; exit 1; }
+fi
+
+failures=0 index=0
+for arm in "${arms[@]}"; do
+  index=$((index + 1))
+  variant=${arm%@baseline} site=/tmp/site wheels=$REPO/.whl
+  if [[ $arm == *@baseline ]]; then
+    site=/tmp/site-baseline:/tmp/site wheels=$REPO/$BASELINE_WHEELS
+  fi
+  steps=() && for workload in "${workloads[@]}"; do steps+=("$variant:$workload"); done
+  echo "##### arm $index: $arm"
+  # The wheels are installed above: run.sh installs none (WHEELS empty) and runs what
+  # PYTHONPATH names; the result JSONs name the commit of the wheel that ran.
+  PYTHONPATH=$site RADIXMESH_COMMIT=$(<"$wheels/COMMIT") WHEELS= \
+    OUT="$work/$(printf %02d "$index")-$arm" bash "$REPO/load-tests/gpu/run.sh" "${steps[@]}" ||
+    failures=$((failures + 1))
+done
+
+"$PY" - "$work" <<'PY' | tee "$OUT/alternate.txt"
+import json, statistics, sys
+from collections import defaultdict
+from pathlib import Path
+
+FIGURES = ("output_throughput", "median_itl_ms", "median_ttft_ms", "mean_ttft_ms")
+by_arm = defaultdict(lambda: defaultdict(list))
+for arm_dir in sorted(Path(sys.argv[1]).iterdir()):
+    arm = arm_dir.name.split("-", 1)[1]
+    for path in sorted(arm_dir.glob("*.json")):
+        result = json.loads(path.read_text())
+        metrics = result.get("metrics", {})
+        figures = {k: metrics[k] for k in FIGURES if k in metrics}
+        print(f"{arm_dir.name:28} {result['workload']:16} {result.get('commit', '?'):9}",
+              " ".join(f"{k}={v}" for k, v in figures.items()))
+        for key, value in figures.items():
+            by_arm[(arm, result["workload"])][key].append(value)
+print("medians:")
+for (arm, workload), figures in sorted(by_arm.items()):
+    print(f"  {arm:20} {workload:16}",
+          " ".join(f"{k}={statistics.median(v):.4g} (n={len(v)})" for k, v in figures.items()))
+PY
+(cd "$work" && tar czf "$OUT/alternate.tgz" .)
+cp "$work"/01-*/gpu.txt "$OUT/" 2>/dev/null
+echo "=== $failures arm(s) failed; results in $OUT/alternate.tgz"
+((failures == 0))
