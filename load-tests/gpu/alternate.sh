@@ -43,6 +43,8 @@ for arm in "${arms[@]}"; do
   PYTHONPATH=$site RADIXMESH_COMMIT=$(<"$wheels/COMMIT") WHEELS= \
     OUT="$work/$(printf %02d "$index")-$arm" bash "$REPO/load-tests/gpu/run.sh" "${steps[@]}" ||
     failures=$((failures + 1))
+  # After every arm, so a call cut off at its limit still brings back the arms that ran.
+  (cd "$work" && tar czf "$OUT/alternate.tgz" .)
 done
 
 "$PY" - "$work" <<'PY' | tee "$OUT/alternate.txt"
@@ -67,7 +69,6 @@ for (arm, workload), figures in sorted(by_arm.items()):
     print(f"  {arm:20} {workload:16}",
           " ".join(f"{k}={statistics.median(v):.4g} (n={len(v)})" for k, v in figures.items()))
 PY
-(cd "$work" && tar czf "$OUT/alternate.tgz" .)
 cp "$work"/01-*/gpu.txt "$OUT/" 2>/dev/null
 echo "=== $failures arm(s) failed; results in $OUT/alternate.tgz"
 ((failures == 0))
