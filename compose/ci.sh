@@ -10,7 +10,8 @@
 # 3. compose/build-offline.sh: the base image (debootstrap, skipped when Docker still has it
 #    from an earlier run) and radixmesh:cpu from host-built wheels.
 # 4. tests/compose with RADIXMESH_COMPOSE_TESTS=1: the schema and `config` checks, the health
-#    command, and the stack itself (tests/compose/test_compose_stack.py).
+#    command, the stack itself (tests/compose/test_compose_stack.py), then the multi-node stack
+#    from the same image (test_compose_multinode_stack.py: router, two nodes, Redis).
 # 5. Always, even after a failure: the stack down, its images removed (the debootstrap base
 #    stays as the cache for the next run; RADIXMESH_REMOVE_BASE=1 removes it too).
 set -euo pipefail
@@ -46,6 +47,8 @@ cleanup() {
   log "teardown"
   docker-compose -p radixmesh-ci -f compose/compose.cpu.yaml -f compose/compose.ci.yaml \
     down -v --remove-orphans > /dev/null 2>&1 || true
+  docker-compose -p radixmesh-ci-multinode -f compose/compose.multinode.cpu.yaml \
+    -f compose/compose.multinode.ci.yaml down -v --remove-orphans > /dev/null 2>&1 || true
   docker image rm -f "$IMAGE" > /dev/null 2>&1 || true
   docker image prune -f > /dev/null 2>&1 || true  # the build's untagged stage images
   if [[ "${RADIXMESH_REMOVE_BASE:-0}" == 1 ]]; then

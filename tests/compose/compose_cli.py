@@ -21,6 +21,11 @@ CPU_FILE = COMPOSE_DIR / "compose.cpu.yaml"
 CI_FILE = COMPOSE_DIR / "compose.ci.yaml"
 # Every combination a user or CI runs: each must validate and be accepted by `config`.
 COMBINATIONS = ((GPU_FILE,), (CPU_FILE,), (CPU_FILE, CI_FILE))
+# The multi-node variant (router, two nodes): the same three roles.
+MULTI_GPU_FILE = COMPOSE_DIR / "compose.multinode.yaml"
+MULTI_CPU_FILE = COMPOSE_DIR / "compose.multinode.cpu.yaml"
+MULTI_CI_FILE = COMPOSE_DIR / "compose.multinode.ci.yaml"
+MULTI_COMBINATIONS = ((MULTI_GPU_FILE,), (MULTI_CPU_FILE,), (MULTI_CPU_FILE, MULTI_CI_FILE))
 
 
 def compose_command() -> list[str] | None:
