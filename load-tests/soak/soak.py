@@ -6,12 +6,14 @@ by kind, and writes `load-tests/results/soak-mesh-cpu-<UTC date>.json`. The verd
 `lost == 0`: every request ended with its tokens or an error within its deadline + grace.
 
     python load-tests/soak/soak.py --duration 60     # what CI runs; the default is 600 s
+    python load-tests/soak/soak.py --with-redis      # + the page index in a real Redis
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import random
 import shlex
@@ -22,19 +24,27 @@ from pathlib import Path
 import soak_faults as faults
 import soak_load as load
 from soak_mesh import Mesh, redis_applicability, start_mesh
+from soak_redis import SoakRedis, index_figures, soak_redis
 
 from radixmesh.bench.results import Device, cpu_device, git_commit, rounded, write_result
 
 HERE = Path(__file__).resolve().parent
-FAULT_WEIGHTS = {"kill": 3, "stop-worker": 1, "slow-client": 1, "poison": 3}
+FAULT_WEIGHTS = {"kill": 3, "stop-worker": 1, "slow-client": 1, "poison": 3, "redis-down": 2}
+REDIS_FAULTS = {"redis-down"}  # injected only with --with-redis
 RECOVERY_WAIT_S = 60.0
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=600.0, help="seconds of load")
-    parser.add_argument("--worker", choices=("null", "model"), default="null",
-                        help="the null worker (no model math) or the tiny model on CPU")
+    parser.add_argument("--worker", choices=("null", "model"),
+                        help="the null worker (no model math; the default) or the tiny model "
+                        "on CPU (the default with --with-redis, which needs it)")
+    parser.add_argument("--with-redis", action="store_true",
+                        help="start a redis-server, run the mesh with the hierarchical cache "
+                        "and its Redis page index, and inject redis-down faults")
+    parser.add_argument("--redis-down-seconds", type=float, default=3.0,
+                        help="how long a redis-down fault keeps Redis dead")
     parser.add_argument("--model-path", help="default: a tiny random model made for the run")
     parser.add_argument("--grpc-clients", type=int, default=2)
     parser.add_argument("--http-clients", type=int, default=2)
@@ -45,21 +55,34 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="mean seconds between faults (each wait is 0.5x to 1.5x)")
     parser.add_argument("--stop-seconds", type=float, default=3.0,
                         help="how long a SIGSTOP of the worker lasts")
-    parser.add_argument("--faults", default=",".join(FAULT_WEIGHTS),
-                        help=f"comma-separated kinds among {', '.join(FAULT_WEIGHTS)}")
+    parser.add_argument("--faults", help=f"comma-separated kinds among "
+                        f"{', '.join(FAULT_WEIGHTS)} (default: all; redis-down only with "
+                        "--with-redis)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", type=Path, default=HERE.parent / "results")
     parser.add_argument("--log-file", type=Path, help="where `up` and its services log")
     parser.add_argument("--no-save", action="store_true")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.with_redis and args.worker == "null":
+        parser.error("--with-redis needs --worker model: the null worker holds no KV, so no "
+                     "page would reach the Redis index")
+    args.worker = args.worker or ("model" if args.with_redis else "null")
+    if args.faults is None:
+        args.faults = ",".join(kind for kind in FAULT_WEIGHTS
+                               if args.with_redis or kind not in REDIS_FAULTS)
+    unknown = set(args.faults.split(",")) - set(FAULT_WEIGHTS) - {""}
+    if unknown:
+        parser.error(f"unknown --faults {', '.join(sorted(unknown))}")
+    return args
 
 
-async def run_soak(args: argparse.Namespace, mesh: Mesh) -> dict:
+async def run_soak(args: argparse.Namespace, mesh: Mesh, redis: SoakRedis | None = None) -> dict:
     rng = random.Random(args.seed)
     settings = load.LoadSettings(mesh.grpc_address, mesh.http_url, mesh.model,
                                  args.deadline, args.grace)
     target = faults.Target(mesh.process.pid, mesh.http_url, mesh.grpc_address, mesh.model,
-                           mesh.context_len, args.deadline, args.grace, args.stop_seconds)
+                           mesh.context_len, args.deadline, args.grace, args.stop_seconds,
+                           redis=redis, redis_down_seconds=args.redis_down_seconds)
     tally, log = load.Tally(), faults.FaultLog()
     start = time.monotonic()
     until = start + args.duration
@@ -138,18 +161,25 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     command = shlex.join(["python", "load-tests/soak/soak.py", *argv])
     date = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-    with start_mesh(args) as mesh:
-        figures = asyncio.run(run_soak(args, mesh))
+    with contextlib.ExitStack() as stack:
+        redis = stack.enter_context(soak_redis()) if args.with_redis else None
+        mesh = stack.enter_context(start_mesh(args, None if redis is None else redis.url))
+        figures = asyncio.run(run_soak(args, mesh, redis))
+        if redis is not None:
+            figures["redis"] = {"restarts": redis.restarts, "down_s": redis.down_s,
+                                "keys_at_end": redis.num_keys(),
+                                "index": index_figures(mesh.hicache_metrics_url)}
         up = mesh.finish()
-    figures["faults"]["not_applicable"] = {"redis-down": redis_applicability()}
+    if redis is None:
+        figures["faults"]["not_applicable"] = {"redis-down": redis_applicability()}
     lost = figures["requests"]["lost"]
     verdict = "pass" if lost == 0 and up["stayed_up"] else "fail"
-    result = {"workload": "soak", "path": "mesh", "device": "cpu",
+    result = {"workload": "soak", "path": "mesh-redis" if redis else "mesh", "device": "cpu",
               "device_label": cpu_device().label, "commit": git_commit(), "command": command,
               "date": date, "duration_s": args.duration, "worker": args.worker,
               "settings": {key: vars(args)[key] for key in (
                   "grpc_clients", "http_clients", "deadline", "grace", "fault_interval",
-                  "stop_seconds", "faults", "seed")},
+                  "stop_seconds", "faults", "seed", "with_redis", "redis_down_seconds")},
               "verdict": verdict, **rounded(figures, 3), "up": up}
     print(_report(result))
     if not args.no_save:
@@ -165,6 +195,7 @@ def _report(result: dict) -> str:
         f"errors {requests['errors']}",
         f"  faults {fault_counts['total']}: {fault_counts['by_kind']}",
         f"  poisoned requests not rejected as 4xx: {fault_counts['poison_unexpected']}",
+        *([f"  redis: {result['redis']}"] if "redis" in result else []),
         f"  up: {result['up']}"])
 
 

@@ -4,8 +4,8 @@
 - `stop-worker`: SIGSTOP of the worker for a few seconds, then SIGCONT (a hung peer).
 - `slow-client`: an HTTP stream read a few bytes at a time through a tiny receive buffer.
 - `poison`: one bad request, which must fail alone with 4xx / INVALID_ARGUMENT.
-- `redis-down`: only where a service uses Redis; none does today, so the soak records it as
-  not applicable instead of pretending (see soak.py).
+- `redis-down` (`--with-redis` only): SIGKILL of the page index's redis-server, started
+  again (empty) a few seconds later; serving goes on, Redis being a hint (soak_redis.py).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+import soak_redis
 
 from radixmesh.client import AsyncClient, RadixMeshClientError
 
@@ -41,6 +42,8 @@ class Target:
     grace: float
     stop_seconds: float = 3.0
     slow_seconds: float = 8.0
+    redis: soak_redis.SoakRedis | None = None  # the page index's Redis, with --with-redis
+    redis_down_seconds: float = 3.0
 
 
 @dataclass
@@ -234,5 +237,18 @@ async def poison(target: Target, rng: random.Random, log: FaultLog) -> None:
     log.add(f"poison:{name}", started, outcome)
 
 
+async def redis_down(target: Target, rng: random.Random, log: FaultLog) -> None:
+    started = time.monotonic()
+    if target.redis is None:
+        log.add("redis-down", started, "no Redis in this soak (--with-redis)")
+        return
+    result = "cut short by the end of the soak"
+    try:
+        await soak_redis.redis_down(target.redis, target.redis_down_seconds)
+        result = f"port {target.redis.port} down {time.monotonic() - started:.1f}s, back empty"
+    finally:
+        log.add("redis-down", started, result)
+
+
 INJECTORS = {"kill": kill_service, "stop-worker": stop_worker, "slow-client": slow_client,
-             "poison": poison}
+             "poison": poison, "redis-down": redis_down}

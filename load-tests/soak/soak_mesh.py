@@ -34,6 +34,7 @@ class Mesh:
     http_url: str = ""
     grpc_address: str = ""
     context_len: int = 2048
+    hicache_metrics_url: str = ""  # with --with-redis: the page index's counters
     lines: list[str] = field(default_factory=list)
     ready: threading.Event = field(default_factory=threading.Event)
 
@@ -85,7 +86,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def start_mesh(args: argparse.Namespace) -> Iterator[Mesh]:
+def start_mesh(args: argparse.Namespace, redis_url: str | None = None) -> Iterator[Mesh]:
+    """`up` on free ports; with `redis_url`, the hierarchical cache on (L3 in a temporary
+    directory) and its page index in that Redis."""
     with contextlib.ExitStack() as stack:
         model_path = args.model_path or _tiny_model(stack)
         # --max-restarts 0: the soak kills services on purpose, often, and would otherwise
@@ -94,10 +97,20 @@ def start_mesh(args: argparse.Namespace) -> Iterator[Mesh]:
                 "--model-path", str(model_path), "--port", str(free_port()),
                 "--grpc-port", str(free_port()), "--max-restarts", "0",
                 *(("--device", "cpu") if args.worker == "model" else ())]
+        metrics_port = free_port()
+        if redis_url is not None:
+            l3_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="soak-l3-"))
+            argv += ["--enable-hierarchical-cache", "--hicache-storage-backend", "file",
+                     "--hicache-storage-dir", l3_dir, "--hicache-redis-url", redis_url,
+                     "--node-id", "soak", "--hicache-metrics-port", str(metrics_port),
+                     # The soak's prompts are short: look them up in L3 (prefetch) anyway.
+                     "--hicache-prefetch-threshold", "8"]
         log = stack.enter_context(open(args.log_file, "w")) if args.log_file else None
         process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                    text=True, errors="replace")
         mesh = Mesh(process, Path(model_path).name)
+        if redis_url is not None:
+            mesh.hicache_metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         threading.Thread(target=mesh.follow, args=(log,), daemon=True).start()
         try:
             if not mesh.ready.wait(STARTUP_TIMEOUT_S) or process.poll() is not None:
@@ -125,10 +138,10 @@ def _context_len(http_url: str) -> int | None:
 
 
 def redis_applicability() -> str:
-    """Why the `redis-down` fault is not injected. Redis holds the hicache service's page index
-    (--hicache-redis-url), which only pages a KV-holding worker backs up ever reach: this
-    soak's null-worker mesh has none, so Redis going down could change nothing it measures.
-    (Redis faults under a real model are tests/hicache/test_redis_index_mesh.py's.)"""
+    """Why the `redis-down` fault is not injected without --with-redis. Redis holds the
+    hicache service's page index (--hicache-redis-url), which only pages a KV-holding worker
+    backs up ever reach: the default null-worker mesh has none, so Redis going down could
+    change nothing it measures. `--with-redis` runs the tiny model with the index instead."""
     from radixmesh.launcher import add_cli_args
 
     parser = argparse.ArgumentParser()
@@ -137,5 +150,5 @@ def redis_applicability() -> str:
              if "redis" in flag]
     if flags:
         return (f"not applicable: `up` takes {', '.join(flags)}, but the null worker holds no "
-                "KV, so no page reaches the Redis index")
+                "KV, so no page reaches the Redis index (see --with-redis)")
     return "not applicable: no service of the mesh uses Redis (`up` takes no Redis flag)"
