@@ -25,13 +25,13 @@ from radixmesh.services.detokenizer.batch_detokenizer import BatchDetokenizer
 from radixmesh.services.scheduler.config import SchedulerConfig
 from radixmesh.services.scheduler.loop import SchedulerLoop
 from radixmesh.services.scheduler.scheduler import Scheduler
-from radixmesh.services.tokenizer.request_builder import RequestBuilder
 from radixmesh.services.worker.base import LaunchedStep
 from radixmesh.services.worker.config import WorkerConfig
 from radixmesh.services.worker.worker_registry import build_worker, model_path_of
 from radixmesh.shared.cli_args import add_config_arguments, config_from_args
 from radixmesh.shared.completion import TextCompletion
 from radixmesh.shared.errors import InvalidRequestError
+from radixmesh.shared.front_door.request_builder import RequestBuilder
 from radixmesh.shared.requests import TextDelta
 from radixmesh.shared.step import StepPlan, StepResult
 from radixmesh.shared.token_batch import TokenBatch

@@ -1,4 +1,4 @@
-"""`radixmesh serve tokenizer|scheduler|worker|detokenizer|hicache`: one service, alone.
+"""`radixmesh serve tokenizer|scheduler|worker|detokenizer|hicache|router`: one service, alone.
 
 Each service takes its own flags (its config dataclass's fields) and runs until SIGINT or
 SIGTERM, which stop it cleanly (exit status 0); a failure exits with status 1. Service
@@ -19,6 +19,7 @@ from typing import Any
 
 from radixmesh.services.detokenizer.config import DetokenizerConfig
 from radixmesh.services.hicache.config import HiCacheConfig
+from radixmesh.services.router.config import RouterConfig
 from radixmesh.services.scheduler.config import SchedulerConfig
 from radixmesh.services.tokenizer.config import TokenizerConfig
 from radixmesh.services.worker.config import WorkerConfig
@@ -50,6 +51,9 @@ SERVICES: dict[str, ServiceEntry] = {
                                 DetokenizerConfig, "radixmesh.services.detokenizer.server"),
     "hicache": ServiceEntry("the hierarchical KV cache: L2 host memory, L3 storage",
                             HiCacheConfig, "radixmesh.services.hicache.server"),
+    "router": ServiceEntry("the front door in front of several nodes (meshes): picks a node "
+                           "per request, by what it holds and how busy it is",
+                           RouterConfig, "radixmesh.services.router.server"),
 }
 
 

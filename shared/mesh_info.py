@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from radixmesh.shared.page_keys import KeyNamespace
 from radixmesh.shared.step import WorkerInfo
+
+UNKNOWN_WEIGHTS = "unknown"  # a worker that names no weights fingerprint (an older one)
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,13 +21,29 @@ class ModelInfo:
     max_total_tokens: int          # KV pool size in tokens: prompt + output must fit
     page_size: int
     worker: str                    # which worker implementation serves ("model", "null")
+    # How the node names its pages (no salt), for a router to compute the same page keys;
+    # None when the worker holds no KV.
+    key_namespace: KeyNamespace | None = None
 
     @classmethod
     def from_worker(cls, info: WorkerInfo) -> ModelInfo:
         return cls(model_id=info.model_id, context_len=info.context_len,
                    vocab_size=info.vocab_size, eos_token_ids=info.eos_token_ids,
                    max_total_tokens=info.max_total_tokens, page_size=info.page_size,
-                   worker=info.worker)
+                   worker=info.worker, key_namespace=worker_key_namespace(info))
+
+
+def worker_key_namespace(info: WorkerInfo) -> KeyNamespace | None:
+    """The unsalted namespace of the worker's page keys (design §4), None for a worker that
+    holds no KV. It must equal the one the scheduler's hierarchical cache chains its keys from
+    (`services/scheduler/host_cache.py`), or a router's keys would never match a node's:
+    tests/router/test_key_namespace.py holds the two together."""
+    if info.kv_dtype == "none":
+        return None
+    return KeyNamespace(model_id=info.model_id,
+                        weights_fingerprint=info.weights_fingerprint or UNKNOWN_WEIGHTS,
+                        kv_dtype=info.kv_dtype, page_size=info.page_size,
+                        tp_layout=f"tp{info.tp_size}")
 
 
 @dataclass(frozen=True, slots=True)

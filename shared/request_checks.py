@@ -15,7 +15,7 @@ from radixmesh.shared.errors import InvalidRequestError
 from radixmesh.shared.mesh_info import ModelInfo
 from radixmesh.shared.requests import TokenizedRequest
 from radixmesh.shared.sampling_params import HARD_LIMITS, SamplingLimits
-from radixmesh.shared.text_checks import check_rid
+from radixmesh.shared.text_checks import check_cache_salt, check_rid
 
 
 def check_token_ids(ids: Sequence[int], vocab_size: int, field: str = "input_ids") -> None:
@@ -50,6 +50,7 @@ def check_tokenized_request(request: TokenizedRequest, info: ModelInfo,
     """The whole request as an internal entry receives it; raises InvalidRequestError naming
     the first field at fault."""
     check_rid(request.rid)
+    check_cache_salt(request.cache_salt)
     check_token_ids(request.input_ids, info.vocab_size)
     request.sampling.validate(info.vocab_size, limits)
     check_fits(len(request.input_ids), request.sampling.max_new_tokens, info.context_len,

@@ -17,6 +17,8 @@ class TokenizedRequest:
     input_ids: tuple[int, ...]
     sampling: SamplingParams
     trace: TraceContext = NO_TRACE
+    # Prefix-cache isolation (vLLM's cache_salt): only requests of the same salt share pages.
+    cache_salt: str | None = None
 
 
 class FinishKind(StrEnum):

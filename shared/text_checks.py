@@ -11,6 +11,7 @@ from __future__ import annotations
 from radixmesh.shared.errors import InvalidRequestError
 
 MAX_RID_LENGTH = 256
+MAX_CACHE_SALT_LENGTH = 1024
 
 
 def check_utf8(field: str, text: str) -> str:
@@ -61,3 +62,17 @@ def check_rid(rid: object, field: str = "rid") -> str:
     if not rid.isprintable():
         raise InvalidRequestError(field, "must hold printable characters only")
     return rid
+
+
+def check_cache_salt(salt: object, field: str = "cache_salt") -> str | None:
+    """A request's cache salt (vLLM's field): None (no salt), or a non-empty UTF-8 string of at
+    most MAX_CACHE_SALT_LENGTH characters. It names a prefix-cache namespace of its own, so an
+    empty one (as vLLM) is refused rather than taken for "no salt"."""
+    if salt is None:
+        return None
+    if not isinstance(salt, str) or not salt:
+        raise InvalidRequestError(field, "must be a non-empty string if given")
+    if len(salt) > MAX_CACHE_SALT_LENGTH:
+        raise InvalidRequestError(field, f"must be at most {MAX_CACHE_SALT_LENGTH} characters, "
+                                  f"got {len(salt)}")
+    return check_utf8(field, salt)

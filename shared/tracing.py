@@ -9,8 +9,10 @@ dropped and counted, never waited for, so a missing or slow receiver cannot slow
 The standard `OTEL_*` variables are honoured: `OTEL_SERVICE_NAME` (and
 `OTEL_RESOURCE_ATTRIBUTES`), `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `OTEL_EXPORTER_OTLP_ENDPOINT`
 when the flag is not given, `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL` (only `grpc` ships), and at
-the front door `OTEL_TRACES_SAMPLER` with `OTEL_TRACES_SAMPLER_ARG`. Sampling is decided there
-alone: the other services follow the `sampled` flag their requests carry.
+a front door (a node's tokenizer, or the router in front of nodes) `OTEL_TRACES_SAMPLER` with
+`OTEL_TRACES_SAMPLER_ARG`. Sampling is decided where a request comes in: the other services
+follow the `sampled` flag their requests carry (behind a router, a node's front door follows
+the router's decision, which its parent-based default sampler honours).
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_OTLP_ENDPOINT = "localhost:4317"
 SHUTDOWN_FLUSH_S = 5.0  # design §6: shutdown waits for the exporter this long at most
 EXPORT_TIMEOUT_S = 5.0
-FRONT_DOOR = "tokenizer"  # the one service whose sampler decides
+FRONT_DOOR = "tokenizer"  # a node's front door
+ROUTER = "router"         # the front door in front of several nodes
+FRONT_DOORS = (FRONT_DOOR, ROUTER)  # the services whose sampler decides
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,7 @@ def start_tracing(service: str, flags: TracingFlags) -> SpanRecorder:
     resource = Resource.create({SERVICE_NAME: f"radixmesh-{service}"} | _env_resource())
     # None: the SDK reads OTEL_TRACES_SAMPLER (default parent-based always-on). Elsewhere a
     # request's flag decides, and the only roots made (worker.step) follow a sampled request.
-    sampler = None if service == FRONT_DOOR else ParentBased(ALWAYS_ON)
+    sampler = None if service in FRONT_DOORS else ParentBased(ALWAYS_ON)
     provider = TracerProvider(resource=resource, sampler=sampler)
     from radixmesh.shared.span_queue import CountingSpanQueue
 

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import TypeVar
 
 from radixmesh.shared.mesh_info import ModelInfo, SchedulerLoad
+from radixmesh.shared.page_keys import KeyNamespace
 from radixmesh.shared.protos_gen import common_pb2, generate_pb2, internal_pb2
 from radixmesh.shared.requests import (
     FinishKind,
@@ -127,13 +128,15 @@ def trace_from_proto(message: common_pb2.TraceContext) -> TraceContext:
 def tokenized_request_to_proto(request: TokenizedRequest) -> internal_pb2.TokenizedRequest:
     return internal_pb2.TokenizedRequest(
         rid=request.rid, input_ids=list(request.input_ids),
-        sampling=sampling_to_proto(request.sampling), trace=trace_to_proto(request.trace))
+        sampling=sampling_to_proto(request.sampling), trace=trace_to_proto(request.trace),
+        cache_salt=request.cache_salt)
 
 
 def tokenized_request_from_proto(message: internal_pb2.TokenizedRequest) -> TokenizedRequest:
+    salt = message.cache_salt if message.HasField("cache_salt") else None
     return TokenizedRequest(message.rid, tuple(message.input_ids),
                             sampling_from_proto(message.sampling),
-                            trace_from_proto(message.trace))
+                            trace_from_proto(message.trace), salt)
 
 
 # ---- scheduler <-> worker -------------------------------------------------------------------
@@ -219,10 +222,16 @@ def worker_info_from_proto(message: internal_pb2.WorkerInfo) -> WorkerInfo:
 
 
 def model_info_to_proto(info: ModelInfo) -> generate_pb2.ModelInfo:
-    return generate_pb2.ModelInfo(
+    message = generate_pb2.ModelInfo(
         model_id=info.model_id, context_len=info.context_len, vocab_size=info.vocab_size,
         eos_token_ids=list(info.eos_token_ids), max_total_tokens=info.max_total_tokens,
         page_size=info.page_size, worker=info.worker)
+    space = info.key_namespace
+    if space is not None:  # its salt is a request's, never the node's
+        message.key_namespace.CopyFrom(generate_pb2.PageKeyNamespace(
+            model_id=space.model_id, weights_fingerprint=space.weights_fingerprint,
+            kv_dtype=space.kv_dtype, page_size=space.page_size, tp_layout=space.tp_layout))
+    return message
 
 
 def model_info_from_proto(message: generate_pb2.ModelInfo) -> ModelInfo:
@@ -230,7 +239,22 @@ def model_info_from_proto(message: generate_pb2.ModelInfo) -> ModelInfo:
         model_id=message.model_id, context_len=message.context_len,
         vocab_size=message.vocab_size, eos_token_ids=tuple(message.eos_token_ids),
         max_total_tokens=message.max_total_tokens, page_size=message.page_size,
-        worker=message.worker)
+        worker=message.worker, key_namespace=_key_namespace_from_proto(message))
+
+
+def _key_namespace_from_proto(message: generate_pb2.ModelInfo) -> KeyNamespace | None:
+    """The namespace the message carries; None when unset or not a valid one (a peer's bad
+    namespace only makes every page lookup miss, never a wrong page)."""
+    if not message.HasField("key_namespace"):
+        return None
+    space = message.key_namespace
+    try:
+        return KeyNamespace(model_id=space.model_id,
+                            weights_fingerprint=space.weights_fingerprint,
+                            kv_dtype=space.kv_dtype, page_size=space.page_size,
+                            tp_layout=space.tp_layout)
+    except ValueError:
+        return None
 
 
 _LOAD_FIELDS = tuple(SchedulerLoad.__dataclass_fields__)

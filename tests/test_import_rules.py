@@ -3,7 +3,9 @@ services.
 
 - `services/<name>/` imports only its own package, `shared/` and, for the worker, `kernels/`;
   the generated protobuf stubs only in its gRPC edge (`server.py`, `servicer.py`, `*link.py`).
-- `shared/` imports only `shared/`; of the stubs, only `wire.py` and `grpc_service.py`.
+- `shared/` imports only `shared/`; of the stubs, only `wire.py`, `grpc_service.py` and the
+  public front door's gRPC edge, `front_door/servicer.py` (the one `Generation` servicer that
+  a mesh's tokenizer service and the router in front of several meshes both serve).
 - `kernels/` imports only `kernels/` and `shared/`.
 - `radixmesh/` (CLI, launcher, bench, client, offline) may compose anything.
 
@@ -23,7 +25,7 @@ FOLDERS = {"services": "radixmesh.services", "shared": "radixmesh.shared",
            "kernels": "radixmesh.kernels"}
 STUBS = "radixmesh.shared.protos_gen"
 GRPC_EDGE_FILES = ("server.py", "servicer.py")
-SHARED_STUB_USERS = ("wire.py", "grpc_service.py")
+SHARED_STUB_USERS = ("shared/wire.py", "shared/grpc_service.py", "shared/front_door/servicer.py")
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,7 @@ def allowed(relative: Path, target: str) -> bool:
     if target.startswith(STUBS):
         if top == "services":
             return relative.name in GRPC_EDGE_FILES or relative.name.endswith("link.py")
-        return top == "shared" and relative.name in SHARED_STUB_USERS
+        return relative.as_posix() in SHARED_STUB_USERS
     if target.startswith("radixmesh.shared"):
         return True
     if top == "services":
@@ -108,6 +110,8 @@ def test_the_tree_keeps_the_rule() -> None:
      "services/worker/x.py:1 imports radixmesh.make_model"),
     ("services/tokenizer/x.py", "\n\nfrom radixmesh.kernels import rmsnorm",
      "services/tokenizer/x.py:3 imports radixmesh.kernels"),
+    ("shared/front_door/openai_api.py", "from radixmesh.shared.protos_gen import generate_pb2",
+     "shared/front_door/openai_api.py:1 imports radixmesh.shared.protos_gen"),
     ("shared/x.py", "from ..services.scheduler import loop",
      "shared/x.py:1 imports radixmesh.services.scheduler"),
     ("services/detokenizer/sub/x.py", "from ...tokenizer import router",
@@ -124,6 +128,7 @@ def test_a_broken_rule_names_the_edge(path: str, source: str, edge: str) -> None
     ("services/worker/servicer.py", "from radixmesh.shared.protos_gen import internal_pb2"),
     ("services/tokenizer/mesh_link.py", "from radixmesh.shared.protos_gen import common_pb2"),
     ("shared/wire.py", "from radixmesh.shared.protos_gen import common_pb2"),
+    ("shared/front_door/servicer.py", "from radixmesh.shared.protos_gen import generate_pb2"),
     ("kernels/attention/decode.py", "from radixmesh.kernels.attention.common import x"),
 ])
 def test_what_the_rule_allows(path: str, source: str) -> None:

@@ -1,6 +1,7 @@
 """`radixmesh bench`: runs a standard workload through the mesh or the in-process engine.
 
     radixmesh bench --workload sharegpt-like                  # a running mesh at --server
+    radixmesh bench --workload sharegpt-like --target ROUTER  # ...or a router: + node spread
     radixmesh bench --workload sharegpt-like --path offline   # the same, in-process
     radixmesh bench --workload multiturn-long                 # closed loop: multiturn_cli.py
     radixmesh bench --workload cross-node --model-path M      # two meshes: cross_node.py
@@ -29,6 +30,7 @@ from radixmesh.bench.mesh_path import run_on_mesh
 from radixmesh.bench.metrics import error_counts, summarize
 from radixmesh.bench.multiturn import DEFAULTS, MULTITURN
 from radixmesh.bench.multiturn_cli import add_multiturn_args, multiturn_problem, run_multiturn
+from radixmesh.bench.node_spread import format_spread, node_spread, requests_per_node
 from radixmesh.bench.offline_path import run_on_engine
 from radixmesh.bench.results import (
     DEFAULT_RESULTS_DIR,
@@ -66,7 +68,9 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workload", required=True, choices=(*WORKLOADS, MULTITURN, CROSS_NODE))
     parser.add_argument("--path", choices=("mesh", "offline"), default="mesh",
                         help="mesh: a running mesh at --server; offline: the in-process engine")
-    parser.add_argument("--server", default=DEFAULT_ADDRESS, help="gRPC address of the mesh")
+    parser.add_argument("--server", "--target", dest="server", default=DEFAULT_ADDRESS,
+                        help="gRPC address of the mesh, or of a router (then the result "
+                             "records how its requests spread over the nodes)")
     parser.add_argument("--num-prompts", type=int, default=None,
                         help="number of requests (default: the workload's)")
     parser.add_argument("--request-rate", type=float, default=None,
@@ -199,6 +203,7 @@ def run_cli(args: argparse.Namespace) -> int:
 
 
 def run_and_report(args: argparse.Namespace, spans: TraceCollector | None) -> int:
+    before = requests_per_node(args.server) if args.path == "mesh" else None
     try:
         run = run_offline(args) if args.path == "offline" else asyncio.run(run_mesh(args, spans))
     except RadixMeshClientError as error:  # only model_info(): a failed stream is a figure
@@ -212,6 +217,10 @@ def run_and_report(args: argparse.Namespace, spans: TraceCollector | None) -> in
     for message, count in errors.items():
         print(f"failed x{count}: {message}", file=sys.stderr)
     extra = {}
+    spread = node_spread(before, requests_per_node(args.server) if before else None)
+    if spread is not None:  # the target is a router
+        extra["node_spread"] = rounded(spread)
+        print(format_spread(spread))
     if spans is not None:  # spans or none, the run's own figures stand
         extra["trace_breakdown"] = rounded(spans.report())
         print(format_breakdown(extra["trace_breakdown"], spans.address))

@@ -1,6 +1,7 @@
-"""Meshes and a Redis that a benchmark starts on this machine itself (`cross-node` needs two
-meshes sharing one Redis): `radixmesh up` as a child process on free loopback ports, stopped
-as Ctrl-C would (SIGTERM: it drains and stops its services)."""
+"""Meshes, a Redis and a router that a benchmark starts on this machine itself (`cross-node`
+needs two meshes sharing one Redis; the router benchmark, several meshes behind a router):
+each a child process on free loopback ports, stopped as Ctrl-C would (SIGTERM: it drains and
+stops its services)."""
 
 from __future__ import annotations
 
@@ -102,6 +103,33 @@ def local_redis() -> Iterator[str]:
             yield f"redis://127.0.0.1:{port}/0"
         finally:
             _stop(process)
+
+
+@dataclass
+class LocalRouter:
+    grpc_address: str
+    http_url: str  # its /metrics sums the nodes' tier counters
+
+
+@contextlib.contextmanager
+def local_router(flags: Sequence[str], num_nodes: int) -> Iterator[LocalRouter]:
+    """`radixmesh serve router` with `flags`, once `num_nodes` nodes are usable behind it."""
+    from radixmesh.bench.node_spread import usable_nodes  # gRPC only where a router runs
+
+    http_port, grpc_port = free_port(), free_port()
+    argv = [sys.executable, "-P", "-m", "radixmesh.serve", "router", "--host", "127.0.0.1",
+            "--port", str(http_port), "--grpc-port", str(grpc_port), *flags]
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+    router = LocalRouter(f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}")
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while usable_nodes(router.grpc_address) < num_nodes:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the router did not see {num_nodes} usable nodes")
+            time.sleep(0.5)
+        yield router
+    finally:
+        _stop(process)
 
 
 def scrape(url: str) -> str:

@@ -27,6 +27,7 @@ from radixmesh.bench.multiturn import (
     run_multiturn_on_mesh,
 )
 from radixmesh.bench.multiturn_report import multiturn_figures, scrape_tiers, tier_deltas
+from radixmesh.bench.node_spread import format_spread, node_spread, requests_per_node
 from radixmesh.bench.results import (
     Device,
     build_result,
@@ -71,6 +72,7 @@ class MultiturnRun:
     settings: dict  # server facts for the JSON: model, worker, context and pool sizes
     tiers: dict[str, int]  # cached tokens per tier during the run; {} if none was counted
     tier_status: str       # "ok", "not exported" or "not scraped"
+    spread: dict | None = None  # requests per node, when the target is a router
 
 
 def add_multiturn_args(parser: argparse.ArgumentParser) -> None:
@@ -146,10 +148,13 @@ async def run_mesh(args: argparse.Namespace, sampling: dict,
         info = await client.model_info()
         options = checked_options(args, info)
         before, problem = await asyncio.to_thread(scrape_tiers, url)
+        sent_before = await asyncio.to_thread(requests_per_node, args.server)
         loop = ClosedLoop(options)
         await run_multiturn_on_mesh(client, loop, sampling, progress=not args.no_progress,
                                     traceparent=spans and spans.next_traceparent)
         after, problem_after = await asyncio.to_thread(scrape_tiers, url)
+        spread = node_spread(sent_before, sent_before and await asyncio.to_thread(
+            requests_per_node, args.server))
     tiers = tier_deltas(before, after)
     if problem or problem_after:
         print(f"radixmesh bench: per-tier hit rates not scraped: {problem or problem_after}",
@@ -157,7 +162,8 @@ async def run_mesh(args: argparse.Namespace, sampling: dict,
     status = "not scraped" if problem or problem_after else "ok" if tiers else "not exported"
     settings = {**server_settings(info), "worker": info.worker, "server": args.server,
                 "metrics_url": url}
-    return MultiturnRun(options, loop, mesh_device(args.device_label), settings, tiers, status)
+    return MultiturnRun(options, loop, mesh_device(args.device_label), settings, tiers, status,
+                        spread)
 
 
 def run_offline(args: argparse.Namespace, sampling: dict) -> MultiturnRun:
@@ -212,6 +218,9 @@ def run_multiturn(args: argparse.Namespace, sampling: dict,
     for message, count in errors.items():
         print(f"failed x{count}: {message}", file=sys.stderr)
     extra = {}
+    if run.spread is not None:  # the target is a router
+        extra["node_spread"] = rounded(run.spread)
+        print(format_spread(run.spread))
     if spans is not None:  # spans or none, the run's own figures stand
         extra["trace_breakdown"] = rounded(spans.report())
         print(format_breakdown(extra["trace_breakdown"], spans.address))

@@ -49,13 +49,15 @@ class AsyncClient:
     async def generate(self, *, text: str | None = None, input_ids: Sequence[int] | None = None,
                        messages: Sequence[dict] | None = None, rid: str | None = None,
                        traceparent: str | None = None, timeout: float | None = None,
+                       cache_salt: str | None = None,
                        **sampling: object) -> AsyncIterator[GenerateChunk]:
         """Streams one request; `sampling` takes SamplingParams' names (max_new_tokens,
         temperature, top_p, top_k, min_p, seed, stop, stop_token_ids, ignore_eos, penalties).
-        An id is made here when `rid` is None, so every chunk and `abort` can name it."""
+        An id is made here when `rid` is None, so every chunk and `abort` can name it.
+        `cache_salt`: share cached prefixes only with requests of the same salt."""
         request = build_generate_request(text=text, input_ids=input_ids, messages=messages,
                                          rid=rid or uuid.uuid4().hex, traceparent=traceparent,
-                                         sampling=sampling)
+                                         sampling=sampling, cache_salt=cache_salt)
         call = self._stub.Generate(request, timeout=timeout, metadata=self._metadata)
         try:
             async for response in call:

@@ -15,9 +15,10 @@ from radixmesh.shared.protos_gen import generate_pb2
 def build_generate_request(*, text: str | None, input_ids: Sequence[int] | None,
                            messages: Sequence[dict] | None, rid: str,
                            traceparent: str | None, sampling: dict,
+                           cache_salt: str | None = None,
                            ) -> generate_pb2.GenerateRequest:
     """Exactly one of text, input_ids and messages; sampling keys are SamplingParams fields
-    (None means the server's default)."""
+    (None means the server's default); `cache_salt` None: no salt."""
     given = [name for name, value in (("text", text), ("input_ids", input_ids),
                                       ("messages", messages)) if value is not None]
     if len(given) != 1:
@@ -33,6 +34,8 @@ def build_generate_request(*, text: str | None, input_ids: Sequence[int] | None,
             generate_pb2.ChatMessage(role=m["role"], content=m["content"]) for m in messages)
     if traceparent:
         request.trace.traceparent = traceparent
+    if cache_salt is not None:
+        request.cache_salt = cache_salt
     return request
 
 

@@ -137,6 +137,8 @@ class HiCacheLink:
             if job.slots:
                 prefetched = self.host_cache.finish_fetch(job, done)
                 self.stats.prefetched_tokens += prefetched
+                if failure is None:
+                    self._start_stores()  # fetched pages go on to L3
             else:
                 self.host_cache.end(job)
             if span is not None:

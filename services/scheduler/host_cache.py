@@ -154,7 +154,7 @@ class HostCache:
                 continue
             req.prefetch = Prefetch.DONE
             tokens = req.all_ids[:req.seq_len - 1]
-            match = self.cache.match_prefix(tokens)
+            match = self.cache.match_prefix(tokens, req.cache_salt)
             cached_pages = (match.num_tokens + match.num_host_tokens) // self.cache.page_size
             num_pages = len(tokens) // self.cache.page_size
             if num_pages - cached_pages < self.threshold_pages:
@@ -192,23 +192,40 @@ class HostCache:
 
     def finish_fetch(self, job: PrefetchJob, num_done: int) -> int:
         """The pages the hicache service placed go into the tree as host-only nodes; returns
-        how many tokens were prefetched."""
+        how many tokens were prefetched. Pages fetched from another node then go to L3 like
+        any page that enters host memory (those read from L3 are there already), so this
+        node keeps them past its own restart and names them in the page index."""
         if job.epoch != self.epoch:
             return 0  # the slots were of a pool that is gone
         tier, page_size = self.cache.tier, self.cache.page_size
         tier.num_prefetching -= len(job.slots)
         done = max(0, min(num_done, len(job.slots)))
-        unused = []
+        unused: list[int] = []
         # L3's pages, then the fetched ones after them: each part a node of its own tier.
         for first, last, remote in ((0, min(done, job.num_storage), False),
                                     (job.num_storage, done, True)):
             if last > first:
                 end = (job.first_page + last) * page_size
-                unused += self.cache.insert_prefetched(job.tokens[:end], job.slots[first:last],
-                                                       job.keys[first:last], remote)
+                left = self.cache.insert_prefetched(job.tokens[:end], job.slots[first:last],
+                                                    job.keys[first:last], remote,
+                                                    job.req.cache_salt)
+                if remote:
+                    self._store_fetched(job.keys[first:last], job.slots[first:last], left)
+                unused += left
         self.cache.host.release(unused + job.slots[done:])
         self.end(job)
         return done * page_size
+
+    def _store_fetched(self, keys: list[bytes], slots: list[int], unused: list[int]) -> None:
+        """Queues the fetched pages the tree took for L3; their slots count as being stored
+        (host eviction waits for the store), as backed-up slots do once they land."""
+        if not self.storage:
+            return
+        skipped = set(unused)
+        stores = [(key, slot) for key, slot in zip(keys, slots, strict=True)
+                  if slot not in skipped and slot not in self.cache.tier.storing]
+        self.cache.tier.storing.update(slot for _, slot in stores)
+        self.stores.extend(stores)
 
     def end(self, job: PrefetchJob) -> bool:
         """The job is over (nothing fetched, or its pages are in): its request goes on."""
@@ -243,7 +260,7 @@ def build_host_cache(config: SchedulerConfig, worker: WorkerInfo,
                              tp_layout=f"tp{worker.tp_size}")
     key_root = namespace.root()
     cache = HiRadixCache(worker.page_size, allocator, HostSlots(0),
-                         config.hicache_write_policy, key_root)
+                         config.hicache_write_policy, namespace)
     remote = RemoteDecider(config.hicache_remote_policy, config.hicache_remote_bandwidth,
                            config.hicache_remote_prefill_speed, _page_bytes(worker),
                            worker.page_size)

@@ -40,7 +40,7 @@ class KVManager:
 
     def match(self, req: SchedReq) -> PrefixMatch:
         """Cached prefix usable by `req`; its last token is always recomputed for its logits."""
-        return self.cache.match_prefix(req.all_ids[:req.seq_len - 1])
+        return self.cache.match_prefix(req.all_ids[:req.seq_len - 1], req.cache_salt)
 
     def admit(self, req: SchedReq, match: PrefixMatch) -> None:
         self.cache.lock(match.handle)
@@ -96,8 +96,9 @@ class KVManager:
         if num_pages <= req.num_tree_pages:
             return None
         tokens = req.all_ids[:num_pages * self.page_size]
-        already_cached = self.cache.insert(tokens, req.page_ids[:num_pages]) // self.page_size
-        match = self.cache.match_prefix(tokens)
+        already_cached = (self.cache.insert(tokens, req.page_ids[:num_pages], req.cache_salt)
+                          // self.page_size)
+        match = self.cache.match_prefix(tokens, req.cache_salt)
         assert len(match.page_ids) == num_pages, "an inserted prefix must match in full"
         duplicates = req.page_ids[req.num_tree_pages:already_cached]
         self.cache.lock(match.handle)
@@ -118,7 +119,8 @@ class KVManager:
         owned_full = req.page_ids[req.num_tree_pages:num_pages]
         if owned_full:
             tokens = req.all_ids[:num_pages * self.page_size]
-            already_cached = self.cache.insert(tokens, req.page_ids[:num_pages]) // self.page_size
+            already_cached = (self.cache.insert(tokens, req.page_ids[:num_pages], req.cache_salt)
+                              // self.page_size)
             self.allocator.free(req.page_ids[req.num_tree_pages:already_cached])
             num_kept = num_pages
         else:

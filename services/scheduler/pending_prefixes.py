@@ -19,14 +19,14 @@ PREFIX_TOKENS = 32
 class PendingPrefixes:
     def __init__(self, prefix_tokens: int = PREFIX_TOKENS) -> None:
         self.prefix_tokens = prefix_tokens
-        self._counts: Counter[tuple[int, ...]] = Counter()
-        self._keys: dict[str, tuple[int, ...]] = {}
+        self._counts: Counter[_Prefix] = Counter()
+        self._keys: dict[str, _Prefix] = {}
 
     def add(self, req: SchedReq) -> None:
         """Notes that `req`'s prompt is being computed (no-op for short prompts)."""
         if req.rid in self._keys or req.seq_len <= self.prefix_tokens:
             return
-        key = req.all_ids[:self.prefix_tokens]
+        key = _prefix(req, self.prefix_tokens)
         self._keys[req.rid] = key
         self._counts[key] += 1
 
@@ -42,4 +42,13 @@ class PendingPrefixes:
     def should_defer(self, req: SchedReq, num_cached_tokens: int) -> bool:
         if num_cached_tokens >= self.prefix_tokens or req.seq_len <= self.prefix_tokens:
             return False
-        return req.all_ids[:self.prefix_tokens] in self._counts
+        return _prefix(req, self.prefix_tokens) in self._counts
+
+
+_Prefix = tuple[str | None, tuple[int, ...]]
+
+
+def _prefix(req: SchedReq, num_tokens: int) -> _Prefix:
+    """A prompt's first tokens in its cache namespace: a request waits only for one that will
+    share its pages, of the same salt."""
+    return req.cache_salt, req.all_ids[:num_tokens]

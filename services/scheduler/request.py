@@ -65,6 +65,7 @@ class SchedReq:
     trace: TraceContext = NO_TRACE  # carried to the worker, for its step spans
     prefetch: Prefetch | None = None  # None: not looked at by the hierarchical cache yet
     cached_tiers: CachedTiers = CachedTiers()  # set by each admission's prefix match
+    cache_salt: str | None = None  # the prefix-cache namespace: pages shared only within it
 
     @property
     def seq_len(self) -> int:

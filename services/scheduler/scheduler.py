@@ -86,7 +86,8 @@ class Scheduler:
             # Fixed here, not on the worker, so a retracted request resumes the same draw.
             sampling = replace(sampling, seed=self._seeds.getrandbits(62))
         self.waiting.append(SchedReq(request.rid, request.input_ids, sampling,
-                                     arrival=self._arrivals, trace=request.trace))
+                                     arrival=self._arrivals, trace=request.trace,
+                                     cache_salt=request.cache_salt))
 
     def abort(self, rid: str, finish: FinishReason | None = None) -> TokenDelta | None:
         """Ends a request wherever it is; its pages are freed at once. None if unknown."""

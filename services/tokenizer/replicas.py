@@ -18,12 +18,12 @@ import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 
-from radixmesh.services.tokenizer.live_request import RequestStream
-from radixmesh.services.tokenizer.metrics import FrontDoorMetrics
-from radixmesh.services.tokenizer.request_builder import RequestBody
 from radixmesh.services.tokenizer.router import Router
 from radixmesh.shared.api_keys import Owner
 from radixmesh.shared.errors import InvalidRequestError, UnavailableError
+from radixmesh.shared.front_door.live_request import RequestStream
+from radixmesh.shared.front_door.metrics import FrontDoorMetrics
+from radixmesh.shared.front_door.request_builder import RequestBody
 from radixmesh.shared.mesh_info import CacheFlush, ModelInfo, SchedulerLoad
 from radixmesh.shared.prefix_oracle import SentPrefixes
 from radixmesh.shared.replica_choice import DEFAULT_RULE, ChoiceRule, choose_replica

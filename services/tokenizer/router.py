@@ -25,11 +25,11 @@ import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Protocol
 
-from radixmesh.services.tokenizer.live_request import LiveRequest, RequestStream
-from radixmesh.services.tokenizer.metrics import FrontDoorMetrics
-from radixmesh.services.tokenizer.request_builder import RequestBody, RequestBuilder
 from radixmesh.shared.api_keys import Owner, PermissionDeniedError, may_abort
 from radixmesh.shared.errors import InvalidRequestError, UnavailableError
+from radixmesh.shared.front_door.live_request import LiveRequest, RequestStream
+from radixmesh.shared.front_door.metrics import FrontDoorMetrics
+from radixmesh.shared.front_door.request_builder import RequestBody, RequestBuilder
 from radixmesh.shared.mesh_info import CacheFlush, ModelInfo, SchedulerLoad
 from radixmesh.shared.mesh_protocol import HandshakeError, unavailable_reason
 from radixmesh.shared.requests import FinishKind, FinishReason, TextDelta, TokenizedRequest

@@ -13,17 +13,18 @@ import logging
 from aiohttp import web
 
 from radixmesh.services.tokenizer.config import TokenizerConfig
-from radixmesh.services.tokenizer.grpc_decoding import add_tolerant_service
-from radixmesh.services.tokenizer.http_limits import grpc_limit_options, start_http
 from radixmesh.services.tokenizer.mesh_link import GrpcMeshLink
-from radixmesh.services.tokenizer.metrics import FrontDoorMetrics
-from radixmesh.services.tokenizer.native_api import server_info
-from radixmesh.services.tokenizer.openai_api import OpenAIApi
 from radixmesh.services.tokenizer.replicas import ReplicaSet
 from radixmesh.services.tokenizer.router import Router
-from radixmesh.services.tokenizer.servicer import GenerationServicer
 from radixmesh.shared.api_keys import warn_if_open
+from radixmesh.shared.front_door.grpc_decoding import add_tolerant_service
+from radixmesh.shared.front_door.http_limits import grpc_limit_options, start_http
+from radixmesh.shared.front_door.metrics import FrontDoorMetrics
+from radixmesh.shared.front_door.native_api import server_info
+from radixmesh.shared.front_door.openai_api import OpenAIApi
+from radixmesh.shared.front_door.servicer import GenerationServicer
 from radixmesh.shared.grpc_service import ServiceServer, host_port, start_server
+from radixmesh.shared.node_registry import NodeLoad, NodeRegistration
 from radixmesh.shared.protos_gen import generate_pb2
 from radixmesh.shared.span_recorder import DISABLED, SpanRecorder
 from radixmesh.shared.tls import internal_client_tls, public_server_tls
@@ -55,6 +56,7 @@ class TokenizerServer:
         self._serving = asyncio.Event()  # health says SERVING
         self.recorder: SpanRecorder = DISABLED  # until `start`, and while tracing is off
         self.api_keys = config.api_keys  # read once: the flags', else $RADIXMESH_API_KEY's
+        self.registration: NodeRegistration | None = None  # with --registry-redis-url
 
     async def start(self) -> None:
         # The front door's sampler decides for the whole mesh (shared/tracing.py).
@@ -70,6 +72,12 @@ class TokenizerServer:
         await self._start_http()
         self._tasks = [asyncio.create_task(self.router.run(), name="router"),
                        asyncio.create_task(self._track_health(), name="health")]
+        if self.config.registry_redis_url:
+            self.registration = NodeRegistration(
+                self.config.registry_redis_url, self.config.registry_node_id,
+                self.config.registry_address, self._node_load, self.config.registry_key_prefix,
+                self.config.registry_heartbeat, self.config.registry_ttl)
+            self._tasks.append(asyncio.create_task(self.registration.run(), name="registry"))
         logger.info("front door: HTTP on %s:%d, gRPC on %s:%d, model %r",
                     self.config.host, self.config.port, self.config.host,
                     self.config.grpc_port, self.config.served_model_name)
@@ -82,6 +90,8 @@ class TokenizerServer:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.registration is not None:  # first: routers stop sending here
+            await self.registration.close()
         if self._http is not None:
             await self._http.cleanup()
         if self._grpc is not None:
@@ -115,6 +125,14 @@ class TokenizerServer:
                         self.api_keys).build_app()
         # With --max-connections, --http-header-timeout and client disconnects as aborts.
         self._http, _ = await start_http(app, self.config)
+
+    async def _node_load(self) -> NodeLoad | None:
+        """What the registry's heartbeat says; None (no beat) while not serving: a router
+        must not send here then."""
+        if not self._serving.is_set():
+            return None
+        load = await self.router.get_load()
+        return NodeLoad(load.num_running_reqs, load.num_queue_reqs, load.token_usage)
 
     async def _track_health(self) -> None:
         """Mirrors the router's connection into the gRPC health service."""

@@ -70,6 +70,7 @@ def test_cli_writes_a_mesh_result(mesh: MeshProcess, tmp_path: Path) -> None:
     assert result["metrics"]["completed"] == 40
     assert result["metrics"]["total_output_tokens"] == 40 * 26
     assert result["metrics"]["output_throughput"] > 0
+    assert "node_spread" not in result  # one mesh, not a router: no spread over nodes
 
 
 def test_cli_breaks_latency_down_by_stage_from_the_mesh_spans(

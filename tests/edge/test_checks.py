@@ -12,11 +12,11 @@ from hypothesis import strategies as st
 
 from radixmesh.services.detokenizer.stop_strings import StopMatch, StopStringMatcher, automaton
 from radixmesh.services.tokenizer.config import TokenizerConfig
-from radixmesh.services.tokenizer.http_limits import json_depth, parse_json_body
-from radixmesh.services.tokenizer.openai_protocol import parse_completion_request
 from radixmesh.services.worker.plan_checks import PlanRejectedError, check_plan
 from radixmesh.shared.cli_args import add_config_arguments, config_from_args
 from radixmesh.shared.errors import InvalidRequestError
+from radixmesh.shared.front_door.http_limits import json_depth, parse_json_body
+from radixmesh.shared.front_door.openai_protocol import parse_completion_request
 from radixmesh.shared.request_checks import (
     decode_refused_rids,
     encode_refused_rids,

@@ -21,12 +21,12 @@ import pytest
 
 from radixmesh.client import AsyncClient
 from radixmesh.services.tokenizer.config import TokenizerConfig
-from radixmesh.services.tokenizer.http_limits import grpc_limit_options, start_http
 from radixmesh.services.tokenizer.mesh_link import GrpcMeshLink
-from radixmesh.services.tokenizer.metrics import FrontDoorMetrics
-from radixmesh.services.tokenizer.openai_api import OpenAIApi
 from radixmesh.services.tokenizer.router import Router
-from radixmesh.services.tokenizer.servicer import GenerationServicer
+from radixmesh.shared.front_door.http_limits import grpc_limit_options, start_http
+from radixmesh.shared.front_door.metrics import FrontDoorMetrics
+from radixmesh.shared.front_door.openai_api import OpenAIApi
+from radixmesh.shared.front_door.servicer import GenerationServicer
 from radixmesh.shared.grpc_service import start_server
 from radixmesh.shared.protos_gen import generate_pb2, generate_pb2_grpc
 from radixmesh.shared.tokenizer import load_tokenizer

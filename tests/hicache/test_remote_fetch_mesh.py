@@ -20,6 +20,7 @@ import pytest
 
 from radixmesh.client import AsyncClient
 from radixmesh.make_model import make_model
+from radixmesh.services.hicache.storage.page_file import read_page_file
 from radixmesh.shared.page_keys import page_keys
 from tests.hicache.l3_files import namespace_root
 from tests.hicache.mesh_runs import (
@@ -135,6 +136,15 @@ def _parent(proc_dir: Path) -> int:
         return -1
 
 
+def wait_file(path: Path, timeout_s: float = 30.0) -> Path:
+    """`path` once it exists: stores to L3 run after the request that fetched the pages."""
+    give_up = time.monotonic() + timeout_s
+    while not path.exists():
+        assert time.monotonic() < give_up, f"{path.name} never reached L3"
+        time.sleep(0.05)
+    return path
+
+
 def outputs(served: Served) -> list[tuple[int, ...]]:
     return [turn.output for turn in served.turns]
 
@@ -146,6 +156,12 @@ def test_b_fetches_what_a_served_and_answers_exactly(nodes: Nodes) -> None:
     assert fetched.tiers["remote"] == len(batch) * FULL_PAGES * PAGE_SIZE
     assert fetched.computed <= sum(len(prompt) for prompt in batch) / 2
     assert fetched.hicache["radixmesh:hicache_fetched_tokens_total"] >= fetched.tiers["remote"]
+    # The fetched pages went on to B's own L3, as checked files a restart of B reads back.
+    root = namespace_root(nodes.a.l3_dir)
+    for prompt in batch:
+        for key in page_keys(root, prompt, PAGE_SIZE)[:FULL_PAGES]:
+            path = wait_file(nodes.b.l3_dir / key.hex())
+            assert len(read_page_file(path, key, root)) > 0
     # Forced recompute of other prompts A served: nothing fetched, every token computed.
     batch, expected = served_by_a(nodes, 12)
     recomputed = serve_b(nodes, batch, "recompute")

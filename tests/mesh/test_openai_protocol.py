@@ -6,13 +6,13 @@ import json
 
 import pytest
 
-from radixmesh.services.tokenizer import openai_responses as responses
-from radixmesh.services.tokenizer.openai_protocol import (
+from radixmesh.shared.errors import InvalidRequestError
+from radixmesh.shared.front_door import openai_responses as responses
+from radixmesh.shared.front_door.openai_protocol import (
     chat_messages,
     parse_chat_request,
     parse_completion_request,
 )
-from radixmesh.shared.errors import InvalidRequestError
 from radixmesh.shared.requests import FinishKind, FinishReason, TextDelta, Usage
 
 MODEL = "tiny-llama"

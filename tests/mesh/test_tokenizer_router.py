@@ -14,10 +14,10 @@ import pytest
 
 from radixmesh.services.detokenizer.detokenizer import Detokenizer
 from radixmesh.services.tokenizer.mesh_link import GrpcMeshLink
-from radixmesh.services.tokenizer.metrics import FrontDoorMetrics
 from radixmesh.services.tokenizer.router import Router
 from radixmesh.services.worker.null_worker import NullWorker
 from radixmesh.shared.errors import InvalidRequestError, UnavailableError
+from radixmesh.shared.front_door.metrics import FrontDoorMetrics
 from radixmesh.shared.requests import FinishKind
 from radixmesh.shared.trace_context import TraceContext
 from tests.mesh.front_door_harness import free_port, null_worker, tiny_tokenizer

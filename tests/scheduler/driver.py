@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from radixmesh.services.scheduler.config import SchedulerConfig
 from radixmesh.services.scheduler.scheduler import Scheduler
 from radixmesh.services.worker.null_worker import NullWorker
-from radixmesh.shared.requests import FinishReason, TokenizedRequest
+from radixmesh.shared.requests import FinishReason, TokenizedRequest, Usage
 from radixmesh.shared.sampling_params import SamplingParams
 from radixmesh.shared.step import StepPlan, StepResult, WorkerInfo
 
@@ -27,6 +27,7 @@ def worker_info(num_pages: int, page_size: int = 1, max_running: int = 64,
 class Run:
     outputs: dict[str, list[int]] = field(default_factory=dict)
     finishes: dict[str, FinishReason] = field(default_factory=dict)
+    usages: dict[str, Usage] = field(default_factory=dict)
     plans: list[StepPlan] = field(default_factory=list)
     max_inflight: int = 0
 
@@ -36,9 +37,11 @@ class Driver:
         self.scheduler = Scheduler(SchedulerConfig(**config), info)
         self.worker = NullWorker(info, check_pages=True)
 
-    def add(self, rid: str, prompt: list[int], max_new_tokens: int, **sampling: object) -> None:
+    def add(self, rid: str, prompt: list[int], max_new_tokens: int, cache_salt: str | None = None,
+            **sampling: object) -> None:
         params = SamplingParams(max_new_tokens=max_new_tokens, **sampling)
-        self.scheduler.add_request(TokenizedRequest(rid, tuple(prompt), params))
+        self.scheduler.add_request(TokenizedRequest(rid, tuple(prompt), params,
+                                                    cache_salt=cache_salt))
 
     def run(self, max_steps: int = 100_000, run: Run | None = None,
             pipelined: bool = False) -> Run:
@@ -67,6 +70,8 @@ class Driver:
             run.outputs.setdefault(delta.rid, []).extend(delta.token_ids)
             if delta.finish is not None:
                 run.finishes[delta.rid] = delta.finish
+            if delta.usage is not None:
+                run.usages[delta.rid] = delta.usage
 
     def expected_output(self, num_tokens: int) -> list[int]:
         return [self.worker.token_at(n) for n in range(num_tokens)]

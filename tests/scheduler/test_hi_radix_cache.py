@@ -9,22 +9,23 @@ import pytest
 from radixmesh.services.scheduler.host_slots import HostSlots
 from radixmesh.services.scheduler.page_allocator import PageAllocator
 from radixmesh.services.scheduler.prefix_cache.hi_radix_cache import HiRadixCache
-from radixmesh.shared.page_keys import page_keys
+from radixmesh.shared.page_keys import KeyNamespace, page_keys
 
-ROOT_KEY = bytes(32)
+NAMESPACE = KeyNamespace("m", "w", "float32", 2, "tp1")
+ROOT_KEY = NAMESPACE.root()
 
 
 def make_cache(num_pages: int = 16, num_slots: int = 32, page_size: int = 2,
                policy: str = "write_through") -> HiRadixCache:
     return HiRadixCache(page_size, PageAllocator(num_pages), HostSlots(num_slots), policy,
-                        key_root=ROOT_KEY)
+                        key_namespace=NAMESPACE)
 
 
-def insert(cache: HiRadixCache, tokens: list[int]) -> list[int]:
+def insert(cache: HiRadixCache, tokens: list[int], salt: str | None = None) -> list[int]:
     """Inserts `tokens` as a finished request would: its own pages for what is not cached."""
     pages = cache.allocator.alloc(len(tokens) // cache.page_size)
     assert pages is not None
-    already = cache.insert(tokens, pages) // cache.page_size
+    already = cache.insert(tokens, pages, salt) // cache.page_size
     cache.allocator.free(pages[:already])
     return pages
 
@@ -190,14 +191,15 @@ def test_random_operations_keep_every_invariant(policy: str) -> None:
     locked = []
     for step in range(1, 400):
         tokens = [rng.randrange(4) for _ in range(2 * rng.randrange(1, 6))]
+        salt = rng.choice((None, None, "s"))  # a second namespace, with roots coming and going
         action = rng.random()
         if action < 0.4 and cache.allocator.num_free + cache.num_evictable_pages >= 6:
             need = len(tokens) // 2 - cache.allocator.num_free
             if need > 0:
                 cache.evict(need)
-            insert(cache, tokens)
+            insert(cache, tokens, salt)
         elif action < 0.7:
-            match = cache.match_prefix(tokens)
+            match = cache.match_prefix(tokens, salt)
             handle = match.handle
             cache.lock(handle)
             if match.num_host_tokens:

@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from radixmesh.client import AsyncClient, Client, RadixMeshClientError
 from radixmesh.services.tokenizer.config import TokenizerConfig
-from radixmesh.services.tokenizer.openai_api import OpenAIApi
+from radixmesh.shared.front_door.openai_api import OpenAIApi
 from radixmesh.shared.protos_gen import common_pb2, generate_pb2
 from tests.mesh.conftest import MeshProcess
 from tests.security.keyed_mesh import KEYS, MODEL, WRONG, bearer, http

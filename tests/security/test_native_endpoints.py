@@ -14,7 +14,7 @@ import grpc
 import pytest
 
 from radixmesh.client import AsyncClient
-from radixmesh.services.tokenizer.chat_encoding import encode_chat
+from radixmesh.shared.front_door.chat_encoding import encode_chat
 from radixmesh.shared.protos_gen import common_pb2, generate_pb2_grpc
 from radixmesh.shared.tokenizer import TextTokenizer
 from tests.mesh.conftest import MeshProcess

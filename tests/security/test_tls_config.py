@@ -35,8 +35,8 @@ from radixmesh.launcher.tls_setup import front_door_probe_tls, self_signed_tls
 from radixmesh.services.detokenizer.config import DetokenizerConfig
 from radixmesh.services.scheduler.config import SchedulerConfig
 from radixmesh.services.tokenizer.config import TokenizerConfig
-from radixmesh.services.tokenizer.http_limits import start_http
 from radixmesh.services.worker.config import WorkerConfig
+from radixmesh.shared.front_door.http_limits import start_http
 from radixmesh.shared.grpc_service import SERVING, open_channel, start_server
 from radixmesh.shared.tls import ClientTLS, ServerTLS, public_server_tls
 from radixmesh.shared.tls_flags import TLSConfigError

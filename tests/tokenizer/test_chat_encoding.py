@@ -9,9 +9,9 @@ import pytest
 from transformers import AutoTokenizer
 
 from radixmesh.make_model.tokenizer import IM_END, IM_START
-from radixmesh.services.tokenizer.chat_encoding import encode_chat, plain_ids
-from radixmesh.services.tokenizer.request_builder import RequestBuilder
 from radixmesh.shared.errors import InvalidRequestError
+from radixmesh.shared.front_door.chat_encoding import encode_chat, plain_ids
+from radixmesh.shared.front_door.request_builder import RequestBuilder
 from radixmesh.shared.tokenizer import TextTokenizer
 
 PLAIN = [{"role": "system", "content": "Be brief."},

@@ -8,29 +8,29 @@ import dataclasses
 import grpc
 import pytest
 
-from radixmesh.services.tokenizer.admission import check_admission
-from radixmesh.services.tokenizer.finish_status import (
+from radixmesh.shared import wire
+from radixmesh.shared.errors import CapacityError, InvalidRequestError, grpc_code, http_status
+from radixmesh.shared.front_door.admission import check_admission
+from radixmesh.shared.front_door.finish_status import (
     CLIENT_CLOSED_REQUEST,
     RequestAbortedError,
     finish_error,
     refusal,
 )
-from radixmesh.services.tokenizer.grpc_decoding import (
+from radixmesh.shared.front_door.grpc_decoding import (
     Malformed,
     bad_field,
     decoder,
     unknown_field,
 )
-from radixmesh.services.tokenizer.native_models import NativeSampling
-from radixmesh.services.tokenizer.native_protocol import OUR_SAMPLING, parse_generate_request
-from radixmesh.services.tokenizer.openai_protocol import (
+from radixmesh.shared.front_door.native_models import NativeSampling
+from radixmesh.shared.front_door.native_protocol import OUR_SAMPLING, parse_generate_request
+from radixmesh.shared.front_door.openai_protocol import (
     chat_messages,
     parse_chat_request,
     parse_completion_request,
 )
-from radixmesh.services.tokenizer.validation_errors import field_path
-from radixmesh.shared import wire
-from radixmesh.shared.errors import CapacityError, InvalidRequestError, grpc_code, http_status
+from radixmesh.shared.front_door.validation_errors import field_path
 from radixmesh.shared.protos_gen import generate_pb2
 from radixmesh.shared.requests import FinishKind, FinishReason
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from radixmesh.services.tokenizer.native_protocol import (
+from radixmesh.shared.errors import InvalidRequestError
+from radixmesh.shared.front_door.native_protocol import (
     finish_reason,
     generate_answer,
     parse_generate_request,
 )
-from radixmesh.shared.errors import InvalidRequestError
 from radixmesh.shared.requests import FinishKind, FinishReason, Usage
 
 

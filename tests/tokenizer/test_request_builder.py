@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from radixmesh.services.tokenizer.limits import fit_to_context
-from radixmesh.services.tokenizer.request_builder import (
+from radixmesh.shared import wire
+from radixmesh.shared.errors import InvalidRequestError
+from radixmesh.shared.front_door.limits import fit_to_context
+from radixmesh.shared.front_door.request_builder import (
     RequestBody,
     RequestBuilder,
     check_input_ids,
     check_messages,
 )
-from radixmesh.services.tokenizer.servicer import request_body
-from radixmesh.shared import wire
-from radixmesh.shared.errors import InvalidRequestError
+from radixmesh.shared.front_door.servicer import request_body
 from radixmesh.shared.protos_gen import generate_pb2
 from radixmesh.shared.sampling_params import SamplingParams
 from radixmesh.shared.tokenizer import TextTokenizer

@@ -19,8 +19,8 @@ import openai
 import pytest
 
 from radixmesh.bench.span_receiver import ReceivedSpan, SpanReceiver
-from radixmesh.services.tokenizer import request_span as rs
 from radixmesh.services.worker.null_worker import NullWorker
+from radixmesh.shared.front_door import request_span as rs
 from radixmesh.shared.protos_gen import common_pb2, generate_pb2, generate_pb2_grpc
 from radixmesh.shared.span_recorder import DISABLED
 from radixmesh.shared.step import StepPlan, StepResult

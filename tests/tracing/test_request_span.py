@@ -1,4 +1,4 @@
-"""The front door's span bookkeeping (services/tokenizer/request_span.py), on the real SDK
+"""The front door's span bookkeeping (shared/front_door/request_span.py), on the real SDK
 exporting into memory: the root, its `tokenize` child, the GenAI attributes and failures."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ import asyncio
 import pytest
 from opentelemetry.trace import SpanKind, StatusCode
 
-from radixmesh.services.tokenizer import request_span as rs
-from radixmesh.services.tokenizer.live_request import LiveRequest, RequestStream
-from radixmesh.services.tokenizer.request_span import RequestSpan, RequestSpans
 from radixmesh.shared.errors import InvalidRequestError
+from radixmesh.shared.front_door import request_span as rs
+from radixmesh.shared.front_door.live_request import LiveRequest, RequestStream
+from radixmesh.shared.front_door.request_span import RequestSpan, RequestSpans
 from radixmesh.shared.requests import FinishKind, FinishReason, TextDelta, TokenizedRequest, Usage
 from radixmesh.shared.sampling_params import SamplingParams
 from radixmesh.shared.span_recorder import DISABLED

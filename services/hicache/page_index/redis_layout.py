@@ -1,4 +1,6 @@
-"""How the page index lies in Redis: key names, values, and reading a lookup's replies.
+"""How the page index lies in Redis: key names, values, and reading a lookup's replies. The
+layout is `shared/page_index_layout.py`'s (the router reads it too); here, what a lookup makes
+of one node's replies.
 
 Keys (`P` the --hicache-redis-key-prefix, `N` the node id, `K` the page key in hex):
 - `P{N}:hb`: the node's heartbeat, "EPOCH ADDRESS", with a short TTL renewed every few
@@ -15,60 +17,26 @@ prefixes and addresses may hold no space or brace (flags.py).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from radixmesh.services.hicache.page_index.base import NO_RUN, RemoteRun
+from radixmesh.shared.page_index_layout import (  # the layout itself lives in shared/
+    DELETE_IF_EPOCH,
+    TIER_STORAGE,
+    RedisLayout,
+    entry_value,
+    heartbeat_value,
+    leading_run,
+)
 
-TIER_STORAGE = "storage"  # L3: the tier whose pages a node advertises
-
-# Deletes KEYS[1] only if its value was written in epoch ARGV[1]: a node removes its own
-# entries, and an old process of a restarted node cannot remove what the new one wrote.
-DELETE_IF_EPOCH = """
-local value = redis.call('GET', KEYS[1])
-if value and string.sub(value, 1, string.len(ARGV[1]) + 1) == ARGV[1] .. ' ' then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
-
-
-@dataclass(frozen=True, slots=True)
-class RedisLayout:
-    prefix: str
-
-    @property
-    def nodes(self) -> str:
-        return f"{self.prefix}nodes"
-
-    def heartbeat(self, node_id: str) -> str:
-        return f"{self.prefix}{{{node_id}}}:hb"
-
-    def entry(self, node_id: str, key: bytes) -> str:
-        return f"{self.prefix}{{{node_id}}}:p:{key.hex()}"
-
-
-def heartbeat_value(epoch: str, address: str) -> str:
-    return f"{epoch} {address}"
-
-
-def entry_value(epoch: str, address: str, tier: str = TIER_STORAGE) -> str:
-    return f"{epoch} {tier} {address}"
+__all__ = ["DELETE_IF_EPOCH", "TIER_STORAGE", "RedisLayout", "best_run", "entry_value",
+           "heartbeat_value", "node_run"]
 
 
 def node_run(node_id: str, replies: Sequence[str | None]) -> RemoteRun:
     """What one node's MGET (heartbeat, then one entry per page) says: its leading run in the
     epoch its heartbeat names. No heartbeat (dead) or another epoch (restarted): nothing."""
-    heartbeat, entries = replies[0], replies[1:]
-    if heartbeat is None:
-        return NO_RUN
-    epoch, _, address = heartbeat.partition(" ")
-    mine = epoch + " "
-    count = 0
-    for entry in entries:
-        if entry is None or not entry.startswith(mine):
-            break
-        count += 1
-    return RemoteRun(node_id, address, epoch, count) if count else NO_RUN
+    run = leading_run(replies)
+    return RemoteRun(node_id, run.address, run.epoch, run.num_pages) if run.num_pages else NO_RUN
 
 
 def best_run(runs: Sequence[RemoteRun]) -> RemoteRun:

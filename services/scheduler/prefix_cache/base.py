@@ -39,6 +39,9 @@ class PrefixCache(ABC):
     - `num_cached_pages` counts every page held, locked or not; `num_evictable_pages` only those
       that `evict` could free now, and `evict(n)` frees exactly `min(n, num_evictable_pages)`.
     - A handle from `match_prefix` is only safe until the next `evict` unless it is locked.
+    - Namespaces: every call takes the request's cache salt (None: no salt). What is inserted
+      under one salt is matched only under that same salt, so requests of different salts, or
+      salted and unsalted ones, never share a page; requests of one salt share as usual.
     """
 
     def __init__(self, page_size: int, allocator: PageAllocator) -> None:
@@ -48,11 +51,12 @@ class PrefixCache(ABC):
         self.allocator = allocator
 
     @abstractmethod
-    def match_prefix(self, token_ids: Sequence[int]) -> PrefixMatch:
-        """Longest cached prefix of `token_ids`, rounded down to whole pages."""
+    def match_prefix(self, token_ids: Sequence[int], salt: str | None = None) -> PrefixMatch:
+        """Longest prefix of `token_ids` cached under `salt`, rounded down to whole pages."""
 
     @abstractmethod
-    def insert(self, token_ids: Sequence[int], page_ids: Sequence[int]) -> int:
+    def insert(self, token_ids: Sequence[int], page_ids: Sequence[int],
+               salt: str | None = None) -> int:
         """Caches `page_ids` as the KV of `token_ids` (len(token_ids) == len(page_ids) * page_size).
 
         Returns how many leading tokens were already cached; the cache did not take the caller's

@@ -24,10 +24,11 @@ class DisabledPrefixCache(PrefixCache):
         super().__init__(page_size, allocator)
         self._num_locks = 0
 
-    def match_prefix(self, token_ids: Sequence[int]) -> PrefixMatch:
+    def match_prefix(self, token_ids: Sequence[int], salt: str | None = None) -> PrefixMatch:
         return _EMPTY_MATCH
 
-    def insert(self, token_ids: Sequence[int], page_ids: Sequence[int]) -> int:
+    def insert(self, token_ids: Sequence[int], page_ids: Sequence[int],
+               salt: str | None = None) -> int:
         if len(token_ids) != len(page_ids) * self.page_size:
             raise ValueError(
                 f"{len(token_ids)} tokens do not fill {len(page_ids)} pages of {self.page_size}"

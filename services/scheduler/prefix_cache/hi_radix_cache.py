@@ -18,6 +18,7 @@ from radixmesh.services.scheduler.prefix_cache.base import PrefixMatch
 from radixmesh.services.scheduler.prefix_cache.host_tier import HostTier
 from radixmesh.services.scheduler.prefix_cache.radix_cache import RadixCache, expect
 from radixmesh.services.scheduler.prefix_cache.radix_node import RadixNode
+from radixmesh.shared.page_keys import KeyNamespace
 
 
 class HiRadixCache(RadixCache):
@@ -30,16 +31,28 @@ class HiRadixCache(RadixCache):
     - device eviction takes unlocked device leaves (device pages, no child with device pages):
       one with a valid host copy only loses its device pages; one without loses the node and
       its (host-only) subtree;
-    - host eviction takes host-only tree leaves whose slots are not being stored to L3.
+    - host eviction takes host-only tree leaves whose slots are not being stored to L3;
+    - with page keys (`key_namespace` given), a salted root holds one key, its salted
+      namespace's h_0, so every key below it chains from there: a salt's pages have keys no
+      other salt's (or an unsalted request's) can have, in L2, L3, Redis or on a peer.
     """
 
     def __init__(self, page_size: int, allocator: PageAllocator, host: HostSlots,
-                 write_policy: str = "write_through", key_root: bytes | None = None) -> None:
+                 write_policy: str = "write_through",
+                 key_namespace: KeyNamespace | None = None) -> None:
         if write_policy not in WRITE_POLICIES:
             raise ValueError(f"unknown --hicache-write-policy {write_policy!r}")
+        self.key_namespace = key_namespace
         super().__init__(page_size, allocator)
         self.write_policy = write_policy
+        key_root = None if key_namespace is None else key_namespace.root()
         self.tier = HostTier(page_size, host, key_root)
+
+    def _new_root(self, salt: str | None) -> RadixNode:
+        root = super()._new_root(salt)
+        if salt is not None and self.key_namespace is not None:
+            root.page_keys = [self.key_namespace.with_salt(salt).root()]
+        return root
 
     @property
     def host(self) -> HostSlots:
@@ -47,9 +60,10 @@ class HiRadixCache(RadixCache):
 
     # -- matching ---------------------------------------------------------------------------
 
-    def match_prefix(self, token_ids: Sequence[int]) -> PrefixMatch:
+    def match_prefix(self, token_ids: Sequence[int], salt: str | None = None) -> PrefixMatch:
         aligned = len(token_ids) - len(token_ids) % self.page_size
-        node, num_tokens, page_ids = self._walk(tuple(token_ids[:aligned]))
+        node, num_tokens, page_ids = self._walk(tuple(token_ids[:aligned]),
+                                                self._roots.for_salt(salt))
         node, hosted = self._host_tail(node)
         num_host_tokens = sum(len(n.key) for n in hosted)
         if self.write_policy == "write_through_selective":
@@ -62,7 +76,7 @@ class HiRadixCache(RadixCache):
         """Splits the path that ends at `node` into its device part (the deepest node with
         device pages, or the root) and the host-only nodes below it, top down."""
         hosted: list[RadixNode] = []
-        while node is not self._root and not node.page_ids:
+        while not node.is_root and not node.page_ids:
             hosted.append(node)
             node = node.parent
         hosted.reverse()
@@ -74,11 +88,11 @@ class HiRadixCache(RadixCache):
         deepest = match.host_handle[-1] if match.host_handle else match.handle
         return self.tier.keys_after(deepest, token_ids)
 
-    def _walk(self, key: tuple[int, ...]) -> tuple[RadixNode, int, list[int]]:
+    def _walk(self, key: tuple[int, ...], root: RadixNode) -> tuple[RadixNode, int, list[int]]:
         """RadixCache's walk, cut where host bytes are not valid yet (a backup still on its
         way): the pages it returns are the device prefix's; host-only nodes may follow."""
-        node, matched, page_ids = super()._walk(key)
-        while node is not self._root and not node.page_ids and not self.tier.is_valid(node):
+        node, matched, page_ids = super()._walk(key, root)
+        while not node.is_root and not node.page_ids and not self.tier.is_valid(node):
             matched -= len(node.key)
             node = node.parent
         return node, matched, page_ids
@@ -102,13 +116,15 @@ class HiRadixCache(RadixCache):
 
     # -- inserting ----------------------------------------------------------------------------
 
-    def insert(self, token_ids: Sequence[int], page_ids: Sequence[int]) -> int:
+    def insert(self, token_ids: Sequence[int], page_ids: Sequence[int],
+               salt: str | None = None) -> int:
         """Host-only nodes on the way adopt the caller's pages (their KV is the same), so only
         the device-cached tokens count as already cached for the caller."""
         if len(token_ids) != len(page_ids) * self.page_size:
             raise ValueError(f"{len(token_ids)} tokens do not fill {len(page_ids)} pages")
         key = tuple(token_ids)
-        node, matched, _ = RadixCache._walk(self, key)
+        root = self._roots.for_insert(salt)
+        node, matched, _ = RadixCache._walk(self, key, root)
         node, path = self._host_tail(node)
         device_tokens = matched - sum(len(n.key) for n in path)
         start = device_tokens // self.page_size
@@ -123,20 +139,25 @@ class HiRadixCache(RadixCache):
             self.tier.add_keys(leaf)
             if self.write_policy == "write_through":
                 self._back_up(leaf)
+        self._roots.prune(root)
         return device_tokens
 
     def insert_prefetched(self, token_ids: Sequence[int], slots: Sequence[int],
-                          keys: Sequence[bytes], remote: bool = False) -> list[int]:
+                          keys: Sequence[bytes], remote: bool = False,
+                          salt: str | None = None) -> list[int]:
         """Adds the pages a prefetch wrote as host-only nodes: `slots[i]` holds the page keyed
         `keys[i]`, the last `len(slots)` pages of `token_ids` (`remote`: fetched from another
-        node, not read from L3). Returns the slots the tree did not take (their pages were
-        cached meanwhile, or the prefix before them is gone), for the caller to free."""
+        node, not read from L3), under `salt`'s root. Returns the slots the tree did not take
+        (their pages were cached meanwhile, or the prefix before them is gone), for the caller
+        to free."""
         key = tuple(token_ids)
-        node, matched, _ = RadixCache._walk(self, key)
+        root = self._roots.for_insert(salt)
+        node, matched, _ = RadixCache._walk(self, key, root)
         first = len(key) // self.page_size - len(slots)
         skip = matched // self.page_size - first
-        connected = node is self._root or bool(node.host_slots)
+        connected = node.is_root or bool(node.host_slots)
         if skip < 0 or skip == len(slots) or not connected:
+            self._roots.prune(root)
             return list(slots)
         leaf = self._attach_leaf(node, key[matched:], [])
         self.tier.adopt_prefetched(leaf, list(slots[skip:]), list(keys[skip:]), remote)
@@ -148,7 +169,7 @@ class HiRadixCache(RadixCache):
         """Backs up `node` and its unhosted ancestors, root side first (host residency stays
         connected to the root); stops where host memory cannot take the next node."""
         path = []
-        while node is not self._root and not node.host_slots:
+        while not node.is_root and not node.host_slots:
             path.append(node)
             node = node.parent
         for hosted in reversed(path):
@@ -158,7 +179,7 @@ class HiRadixCache(RadixCache):
     def _back_up(self, node: RadixNode, evict_host: bool = True) -> bool:
         """Plans a backup of `node`'s device pages into fresh host slots, making room by host
         eviction; False (nothing planned) when host memory cannot take it."""
-        if node.parent is not self._root and not node.parent.host_slots:
+        if not node.parent.is_root and not node.parent.host_slots:
             return False  # keep host residency connected to the root, like device residency
         needed = len(node.page_ids) - self.host.num_free
         if needed > 0 and evict_host:
@@ -183,7 +204,7 @@ class HiRadixCache(RadixCache):
             self._split(leaf, (len(leaf.page_ids) - budget) * self.page_size)
         pages, leaf.page_ids = leaf.page_ids, []
         parent = leaf.parent
-        if parent is not self._root and self._is_candidate(parent) and parent.lock_ref == 0:
+        if not parent.is_root and self._is_candidate(parent) and parent.lock_ref == 0:
             self._push_candidate(parent)
         if leaf.is_leaf:
             self.tier.push_candidate(leaf)
@@ -209,7 +230,9 @@ class HiRadixCache(RadixCache):
             freed += self.tier.release(leaf)
             del parent.children[leaf.key[: self.page_size]]
             leaf.parent, leaf.evicted = None, True
-            if parent is not self._root and not parent.page_ids and parent.is_leaf:
+            if parent.is_root:
+                self._roots.prune(parent)
+            elif not parent.page_ids and parent.is_leaf:
                 self.tier.push_candidate(parent)
         return freed
 
@@ -235,18 +258,19 @@ class HiRadixCache(RadixCache):
         expect(len(node.host_slots) in (0, num_pages), "a node holds part of its host slots")
         expect(bool(node.page_ids or node.host_slots), "a node holds its pages nowhere")
         parent = node.parent
-        expect(not node.page_ids or parent is self._root or bool(parent.page_ids),
+        expect(not node.page_ids or parent.is_root or bool(parent.page_ids),
                "device residency is not connected to the root")
         expect(node.page_ids or node.lock_ref == 0, "a host-only node is locked")
 
     def check_consistency(self) -> None:
         super().check_consistency()
-        self.tier.check(self._root)
+        self.tier.check(list(self._roots))
 
     def drop_host_tier(self, host: HostSlots) -> None:
         """Forgets every host copy (the host pool is gone or replaced): host-only subtrees leave
         the tree, the other nodes keep their device pages; `host` is the new pool's slots."""
-        stack = list(self._root.children.values())
+        roots = list(self._roots)
+        stack = [child for root in roots for child in root.children.values()]
         while stack:
             node = stack.pop()
             node.host_slots, node.from_storage, node.from_remote = [], False, False
@@ -260,10 +284,13 @@ class HiRadixCache(RadixCache):
                 dropped = gone.pop()
                 dropped.evicted, dropped.host_slots = True, []
                 gone.extend(dropped.children.values())
+        for root in roots:
+            self._roots.prune(root)
         self.tier.host = host
         self.tier.storing.clear()
         self.tier.num_prefetching = 0
 
     def reset(self) -> None:
-        self._drop_subtree_hosts(self._root)
+        for root in self._roots:
+            self._drop_subtree_hosts(root)
         super().reset()

@@ -144,9 +144,9 @@ class HostTier:
         self.storing.update(slot for _, slot in stores)
         return stores
 
-    def check(self, root: RadixNode) -> None:
+    def check(self, roots: Sequence[RadixNode]) -> None:
         held: set[int] = set()
-        stack = list(root.children.values())
+        stack = [child for root in roots for child in root.children.values()]
         while stack:
             node = stack.pop()
             expect(held.isdisjoint(node.host_slots), "a host slot is held twice")

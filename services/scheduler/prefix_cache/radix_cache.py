@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from radixmesh.services.scheduler.page_allocator import PageAllocator
 from radixmesh.services.scheduler.prefix_cache.base import PrefixCache, PrefixMatch
+from radixmesh.services.scheduler.prefix_cache.namespace_roots import NamespaceRoots
 from radixmesh.services.scheduler.prefix_cache.radix_node import RadixNode
 
 
@@ -19,11 +20,14 @@ class RadixCache(PrefixCache):
     keeps the deeper half in the original node object, so a live handle always covers exactly
     the tokens it matched; once any of its pages is evicted it is stale, and `lock` refuses it.
 
+    Each cache salt has a tree of its own (`NamespaceRoots`): what one salt inserted is never
+    matched under another salt or none, so requests of different salts share no page.
+
     Bookkeeping kept so that no call costs more than its own tokens (plus heap operations):
     - A lock adds one to `lock_ref` on the handle and on every ancestor up to the root, so the
       pages evictable now are exactly those of non-root nodes with `lock_ref == 0` (evicting
       leaves one at a time eventually reaches each of them). That sum is a counter, and the
-      root's `lock_ref` is the number of locks outstanding.
+      roots' `lock_ref`s add up to the number of locks outstanding.
     - Access times come from a call counter, not the wall clock, so eviction is deterministic.
     - Every unlocked non-root leaf has an entry in `_heap`, keyed by an access time no newer
       than its own. Uses do not touch the heap: `evict` refreshes a stale entry when it pops
@@ -33,7 +37,7 @@ class RadixCache(PrefixCache):
 
     def __init__(self, page_size: int, allocator: PageAllocator) -> None:
         super().__init__(page_size, allocator)
-        self._root = RadixNode(key=(), page_ids=[], parent=None)
+        self._roots = NamespaceRoots(self._new_root)
         self._clock = 0
         self._heap: list[tuple[int, int, RadixNode]] = []
         # Tie-breaker for equal access times, so heap entries never compare nodes.
@@ -43,32 +47,40 @@ class RadixCache(PrefixCache):
 
     # -- lookups and inserts --------------------------------------------------------------
 
-    def match_prefix(self, token_ids: Sequence[int]) -> PrefixMatch:
+    def _new_root(self, salt: str | None) -> RadixNode:
+        return RadixNode(key=(), page_ids=[], parent=None, salt=salt)
+
+    def match_prefix(self, token_ids: Sequence[int], salt: str | None = None) -> PrefixMatch:
         aligned = len(token_ids) - len(token_ids) % self.page_size
-        node, num_tokens, page_ids = self._walk(tuple(token_ids[:aligned]))
+        node, num_tokens, page_ids = self._walk(tuple(token_ids[:aligned]),
+                                                self._roots.for_salt(salt))
         return PrefixMatch(page_ids=tuple(page_ids), num_tokens=num_tokens, handle=node)
 
-    def insert(self, token_ids: Sequence[int], page_ids: Sequence[int]) -> int:
+    def insert(self, token_ids: Sequence[int], page_ids: Sequence[int],
+               salt: str | None = None) -> int:
         if len(token_ids) != len(page_ids) * self.page_size:
             raise ValueError(
                 f"{len(token_ids)} tokens do not fill {len(page_ids)} pages of {self.page_size}"
             )
         key = tuple(token_ids)
-        node, num_cached, _ = self._walk(key)
+        root = self._roots.for_insert(salt)
+        node, num_cached, _ = self._walk(key, root)
         if num_cached < len(key):
             first_new_page = num_cached // self.page_size
             self._attach_leaf(node, key[num_cached:], list(page_ids[first_new_page:]))
+        self._roots.prune(root)  # an empty insert leaves a new salt's root empty
         return num_cached
 
-    def _walk(self, key: tuple[int, ...]) -> tuple[RadixNode, int, list[int]]:
-        """Follows the longest cached prefix of the page-aligned `key`, marking it used.
+    def _walk(self, key: tuple[int, ...], root: RadixNode) -> tuple[RadixNode, int, list[int]]:
+        """Follows the longest cached prefix of the page-aligned `key` below `root`, marking it
+        used.
 
         Splits the last edge if the match ends inside it, so the returned node covers exactly
         the matched tokens. Returns that node, the matched token count and the matched pages.
         """
         page_size = self.page_size
         self._clock += 1
-        node = self._root
+        node = root
         node.last_access = self._clock
         matched = 0
         page_ids: list[int] = []
@@ -135,7 +147,9 @@ class RadixCache(PrefixCache):
             node = node.parent
         # Only the handle itself can have become an unlocked leaf: its ancestors all have it
         # below them.
-        if target.lock_ref == 0 and self._is_candidate(target) and target is not self._root:
+        if target.is_root:
+            self._roots.prune(target)
+        elif target.lock_ref == 0 and self._is_candidate(target):
             self._push_candidate(target)
 
     def _live_node(self, handle: object) -> RadixNode:
@@ -146,7 +160,7 @@ class RadixCache(PrefixCache):
                 "the handle's entry was evicted (wholly or in part): lock it right after "
                 "match_prefix, before anything can evict"
             )
-        return handle
+        return self._roots.registered(handle) if handle.is_root else handle
 
     # -- eviction -------------------------------------------------------------------------
 
@@ -178,7 +192,9 @@ class RadixCache(PrefixCache):
         del parent.children[leaf.key[: self.page_size]]
         leaf.parent = None
         leaf.evicted = True
-        if parent is not self._root and self._is_candidate(parent) and parent.lock_ref == 0:
+        if parent.is_root:
+            self._roots.prune(parent)
+        elif self._is_candidate(parent) and parent.lock_ref == 0:
             self._push_candidate(parent)
         return leaf.page_ids
 
@@ -203,17 +219,19 @@ class RadixCache(PrefixCache):
         return self._num_evictable_pages
 
     def reset(self) -> None:
-        if self._root.lock_ref:
-            raise RuntimeError(f"reset while {self._root.lock_ref} locks are held")
+        if self._roots.num_locks:
+            raise RuntimeError(f"reset while {self._roots.num_locks} locks are held")
         freed: list[int] = []
-        stack = list(self._root.children.values())
+        stack = [child for root in self._roots for child in root.children.values()]
         while stack:
             node = stack.pop()
             freed.extend(node.page_ids)
             stack.extend(node.children.values())
             node.parent = None
             node.evicted = True
-        self._root.children.clear()
+        for root in self._roots:
+            root.children.clear()
+        self._roots.clear()
         self._heap.clear()
         self._num_cached_pages = 0
         self._num_evictable_pages = 0
@@ -229,11 +247,12 @@ class RadixCache(PrefixCache):
 
         Raises AssertionError (explicitly, so `python -O` keeps the check) on any mismatch.
         """
-        root = self._root
-        expect(not root.key and not root.page_ids and root.parent is None, "root has an edge")
+        self._roots.check(expect)
+        for root in self._roots:
+            expect(not root.key and not root.page_ids and root.parent is None, "root has an edge")
         cached = evictable = 0
         seen_pages: set[int] = set()
-        stack = [root]
+        stack = list(self._roots)
         while stack:
             node = stack.pop()
             expect(
@@ -245,7 +264,7 @@ class RadixCache(PrefixCache):
                 expect(child.key[: self.page_size] == first_page, "child filed under wrong key")
                 expect(child.last_access <= node.last_access, "child used after its parent")
                 stack.append(child)
-            if node is root:
+            if node.is_root:
                 continue
             self._check_node(node)
             expect(seen_pages.isdisjoint(node.page_ids), "a page is cached twice")

@@ -13,7 +13,8 @@ class RadixNode:
     """The edge into a node of the radix tree, and that node's bookkeeping.
 
     Invariants (`RadixCache.check_consistency` verifies them):
-    - `len(key) == len(page_ids) * page_size`, and both are empty only at the root.
+    - `len(key) == len(page_ids) * page_size`, and both are empty only at a root (one per
+      cache salt, see `NamespaceRoots`); `salt` is set only on a salted root.
     - `parent.children[key[:page_size]] is self` while the node is in the tree.
     - `lock_ref` counts the locks held on this node plus those on all its descendants, so
       `lock_ref == 0` means no lock reaches anything in this subtree.
@@ -39,7 +40,12 @@ class RadixNode:
     from_storage: bool = False  # its host copy came from L3 and no request has used it yet
     from_remote: bool = False   # ... from another node (from_storage is set too)
     in_host_heap: bool = False
+    salt: str | None = None  # a root's: the cache salt whose namespace it heads
 
     @property
     def is_leaf(self) -> bool:
         return not self.children
+
+    @property
+    def is_root(self) -> bool:
+        return not self.key

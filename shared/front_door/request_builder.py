@@ -1,7 +1,8 @@
 """Turns a client's request into a validated `TokenizedRequest`.
 
 A JSON-like body (HTTP, `offline`) holds exactly one prompt field (`input_ids`, `text` or
-`messages`) plus the sampling fields of `SamplingParams` at the top level; `parse_body` gives
+`messages`) plus the sampling fields of `SamplingParams` and an optional `cache_salt` (vLLM's
+prefix-cache isolation) at the top level; `parse_body` gives
 its shape as a `RequestBody`, which the public gRPC door builds straight from its message.
 Either way `RequestBuilder` validates the sampling once (`SamplingParams.validate`) and the
 prompt, then tokenizes. Every rejection is an `InvalidRequestError` naming the offending
@@ -15,18 +16,19 @@ from dataclasses import dataclass
 
 from jinja2 import TemplateError
 
-from radixmesh.services.tokenizer.chat_encoding import encode_chat
-from radixmesh.services.tokenizer.limits import apply_limits
-from radixmesh.services.tokenizer.openai_models import chat_messages
 from radixmesh.shared.errors import InvalidRequestError
+from radixmesh.shared.front_door.chat_encoding import encode_chat
+from radixmesh.shared.front_door.limits import apply_limits
+from radixmesh.shared.front_door.openai_models import chat_messages
 from radixmesh.shared.requests import TokenizedRequest
 from radixmesh.shared.sampling_params import SamplingParams
-from radixmesh.shared.text_checks import check_utf8
+from radixmesh.shared.text_checks import check_cache_salt, check_utf8
 from radixmesh.shared.tokenizer import TextTokenizer
 
 PROMPT_FIELDS: tuple[str, ...] = ("input_ids", "text", "messages")
 SAMPLING_FIELDS: frozenset[str] = frozenset(SamplingParams.__dataclass_fields__)
-KNOWN_FIELDS: frozenset[str] = frozenset(PROMPT_FIELDS) | SAMPLING_FIELDS
+CACHE_SALT = "cache_salt"
+KNOWN_FIELDS: frozenset[str] = frozenset(PROMPT_FIELDS) | SAMPLING_FIELDS | {CACHE_SALT}
 # Names the prompt as a whole when the error is about which prompt field to use.
 PROMPT_GROUP = "prompt"
 
@@ -49,6 +51,7 @@ class RequestBody:
     prompt: object
     sampling: SamplingParams = SamplingParams()
     max_new_tokens_given: bool = False   # False: a default that the limits may shrink
+    cache_salt: object = None            # None: no salt; checked by RequestBuilder
 
 
 def parse_body(body: object) -> RequestBody:
@@ -57,7 +60,8 @@ def parse_body(body: object) -> RequestBody:
     prompt_field = select_prompt_field(fields)
     values = {key: fields[key] for key in SAMPLING_FIELDS if fields.get(key) is not None}
     return RequestBody(prompt_field, fields[prompt_field], SamplingParams.from_dict(values),
-                       max_new_tokens_given="max_new_tokens" in values)
+                       max_new_tokens_given="max_new_tokens" in values,
+                       cache_salt=fields.get(CACHE_SALT))
 
 
 def select_prompt_field(body: Container[str]) -> str:
@@ -130,8 +134,10 @@ class RequestBuilder:
     def build(self, rid: str, body: Mapping | RequestBody) -> TokenizedRequest:
         parsed = body if isinstance(body, RequestBody) else parse_body(body)
         parsed.sampling.validate(self.vocab_size)
+        salt = check_cache_salt(parsed.cache_salt)
         input_ids = self._prompt_ids(parsed.prompt_field, parsed.prompt)
-        request = TokenizedRequest(rid=rid, input_ids=input_ids, sampling=parsed.sampling)
+        request = TokenizedRequest(rid=rid, input_ids=input_ids, sampling=parsed.sampling,
+                                   cache_salt=salt)
         return apply_limits(request, parsed.prompt_field, self.context_len,
                             self.max_total_tokens, parsed.max_new_tokens_given)
 

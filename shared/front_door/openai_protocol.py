@@ -19,13 +19,13 @@ from dataclasses import dataclass
 
 import grpc
 
-from radixmesh.services.tokenizer.openai_models import (
+from radixmesh.shared.errors import InvalidRequestError
+from radixmesh.shared.front_door.openai_models import (
     ChatCompletionRequest,
     CompletionRequest,
     chat_messages,
 )
-from radixmesh.services.tokenizer.validation_errors import short_repr, validate_body
-from radixmesh.shared.errors import InvalidRequestError
+from radixmesh.shared.front_door.validation_errors import short_repr, validate_body
 from radixmesh.shared.sampling_params import DEFAULT_LIMITS, SamplingLimits, check_stop_lists
 from radixmesh.shared.text_checks import check_rid
 
@@ -110,6 +110,8 @@ def _translate(request: CompletionRequest | ChatCompletionRequest, prompt: dict,
                       limit_names[0])
     if getattr(request, limit_name) is not None:
         ours["max_new_tokens"] = getattr(request, limit_name)
+    if request.cache_salt is not None:
+        ours["cache_salt"] = request.cache_salt  # RequestBuilder checks it
     stream = bool(request.stream)
     options = request.stream_options
     if options is not None and not stream:

@@ -15,7 +15,7 @@ from typing import Annotated
 from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
-from radixmesh.services.tokenizer.validation_errors import short_repr
+from radixmesh.shared.front_door.validation_errors import short_repr
 
 # Every request model's configuration.
 STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)

@@ -22,8 +22,8 @@ from itertools import accumulate
 
 from aiohttp import web
 
-from radixmesh.services.tokenizer.config import TokenizerConfig
 from radixmesh.shared.errors import InvalidRequestError
+from radixmesh.shared.front_door.flags import FrontDoorFlags
 from radixmesh.shared.text_checks import check_json_text
 from radixmesh.shared.tls import public_server_tls
 
@@ -121,7 +121,7 @@ class CappedTCPSite(web.TCPSite):
         self._bound_port = self._server.sockets[0].getsockname()[1]
 
 
-async def start_http(app: web.Application, config: TokenizerConfig,
+async def start_http(app: web.Application, config: FrontDoorFlags,
                      port: int | None = None) -> tuple[web.AppRunner, CappedTCPSite]:
     """Serves `app` on the configured host and port (or `port`) with the connection limits,
     over HTTPS when `--ssl-certfile` is set. Handler cancellation turns a client disconnect
@@ -136,7 +136,7 @@ async def start_http(app: web.Application, config: TokenizerConfig,
     return runner, site
 
 
-def grpc_limit_options(config: TokenizerConfig) -> list[tuple[str, int]]:
+def grpc_limit_options(config: FrontDoorFlags) -> list[tuple[str, int]]:
     """gRPC server options: each connection's concurrent streams (HTTP/2 SETTINGS; a client
     past it waits for a free stream rather than failing)."""
     return [("grpc.max_concurrent_streams", config.max_concurrent_streams)]

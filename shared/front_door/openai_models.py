@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, Field
 
-from radixmesh.services.tokenizer.declared_fields import (
+from radixmesh.shared.front_door.declared_fields import (
     STRICT,
     Float,
     Int,
@@ -22,7 +22,7 @@ from radixmesh.services.tokenizer.declared_fields import (
     invalid,
     neutral,
 )
-from radixmesh.services.tokenizer.validation_errors import short_repr, validate_body
+from radixmesh.shared.front_door.validation_errors import short_repr, validate_body
 
 ROLES = ("system", "developer", "user", "assistant")
 TOOL_ROLES = ("tool", "function")
@@ -59,6 +59,8 @@ class _Common(BaseModel):
     min_p: Float | None = None
     repetition_penalty: Float | None = None
     stop_token_ids: TokenIds | None = None
+    # vLLM's: requests share cached prefixes only with requests of the same salt.
+    cache_salt: str | None = None
     # Not implemented: their defaults only.
     n: Annotated[Any, neutral(1)] = None
     logit_bias: Annotated[Any, neutral({})] = None

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator
 
-from radixmesh.services.tokenizer.declared_fields import (
+from radixmesh.shared.front_door.declared_fields import (
     STRICT,
     Float,
     Int,
@@ -64,6 +64,7 @@ class GenerateRequest(BaseModel):
     sampling_params: NativeSampling | None = None
     stream: bool | None = None
     rid: str | None = None
+    cache_salt: str | None = None  # vLLM's prefix-cache isolation, as the OpenAI bodies take it
     # Not implemented: their defaults only.
     return_logprob: Annotated[Any, neutral(False)] = None
     logprob_start_len: Annotated[Any, neutral(-1)] = None

@@ -33,10 +33,13 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 
 from aiohttp import web
 
-from radixmesh.services.tokenizer import openai_responses as responses
-from radixmesh.services.tokenizer.admission import check_admission
-from radixmesh.services.tokenizer.config import TokenizerConfig
-from radixmesh.services.tokenizer.http_common import (
+from radixmesh.shared.api_keys import NO_KEYS, ApiKeys, AuthenticationError, presented_key
+from radixmesh.shared.errors import InvalidRequestError, RadixMeshError, UnavailableError
+from radixmesh.shared.front_door import openai_responses as responses
+from radixmesh.shared.front_door.admission import check_admission
+from radixmesh.shared.front_door.core import FrontDoorCore
+from radixmesh.shared.front_door.flags import FrontDoorFlags
+from radixmesh.shared.front_door.http_common import (
     OWNER,
     REQUEST_SPAN,
     STREAMING,
@@ -47,30 +50,27 @@ from radixmesh.services.tokenizer.http_common import (
     stream_events,
     unrefused,
 )
-from radixmesh.services.tokenizer.live_request import RequestStream
-from radixmesh.services.tokenizer.metrics import FrontDoorMetrics
-from radixmesh.services.tokenizer.native_api import NativeApi
-from radixmesh.services.tokenizer.openai_protocol import (
+from radixmesh.shared.front_door.live_request import RequestStream
+from radixmesh.shared.front_door.metrics import FrontDoorMetrics
+from radixmesh.shared.front_door.native_api import NativeApi
+from radixmesh.shared.front_door.openai_protocol import (
     OpenAIRequest,
     UnknownModelError,
     parse_chat_request,
     parse_completion_request,
 )
-from radixmesh.services.tokenizer.openai_responses import (
+from radixmesh.shared.front_door.openai_responses import (
     ChatFormat,
     CompletionFormat,
     ResponseFormat,
 )
-from radixmesh.services.tokenizer.request_span import (
+from radixmesh.shared.front_door.request_span import (
     CHAT,
     TEXT_COMPLETION,
     TRACE_ID_HEADER,
     RequestSpan,
     RequestSpans,
 )
-from radixmesh.services.tokenizer.router import Router
-from radixmesh.shared.api_keys import NO_KEYS, ApiKeys, AuthenticationError, presented_key
-from radixmesh.shared.errors import InvalidRequestError, RadixMeshError, UnavailableError
 from radixmesh.shared.span_recorder import DISABLED, SpanRecorder
 from radixmesh.shared.trace_context import TraceContext
 
@@ -90,10 +90,14 @@ OPEN_PATHS = frozenset({"/health", "/metrics"})
 
 
 class OpenAIApi:
-    def __init__(self, router: Router, metrics: FrontDoorMetrics,
-                 config: TokenizerConfig, recorder: SpanRecorder = DISABLED,
-                 api_keys: ApiKeys = NO_KEYS) -> None:
+    def __init__(self, router: FrontDoorCore, metrics: FrontDoorMetrics,
+                 config: FrontDoorFlags, recorder: SpanRecorder = DISABLED,
+                 api_keys: ApiKeys = NO_KEYS,
+                 server_info: Callable[[], Awaitable[dict]] | None = None) -> None:
+        """`server_info`: the server info document, where the core adds to the front door's
+        own (the router: its nodes); default `native_api.server_info`."""
         self.router = router
+        self._server_info = server_info
         self.api_keys = api_keys
         self.metrics = metrics
         self.config = config
@@ -112,7 +116,7 @@ class OpenAIApi:
         app.router.add_get("/health", self.health)
         app.router.add_get("/health_generate", self.health_generate)
         app.router.add_get("/metrics", self.prometheus)
-        NativeApi(self.router, self.config, self.metrics).add_routes(app)
+        NativeApi(self.router, self.config, self.metrics, self._server_info).add_routes(app)
         return app
 
     # ---- endpoints -------------------------------------------------------------------------

@@ -28,18 +28,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 
-from radixmesh.services.tokenizer.admission import check_admission
-from radixmesh.services.tokenizer.finish_status import refusal
-from radixmesh.services.tokenizer.metrics import FrontDoorMetrics
-from radixmesh.services.tokenizer.request_builder import RequestBody, select_prompt_field
-from radixmesh.services.tokenizer.request_span import (
-    GENERATE,
-    TEXT_COMPLETION,
-    TRACE_ID_TRAILER,
-    RequestSpan,
-    RequestSpans,
-)
-from radixmesh.services.tokenizer.router import Router
 from radixmesh.shared import wire
 from radixmesh.shared.api_keys import (
     NO_KEYS,
@@ -53,6 +41,18 @@ from radixmesh.shared.errors import (
     InvalidRequestError,
     RadixMeshError,
     UnavailableError,
+)
+from radixmesh.shared.front_door.admission import check_admission
+from radixmesh.shared.front_door.core import FrontDoorCore
+from radixmesh.shared.front_door.finish_status import refusal
+from radixmesh.shared.front_door.metrics import FrontDoorMetrics
+from radixmesh.shared.front_door.request_builder import RequestBody, select_prompt_field
+from radixmesh.shared.front_door.request_span import (
+    GENERATE,
+    TEXT_COMPLETION,
+    TRACE_ID_TRAILER,
+    RequestSpan,
+    RequestSpans,
 )
 from radixmesh.shared.grpc_service import abort_with
 from radixmesh.shared.protos_gen import common_pb2, generate_pb2, generate_pb2_grpc
@@ -81,7 +81,8 @@ def request_body(request: generate_pb2.GenerateRequest,
     elif which == "messages":
         prompt = [{"role": m.role, "content": m.content} for m in request.messages.messages]
     return RequestBody(prompt_field, prompt, wire.sampling_from_proto(request.sampling),
-                       max_new_tokens_given=request.sampling.HasField("max_new_tokens"))
+                       max_new_tokens_given=request.sampling.HasField("max_new_tokens"),
+                       cache_salt=request.cache_salt if request.HasField("cache_salt") else None)
 
 
 def generate_response(delta: TextDelta) -> generate_pb2.GenerateResponse:
@@ -105,7 +106,7 @@ def trace_of(request: generate_pb2.GenerateRequest,
 
 
 class GenerationServicer(generate_pb2_grpc.GenerationServicer):
-    def __init__(self, router: Router, metrics: FrontDoorMetrics, served_model_name: str,
+    def __init__(self, router: FrontDoorCore, metrics: FrontDoorMetrics, served_model_name: str,
                  max_request_bytes: int, recorder: SpanRecorder = DISABLED,
                  limits: SamplingLimits = DEFAULT_LIMITS,
                  max_streams: int = DEFAULT_MAX_STREAMS,

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from radixmesh.services.tokenizer.live_request import RequestStream
+from radixmesh.shared.front_door.live_request import RequestStream
 from radixmesh.shared.requests import FinishKind, TokenizedRequest
 from radixmesh.shared.span_recorder import (
     DISABLED,

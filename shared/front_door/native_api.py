@@ -16,13 +16,16 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 
 from aiohttp import web
 
-from radixmesh.services.tokenizer.admission import check_admission
-from radixmesh.services.tokenizer.config import TokenizerConfig
-from radixmesh.services.tokenizer.http_common import (
+from radixmesh.shared.completion import TextCompletion
+from radixmesh.shared.errors import InvalidRequestError, UnavailableError
+from radixmesh.shared.front_door.admission import check_admission
+from radixmesh.shared.front_door.core import FrontDoorCore
+from radixmesh.shared.front_door.flags import FrontDoorFlags
+from radixmesh.shared.front_door.http_common import (
     OWNER,
     REQUEST_SPAN,
     HttpError,
@@ -31,15 +34,12 @@ from radixmesh.services.tokenizer.http_common import (
     stream_events,
     unrefused,
 )
-from radixmesh.services.tokenizer.live_request import RequestStream
-from radixmesh.services.tokenizer.metrics import FrontDoorMetrics
-from radixmesh.services.tokenizer.native_models import AbortRequestBody
-from radixmesh.services.tokenizer.native_protocol import generate_answer, parse_generate_request
-from radixmesh.services.tokenizer.request_span import RequestSpan
-from radixmesh.services.tokenizer.router import Router
-from radixmesh.services.tokenizer.validation_errors import validate_body
-from radixmesh.shared.completion import TextCompletion
-from radixmesh.shared.errors import InvalidRequestError, UnavailableError
+from radixmesh.shared.front_door.live_request import RequestStream
+from radixmesh.shared.front_door.metrics import FrontDoorMetrics
+from radixmesh.shared.front_door.native_models import AbortRequestBody
+from radixmesh.shared.front_door.native_protocol import generate_answer, parse_generate_request
+from radixmesh.shared.front_door.request_span import RequestSpan
+from radixmesh.shared.front_door.validation_errors import validate_body
 from radixmesh.shared.mesh_info import ModelInfo
 from radixmesh.shared.text_checks import check_rid
 
@@ -50,9 +50,11 @@ _VERSION = importlib.metadata.version("radixmesh")
 
 
 class NativeApi:
-    def __init__(self, router: Router, config: TokenizerConfig,
-                 metrics: FrontDoorMetrics) -> None:
+    def __init__(self, router: FrontDoorCore, config: FrontDoorFlags,
+                 metrics: FrontDoorMetrics,
+                 info_document: Callable[[], Awaitable[dict]] | None = None) -> None:
         self.router = router
+        self._info_document = info_document or (lambda: server_info(router, config))
         self.config = config
         self.metrics = metrics
         self.model = config.served_model_name
@@ -109,7 +111,7 @@ class NativeApi:
             "worker": info.worker})
 
     async def get_server_info(self, request: web.Request) -> web.Response:
-        return web.json_response(await server_info(self.router, self.config))
+        return web.json_response(await self._info_document())
 
     async def flush_cache(self, request: web.Request) -> web.Response:
         outcome = await self.router.flush_cache()
@@ -134,7 +136,7 @@ def _answer(done: TextCompletion, stream: RequestStream, started: float) -> dict
                            stream.num_prompt_tokens, time.perf_counter() - started)
 
 
-async def server_info(router: Router, config: TokenizerConfig) -> dict:
+async def server_info(router: FrontDoorCore, config: FrontDoorFlags) -> dict:
     """SGLang's server info document: version, the front door's flags, the model, the load.
     The same for GET /get_server_info and gRPC GetServerInfo."""
     info = router.info
@@ -147,7 +149,7 @@ async def server_info(router: Router, config: TokenizerConfig) -> dict:
             "internal_states": [dataclasses.asdict(load)]}
 
 
-def public_flags(config: TokenizerConfig) -> dict:
+def public_flags(config: FrontDoorFlags) -> dict:
     """The front door's flags as JSON, without those kept out of repr (keys, tokens)."""
     flags = {}
     for spec in dataclasses.fields(config):

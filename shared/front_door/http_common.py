@@ -17,11 +17,6 @@ from contextlib import aclosing
 
 from aiohttp import web
 
-from radixmesh.services.tokenizer import openai_responses as responses
-from radixmesh.services.tokenizer.config import TokenizerConfig
-from radixmesh.services.tokenizer.finish_status import CLIENT_CLOSED_REQUEST, finish_error, refusal
-from radixmesh.services.tokenizer.http_limits import parse_json_body
-from radixmesh.services.tokenizer.request_span import RequestSpan
 from radixmesh.shared.api_keys import Owner
 from radixmesh.shared.errors import (
     CapacityError,
@@ -30,6 +25,11 @@ from radixmesh.shared.errors import (
     http_status,
     openai_type,
 )
+from radixmesh.shared.front_door import openai_responses as responses
+from radixmesh.shared.front_door.finish_status import CLIENT_CLOSED_REQUEST, finish_error, refusal
+from radixmesh.shared.front_door.flags import FrontDoorFlags
+from radixmesh.shared.front_door.http_limits import parse_json_body
+from radixmesh.shared.front_door.request_span import RequestSpan
 from radixmesh.shared.requests import FinishReason, TextDelta
 
 # Set by the middlewares: a generating route's root span, and every request's owner (the
@@ -79,7 +79,7 @@ def error_param(error: BaseException) -> str | None:
     return error.field if isinstance(error, InvalidRequestError) else None
 
 
-async def read_json(request: web.Request, config: TokenizerConfig) -> object:
+async def read_json(request: web.Request, config: FrontDoorFlags) -> object:
     """The request's body as decoded JSON; HttpError (408, 413, 400) when it cannot be."""
     try:
         async with asyncio.timeout(config.http_body_timeout):

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from radixmesh.services.tokenizer.native_models import GenerateRequest, NativeSampling
-from radixmesh.services.tokenizer.validation_errors import validate_body
 from radixmesh.shared.errors import InvalidRequestError
+from radixmesh.shared.front_door.native_models import GenerateRequest, NativeSampling
+from radixmesh.shared.front_door.validation_errors import validate_body
 from radixmesh.shared.requests import FinishKind, FinishReason, Usage
 from radixmesh.shared.sampling_params import (
     DEFAULT_LIMITS,
@@ -52,6 +52,8 @@ def parse_generate_request(payload: object,
     request = validate_body(GenerateRequest, payload)
     body = _prompt(request)
     body.update(_sampling(request.sampling_params, limits))
+    if request.cache_salt is not None:
+        body["cache_salt"] = request.cache_salt  # RequestBuilder checks it
     if request.rid is not None:
         check_rid(request.rid)
     return NativeRequest(body, request.rid, bool(request.stream))
