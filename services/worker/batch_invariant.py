@@ -12,12 +12,12 @@ and `aten.matmul` of a matrix, which CPU torch runs as ops of their own, and `at
 `nn.Linear`, the LM head and the dequantizing FP8 layers all come down to these) runs as a sequence of
 products of exactly `row_block` rows, the last block padded with zero rows. Each call then has
 one shape whatever the batch, hence one kernel, and a row's result does not depend on the other
-rows of its block (a GEMM sums each output over K alone). Products of other ranks (the attention
+rows of its block (a GEMM sums each output over K alone; where a library's bits also depend on
+the row's place in the block, the block is one row: see `CPU_ROW_BLOCK`). Products of other ranks (the attention
 backends' batched products, whose shapes they fix themselves) pass through untouched.
 
-Cost: M / row_block kernel calls instead of one, and the weights read once per block. On a CPU
-that is small next to the arithmetic; on a GPU the block is larger (see `row_block_for`) so
-that a block keeps the tensor cores busy.
+Cost: M / row_block kernel calls instead of one, and the weights read once per block
+(`row_block_for` gives each device's block).
 
 What is covered: the torch ops on any device for the products above. Not covered: FP8 GEMMs
 through `torch._scaled_mm` (use the dequantizing path, i.e. no --quantization, for determinism),
@@ -36,9 +36,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 aten = torch.ops.aten
 
-# Rows per product: 16 on a CPU (fp32 MKL kernels differ below ~3 rows, and a padded decode row
-# costs 16x a tiny GEMV, nothing next to one layer); 128 on a GPU, one tensor-core tile.
-CPU_ROW_BLOCK = 16
+# Rows per product. On a CPU, one: MKL's bits for a row also depend on the row's place inside
+# the product (on a 16-core Xeon the 9th row of a 16-row block differed from the same row
+# first in its block; the 2-core CI machine did not show it), so each row is a product of its
+# own, one shape whatever the batch. Cheap there: a row costs a GEMV, the weights stay in cache
+# for a small model, and determinism on a CPU is for tests. On a GPU, 128: one tensor-core
+# tile, each output's sum over K the same loop at every place in the tile.
+CPU_ROW_BLOCK = 1
 GPU_ROW_BLOCK = 128
 
 

@@ -18,7 +18,11 @@ import torch.nn.functional as F
 from radixmesh.engine import Completion, Engine
 from radixmesh.make_model import make_model
 from radixmesh.services.scheduler.config import SchedulerConfig
-from radixmesh.services.worker.batch_invariant import BatchInvariantMatmul, blocked_mm
+from radixmesh.services.worker.batch_invariant import (
+    CPU_ROW_BLOCK,
+    BatchInvariantMatmul,
+    blocked_mm,
+)
 from radixmesh.services.worker.config import WorkerConfig
 
 NEW_TOKENS = 6
@@ -170,23 +174,28 @@ def test_blocked_products_give_each_row_the_same_bits_at_any_row_count(shape):
     bias = torch.randn(n, generator=generator)
     x = torch.randn(80, k, generator=generator)
     row = x[40:41]
-    with torch.inference_mode(), BatchInvariantMatmul(16):
+    with torch.inference_mode(), BatchInvariantMatmul(CPU_ROW_BLOCK):
         alone = F.linear(row, weight, bias)
         for rows in (2, 3, 9, 16, 17, 40):
             # The row comes first, then last: another index of another block each time.
             assert torch.equal(F.linear(x[40:40 + rows], weight, bias)[:1], alone), rows
             assert torch.equal(F.linear(x[41 - rows:41], weight, bias)[-1:], alone), rows
             assert torch.equal((x[40:40 + rows] @ weight.t())[:1],
-                               blocked_mm(row, weight.t(), 16)), rows
+                               blocked_mm(row, weight.t(), CPU_ROW_BLOCK)), rows
     # Still the same product: only the summation order moved (fp32 over K terms of ~1).
     torch.testing.assert_close(alone, F.linear(row, weight, bias), rtol=1e-4, atol=1e-3)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_on_the_gpu_too_with_triton_attention(model_dir: Path, vocab: int) -> None:
+def test_on_the_gpu_too_with_triton_attention(tmp_path: Path, vocab: int) -> None:
     """The same guarantee on a GPU (Triton attention unsplit, GEMMs in blocks of 128 rows, CUDA
-    graphs on), and without the flag the same runs differ there."""
+    graphs on), and without the flag the same runs differ there. The model is wider than the
+    CPU tests' (products over K = 1024): over the tiny one's 64 terms cuBLAS summed every batch
+    size alike on an H100, and the unflagged runs did not differ."""
+    model_dir = make_model(tmp_path / "wide", "llama", hidden_size=1024, num_heads=16,
+                           num_kv_heads=4, intermediate_size=2816, vocab_size=vocab)
+
     def gpu_engine(deterministic: bool, **scheduler: object) -> Engine:
         worker = WorkerConfig(model_path=str(model_dir), device="cuda", dtype="bfloat16",
                               attention_backend="triton", max_total_tokens=8192,

@@ -169,6 +169,15 @@ def test_fp8_pages_round_trip_through_host_memory_and_files(model_dir: Path,
     assert sizes and all(page_bytes <= size < 2 * page_bytes for size in sizes), sizes
 
 
+def test_flashinfer_refuses_an_fp8_cache_of_narrow_heads_before_it_runs() -> None:
+    """Its FP8 prefill has no tiles below 64-wide heads and would fail at the first request."""
+    from radixmesh.services.worker.attention.flashinfer_backend import FlashInferAttentionBackend
+
+    narrow = KVPool(4, 2, 1, 2, 16, E4M3, "cpu", compute_dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="head_dim >= 64.*--attention-backend triton"):
+        FlashInferAttentionBackend(narrow)
+
+
 def first_logits(model_dir: Path, **flags: object) -> torch.Tensor:
     """The prefill logits of one prompt on the GPU, through the engine's worker."""
     engine = Engine(WorkerConfig(model_path=str(model_dir), device="cuda",
@@ -184,7 +193,7 @@ def first_logits(model_dir: Path, **flags: object) -> torch.Tensor:
 @pytest.mark.parametrize("backend,dtype", [("triton", "float32"), ("triton", "bfloat16"),
                                            ("flashinfer", "bfloat16")])
 def test_gpu_backends_read_the_fp8_cache_as_the_torch_backend_does(
-        model_dir: Path, backend: str, dtype: str) -> None:
+        model_dir: Path, tmp_path: Path, backend: str, dtype: str) -> None:
     """Triton converts FP8 on load, FlashInfer reads it natively: both attend over the very
     bytes the torch backend dequantizes (the store is shared), so their logits agree to the
     compute dtype's accuracy, prefill and decode (graphs included)."""
@@ -192,6 +201,9 @@ def test_gpu_backends_read_the_fp8_cache_as_the_torch_backend_does(
 
     if backend not in ATTENTION_BACKENDS:
         pytest.skip(f"needs a CUDA device with {backend}")
+    if backend == "flashinfer":  # FP8 needs heads of 64 there (FP8_MIN_HEAD_DIM)
+        model_dir = make_model(tmp_path / "wide-heads", "llama", seed=1, hidden_size=256,
+                               num_heads=4, num_kv_heads=2)
     flags = dict(kv_cache_dtype="fp8_e4m3", dtype=dtype, page_size=16)
     expected = first_logits(model_dir, attention_backend="torch", **flags)
     got = first_logits(model_dir, attention_backend=backend, **flags)

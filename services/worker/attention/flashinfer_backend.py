@@ -42,6 +42,9 @@ INT_WORKSPACE_BYTES = 8 * 1024 * 1024
 # From this many query heads per KV head, decode runs FlashInfer's tensor-core (prefill) kernel:
 # the CUDA-core decode kernel re-reads K/V once per query head of the group.
 TENSOR_CORE_MIN_GROUP = 4
+# FlashInfer 0.5.3's fa2 prefill over an FP8 cache: the narrowest head it has tiles for (seen on
+# an H100: head_dim 16 is refused at run time; the models it serves have 64, 128 or 256).
+FP8_MIN_HEAD_DIM = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +112,12 @@ class FlashInferAttentionBackend(AttentionBackend):
         if kv_pool.compute_dtype not in self.supported_dtypes:
             raise ValueError(f"flashinfer supports float16/bfloat16, not "
                              f"{kv_pool.compute_dtype}; use --attention-backend triton")
+        if kv_pool.is_fp8 and kv_pool.head_dim < FP8_MIN_HEAD_DIM:
+            # Its fa2 prefill (the one that takes an FP8 cache) has no tile configuration
+            # for narrower heads: it fails at the first prefill ("Invalid configuration").
+            raise ValueError(f"flashinfer reads an FP8 KV cache only with head_dim >= "
+                             f"{FP8_MIN_HEAD_DIM}, and this model's is {kv_pool.head_dim}; use "
+                             f"--attention-backend triton or --kv-cache-dtype auto")
         import flashinfer  # here, not at module level: registering the backend stays cheap
 
         self._flashinfer = flashinfer
