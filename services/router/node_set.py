@@ -26,28 +26,28 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import time
-import uuid
 from collections.abc import Callable, Mapping
 
 from radixmesh.services.router.metrics import RouterMetrics
 from radixmesh.services.router.node_link import NodeFailure
 from radixmesh.services.router.node_pool import Node, NodePool
-from radixmesh.shared.api_keys import Owner, PermissionDeniedError, may_abort
-from radixmesh.shared.errors import InvalidRequestError, RadixMeshError, UnavailableError
+from radixmesh.shared.api_keys import Owner
+from radixmesh.shared.errors import RadixMeshError, UnavailableError
+from radixmesh.shared.front_door.combined import combined_flush, combined_load
 from radixmesh.shared.front_door.live_request import LiveRequest, RequestStream
+from radixmesh.shared.front_door.live_requests import LiveRequests
 from radixmesh.shared.front_door.metrics import FrontDoorMetrics
+from radixmesh.shared.front_door.readiness import Readiness
 from radixmesh.shared.front_door.request_builder import RequestBody, RequestBuilder
 from radixmesh.shared.mesh_info import CacheFlush, ModelInfo, SchedulerLoad
 from radixmesh.shared.prefix_oracle import BestOf, PrefixLookup
 from radixmesh.shared.replica_choice import ChoicePolicy, with_fetch
-from radixmesh.shared.requests import FinishKind, FinishReason, TextDelta, TokenizedRequest
+from radixmesh.shared.requests import TokenizedRequest
 from radixmesh.shared.span_recorder import DISABLED, SpanRecorder, now_ns
 from radixmesh.shared.tokenizer import TextTokenizer
 from radixmesh.shared.trace_context import NO_TRACE, TraceContext
 
 logger = logging.getLogger(__name__)
-MAX_RID_LENGTH = 256
 ROUTE_SPAN = "route"
 ATTEMPTS = 2  # the first node, then one other
 # Makes the node pool, given the set's callbacks: a node's usability changed, a node's cache
@@ -55,10 +55,9 @@ ATTEMPTS = 2  # the first node, then one other
 PoolFactory = Callable[[Callable[[Node, bool], None], Callable[[str], None]], NodePool]
 
 
-@dataclasses.dataclass(eq=False)
-class _Live:
-    live: LiveRequest
-    task: asyncio.Task | None = None
+@dataclasses.dataclass(slots=True, eq=False)
+class _Routed(LiveRequest):
+    task: asyncio.Task | None = None  # serves it: chooses a node, streams from it
     delivered: bool = False  # some output reached the client: no retry elsewhere
 
 
@@ -72,15 +71,14 @@ class NodeSet:
         self._tokenizer = tokenizer
         self._policy = policy
         self.oracle = oracle
-        self._metrics = metrics
         self._router_metrics = router_metrics
         self._recorder = recorder
         self._interval = discovery_interval
         self._allow_special = allow_special_tokens_in_content
         self._builder: RequestBuilder | None = None
         self.info: ModelInfo | None = None
-        self._live: dict[str, _Live] = {}
-        self._changed = asyncio.Event()  # some node's usability changed
+        self._live: LiveRequests[_Routed] = LiveRequests(metrics)
+        self._readiness = Readiness(lambda: self.ready)  # changes with nodes' usability
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -105,15 +103,10 @@ class NodeSet:
             await self.pool.close()
 
     async def wait_ready(self) -> None:
-        while not self.ready:
-            await self._next_change()
+        await self._readiness.wait_ready()
 
     async def wait_disconnected(self) -> None:
-        while self.ready:
-            await self._next_change()
-
-    async def _next_change(self) -> None:
-        await self._changed.wait()
+        await self._readiness.wait_disconnected()
 
     def _node_changed(self, node: Node, usable: bool) -> None:
         if usable and node.info is not None:
@@ -124,8 +117,7 @@ class NodeSet:
                                            node.info.context_len, node.info.max_total_tokens,
                                            self._allow_special)
         self._router_metrics.nodes_usable.set(len(self.pool.usable()))
-        self._changed.set()
-        self._changed = asyncio.Event()
+        self._readiness.changed()
 
     def _forget(self, node_id: str) -> None:
         self.oracle.forget(node_id)
@@ -136,45 +128,29 @@ class NodeSet:
               trace: TraceContext = NO_TRACE) -> TokenizedRequest:
         if self._builder is None:
             raise UnavailableError("the router has reached no node yet")
-        rid = rid or uuid.uuid4().hex
-        if len(rid) > MAX_RID_LENGTH:
-            raise InvalidRequestError("rid", f"must be at most {MAX_RID_LENGTH} characters")
-        if rid in self._live:
-            raise InvalidRequestError("rid", f"request id {rid!r} is already in use")
+        rid = self._live.new_rid(rid)
         return dataclasses.replace(self._builder.build(rid, body), trace=trace)
 
     def submit(self, request: TokenizedRequest, owner: Owner = None) -> RequestStream:
         if not self.ready:
             raise UnavailableError("no node is usable")
-        if request.rid in self._live:
-            raise InvalidRequestError("rid", f"request id {request.rid!r} is already in use")
-        entry = _Live(LiveRequest(request.rid, len(request.input_ids), owner))
-        self._live[request.rid] = entry
-        entry.task = asyncio.create_task(self._serve(entry, request), name=request.rid)
-        return RequestStream(entry.live, self.abort)
+        live = self._live.add(_Routed(request.rid, len(request.input_ids), owner))
+        live.task = asyncio.create_task(self._serve(live, request), name=request.rid)
+        return RequestStream(live, self.abort)
 
     def abort_as(self, caller: Owner, rid: str) -> bool:
-        entry = self._live.get(rid)
-        if entry is None:
-            return False
-        if not may_abort(entry.live.owner, caller):
-            raise PermissionDeniedError(f"request {rid!r} was started with another API key")
-        return self.abort(rid)
+        return self._live.check_owner(caller, rid) and self.abort(rid)
 
     def abort(self, rid: str) -> bool:
-        entry = self._live.pop(rid, None)
-        if entry is None:
-            return False
-        if entry.task is not None:
-            entry.task.cancel()  # cancels the node's call: the node aborts it
-        self._finish(entry.live, TextDelta(rid, "", [], FinishReason(
-            FinishKind.ABORT, message="aborted by the client")))
-        return True
+        live = self._live.abort(rid)
+        if live is not None and live.task is not None:
+            live.task.cancel()  # cancels the node's call: the node aborts it
+        return live is not None
 
     # ---- one request -----------------------------------------------------------------------
 
-    async def _serve(self, entry: _Live, request: TokenizedRequest) -> None:
-        live, tried = entry.live, set[str]()
+    async def _serve(self, live: _Routed, request: TokenizedRequest) -> None:
+        tried = set[str]()
         try:
             for attempt in range(ATTEMPTS):
                 node = await self._choose(request, tried)
@@ -182,11 +158,11 @@ class NodeSet:
                 if attempt:
                     self._router_metrics.retries.inc()
                 try:
-                    if await self._stream_from(node, request, entry):
+                    if await self._stream_from(node, request, live):
                         return
                 except NodeFailure as error:
                     self.pool.failed(node, error)
-                    if entry.delivered:
+                    if live.delivered:
                         raise UnavailableError(f"node {node.node_id} failed mid-stream: "
                                                f"{error}") from None
                     if attempt + 1 == ATTEMPTS:
@@ -194,32 +170,30 @@ class NodeSet:
                     logger.info("request %s: node %s failed before its first token; "
                                 "sending it to another node", request.rid, node.node_id)
         except RadixMeshError as error:
-            if self._live.pop(request.rid, None) is not None:
-                live.queue.put_nowait(error)
+            self._live.fail(request.rid, error)
         except Exception as error:  # a bug: the client hears of it rather than hanging
             logger.exception("request %s", request.rid)
-            if self._live.pop(request.rid, None) is not None:
-                live.queue.put_nowait(UnavailableError(f"the router failed: {error}"))
+            self._live.fail(request.rid, UnavailableError(f"the router failed: {error}"))
 
-    async def _stream_from(self, node: Node, request: TokenizedRequest, entry: _Live) -> bool:
+    async def _stream_from(self, node: Node, request: TokenizedRequest, live: _Routed) -> bool:
         """Passes the node's deltas on; True once the finishing one went out."""
-        live, output = entry.live, list[int]()
+        output = list[int]()
         sent_at = node.sent()
         try:
             async for delta in node.link.generate(request):
-                if self._live.get(request.rid) is None:
+                if request.rid not in self._live:
                     return True  # aborted meanwhile
-                self._count_tokens(live, delta)
+                self._live.count_tokens(live, delta)
                 output += delta.token_ids
                 if delta.finish is not None:
-                    del self._live[request.rid]
-                    self._finish(live, delta)
+                    self._live.pop(request.rid)
+                    self._live.finish(live, delta)
                     # The node caches the answer too: a next turn that quotes it matches.
                     self.oracle.record(node.node_id, [*request.input_ids, *output],
                                        request.cache_salt)
                     return True
                 if delta.text or delta.token_ids:
-                    entry.delivered = True
+                    live.delivered = True
                     live.queue.put_nowait(delta)
         finally:
             node.done(sent_at)
@@ -254,29 +228,11 @@ class NodeSet:
                      choice.reason, choice.matched_tokens)
         return nodes[choice.replica]
 
-    def _count_tokens(self, live: LiveRequest, delta: TextDelta) -> None:
-        if not delta.token_ids:
-            return
-        now = time.perf_counter()
-        live.num_output_tokens += len(delta.token_ids)
-        if live.first_token_at is None:
-            live.first_token_at = now
-        since_previous = None if live.last_token_at is None else now - live.last_token_at
-        self._metrics.on_tokens(len(delta.token_ids), since_previous, now - live.created)
-        live.last_token_at = now
-
-    def _finish(self, live: LiveRequest, delta: TextDelta) -> None:
-        assert delta.finish is not None
-        if delta.usage is None:
-            delta = dataclasses.replace(delta, usage=live.usage_so_far())
-        self._metrics.on_finish(delta.finish, delta.usage, time.perf_counter() - live.created)
-        live.queue.put_nowait(delta)
-
     # ---- the nodes together ----------------------------------------------------------------
 
     async def get_load(self) -> SchedulerLoad:
         """The usable nodes' loads added up (usage averaged, the hit rate from the sums)."""
-        loads = []
+        loads = list[SchedulerLoad]()
         for node in self.pool.usable():
             try:
                 states = (await node.link.server_info()).get("internal_states") or [{}]
@@ -285,27 +241,18 @@ class NodeSet:
             known = {name: value for name, value in states[0].items()
                      if name in SchedulerLoad.__dataclass_fields__}
             loads.append(SchedulerLoad(**known))
-        if not loads:
-            raise UnavailableError("no node is usable")
-        total = SchedulerLoad(**{field.name: sum(getattr(load, field.name) for load in loads)
-                                 for field in dataclasses.fields(SchedulerLoad)})
-        return dataclasses.replace(
-            total, token_usage=total.token_usage / len(loads),
-            cache_hit_rate=(total.num_cached_tokens / total.num_prompt_tokens
-                            if total.num_prompt_tokens else 0.0))
+        return combined_load(loads, "no node is usable")
 
     async def flush_cache(self) -> CacheFlush:
         """Every usable node's prefix cache; refused if any refuses (or requests are live)."""
-        if self._live:
-            return CacheFlush(False, f"cache not flushed: {len(self._live)} requests are "
-                              "running; retry when the server is idle")
-        outcomes = [await node.link.flush_cache() for node in self.pool.usable()]
-        refused = [outcome for outcome in outcomes if not outcome.flushed]
-        if refused:
-            return refused[0]
-        for node in self.pool.nodes:
-            self.oracle.forget(node)
-        return CacheFlush(True, "", sum(outcome.freed_pages for outcome in outcomes))
+        refusal = self._live.busy_refusal()
+        if refusal is not None:
+            return refusal
+        outcome = combined_flush([await node.link.flush_cache() for node in self.pool.usable()])
+        if outcome.flushed:
+            for node in self.pool.nodes:
+                self.oracle.forget(node)
+        return outcome
 
     def nodes_report(self) -> list[dict]:
         """Each node as server info shows it."""

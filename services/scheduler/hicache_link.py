@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import grpc
 
@@ -39,7 +39,7 @@ class HiCacheLink:
     waiting request be admitted."""
 
     def __init__(self, address: str, host_cache: HostCache, worker: WorkerInfo,
-                 stats: SchedulerStats, waiting: Callable[[], list[SchedReq]],
+                 stats: SchedulerStats, waiting: Callable[[], Iterable[SchedReq]],
                  recorder: SpanRecorder = DISABLED, tls: ClientTLS | None = None,
                  remote_timeout_s: float = 5.0) -> None:
         self.address = address

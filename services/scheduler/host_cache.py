@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from radixmesh.services.scheduler.config import PREFETCH_POLICIES, SchedulerConfig
@@ -18,7 +19,7 @@ from radixmesh.services.scheduler.prefix_cache.hi_radix_cache import HiRadixCach
 from radixmesh.services.scheduler.remote_decision import RemoteDecider
 from radixmesh.services.scheduler.request import Prefetch, SchedReq
 from radixmesh.shared.host_pool import HostPoolLayout
-from radixmesh.shared.page_keys import KeyNamespace
+from radixmesh.shared.mesh_info import worker_key_namespace
 from radixmesh.shared.step import HostPoolAttachment, PageCopies, StepPlan, WorkerInfo
 
 logger = logging.getLogger(__name__)
@@ -143,7 +144,7 @@ class HostCache:
             return False
         return self.policy == "wait_complete" or time.monotonic() - job.started < self.timeout_s
 
-    def lookup_candidates(self, waiting: list[SchedReq]) -> list[PrefetchJob]:
+    def lookup_candidates(self, waiting: Iterable[SchedReq]) -> list[PrefetchJob]:
         """New requests whose prompt extends past the cache by at least the threshold: the
         keys of those pages, for the link to ask L3 about."""
         if not self.storage:
@@ -254,10 +255,9 @@ def build_host_cache(config: SchedulerConfig, worker: WorkerInfo,
         logger.warning("--enable-hierarchical-cache: the %s worker holds no KV; ignored",
                        worker.worker or "null")
         return None
-    namespace = KeyNamespace(model_id=worker.model_id,
-                             weights_fingerprint=worker.weights_fingerprint or "unknown",
-                             kv_dtype=worker.kv_dtype, page_size=worker.page_size,
-                             tp_layout=f"tp{worker.tp_size}")
+    # The one derivation routers and the page index use too: keys must match across them.
+    namespace = worker_key_namespace(worker)
+    assert namespace is not None  # the worker holds KV
     key_root = namespace.root()
     cache = HiRadixCache(worker.page_size, allocator, HostSlots(0),
                          config.hicache_write_policy, namespace)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from radixmesh.services.scheduler.kv_manager import KVManager
 from radixmesh.services.scheduler.request import SchedReq
 
@@ -10,7 +12,7 @@ from radixmesh.services.scheduler.request import SchedReq
 LPM_MAX_QUEUE = 128
 
 
-def order_waiting(waiting: list[SchedReq], policy: str, kv: KVManager) -> list[SchedReq]:
+def order_waiting(waiting: Collection[SchedReq], policy: str, kv: KVManager) -> list[SchedReq]:
     """Retracted requests go first under every policy: they already waited once."""
     if policy == "lpm" and len(waiting) <= LPM_MAX_QUEUE:
         match_len = {req.rid: kv.match(req).num_tokens for req in waiting}

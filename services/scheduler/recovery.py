@@ -47,7 +47,8 @@ def rebuild_scheduler(old: Scheduler, config: SchedulerConfig, info: WorkerInfo)
             _forget_pages(req)
             new.waiting.append(req)
         else:  # a fresh arrival in the new order; its seed was fixed at its first arrival
-            new.add_request(TokenizedRequest(req.rid, req.input_ids, req.sampling, req.trace))
+            new.add_request(TokenizedRequest(req.rid, req.input_ids, req.sampling, req.trace,
+                                             req.cache_salt))
     old.waiting.clear()
     logger.info("scheduler rebuilt for the %s worker: %d pages of %d tokens, %d queued "
                 "requests carried over", info.worker or "?", info.num_pages, info.page_size,

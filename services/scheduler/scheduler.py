@@ -24,6 +24,7 @@ from radixmesh.services.scheduler.request import ReqStatus, SchedReq
 from radixmesh.services.scheduler.stats import SchedulerStats
 from radixmesh.services.scheduler.stop_conditions import check_stop
 from radixmesh.services.scheduler.token_ratio import NewTokenRatio
+from radixmesh.services.scheduler.waiting_queue import WaitingQueue
 from radixmesh.shared.errors import InvalidRequestError
 from radixmesh.shared.requests import FinishKind, FinishReason, TokenDelta, TokenizedRequest, Usage
 from radixmesh.shared.step import NewRequest, PageTableWrite, StepPlan, StepResult, WorkerInfo
@@ -52,7 +53,7 @@ class Scheduler:
         self.ratio = NewTokenRatio(config.schedule_conservativeness)
         self.eos_token_ids = frozenset(worker.eos_token_ids)
         self.stats = SchedulerStats(config.decode_log_interval)
-        self.waiting: list[SchedReq] = []
+        self.waiting = WaitingQueue()  # by rid: the duplicate check and aborts are O(1)
         self.running: dict[str, SchedReq] = {}
         self.partial: SchedReq | None = None  # a prompt in the middle of chunked prefill
         self._released: list[str] = []
@@ -72,7 +73,12 @@ class Scheduler:
     # ---- requests in and out -------------------------------------------------------------
 
     def add_request(self, request: TokenizedRequest) -> None:
-        if request.rid in self.running or any(r.rid == request.rid for r in self.waiting):
+        """Queues a new request; InvalidRequestError if its id is waiting or running here.
+
+        Invariant: an id is in use exactly while its request is in `waiting` or `running`
+        (the two are disjoint); a finished or aborted request's id may be used again. Both
+        are keyed by id, so the check is O(1) per arrival."""
+        if request.rid in self.running or request.rid in self.waiting:
             raise InvalidRequestError("rid", f"request id {request.rid!r} is already in use")
         max_len = len(request.input_ids) + request.sampling.max_new_tokens
         if self.kv.pages_for(max_len) > self.worker.num_pages:
@@ -92,10 +98,9 @@ class Scheduler:
     def abort(self, rid: str, finish: FinishReason | None = None) -> TokenDelta | None:
         """Ends a request wherever it is; its pages are freed at once. None if unknown."""
         finish = finish or FinishReason(FinishKind.ABORT, message="aborted")
-        for req in self.waiting:
-            if req.rid == rid:
-                self.waiting.remove(req)
-                return self._finish(req, finish)
+        req = self.waiting.pop(rid)
+        if req is not None:
+            return self._finish(req, finish)
         req = self.running.get(rid)
         return None if req is None else self._finish(req, finish)
 
@@ -195,9 +200,7 @@ class Scheduler:
         plan.page_writes += decode.page_writes
 
     def _apply_prefill(self, plan: StepPlan, prefill: PrefillPlan) -> None:
-        if prefill.admitted:  # one pass over the queue, not one per admitted request
-            admitted = {id(req) for req in prefill.admitted}
-            self.waiting = [req for req in self.waiting if id(req) not in admitted]
+        self.waiting.remove_all(prefill.admitted)
         chunk_lens = {chunk.rid: chunk.length for chunk in prefill.chunks}
         for req in prefill.admitted:
             req.status = ReqStatus.RUNNING

@@ -14,15 +14,16 @@ while some replica's Router is ready.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 
 from radixmesh.services.tokenizer.router import Router
 from radixmesh.shared.api_keys import Owner
 from radixmesh.shared.errors import InvalidRequestError, UnavailableError
+from radixmesh.shared.front_door.combined import combined_flush, combined_load
 from radixmesh.shared.front_door.live_request import RequestStream
 from radixmesh.shared.front_door.metrics import FrontDoorMetrics
+from radixmesh.shared.front_door.readiness import Readiness
 from radixmesh.shared.front_door.request_builder import RequestBody
 from radixmesh.shared.mesh_info import CacheFlush, ModelInfo, SchedulerLoad
 from radixmesh.shared.prefix_oracle import SentPrefixes
@@ -42,7 +43,7 @@ class ReplicaSet:
         self._metrics = metrics
         self._rule = rule
         self._oracle = SentPrefixes(len(routers))
-        self._changed = asyncio.Event()  # some replica's readiness may have changed
+        self._readiness = Readiness(lambda: self.ready)  # changes with the replicas'
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -65,12 +66,10 @@ class ReplicaSet:
                              *(self._watch(router) for router in self._routers))
 
     async def wait_ready(self) -> None:
-        while not self.ready:
-            await self._next_change()
+        await self._readiness.wait_ready()
 
     async def wait_disconnected(self) -> None:
-        while self.ready:
-            await self._next_change()
+        await self._readiness.wait_disconnected()
 
     async def _watch(self, router: Router) -> None:
         while True:
@@ -82,11 +81,7 @@ class ReplicaSet:
     def _announce(self) -> None:
         if self._metrics is not None:
             self._metrics.replicas_ready.set(len(self._ready_routers()))
-        self._changed.set()
-        self._changed = asyncio.Event()
-
-    async def _next_change(self) -> None:
-        await self._changed.wait()
+        self._readiness.changed()
 
     # ---- requests --------------------------------------------------------------------------
 
@@ -122,23 +117,15 @@ class ReplicaSet:
     async def get_load(self) -> SchedulerLoad:
         """The replicas' loads added up (usage averaged, the hit rate from the sums)."""
         loads = [await router.get_load() for router in self._ready_routers()]
-        if not loads:
-            raise UnavailableError("no replica of the mesh is connected")
-        total = SchedulerLoad(**{field.name: sum(getattr(load, field.name) for load in loads)
-                                 for field in dataclasses.fields(SchedulerLoad)})
-        return dataclasses.replace(
-            total, token_usage=total.token_usage / len(loads),
-            cache_hit_rate=(total.num_cached_tokens / total.num_prompt_tokens
-                            if total.num_prompt_tokens else 0.0))
+        return combined_load(loads, "no replica of the mesh is connected")
 
     async def flush_cache(self) -> CacheFlush:
         """Every replica's prefix cache, and what was sent where; refused if any refuses."""
-        outcomes = [await router.flush_cache() for router in self._ready_routers()]
-        refused = [outcome for outcome in outcomes if not outcome.flushed]
-        if refused:
-            return refused[0]
-        self._oracle = SentPrefixes(len(self._routers))
-        return CacheFlush(True, "", sum(outcome.freed_pages for outcome in outcomes))
+        outcome = combined_flush([await router.flush_cache()
+                                  for router in self._ready_routers()])
+        if outcome.flushed:
+            self._oracle = SentPrefixes(len(self._routers))
+        return outcome
 
     def _holder(self, rid: str) -> Router | None:
         return next((router for router in self._routers if router.holds(rid)), None)

@@ -21,23 +21,22 @@ import asyncio
 import dataclasses
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Protocol
 
-from radixmesh.shared.api_keys import Owner, PermissionDeniedError, may_abort
-from radixmesh.shared.errors import InvalidRequestError, UnavailableError
+from radixmesh.shared.api_keys import Owner
+from radixmesh.shared.errors import UnavailableError
 from radixmesh.shared.front_door.live_request import LiveRequest, RequestStream
+from radixmesh.shared.front_door.live_requests import LiveRequests
 from radixmesh.shared.front_door.metrics import FrontDoorMetrics
 from radixmesh.shared.front_door.request_builder import RequestBody, RequestBuilder
 from radixmesh.shared.mesh_info import CacheFlush, ModelInfo, SchedulerLoad
 from radixmesh.shared.mesh_protocol import HandshakeError, unavailable_reason
-from radixmesh.shared.requests import FinishKind, FinishReason, TextDelta, TokenizedRequest
+from radixmesh.shared.requests import TextDelta, TokenizedRequest
 from radixmesh.shared.tokenizer import TextTokenizer
 from radixmesh.shared.trace_context import NO_TRACE, TraceContext
 
 logger = logging.getLogger(__name__)
-MAX_RID_LENGTH = 256
 
 
 class SubmitStream(Protocol):
@@ -71,12 +70,11 @@ class Router:
         self._link = link
         self._tokenizer = tokenizer
         self._allow_special_tokens = allow_special_tokens_in_content
-        self._metrics = metrics
         self._retry_delay = retry_delay
         self._max_retry_delay = max_retry_delay
         self.info: ModelInfo | None = None
         self._builder: RequestBuilder | None = None
-        self._live: dict[str, LiveRequest] = {}
+        self._live: LiveRequests[LiveRequest] = LiveRequests(metrics)
         self._outbox: dict[str, TokenizedRequest] = {}  # not sent yet
         self._outbox_aborts: list[str] = []
         self._wakeup = asyncio.Event()
@@ -138,7 +136,8 @@ class Router:
             finally:
                 self._connected = self._scheduler_serving = False
                 self._update_ready()
-                self._fail_all("lost the connection to the mesh")
+                self._live.fail_all("lost the connection to the mesh")
+                self._outbox, self._outbox_aborts = {}, []
             delay = self._retry_delay if connected else min(delay * 2, self._max_retry_delay)
             await asyncio.sleep(delay)
 
@@ -195,11 +194,7 @@ class Router:
         """
         if self._builder is None or self.info is None:
             raise UnavailableError("the front door is not connected to the mesh yet")
-        rid = rid or uuid.uuid4().hex  # 122 bits from os.urandom: nobody can guess another's
-        if len(rid) > MAX_RID_LENGTH:
-            raise InvalidRequestError("rid", f"must be at most {MAX_RID_LENGTH} characters")
-        if rid in self._live:
-            raise InvalidRequestError("rid", f"request id {rid!r} is already in use")
+        rid = self._live.new_rid(rid)
         return dataclasses.replace(self._builder.build(rid, body), trace=trace)
 
     def submit(self, request: TokenizedRequest, owner: Owner = None) -> RequestStream:
@@ -207,10 +202,7 @@ class Router:
         `owner` (the caller's key digest) is who may abort it by id."""
         if not self.ready:
             raise UnavailableError("the front door is not connected to the mesh")
-        if request.rid in self._live:
-            raise InvalidRequestError("rid", f"request id {request.rid!r} is already in use")
-        live = LiveRequest(request.rid, len(request.input_ids), owner)
-        self._live[request.rid] = live
+        live = self._live.add(LiveRequest(request.rid, len(request.input_ids), owner))
         self._outbox[request.rid] = request
         self._wakeup.set()
         return RequestStream(live, self.abort)
@@ -219,22 +211,14 @@ class Router:
         """A client's abort by id: only the request's owner may (anyone where no key is
         configured); PermissionDeniedError for a live request of another key. False if the
         id is not live here."""
-        live = self._live.get(rid)
-        if live is None:
-            return False
-        if not may_abort(live.owner, caller):
-            raise PermissionDeniedError(f"request {rid!r} was started with another API key")
-        return self.abort(rid)
+        return self._live.check_owner(caller, rid) and self.abort(rid)
 
     def abort(self, rid: str) -> bool:
         """Ends a live request now (its stream gets a final "abort" delta) and frees it in
         the mesh. False if the id is not live here."""
-        live = self._live.pop(rid, None)
-        if live is None:
+        if self._live.abort(rid) is None:
             return False
         self._cancel_in_mesh(rid)
-        self._finish(live, TextDelta(rid, "", [], FinishReason(FinishKind.ABORT,
-                                                              message="aborted by the client")))
         return True
 
     async def get_load(self) -> SchedulerLoad:
@@ -243,10 +227,7 @@ class Router:
     async def flush_cache(self) -> CacheFlush:
         """Empties the mesh's prefix cache; refused while requests are live, here (the
         scheduler may not have heard of them yet) or at the scheduler."""
-        if self._live:
-            return CacheFlush(False, f"cache not flushed: {len(self._live)} requests are "
-                              "running; retry when the server is idle")
-        return await self._link.flush_cache()
+        return self._live.busy_refusal() or await self._link.flush_cache()
 
     def _cancel_in_mesh(self, rid: str) -> None:
         if self._outbox.pop(rid, None) is None:  # already sent: the scheduler must hear of it
@@ -276,11 +257,11 @@ class Router:
             live = self._live.get(delta.rid)
             if live is None:
                 continue
-            self._count_tokens(live, delta, now)
+            self._live.count_tokens(live, delta, now)
             if delta.finish is None:
                 live.queue.put_nowait(delta)
                 continue
-            del self._live[delta.rid]
+            self._live.pop(delta.rid)
             if delta.ends_on_stop_string:
                 self._cancel_in_mesh(delta.rid)
             reason = unavailable_reason(delta.finish)
@@ -289,30 +270,4 @@ class Router:
                     live.queue.put_nowait(dataclasses.replace(delta, finish=None, usage=None))
                 live.queue.put_nowait(UnavailableError(reason))
                 continue
-            self._finish(live, delta)
-
-    def _count_tokens(self, live: LiveRequest, delta: TextDelta, now: float) -> None:
-        if not delta.token_ids:
-            return
-        live.num_output_tokens += len(delta.token_ids)
-        if live.first_token_at is None:
-            live.first_token_at = now
-        if self._metrics is not None:
-            since_previous = None if live.last_token_at is None else now - live.last_token_at
-            self._metrics.on_tokens(len(delta.token_ids), since_previous, now - live.created)
-        live.last_token_at = now
-
-    def _finish(self, live: LiveRequest, delta: TextDelta) -> None:
-        assert delta.finish is not None
-        if delta.usage is None:
-            delta = dataclasses.replace(delta, usage=live.usage_so_far())
-        if self._metrics is not None:
-            self._metrics.on_finish(delta.finish, delta.usage, time.perf_counter() - live.created)
-        live.queue.put_nowait(delta)
-
-    def _fail_all(self, reason: str) -> None:
-        live, self._live = self._live, {}
-        self._outbox, self._outbox_aborts = {}, []
-        for request in live.values():
-            request.queue.put_nowait(UnavailableError(reason))
-
+            self._live.finish(live, delta)

@@ -63,6 +63,7 @@ from radixmesh.shared.text_checks import check_rid
 from radixmesh.shared.trace_context import TraceContext
 
 DEFAULT_MAX_STREAMS = 1024
+GENERATION = generate_pb2.DESCRIPTOR.services_by_name["Generation"]  # what servers register
 
 
 def request_body(request: generate_pb2.GenerateRequest,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from redis.connection import parse_url
+from radixmesh.shared.redis_connect import check_redis_url
 
-URL_SCHEMES = ("redis://", "rediss://")
+URL_SCHEMES = ("redis://", "rediss://")  # no unix://: the other nodes read the index too
 # Hash tags ({...}) place a node's keys in one Redis Cluster slot; a brace or a space in a name
 # would break the tag or the space-separated values.
 _FORBIDDEN = set("{} \t\r\n")
@@ -47,12 +47,7 @@ def check_index_flags(flags: IndexFlags) -> None:
     url = flags.hicache_redis_url
     if url is None:
         return
-    if not url.startswith(URL_SCHEMES):
-        raise ValueError("--hicache-redis-url must start with redis:// or rediss://")
-    try:
-        parse_url(url)
-    except ValueError as error:
-        raise ValueError(f"--hicache-redis-url is not a Redis URL: {error}") from None
+    check_redis_url("--hicache-redis-url", url, URL_SCHEMES)
     if flags.hicache_storage_backend is None:
         raise ValueError("--hicache-redis-url needs --hicache-storage-backend: the index "
                          "advertises the pages this node holds in L3")

@@ -31,12 +31,7 @@ from radixmesh.services.hicache.page_index.base import (
     RemoteRun,
 )
 from radixmesh.services.hicache.page_index.held_pages import PUBLISH, REMOVE, HeldPages
-from radixmesh.services.hicache.page_index.redis_client import (
-    REDIS_ERRORS,
-    check_credentials,
-    make_client,
-    redacted,
-)
+from radixmesh.services.hicache.page_index.redis_client import check_credentials, make_client
 from radixmesh.services.hicache.page_index.redis_layout import (
     DELETE_IF_EPOCH,
     RedisLayout,
@@ -45,6 +40,7 @@ from radixmesh.services.hicache.page_index.redis_layout import (
     heartbeat_value,
     node_run,
 )
+from radixmesh.shared.redis_connect import REDIS_ERRORS, redacted
 
 logger = logging.getLogger(__name__)
 

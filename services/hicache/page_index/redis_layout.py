@@ -1,18 +1,6 @@
-"""How the page index lies in Redis: key names, values, and reading a lookup's replies. The
-layout is `shared/page_index_layout.py`'s (the router reads it too); here, what a lookup makes
-of one node's replies.
-
-Keys (`P` the --hicache-redis-key-prefix, `N` the node id, `K` the page key in hex):
-- `P{N}:hb`: the node's heartbeat, "EPOCH ADDRESS", with a short TTL renewed every few
-  seconds. A node is live, in the epoch it names, only while this exists.
-- `P{N}:p:K`: the entry of page K on node N, "EPOCH TIER ADDRESS", with the entry TTL.
-- `Pnodes`: a set of the node ids that ever beat, so a lookup knows whom to ask.
-
-The hash tag `{N}` puts all of one node's keys in one Redis Cluster slot, so a lookup asks each
-node with one MGET (heartbeat first, then the chain's entries), never a cross-slot command and
-never one command per page; a Lua script touches one key. Values are space-separated: node ids,
-prefixes and addresses may hold no space or brace (flags.py).
-"""
+"""What a page index lookup makes of one node's replies. The layout itself (key names,
+values, the epoch-checked delete) is `shared/page_index_layout.py`'s, which the router reads
+too; it is re-exported here for the index's writer."""
 
 from __future__ import annotations
 
