@@ -18,15 +18,11 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from radixmesh.launcher.mesh_plan import pick_free_ports
+
 STARTUP_TIMEOUT_S = 600.0
 STOP_TIMEOUT_S = 60.0
 READY_LINE = "Press Ctrl-C"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -36,14 +32,16 @@ class LocalMesh:
     hicache_metrics_url: str  # the hicache service's /metrics
 
 
-def _stop(process: subprocess.Popen) -> None:
+def stop_process(process: subprocess.Popen, timeout: float = STOP_TIMEOUT_S) -> int:
+    """SIGTERM, then SIGKILL if it lingers past `timeout` s; returns the exit status."""
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         try:
-            process.wait(STOP_TIMEOUT_S)
+            process.wait(timeout)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+    return process.returncode
 
 
 def _wait_ready(process: subprocess.Popen, log: list[str]) -> None:
@@ -65,7 +63,7 @@ def _wait_ready(process: subprocess.Popen, log: list[str]) -> None:
 
 @contextlib.contextmanager
 def local_mesh(up_flags: Sequence[str]) -> Iterator[LocalMesh]:
-    http_port, grpc_port, hicache_metrics = free_port(), free_port(), free_port()
+    http_port, grpc_port, hicache_metrics = pick_free_ports(3)
     argv = [sys.executable, "-P", "-m", "radixmesh.cli", "up", "--port", str(http_port),
             "--grpc-port", str(grpc_port), "--hicache-metrics-port", str(hicache_metrics),
             *up_flags]
@@ -76,7 +74,7 @@ def local_mesh(up_flags: Sequence[str]) -> Iterator[LocalMesh]:
         yield LocalMesh(f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}/metrics",
                         f"http://127.0.0.1:{hicache_metrics}/metrics")
     finally:
-        _stop(process)
+        stop_process(process)
 
 
 @contextlib.contextmanager
@@ -86,7 +84,7 @@ def local_redis() -> Iterator[str]:
     if binary is None:
         raise RuntimeError("redis-server is not installed (apt-get install redis-server), "
                            "or name one with --redis-url")
-    port = free_port()
+    (port,) = pick_free_ports(1)
     with tempfile.TemporaryDirectory(prefix="radixmesh-redis-") as directory:
         process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1",
                                     "--dir", directory, "--save", "", "--appendonly", "no"],
@@ -102,7 +100,7 @@ def local_redis() -> Iterator[str]:
                 time.sleep(0.05)
             yield f"redis://127.0.0.1:{port}/0"
         finally:
-            _stop(process)
+            stop_process(process)
 
 
 @dataclass
@@ -116,7 +114,7 @@ def local_router(flags: Sequence[str], num_nodes: int) -> Iterator[LocalRouter]:
     """`radixmesh serve router` with `flags`, once `num_nodes` nodes are usable behind it."""
     from radixmesh.bench.node_spread import usable_nodes  # gRPC only where a router runs
 
-    http_port, grpc_port = free_port(), free_port()
+    http_port, grpc_port = pick_free_ports(2)
     argv = [sys.executable, "-P", "-m", "radixmesh.serve", "router", "--host", "127.0.0.1",
             "--port", str(http_port), "--grpc-port", str(grpc_port), *flags]
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
@@ -129,7 +127,7 @@ def local_router(flags: Sequence[str], num_nodes: int) -> Iterator[LocalRouter]:
             time.sleep(0.5)
         yield router
     finally:
-        _stop(process)
+        stop_process(process)
 
 
 def scrape(url: str) -> str:

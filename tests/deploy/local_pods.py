@@ -26,18 +26,13 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from radixmesh.launcher.mesh_plan import pick_free_ports
 from radixmesh.shared.grpc_service import is_serving
 from tests.deploy.manifests import Rendered, containers
 
 KEEP_MOUNTS = ("/dev/shm", "/tmp")
 HOST_PORT = re.compile(r"(?<![\w.-])((?:[A-Za-z0-9-]+\.)*[A-Za-z0-9-]+):(\d{1,5})(?!\d)")
 VARIABLE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def expand(value: str, env: dict[str, str]) -> str:
@@ -60,7 +55,7 @@ class LocalPod:
     def __post_init__(self) -> None:
         for container in containers(self.workload).values():
             for port in container.get("ports", []):
-                self.ports[port["containerPort"]] = free_port()
+                (self.ports[port["containerPort"]],) = pick_free_ports(1)
 
     def container_port(self, port: int | str) -> int:
         """A probe's or a Service's port (a number or a port name) as a containerPort."""

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.deploy.local_pods import LocalCluster, free_port, unsupported_flags
+from radixmesh.launcher.mesh_plan import pick_free_ports
+from tests.deploy.local_pods import LocalCluster, unsupported_flags
 from tests.deploy.manifests import Rendered, containers, kubectls, render
 
 NODE_POD = "radixmesh-node-0"  # replica 0 of the StatefulSet
@@ -54,7 +55,7 @@ def cluster(rendered: Rendered, mesh_model_path: Path,
     local = LocalCluster(
         rendered, tmp_path_factory.mktemp("pods"),
         # What an overlay for this host would set: nothing listens for spans here.
-        config_overrides={"otlp-endpoint": f"127.0.0.1:{free_port()}"},
+        config_overrides={"otlp-endpoint": f"127.0.0.1:{pick_free_ports(1)[0]}"},
         contents={"models": {model_dir.name: mesh_model_path}})
     redis_pod = local.add_pod("StatefulSet", "radixmesh-redis", "radixmesh-redis-0")
     node = local.add_pod("StatefulSet", "radixmesh-node", NODE_POD)

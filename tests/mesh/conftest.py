@@ -14,7 +14,6 @@ import contextlib
 import os
 import queue
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from radixmesh.bench.local_meshes import stop_process as stop_gracefully
 from radixmesh.make_model import make_model
 from radixmesh.shared.grpc_service import is_serving
 
@@ -62,14 +62,7 @@ def pid_alive(pid: int) -> bool:
 
 def stop_process(process: subprocess.Popen, timeout: float = STOP_TIMEOUT_S) -> int:
     """SIGTERM, then SIGKILL if it lingers; returns the exit status."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    return process.returncode
+    return stop_gracefully(process, timeout)
 
 
 @pytest.fixture(scope="session")
