@@ -99,14 +99,19 @@ async def start_server(address: str, register: Callable[[grpc.aio.Server], None]
 
     Health answers NOT_SERVING for everything until `set_serving()` is called.
     """
-    server = grpc.aio.server(options=list(options))
+    # gRPC sets SO_REUSEPORT by default on Linux, so a second server on a taken port would
+    # bind silently and share its traffic; off, a clash fails here with the port named.
+    server = grpc.aio.server(options=[*options, ("grpc.so_reuseport", 0)])
     register(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = (server.add_insecure_port(address) if tls is None
-            else server.add_secure_port(address, tls.grpc_credentials()))
+    try:
+        port = (server.add_insecure_port(address) if tls is None
+                else server.add_secure_port(address, tls.grpc_credentials()))
+    except RuntimeError as error:  # grpcio's way of saying the bind failed
+        raise OSError(f"cannot listen on {address}: is the port in use?") from error
     if port == 0:
         raise OSError(f"cannot listen on {address}")
     started = ServiceServer(server, health_servicer, tuple(service_names), port)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import socket
+from collections.abc import Collection, Sequence
 import sys
 from dataclasses import dataclass, field
 
@@ -123,7 +124,11 @@ def plan_mesh(up: UpConfig, worker: WorkerConfig, scheduler: SchedulerConfig,
     if up.dp_size > 1 and tiered:
         raise ValueError("--dp-size > 1 with --enable-hierarchical-cache is not supported yet: "
                          "each replica would need a hicache service of its own")
-    detok_port, hicache_port = pick_free_ports(2)
+    # Every internal port in one pick, so none repeats, and none a public port: gRPC would
+    # not stop two services sharing one.
+    public = {front_door.port, front_door.grpc_port, up.hicache_metrics_port,
+              *(up.worker_metrics_port + index for index in range(up.dp_size))} - {0}
+    detok_port, hicache_port, *replica_ports = pick_free_ports(2 + 2 * up.dp_size, public)
     detok_address = host_port(INTERNAL_HOST, detok_port)
     hicache_address = host_port(INTERNAL_HOST, hicache_port)
     model = ("--model-path", worker.model_path)
@@ -135,7 +140,8 @@ def plan_mesh(up: UpConfig, worker: WorkerConfig, scheduler: SchedulerConfig,
         hicache_address, metrics_url(INTERNAL_HOST, up.hicache_metrics_port), probe),
     ) if tiered else ()
     replicas = [_replica(index, up, worker, scheduler, log_level, tls, probe, detok_address,
-                         hicache_address if tiered else None) for index in range(up.dp_size)]
+                         hicache_address if tiered else None, replica_ports[2 * index:2 * index + 2])
+                for index in range(up.dp_size)]
     scheme = "https" if front_door.public_tls_on else "http"
     http_url = f"{scheme}://{host_port(_reachable(front_door.host), front_door.port)}"
     services = (
@@ -160,10 +166,12 @@ def plan_mesh(up: UpConfig, worker: WorkerConfig, scheduler: SchedulerConfig,
 
 def _replica(index: int, up: UpConfig, worker: WorkerConfig, scheduler: SchedulerConfig,
              log_level: str, tls: list[str], probe: ClientTLS | None, detok_address: str,
-             hicache_address: str | None) -> tuple[ServiceCommand, ServiceCommand]:
-    """Data-parallel replica `index`: its worker (group) and its scheduler. One replica keeps
-    the plain names; a replica's worker metrics port is --worker-metrics-port + index."""
-    worker_port, scheduler_port = pick_free_ports(2)
+             hicache_address: str | None, ports: Sequence[int],
+             ) -> tuple[ServiceCommand, ServiceCommand]:
+    """Data-parallel replica `index`: its worker (group) and its scheduler, on `ports`. One
+    replica keeps the plain names; a replica's worker metrics port is
+    --worker-metrics-port + index."""
+    worker_port, scheduler_port = ports
     worker_address = host_port(INTERNAL_HOST, worker_port)
     scheduler_address = host_port(INTERNAL_HOST, scheduler_port)
     suffix = f"-{index}" if up.dp_size > 1 else ""
@@ -224,14 +232,22 @@ def tracing_argv(config: TracingFlags) -> list[str]:
     return config_to_argv(TracingFlags(config.enable_trace, config.otlp_traces_endpoint))
 
 
-def pick_free_ports(count: int) -> list[int]:
-    """Ports free right now on the internal host. Held open together so they differ; another
-    process could still take one before the service binds it, which would fail loudly."""
-    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+def pick_free_ports(count: int, avoid: Collection[int] = ()) -> list[int]:
+    """`count` ports free right now on the internal host, none of them in `avoid` (ports
+    already promised to someone, such as the mesh's public ports). Held open together so
+    they differ; another process could still take one before the service binds it, which
+    fails that service loudly (`shared/grpc_service.start_server`)."""
+    sockets: list[socket.socket] = []
+    picked: list[int] = []
     try:
-        for sock in sockets:
+        while len(picked) < count:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sockets.append(sock)  # held even when avoided, so the next bind moves on
             sock.bind((INTERNAL_HOST, 0))
-        return [sock.getsockname()[1] for sock in sockets]
+            port = sock.getsockname()[1]
+            if port not in avoid:
+                picked.append(port)
+        return picked
     finally:
         for sock in sockets:
             sock.close()

@@ -14,7 +14,6 @@ import contextlib
 import os
 import queue
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -27,6 +26,7 @@ import pytest
 
 from radixmesh.bench.local_meshes import stop_process as stop_gracefully
 from radixmesh.make_model import make_model
+from radixmesh.launcher.mesh_plan import pick_free_ports
 from radixmesh.shared.grpc_service import is_serving
 
 STARTUP_TIMEOUT_S = 120.0
@@ -34,9 +34,8 @@ STOP_TIMEOUT_S = 20.0
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    (port,) = pick_free_ports(1)
+    return port
 
 
 def child_pids(pid: int) -> list[int]:
@@ -182,9 +181,10 @@ def _read_lines(stream, lines: queue.Queue) -> None:
 
 def spawn_mesh(model_path: Path, *flags: str, worker: str = "null") -> MeshProcess:
     """Starts `radixmesh up` on free public ports; returns at once."""
+    http_port, grpc_port = pick_free_ports(2)  # together, so never the same port twice
     argv = [sys.executable, "-P", "-m", "radixmesh.cli", "up", "--worker", worker,
-            "--model-path", str(model_path), "--port", str(free_port()),
-            "--grpc-port", str(free_port()), *flags]
+            "--model-path", str(model_path), "--port", str(http_port),
+            "--grpc-port", str(grpc_port), *flags]
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     return MeshProcess(process)
 

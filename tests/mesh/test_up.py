@@ -183,3 +183,45 @@ def test_data_parallel_replicas_each_get_a_scheduler_and_a_worker():
     with pytest.raises(ValueError, match="--dp-size > 1 with --enable-hierarchical-cache"):
         plan_mesh(UpConfig(dp_size=2), worker, SchedulerConfig(enable_hierarchical_cache=True),
                   front_door, "info")
+
+
+def test_internal_ports_are_all_different_and_never_a_public_port(monkeypatch):
+    """The plan picks every internal port at once, skipping the ones the mesh publishes:
+    gRPC would let two services share a port and split its traffic between them."""
+    from radixmesh.launcher import mesh_plan
+    with socket.socket() as sock:  # a port the kernel hands out first, promised as public
+        sock.bind(("127.0.0.1", 0))
+        public = sock.getsockname()[1]
+    real_bind = socket.socket.bind
+    handed_out: list[int] = []
+
+    def bind_first_to_public(self: socket.socket, address: tuple) -> None:
+        if address[1] == 0 and not handed_out:  # the plan's first pick lands on `public`
+            handed_out.append(public)
+            return real_bind(self, (address[0], public))
+        return real_bind(self, address)
+
+    monkeypatch.setattr(mesh_plan.socket.socket, "bind", bind_first_to_public)
+    worker = WorkerConfig(model_path="/models/m", worker="null")
+    plan = plan_mesh(UpConfig(dp_size=2), worker, SchedulerConfig(enable_hierarchical_cache=False),
+                     TokenizerConfig(model_path="/models/m", port=public), "info")
+    ports = [int(command.health_address.rsplit(":", 1)[1]) for command in plan.services
+             if command.name != "tokenizer"]
+    assert handed_out == [public]
+    assert len(set(ports)) == len(ports) == 5 and public not in ports
+
+
+def test_a_grpc_server_on_a_taken_port_fails_loudly():
+    import asyncio
+
+    from radixmesh.shared.grpc_service import start_server
+
+    async def clash() -> None:
+        first = await start_server("127.0.0.1:0", lambda server: None, ())
+        try:
+            with pytest.raises(OSError, match=f"127.0.0.1:{first.port}.*in use"):
+                await start_server(f"127.0.0.1:{first.port}", lambda server: None, ())
+        finally:
+            await first.server.stop(0)
+
+    asyncio.run(clash())
