@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import socket
-from collections.abc import Collection, Sequence
 import sys
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 from radixmesh.launcher.tls_setup import front_door_probe_tls, internal_tls_argv

@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 
 from radixmesh.bench.local_meshes import stop_process as stop_gracefully
-from radixmesh.make_model import make_model
 from radixmesh.launcher.mesh_plan import pick_free_ports
+from radixmesh.make_model import make_model
 from radixmesh.shared.grpc_service import is_serving
 
 STARTUP_TIMEOUT_S = 120.0
