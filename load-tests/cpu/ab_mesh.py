@@ -23,12 +23,13 @@ import json
 import os
 import platform
 import shlex
-import socket
 import statistics
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from radixmesh.launcher.mesh_plan import pick_free_ports
 
 WORKLOADS = (  # (name, `radixmesh up` flags, `radixmesh bench` flags)
     ("null-worker", ("--worker", "null"), ("--workload", "null-worker")),
@@ -37,15 +38,9 @@ WORKLOADS = (  # (name, `radixmesh up` flags, `radixmesh bench` flags)
 )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def run_once(python: str, up_flags: tuple[str, ...], bench_flags: tuple[str, ...]) -> float:
-    grpc_port = free_port()
-    up = subprocess.Popen([python, "-P", "-m", "radixmesh.cli", "up", "--port", str(free_port()),
+    http_port, grpc_port = pick_free_ports(2)
+    up = subprocess.Popen([python, "-P", "-m", "radixmesh.cli", "up", "--port", str(http_port),
                            "--grpc-port", str(grpc_port), *up_flags],
                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:

@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import json
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,22 +29,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from radixmesh.client import AsyncClient, RadixMeshClientError
+from radixmesh.launcher.mesh_plan import pick_free_ports
 from radixmesh.services.detokenizer.stop_strings import StopStringMatcher
 
 HEAVY_SHAPES = ((16, 256), (1000, 256), (20000, 32))  # (stop strings, characters each)
 NEVER = "\u2603"  # a character the tiny model's null-worker output never holds
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def start_mesh(up_flags: list[str]) -> tuple[subprocess.Popen, str]:
-    grpc_port = free_port()
+    http_port, grpc_port = pick_free_ports(2)
     up = subprocess.Popen([sys.executable, "-P", "-m", "radixmesh.cli", "up", "--port",
-                           str(free_port()), "--grpc-port", str(grpc_port), *up_flags],
+                           str(http_port), "--grpc-port", str(grpc_port), *up_flags],
                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     for line in up.stdout:
         if line.startswith("Press Ctrl-C"):

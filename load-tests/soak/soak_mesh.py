@@ -8,7 +8,6 @@ import contextlib
 import json
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,6 +18,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
+
+from radixmesh.launcher.mesh_plan import pick_free_ports
 
 STARTUP_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 30.0
@@ -79,12 +80,6 @@ class Mesh:
                 "stopped_the_mesh": gave_up[0] if gave_up else None}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextlib.contextmanager
 def start_mesh(args: argparse.Namespace, redis_url: str | None = None) -> Iterator[Mesh]:
     """`up` on free ports; with `redis_url`, the hierarchical cache on (L3 in a temporary
@@ -93,11 +88,11 @@ def start_mesh(args: argparse.Namespace, redis_url: str | None = None) -> Iterat
         model_path = args.model_path or _tiny_model(stack)
         # --max-restarts 0: the soak kills services on purpose, often, and would otherwise
         # trip the crash-loop limit (which tests/launcher/ tests on its own).
+        http_port, grpc_port, metrics_port = pick_free_ports(3)
         argv = [sys.executable, "-P", "-m", "radixmesh.cli", "up", "--worker", args.worker,
-                "--model-path", str(model_path), "--port", str(free_port()),
-                "--grpc-port", str(free_port()), "--max-restarts", "0",
+                "--model-path", str(model_path), "--port", str(http_port),
+                "--grpc-port", str(grpc_port), "--max-restarts", "0",
                 *(("--device", "cpu") if args.worker == "model" else ())]
-        metrics_port = free_port()
         if redis_url is not None:
             l3_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="soak-l3-"))
             argv += ["--enable-hierarchical-cache", "--hicache-storage-backend", "file",

@@ -9,6 +9,7 @@ The internal TLS flags reach every service, the public ones the front door (`tls
 from __future__ import annotations
 
 import dataclasses
+import random
 import socket
 import sys
 from collections.abc import Collection, Sequence
@@ -232,25 +233,36 @@ def tracing_argv(config: TracingFlags) -> list[str]:
     return config_to_argv(TracingFlags(config.enable_trace, config.otlp_traces_endpoint))
 
 
+# Ports the kernel never hands out on its own (below Linux's ephemeral range, and above the
+# well-known ones): a port picked here and bound a moment later by a service cannot meanwhile
+# become the local end of someone's outgoing connection or of a bind to port 0 (gloo's and
+# torch.distributed's sockets, other tests' servers), as an ephemeral port can.
+_PICKED_PORTS = range(20000, 32768)
+
+
 def pick_free_ports(count: int, avoid: Collection[int] = ()) -> list[int]:
-    """`count` ports free right now on the internal host, none of them in `avoid` (ports
-    already promised to someone, such as the mesh's public ports). Held open together so
-    they differ; another process could still take one before the service binds it, which
-    fails that service loudly (`shared/grpc_service.start_server`)."""
-    sockets: list[socket.socket] = []
+    """`count` different ports free right now on the internal host, none in `avoid` (ports
+    already promised, such as the mesh's public ports), chosen at random outside the kernel's
+    ephemeral range (`_PICKED_PORTS`). Another process could still take one before the
+    service binds it, which fails that service loudly (`shared/grpc_service.start_server`)."""
     picked: list[int] = []
-    try:
-        while len(picked) < count:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sockets.append(sock)  # held even when avoided, so the next bind moves on
-            sock.bind((INTERNAL_HOST, 0))
-            port = sock.getsockname()[1]
-            if port not in avoid:
-                picked.append(port)
-        return picked
-    finally:
-        for sock in sockets:
-            sock.close()
+    for port in random.sample(_PICKED_PORTS, len(_PICKED_PORTS)):
+        if len(picked) == count:
+            break
+        if port not in avoid and _is_free(port):
+            picked.append(port)
+    if len(picked) < count:
+        raise OSError(f"no {count} free ports in {_PICKED_PORTS.start}-{_PICKED_PORTS.stop - 1}")
+    return picked
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((INTERNAL_HOST, port))
+        except OSError:
+            return False
+    return True
 
 
 def _reachable(host: str) -> str:

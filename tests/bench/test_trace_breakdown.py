@@ -3,8 +3,6 @@ spans the OpenTelemetry SDK really exports to the bench's receiver, and the flag
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 
 from radixmesh.bench.span_receiver import ReceivedSpan
@@ -17,6 +15,7 @@ from radixmesh.bench.trace_breakdown import (
 )
 from radixmesh.bench.trace_collector import TraceCollector
 from radixmesh.cli import main
+from tests.mesh.conftest import free_port
 
 MS = 1_000_000  # ns
 
@@ -85,12 +84,6 @@ def test_request_parents_are_valid_sampled_traceparents() -> None:
     version, trace_id, span_id, flags = first.traceparent.split("-")
     assert (version, trace_id, span_id, flags) == ("00", first.trace_id, first.span_id, "01")
     assert len(trace_id) == 32 and len(span_id) == 16
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def export_request(endpoint: str, traceparent: str, stage_ms: dict[str, list[float]]) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from radixmesh.shared.grpc_service import SERVING, wait_until_serving
 from radixmesh.shared.host_pool import SHM_DIR, HostPool, HostPoolLayout
 from radixmesh.shared.protos_gen import common_pb2, hicache_pb2, hicache_pb2_grpc
 from tests.hicache.slots import CHAIN, LAYOUT, NAMESPACE_ROOT, slot_payload
+from tests.mesh.conftest import free_port
 
 # Maps the pool by name in a process of its own (as the worker does) and prints a slot's bytes.
 READER = """
@@ -34,12 +34,6 @@ name, layout, slot = sys.argv[1], HostPoolLayout(**json.loads(sys.argv[2])), int
 with HostPool.attach(name, layout) as pool, pool.slot_bytes(slot) as view:
     print(bytes(view).hex())
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def read_slot_elsewhere(name: str, layout: HostPoolLayout, slot: int, cwd: Path) -> bytes:

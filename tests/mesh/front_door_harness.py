@@ -7,12 +7,12 @@ import atexit
 import contextlib
 import functools
 import shutil
-import socket
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from radixmesh.launcher.mesh_plan import pick_free_ports
 from radixmesh.make_model import make_model
 from radixmesh.services.detokenizer.detokenizer import Detokenizer
 from radixmesh.services.tokenizer.config import TokenizerConfig
@@ -48,12 +48,6 @@ def null_worker(num_pages: int = 8192, max_running_requests: int = 256,
         kv_dtype="none", max_running_requests=max_running_requests))
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @dataclass
 class FrontDoor:
     server: TokenizerServer
@@ -74,8 +68,9 @@ async def running_front_door(worker: ModelWorker | None = None,
     """A connected front door over a MiniMesh with `worker` (a NullWorker by default)."""
     mesh = MiniMesh(worker or null_worker(), Detokenizer(tiny_tokenizer()))
     address = await mesh.start()
+    http_port, grpc_port = pick_free_ports(2)
     server = TokenizerServer(TokenizerConfig(
-        model_path=str(tiny_model_dir()), port=free_port(), grpc_port=free_port(),
+        model_path=str(tiny_model_dir()), port=http_port, grpc_port=grpc_port,
         scheduler_address=address, detokenizer_address=address, **config))
     try:
         await server.start()

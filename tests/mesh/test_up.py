@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import random
 import signal
 import socket
 import time
@@ -186,29 +187,29 @@ def test_data_parallel_replicas_each_get_a_scheduler_and_a_worker():
 
 
 def test_internal_ports_are_all_different_and_never_a_public_port(monkeypatch):
-    """The plan picks every internal port at once, skipping the ones the mesh publishes:
-    gRPC would let two services share a port and split its traffic between them."""
+    """The plan picks every internal port at once, skipping the ones the mesh publishes
+    (gRPC would let two services share a port and split its traffic between them), and
+    outside the kernel's ephemeral range, where another process's outgoing connection could
+    take a port between the pick and the bind."""
     from radixmesh.launcher import mesh_plan
-    with socket.socket() as sock:  # a port the kernel hands out first, promised as public
-        sock.bind(("127.0.0.1", 0))
-        public = sock.getsockname()[1]
-    real_bind = socket.socket.bind
-    handed_out: list[int] = []
+    public, taken = 21000, 21001
+    real_sample = random.sample
 
-    def bind_first_to_public(self: socket.socket, address: tuple) -> None:
-        if address[1] == 0 and not handed_out:  # the plan's first pick lands on `public`
-            handed_out.append(public)
-            return real_bind(self, (address[0], public))
-        return real_bind(self, address)
+    def public_and_taken_first(population, k):  # the first candidates are the traps
+        rest = [port for port in real_sample(population, k) if port not in (public, taken)]
+        return [public, taken, *rest]
 
-    monkeypatch.setattr(mesh_plan.socket.socket, "bind", bind_first_to_public)
-    worker = WorkerConfig(model_path="/models/m", worker="null")
-    plan = plan_mesh(UpConfig(dp_size=2), worker, SchedulerConfig(enable_hierarchical_cache=False),
-                     TokenizerConfig(model_path="/models/m", port=public), "info")
+    monkeypatch.setattr(mesh_plan.random, "sample", public_and_taken_first)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", taken))
+        plan = plan_mesh(UpConfig(dp_size=2), WorkerConfig(model_path="/m", worker="null"),
+                         SchedulerConfig(), TokenizerConfig(model_path="/m", port=public), "info")
     ports = [int(command.health_address.rsplit(":", 1)[1]) for command in plan.services
              if command.name != "tokenizer"]
-    assert handed_out == [public]
-    assert len(set(ports)) == len(ports) == 5 and public not in ports
+    assert len(set(ports)) == len(ports) == 5
+    assert public not in ports and taken not in ports
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    assert all(1024 <= port < low for port in ports)
 
 
 def test_a_grpc_server_on_a_taken_port_fails_loudly():

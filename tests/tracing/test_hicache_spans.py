@@ -6,7 +6,6 @@ scheduler's span, named by the traceparent the calls carry as metadata."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from radixmesh.shared.protos_gen import hicache_pb2, hicache_pb2_grpc
 from radixmesh.shared.sampling_params import SamplingParams
 from radixmesh.shared.step import WorkerInfo
 from radixmesh.shared.trace_context import TraceContext
+from tests.mesh.conftest import free_port
 from tests.tracing.conftest import MemorySpans
 
 PAGE = 2
@@ -35,12 +35,6 @@ INFO = WorkerInfo(model_id="tiny", num_pages=16, page_size=PAGE, context_len=256
                   max_running_requests=4, num_layers=1, num_kv_heads=1, head_dim=8,
                   weights_fingerprint="ab12")
 PROMPT = tuple(range(40, 52))  # 6 pages: 5 complete before the last token, which is computed
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 async def until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
