@@ -45,6 +45,7 @@ TOOLS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("redis-server", ("redis-server", "--version")),
     ("docker", ("docker", "--version")),
     ("nvcc", ("nvcc", "--version")),
+    ("g++", ("g++", "--version")),  # what inductor compiles CPU graphs with
 )
 # Environment variables that change what radixmesh does; secrets are shown as set/unset only.
 ENV_VARS = ("CUDA_VISIBLE_DEVICES", "RADIXMESH_HOME", "HF_HOME", "HF_HUB_CACHE",
@@ -144,14 +145,19 @@ def missing_features(report: Report) -> list[dict[str, str]]:
     rules = [
         (packages["torch"] is None, "torch", "the worker (every model flag)"),
         (packages["torch"] is not None and not has_cuda, "a CUDA device",
-         "--device cuda, CUDA graphs, --attention-backend triton/flashinfer and the fused "
-         "Triton kernels: the worker runs on the CPU"),
+         "--device cuda, CUDA graphs, --attention-backend triton/flashinfer, "
+         "--sampling-backend flashinfer and the fused Triton kernels: the worker runs on "
+         "the CPU"),
         (has_cuda and packages["triton"] is None, "triton",
-         "--attention-backend triton and the fused norm/RoPE/activation kernels"),
+         "--attention-backend triton, --enable-torch-compile and the fused "
+         "norm/RoPE/activation kernels"),
         (packages["flashinfer"] is None, "flashinfer",
-         "--attention-backend flashinfer (auto picks triton or torch instead)"),
+         "--attention-backend flashinfer (auto picks triton or torch instead) and "
+         "--sampling-backend flashinfer (auto samples with pytorch instead)"),
         (not any(gpu.fp8_gemm for gpu in report.gpus), "a GPU of compute capability 8.9+",
          "--quantization fp8 runs dequantized GEMMs (FP8 storage, no FP8 tensor cores)"),
+        (packages["torch"] is not None and not has_cuda and tools.get("g++") is None,
+         "g++ (a C++ compiler)", "--enable-torch-compile on the CPU (inductor builds C++)"),
         (packages["huggingface_hub"] is None, "huggingface_hub",
          "--model-path ORG/NAME (hub ids); local directories still load"),
         (packages["opentelemetry-sdk"] is None or packages["opentelemetry-exporter-otlp"] is None,

@@ -139,7 +139,8 @@ def _checkpoint_fields(model_dir: Path) -> dict[str, object]:
 
 
 def weights_fingerprint(model_dir: Path | None, dummy_seed: int | None,
-                        quantized_at_load: str | None = None) -> str:
+                        quantized_at_load: str | None = None,
+                        kv_scales: str | None = None) -> str:
     """A hex digest that changes whenever the weights may have changed.
 
     Real weights: config.json and the safetensors index file, or, without an index, the sorted
@@ -148,10 +149,17 @@ def weights_fingerprint(model_dir: Path | None, dummy_seed: int | None,
     given) and the seed, which together fix every random weight. `quantized_at_load` (the
     worker's --quantization) changes the weights the KV is computed with, so it counts too; a
     pre-quantized checkpoint differs by its files already.
+
+    `kv_scales`, the digest of an FP8 KV cache's scales (`KVScales.digest`), counts as well:
+    the same tokens stored with other scales are other bytes, and neither the index nor the file
+    sizes see a recalibrated scale or one from --quantization-param-path. It is None for unit
+    scales and for a bf16/fp16 cache, whose fingerprint (and so page keys) stays as it was.
     """
     config = {} if model_dir is None else {"config": _file_digest(model_dir / "config.json")}
     if quantized_at_load:
         config["quantized_at_load"] = quantized_at_load
+    if kv_scales:
+        config["kv_scales"] = kv_scales
     if dummy_seed is not None:
         return _canonical_digest({**config, "dummy_seed": dummy_seed}).hex()
     if model_dir is None:

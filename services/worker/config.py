@@ -15,6 +15,9 @@ from radixmesh.shared.tracing import TracingFlags
 # the null-worker workload (1000 streams of a few hundred tokens) unless told otherwise.
 NULL_DEFAULT_TOTAL_TOKENS = 1 << 20
 NULL_DEFAULT_MAX_RUNNING = 1024
+# The names sampling/registry.py registers (a test keeps the two in step); spelled here so
+# that reading the flags never imports torch.
+SAMPLING_BACKEND_CHOICES = ("pytorch", "flashinfer")
 
 
 @dataclass(frozen=True)
@@ -44,10 +47,27 @@ class WorkerConfig(TracingFlags, HubFlags, InternalTLSFlags):
                 "(fp8_e4m3, fp8_e5m2): half the bytes per token in every tier, so the same "
                 "memory holds ~2x the tokens",
         "choices": ("auto", "fp8_e4m3", "fp8_e5m2")})
+    quantization_param_path: str | None = field(default=None, metadata={
+        "help": "JSON file of per-layer FP8 KV-cache scales (SGLang's format), used with "
+                "--kv-cache-dtype fp8_* in place of the checkpoint's k_scale/v_scale tensors"})
     enable_deterministic_inference: bool = field(default=False, metadata={
         "help": "batch-invariant GEMMs and attention: a request gets bitwise-equal logits "
                 "whatever it is batched with, whether its prefix was cached and however its "
                 "prefill was chunked (slower; torch and triton attention backends only)"})
+    enable_torch_compile: bool = field(default=False, metadata={
+        "help": "compile the decode forward with torch.compile (inductor) for decode batches "
+                "of at most --torch-compile-max-bs; on a GPU the compiled forward is what the "
+                "CUDA graphs capture (so it covers at most --cuda-graph-max-bs), larger batches "
+                "and prefill run eagerly. Costs start-up time (logged)"})
+    torch_compile_max_bs: int = field(default=32, metadata={
+        "help": "largest decode batch that runs the torch.compile'd forward"})
+    sampling_backend: str | None = field(default=None, metadata={
+        "help": "token sampling kernels: pytorch (counter-seeded, batch-invariant) or "
+                "flashinfer (FlashInfer's fused top-k/top-p/min-p kernels; requests that "
+                "bring a seed still draw through pytorch). Default: flashinfer on a CUDA "
+                "device when it is installed, else pytorch (always pytorch with "
+                "--enable-deterministic-inference)",
+        "choices": SAMPLING_BACKEND_CHOICES})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
     attention_backend: str = field(default="auto", metadata={
         "help": "attention kernels; auto picks the fastest available"})
@@ -77,7 +97,8 @@ class WorkerConfig(TracingFlags, HubFlags, InternalTLSFlags):
         "help": "the first GPU this worker uses (its ranks take the next --tp-size ones); "
                 "`up --dp-size` gives each replica its own"})
     random_seed: int = field(default=0, metadata={
-        "help": "seeds dummy weights and the seeds of requests that bring none"})
+        "help": "seeds dummy weights, the seeds of requests that bring none and the "
+                "flashinfer sampler's generator"})
     host: str = field(default="127.0.0.1", metadata={"help": "interface to listen on"})
     port: int = field(default=DEFAULT_PORTS["worker"], metadata={
         "help": "gRPC port of the Worker service (0: any free port)"})
@@ -92,6 +113,9 @@ class WorkerConfig(TracingFlags, HubFlags, InternalTLSFlags):
             raise ValueError("--max-total-tokens must be >= 1")
         if self.cuda_graph_max_bs is not None and self.cuda_graph_max_bs < 1:
             raise ValueError("--cuda-graph-max-bs must be >= 1")
+        if self.torch_compile_max_bs < 1:
+            raise ValueError("--torch-compile-max-bs must be >= 1")
+        self._check_deterministic_combinations()
         if self.tp_size < 1:
             raise ValueError("--tp-size must be >= 1")
         if self.kv_cache_dtype not in ("auto", "fp8_e4m3", "fp8_e5m2"):
@@ -108,3 +132,20 @@ class WorkerConfig(TracingFlags, HubFlags, InternalTLSFlags):
         for name in ("port", "metrics_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise ValueError(f"--{name.replace('_', '-')} must be in [0, 65535]")
+
+    def _check_deterministic_combinations(self) -> None:
+        """Flags whose kernels would undo --enable-deterministic-inference are refused."""
+        if not self.enable_deterministic_inference:
+            return
+        if self.enable_torch_compile:
+            # The batch-invariant GEMMs are a dispatch mode over eager ops, which a compiled
+            # graph never calls; inductor also picks its reductions (RMSNorm's sums) per shape.
+            raise ValueError("--enable-torch-compile cannot be combined with "
+                             "--enable-deterministic-inference: the compiled graph bypasses "
+                             "the batch-invariant GEMMs and picks its reductions by batch size")
+        if self.sampling_backend not in (None, "pytorch"):
+            # FlashInfer's draws depend on the row's place in the batch and on one generator
+            # shared by every request; the pytorch sampler's depend on the request alone.
+            raise ValueError(f"--sampling-backend {self.sampling_backend} cannot be combined "
+                             "with --enable-deterministic-inference: its draws depend on the "
+                             "batch; use pytorch (the default in deterministic mode)")

@@ -20,6 +20,7 @@ from torch import nn
 from radixmesh.services.worker.attention.base import AttentionBackend
 from radixmesh.services.worker.forward_batch import ForwardBatch, ForwardMode
 from radixmesh.services.worker.kv_pool import KVPool
+from radixmesh.services.worker.torch_compile import CompiledDecode
 
 logger = logging.getLogger(__name__)
 
@@ -84,14 +85,20 @@ class StaticDecodeInputs:
 
 class CudaGraphRunner:
     """Captures `logits = compute_logits(model(batch))` for decode batches up to `max_batch_size`
-    rows and replays it. Sampling stays outside: its parameters change from step to step."""
+    rows and replays it. Sampling stays outside: its parameters change from step to step.
+
+    With `compiled` (--enable-torch-compile), sizes it covers capture the compiled forward
+    instead of the eager one: compiled first (in the warm-up runs before each capture, outside
+    any capture), then captured, so a replay runs inductor's kernels with no Python at all."""
 
     def __init__(self, model: nn.Module, backend: AttentionBackend, kv_pool: KVPool,
-                 max_batch_size: int, max_pages_per_seq: int) -> None:
+                 max_batch_size: int, max_pages_per_seq: int,
+                 compiled: CompiledDecode | None = None) -> None:
         if not backend.supports_cuda_graph:
             raise ValueError(f"the {backend.name} attention backend does not support CUDA "
                              "graphs; pass --disable-cuda-graph")
         self.model = model
+        self.compiled = compiled
         self.backend = backend
         self.kv_pool = kv_pool
         self.batch_sizes = graph_batch_sizes(max_batch_size)
@@ -143,8 +150,10 @@ class CudaGraphRunner:
         return self._logits[:n]
 
     def _run(self, batch: ForwardBatch) -> torch.Tensor:
-        return self.model.compute_logits(self.model(batch),
-                                         out=self._logits[:batch.batch_size])
+        compiled = self.compiled
+        hidden = (compiled(batch) if compiled is not None and compiled.can_run(batch)
+                  else self.model(batch))
+        return self.model.compute_logits(hidden, out=self._logits[:batch.batch_size])
 
     def _static_batch(self, size: int, seq_lens_cpu: list[int]) -> ForwardBatch:
         s = self.inputs

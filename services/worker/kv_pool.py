@@ -5,9 +5,10 @@ padding: never granted by the scheduler, so CUDA-graph padding and masked lanes 
 
 `--kv-cache-dtype fp8_e4m3` (or `fp8_e5m2`) stores K and V in FP8 with one scale per tensor and
 layer, as vLLM's and SGLang's default FP8 cache does: the stored value is `x / scale`, read back
-as `stored * scale`. The scales are 1.0 (what vLLM and SGLang use when a checkpoint brings none):
-post-RoPE keys and values of trained models sit well inside e4m3's range of +-448, and the
-relative precision of a float format does not depend on the scale anyway, only its range does.
+as `stored * scale`. The scales come from the checkpoint when it has them (kv_scales.py, handed
+in by the model runner), else they are 1.0, as in vLLM and SGLang: the relative precision of a
+float format does not depend on the scale, only its range does, and post-RoPE keys and values of
+most trained models sit inside e4m3's +-448; a calibrated scale keeps the others in range too.
 Attention runs in the activation dtype (`compute_dtype`); each backend reads FP8 as it can
 (dequantized by torch, converted on load by Triton, natively by FlashInfer).
 """
@@ -58,6 +59,9 @@ class KVPool:
             raise ValueError(f"KV scales must have one value per layer ({num_layers})")
         if min(self.k_scales + self.v_scales) <= 0:
             raise ValueError("KV scales must be positive")
+        # A bf16/fp16/fp32 cache stores exact copies; backends skip the scales there.
+        if dtype not in FP8_DTYPES and set(self.k_scales + self.v_scales) != {1.0}:
+            raise ValueError(f"KV scales other than 1.0 need an FP8 cache, not {dtype}")
         num_slots = (num_pages + 1) * page_size
         shape = (num_slots, num_kv_heads, head_dim)
         self.k_buffers = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]

@@ -14,12 +14,17 @@ storage format from the start and filled one checkpoint tensor at a time: a floa
 quantized as it is copied in, so the unquantized model never exists in memory (a 70B model in
 FP8 loads on a card that could not hold it in bf16). Each layer's method supplies the sinks
 (models/sinks.py) that load its tensors.
+
+KV-cache scales (`self_attn.k_scale` and the like, kv_scales.py) are no weights of the model:
+the weight pass skips them and `load_kv_scales` hands them out as a `KVScales` for the KV pool,
+read from the checkpoint (or `--quantization-param-path`) when the cache is FP8.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,12 +35,17 @@ from torch import nn
 
 from radixmesh.services.worker.checkpoint_sinks import checkpoint_sinks
 from radixmesh.services.worker.dummy_weights import DUMMY_SEED, init_dummy_weights
+from radixmesh.services.worker.kv_pool import KV_CACHE_DTYPES
+from radixmesh.services.worker.kv_scales import KVScales, is_kv_scale_name, read_checkpoint_scales
+from radixmesh.services.worker.kv_scales_file import read_scales_file
 from radixmesh.services.worker.model_config import ModelConfig
 from radixmesh.services.worker.models.registry import model_class
 from radixmesh.services.worker.models.sinks import CutSink, Sink
 from radixmesh.services.worker.parallel.tensor_parallel import SINGLE, TensorParallel
 from radixmesh.services.worker.quantization.config import with_flag
 from radixmesh.services.worker.quantization.linear import QuantLinear
+
+logger = logging.getLogger(__name__)
 
 LOAD_FORMATS = ("auto", "dummy")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -106,7 +116,7 @@ def load_safetensors(model: nn.Module, model_path: Path, tie_word_embeddings: bo
     for file in checkpoint_files(model_path):
         with safe_open(file, framework="pt", device="cpu") as reader:
             for name in reader.keys():  # noqa: SIM118 (safe_open is not a mapping)
-                if name.endswith(ignored):
+                if name.endswith(ignored) or is_kv_scale_name(name):
                     continue
                 if name == "lm_head.weight" and tie_word_embeddings:
                     continue  # HF ties over it too: the embedding is the output matrix
@@ -124,6 +134,33 @@ def load_safetensors(model: nn.Module, model_path: Path, tie_word_embeddings: bo
     missing = sorted(set(sinks) - seen)
     if missing or unexpected or misshaped:
         raise WeightLoadError(_mismatch_message(model_path, missing, unexpected, misshaped))
+
+
+def load_kv_scales(config: ModelConfig, model_path: str | Path, kv_cache_dtype: str,
+                   load_format: str = "auto", param_path: str | None = None,
+                   parallel: TensorParallel = SINGLE) -> KVScales:
+    """The KV pool's per-layer scales for this rank: 1.0 unless the cache is FP8 and the
+    scales file (`param_path`, which wins) or the checkpoint gives them. With an FP8 cache, bad
+    scales raise KVScaleError (kv_scales.py says which). A bf16/fp16 cache has no use for
+    scales: the checkpoint's are not read, and a scales file is only warned about."""
+    layers = config.num_hidden_layers
+    if KV_CACHE_DTYPES.get(kv_cache_dtype) is None:
+        if param_path is not None:
+            logger.warning("--quantization-param-path %s is not used: KV-cache scales apply "
+                           "to an FP8 cache (--kv-cache-dtype fp8_e4m3 or fp8_e5m2)", param_path)
+        return KVScales.unit(layers)
+    if param_path is not None:
+        scales = read_scales_file(param_path, layers, config.model_type, parallel.rank,
+                                  parallel.size)
+    elif load_format == "dummy":
+        scales = None
+    else:
+        scales = read_checkpoint_scales(checkpoint_files(Path(model_path)), layers)
+    if scales is None:
+        logger.info("FP8 KV cache with scales of 1.0: none given")
+        return KVScales.unit(layers)
+    logger.info("FP8 KV cache scales %s", scales.describe())
+    return scales
 
 
 def _read(reader, name: str, sink: Sink) -> tuple[torch.Tensor, Sink, str | None]:

@@ -23,18 +23,19 @@ from radixmesh.services.worker.base import FinishedStep, LaunchedStep, ModelWork
 from radixmesh.services.worker.batch_builder import BatchEntry, build_forward_batch
 from radixmesh.services.worker.batch_invariant import BatchInvariantMatmul, row_block_for
 from radixmesh.services.worker.config import WorkerConfig
-from radixmesh.services.worker.cuda_graph import CudaGraphRunner
+from radixmesh.services.worker.cuda_graph import CudaGraphRunner, graph_batch_sizes
 from radixmesh.services.worker.forward_batch import ForwardBatch
 from radixmesh.services.worker.host_kv import HostKV
 from radixmesh.services.worker.kv_pool import KVPool, resolve_kv_dtype
-from radixmesh.services.worker.loader import load_model, resolve_dtype
+from radixmesh.services.worker.loader import load_kv_scales, load_model, resolve_dtype
 from radixmesh.services.worker.memory import kv_pool_tokens
 from radixmesh.services.worker.model_config import ModelConfig
 from radixmesh.services.worker.page_table import DevicePageTable
 from radixmesh.services.worker.parallel.tensor_parallel import SINGLE, TensorParallel
 from radixmesh.services.worker.request_state import WorkerRequest
 from radixmesh.services.worker.request_table import RequestTable
-from radixmesh.services.worker.sampling import Sampler, SamplingBatch
+from radixmesh.services.worker.sampling import SamplingBatch, make_sampler, pick_sampling_backend
+from radixmesh.services.worker.torch_compile import CompiledDecode
 from radixmesh.shared.page_keys import weights_fingerprint
 from radixmesh.shared.sampling_params import SamplingParams
 from radixmesh.shared.step import StepPlan, StepResult, WorkerInfo
@@ -77,16 +78,23 @@ class ModelRunner(ModelWorker):
         self.config = config
         self.parallel = parallel
         self.device = resolve_device(device or config.device, config.base_gpu_id)
+        deterministic = config.enable_deterministic_inference
+        # Resolved before the weights load: a backend this machine lacks fails at once.
+        sampling_backend = pick_sampling_backend(config.sampling_backend, self.device,
+                                                 deterministic)
         self.model_config = ModelConfig.from_pretrained(model_path)
         self.context_len = config.context_length or self.model_config.context_len
         self.dtype = resolve_dtype(config.dtype, self.model_config)
+        self.kv_scales = load_kv_scales(  # before the weights: bad scales fail fast
+            self.model_config, model_path, config.kv_cache_dtype, config.load_format,
+            config.quantization_param_path, parallel)
         self.model = load_model(self.model_config, model_path, config.load_format,
                                 config.dtype, self.device, seed=config.random_seed,
                                 quantization=config.quantization, parallel=parallel)
         self.model_config = self.model.config  # with the quantization it actually runs
         self.weights_fingerprint = weights_fingerprint(
             model_path, dummy_seed=config.random_seed if config.load_format == "dummy" else None,
-            quantized_at_load=config.quantization)
+            quantized_at_load=config.quantization, kv_scales=self.kv_scales.digest)
         self.page_size = config.page_size or (16 if self.device.type == "cuda" else 1)
         self.kv_pool = self._make_kv_pool()
         self.host_kv = HostKV(self.kv_pool, tp_rank=parallel.rank, tp_size=parallel.size)
@@ -94,12 +102,13 @@ class ModelRunner(ModelWorker):
                                else DEFAULT_MAX_RUNNING)
         self.max_running = min(config.max_running_requests or default_max_running,
                                self.kv_pool.num_pages)
-        deterministic = config.enable_deterministic_inference
         self.backend = make_attention_backend(
             pick_attention_backend(config.attention_backend, self.device, self.dtype,
                                    deterministic), self.kv_pool, deterministic)
         vocab_width = self.model_config.vocab_size
-        self.sampler = Sampler(vocab_width, self.max_running, self.device)
+        self.sampler = make_sampler(sampling_backend, vocab_width, self.max_running,
+                                    self.device, seed=config.random_seed)
+        logger.info("sampling backend: %s", sampling_backend)
         seeds = torch.Generator().manual_seed(config.random_seed)
         self.page_table = DevicePageTable(
             self.max_running, -(-self.context_len // self.page_size), self.device)
@@ -111,11 +120,14 @@ class ModelRunner(ModelWorker):
                                                                         page_ids))
         # Each slot's latest sampled token, where the next decode of its request reads it.
         self.last_tokens = torch.zeros(self.max_running, dtype=torch.int64, device=self.device)
+        self.compiled = self._make_compiled_decode()  # before the warm-up, which compiles
         started = time.perf_counter()
         self._warm_up()
         logger.info("warmed up in %.1f s (kernels that compile on first use)",
                     time.perf_counter() - started)
         self.graph_runner = self._make_graph_runner()
+        if self.compiled is not None:
+            self.compiled.log_compiled()
         self.model_id = str(model_path)
         # Sees each step's logits (rids of the sampled rows, [S, vocab] float32) before
         # sampling: for tests and tools that compare logits bit for bit; None costs nothing.
@@ -125,22 +137,45 @@ class ModelRunner(ModelWorker):
 
     @torch.inference_mode()
     def _warm_up(self) -> None:
-        """One prefill pass of a page of tokens into the padding page 0 and one random draw, at
-        start-up: kernels that compile on first use (FlashInfer's JIT, Triton's, the sampler's
-        torch.compile) then do so here, not on the first request (decode kernels compile while
-        graphs are captured)."""
-        length = self.page_size
-        req = WorkerRequest("warm-up", [0] * length, length, 0, SamplingParams(), seed=0,
-                            slot=0, page_table=[0])
-        self.page_table.write(0, 0, [0])
-        batch = build_forward_batch([BatchEntry(req, 0, length, True)], 1, self.kv_pool,
-                                    self.backend, self.last_tokens, self.page_table)
-        logits = self._eager_logits(batch)
-        # A random draw compiles the sampler's fused race kernel (torch.compile on CUDA).
-        drawn = SamplingParams(temperature=1.0)
-        self.sampler.sample(logits, SamplingBatch.build([drawn], [0], [0], [0], self.device))
+        """One prefill pass of a page of tokens into the padding page 0 and two random draws,
+        at start-up: kernels that compile on first use (FlashInfer's JIT, Triton's, the
+        sampler's torch.compile) then do so here, not on the first request (decode kernels
+        compile while graphs are captured, or below for a compiled forward without graphs)."""
+        logits = self._eager_logits(self._padding_batch(1, self.page_size, extend=True))
+        # Random draws, with and without a seed of the request's own, compile what the sampler
+        # compiles on first use: the fused race (torch.compile on CUDA), FlashInfer's JIT.
+        drawn = [SamplingParams(temperature=1.0), SamplingParams(temperature=1.0, seed=0)]
+        self.sampler.sample(logits.expand(2, -1),
+                            SamplingBatch.build(drawn, [0, 0], [0, 0], [0, 0], self.device))
+        if self.compiled is not None and not self.compiled.static_shapes:
+            # Decodes of 1 and 2 rows: the two graphs of a dynamic batch dimension.
+            for rows in sorted({1, min(2, self.compiled.max_batch_size)}):
+                self._eager_logits(self._padding_batch(rows, 1, extend=False))
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+    def _padding_batch(self, rows: int, length: int, extend: bool) -> ForwardBatch:
+        """`rows` requests (slots 0..rows-1) of `length` tokens in padding page 0, as extends
+        or as decodes (of one token each), the pass's sole KV slots those of page 0."""
+        reqs = [WorkerRequest(f"warm-up-{slot}", [0] * length, length, 0, SamplingParams(),
+                              seed=0, slot=slot, page_table=[0]) for slot in range(rows)]
+        for req in reqs:
+            self.page_table.write(req.slot, 0, [0])
+        return build_forward_batch([BatchEntry(req, 0, length, True) for req in reqs],
+                                   rows if extend else 0, self.kv_pool, self.backend,
+                                   self.last_tokens, self.page_table)
+
+    def _graph_max_bs(self) -> int:
+        return min(self.config.cuda_graph_max_bs or DEFAULT_CUDA_GRAPH_MAX_BS, self.max_running)
+
+    def _make_compiled_decode(self) -> CompiledDecode | None:
+        if not self.config.enable_torch_compile:
+            return None
+        graphs = (self.on_gpu and not self.config.disable_cuda_graph
+                  and self.backend.supports_cuda_graph)  # as _make_graph_runner decides
+        graph_sizes = graph_batch_sizes(self._graph_max_bs()) if graphs else None
+        return CompiledDecode(self.model, min(self.config.torch_compile_max_bs, self.max_running),
+                              self.device, graph_sizes)
 
     def _make_graph_runner(self) -> CudaGraphRunner | None:
         config = self.config
@@ -150,10 +185,9 @@ class ModelRunner(ModelWorker):
             logger.warning("CUDA graphs off: the %s attention backend does not support them",
                            self.backend.name)
             return None
-        max_bs = min(config.cuda_graph_max_bs or DEFAULT_CUDA_GRAPH_MAX_BS, self.max_running)
         max_pages_per_seq = -(-self.context_len // self.page_size)
-        runner = CudaGraphRunner(self.model, self.backend, self.kv_pool, max_bs,
-                                 max_pages_per_seq)
+        runner = CudaGraphRunner(self.model, self.backend, self.kv_pool, self._graph_max_bs(),
+                                 max_pages_per_seq, compiled=self.compiled)
         with self._forward_mode():  # the graphs hold whatever kernels the mode launched
             runner.capture()
         return runner
@@ -219,6 +253,10 @@ class ModelRunner(ModelWorker):
 
     def _eager_logits(self, batch: ForwardBatch) -> torch.Tensor:
         self.backend.prepare(batch)
+        compiled = self.compiled
+        # With CUDA graphs the compiled forward runs only inside them, at its captured sizes.
+        if compiled is not None and not compiled.static_shapes and compiled.can_run(batch):
+            return self.model.compute_logits(compiled(batch)[batch.logits_indices])
         with self._forward_mode():
             return self.model.compute_logits(self.model(batch)[batch.logits_indices])
 
@@ -269,7 +307,8 @@ class ModelRunner(ModelWorker):
         logger.info("KV pool: %d pages of %d tokens (%.1f MiB)", num_pages, self.page_size,
                     num_pages * self.page_size * per_token / 2**20)
         return KVPool(num_pages, self.page_size, mc.num_hidden_layers, kv_heads, mc.head_dim,
-                      kv_dtype, self.device, compute_dtype=self.dtype)
+                      kv_dtype, self.device, compute_dtype=self.dtype,
+                      k_scales=list(self.kv_scales.k), v_scales=list(self.kv_scales.v))
 
 
 def resolve_device(name: str, base_gpu_id: int = 0) -> torch.device:

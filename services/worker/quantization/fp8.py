@@ -110,11 +110,11 @@ class Fp8Method(QuantizationMethod):
     """Per-output-channel FP8 weights, per-token dynamic activation scales (see module doc).
 
     A static checkpoint's `input_scale` is not read: per-token scales are at least as fine.
-    KV-cache scales (`k_scale`, `v_scale`) are left for `--kv-cache-dtype`; until the KV cache
-    can be FP8 they have no use.
+    KV-cache scales (`self_attn.k_scale`, `v_scale`, ...) belong to no linear layer: the loader
+    reads them for an FP8 KV cache (services/worker/kv_scales.py), whatever the weights are.
     """
 
-    ignored_suffixes = (".input_scale", ".k_scale", ".v_scale", ".kv_scale")
+    ignored_suffixes = (".input_scale",)
 
     def create_weights(self, layer: QuantLinear) -> None:
         layer.weight = nn.Parameter(

@@ -39,6 +39,10 @@ class SamplingBatch:
     top_p_rows: torch.Tensor | None     # sampled rows with top_p < 1 (they need a full sort)
     top_k_rows: torch.Tensor | None     # sampled rows limiting top-k alone (a top-k suffices)
     max_top_k: int                      # the largest top-k among `top_k_rows`
+    # [B] bool: sampled rows whose request brought its own `seed` (None when no row did);
+    # a backend whose kernels cannot honour per-request seeds draws these rows apart.
+    own_seeds: torch.Tensor | None
+    all_own_seeds: bool  # every sampled row brought its own seed
     all_greedy: bool
     any_greedy: bool
     needs_min_p: bool      # some sampled row sets min-p
@@ -58,6 +62,7 @@ class SamplingBatch:
               device: torch.device | str) -> SamplingBatch:
         """`seeds` are the resolved seeds (the request's own, or one drawn for it at
         registration); `output_positions[i]` counts the outputs row `i` had before this draw.
+        `params[i].seed` tells whether row i's request brought its own seed (`own_seeds`).
         All values travel in one float and one integer tensor: two host-to-device copies.
         """
         size = len(params)
@@ -67,6 +72,8 @@ class SamplingBatch:
         sampled = [(i, p) for i, (p, g) in enumerate(zip(params, greedy, strict=True)) if not g]
         top_p_rows = [i for i, p in sampled if p.top_p < 1.0]
         top_k_rows = [i for i, p in sampled if p.top_p >= 1.0 and p.top_k > 1]
+        own_seed_rows = {i for i, p in sampled if p.seed is not None}
+        own_seeds = [i in own_seed_rows for i in range(size)] if own_seed_rows else []
         device = torch.device(device)
         floats = to_device(
             [1.0 if g else p.temperature for p, g in zip(params, greedy, strict=True)]
@@ -80,9 +87,10 @@ class SamplingBatch:
         top_ks = [NO_TOP_K if g or p.top_k <= 0 else min(p.top_k, NO_TOP_K)
                   for p, g in zip(params, greedy, strict=True)]
         ints = to_device(top_ks + list(seeds) + list(output_positions) + list(slots) + greedy
-                         + top_p_rows + top_k_rows, torch.int64, device)
-        fields = ints[:_INT_FIELDS * size].view(_INT_FIELDS, size)
-        groups = ints[_INT_FIELDS * size:].split([len(top_p_rows), len(top_k_rows)])
+                         + own_seeds + top_p_rows + top_k_rows, torch.int64, device)
+        num_fields = _INT_FIELDS + (1 if own_seeds else 0)
+        fields = ints[:num_fields * size].view(num_fields, size)
+        groups = ints[num_fields * size:].split([len(top_p_rows), len(top_k_rows)])
         return cls(
             temperatures=floats[0], top_ps=floats[1], min_ps=floats[2],
             frequency_penalties=floats[3], presence_penalties=floats[4],
@@ -92,6 +100,8 @@ class SamplingBatch:
             top_p_rows=groups[0] if top_p_rows else None,
             top_k_rows=groups[1] if top_k_rows else None,
             max_top_k=max((params[i].top_k for i in top_k_rows), default=0),
+            own_seeds=fields[5].bool() if own_seeds else None,
+            all_own_seeds=bool(sampled) and len(own_seed_rows) == len(sampled),
             all_greedy=not sampled,
             any_greedy=len(sampled) < size,
             needs_min_p=any(p.min_p > 0.0 for _, p in sampled),
