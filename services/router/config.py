@@ -1,9 +1,10 @@
 """The router service's configuration: every field is a CLI flag of the same name.
 
 The public flags (ports, keys, TLS, limits, model) are every front door's
-(`shared/front_door/flags.py`); here, which nodes there are and how one is chosen. Nodes come
-from `--node-urls` (a static list, retried with backoff while down) and/or `--redis-url` (the
-nodes' own registrations, and the Redis page index as the exact prefix oracle).
+(`shared/front_door/flags.py`); here, which nodes there are, how the router dials them
+(`node_tls.py`: `--node-ssl-*`) and how one is chosen. Nodes come from `--node-urls` (a static
+list, retried with backoff while down) and/or `--redis-url` (the nodes' own registrations, and
+the Redis page index as the exact prefix oracle).
 """
 
 from __future__ import annotations
@@ -11,23 +12,26 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from radixmesh.services.router.node_tls import NodeTarget, NodeTLSFlags, node_target
 from radixmesh.shared.front_door.flags import FrontDoorFlags
 from radixmesh.shared.node_registry import DEFAULT_PREFIX
 from radixmesh.shared.page_index_layout import DEFAULT_KEY_PREFIX
 from radixmesh.shared.redis_connect import check_redis_url
+from radixmesh.shared.redis_prefixes import DEFAULT_TIMEOUT_S
 from radixmesh.shared.replica_choice import POLICIES, ChoiceRule
 
 NODE_API_KEY_ENV = "RADIXMESH_NODE_API_KEY"
 
 
 @dataclass(frozen=True)
-class RouterConfig(FrontDoorFlags):
-    """Invariant after construction: at least one of `node_urls` / `redis_url` is set, and
-    `node_urls` holds one address per item."""
+class RouterConfig(NodeTLSFlags, FrontDoorFlags):
+    """Invariant after construction: at least one of `node_urls` / `redis_url` is set,
+    `node_urls` holds one URL per item, and each parses as a `NodeTarget`."""
 
     node_urls: tuple[str, ...] = field(default=(), metadata={
-        "help": "a node's front-door gRPC address (HOST:PORT); repeat, or comma-separate, for "
-                "several. A node that fails is retried with backoff"})
+        "help": "a node's front-door gRPC address (HOST:PORT, or grpcs://HOST:PORT for TLS to "
+                "that node alone); repeat, or comma-separate, for several. A node that fails "
+                "is retried with backoff"})
     redis_url: str | None = field(default=None, metadata={
         "help": "Redis where nodes register (--registry-redis-url of each node) and whose page "
                 "index tells which node holds a prompt's pages"})
@@ -48,6 +52,9 @@ class RouterConfig(FrontDoorFlags):
                 "--registry-key-prefix)"})
     page_index_key_prefix: str = field(default=DEFAULT_KEY_PREFIX, metadata={
         "help": "prefix of the page index's Redis keys (the nodes' --hicache-redis-key-prefix)"})
+    page_index_timeout: float = field(default=DEFAULT_TIMEOUT_S, metadata={
+        "help": "seconds a page index lookup may take on a request's path; past it the index "
+                "answers nothing held for that request (the router's own estimate stands)"})
     node_api_key: str | None = field(default=None, repr=False, metadata={
         "help": "the API key the router presents to nodes that require one (default: "
                 f"${NODE_API_KEY_ENV}, which keeps it off the command line)"})
@@ -82,11 +89,19 @@ class RouterConfig(FrontDoorFlags):
             raise ValueError("--node-retry-backoff must be in (0, --node-retry-backoff-max]")
         if not self.discovery_interval > 0:
             raise ValueError("--discovery-interval must be > 0")
+        if not self.page_index_timeout > 0:
+            raise ValueError("--page-index-timeout must be > 0")
+        self.check_node_tls(self.node_urls)
 
     @property
     def choice_rule(self) -> ChoiceRule:
         return ChoiceRule(self.cache_threshold, self.balance_abs_threshold,
                           self.balance_rel_threshold)
+
+    @property
+    def node_targets(self) -> tuple[NodeTarget, ...]:
+        """The static nodes, as the router dials them."""
+        return tuple(node_target(url, self.node_tls_on) for url in self.node_urls)
 
     @property
     def node_key(self) -> str | None:

@@ -1,6 +1,7 @@
 """The router's own Prometheus metrics, beside the front door's (`radixmesh:router_*`, on the
 same registry, so one /metrics serves both): requests per node, each choice's reason, how
-much of each prompt the chosen node was believed to hold, and the nodes usable now."""
+much of each prompt the chosen node was believed to hold, the nodes usable now, and how often
+each node was found failing."""
 
 from __future__ import annotations
 
@@ -27,6 +28,10 @@ class RouterMetrics:
         self.retries = Counter("radixmesh:router_retries", "requests sent again to another "
                                "node after theirs failed before a first token", [MODEL_LABEL],
                                registry=registry).labels(model_name)
+        self.node_failures = Counter("radixmesh:router_node_failures", "times a node was "
+                                     "found failing: a probe it did not answer (unreachable, "
+                                     "a TLS handshake that failed, ...) or a request's call "
+                                     "it broke", [MODEL_LABEL, "node"], registry=registry)
         self.nodes_usable = Gauge("radixmesh:router_nodes_usable", "nodes the router can send "
                                   "requests to", [MODEL_LABEL], registry=registry).labels(model_name)
 
@@ -34,6 +39,9 @@ class RouterMetrics:
         self.requests.labels(self._model, node).inc()
         self.decisions.labels(self._model, reason).inc()
         self.prefix_match.observe(matched_tokens / prompt_tokens if prompt_tokens else 0.0)
+
+    def node_failed(self, node: str) -> None:
+        self.node_failures.labels(self._model, node).inc()
 
     def requests_per_node(self) -> dict[str, float]:
         """Requests sent to each node so far (for server info)."""

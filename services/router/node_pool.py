@@ -18,7 +18,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from radixmesh.services.router.node_link import NodeLink
+from radixmesh.services.router.node_link import NodeLink, NodeLinks
+from radixmesh.services.router.node_tls import NodeTarget
 from radixmesh.shared.errors import RadixMeshError
 from radixmesh.shared.mesh_info import ModelInfo
 from radixmesh.shared.node_registry import NodeDirectory, NodeEntry, NodeLoad
@@ -38,6 +39,7 @@ class Node:
     in_flight: int = 0
     failures: int = 0         # in a row; sets the backoff
     retry_at: float = 0.0     # monotonic time of the next probe while unusable
+    last_error: str = ""      # why it last failed, while unusable (for clients and reports)
     load: NodeLoad = field(default_factory=NodeLoad)  # as last registered
     load_ms: int = 0          # wall-clock ms of that registration's beat; 0: none read yet
     sent_at: list[int] = field(default_factory=list)  # wall-clock ms of each request in flight
@@ -78,26 +80,41 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _named(node: Node) -> str:
+    """How logs name a node: its id, and its address where that differs."""
+    return (f"node {node.node_id}" if node.node_id == node.address
+            else f"node {node.node_id} ({node.address})")
+
+
 class NodePool:
     """`on_change(node, usable)` hears every node that becomes usable or stops being so (and
-    `forget(node_id)` every node whose cache is gone: restarted, or left)."""
+    `forget(node_id)` every node whose cache is gone: restarted, or left; `on_failure(node_id)`
+    every failure found, each failed probe included)."""
 
-    def __init__(self, static_addresses: tuple[str, ...], directory: NodeDirectory | None,
-                 node_key: str | None, backoff: float, backoff_max: float,
+    def __init__(self, static: tuple[NodeTarget, ...], directory: NodeDirectory | None,
+                 links: NodeLinks, backoff: float, backoff_max: float,
                  on_change: Callable[[Node, bool], None],
-                 forget: Callable[[str], None]) -> None:
+                 forget: Callable[[str], None],
+                 on_failure: Callable[[str], None] = lambda node_id: None) -> None:
         self.nodes: dict[str, Node] = {
-            address: Node(address, NodeLink(address, node_key), static=True)
-            for address in static_addresses}
+            target.address: Node(target.address, links.open(target.address, target.tls),
+                                 static=True)
+            for target in static}
         self._directory = directory
-        self._node_key = node_key
+        self._links = links
         self._backoff, self._backoff_max = backoff, backoff_max
         self._on_change = on_change
         self._forget = forget
+        self._on_failure = on_failure
         self._registry_down = False
 
     def usable(self) -> list[Node]:
         return [node for node in self.nodes.values() if node.usable]
+
+    def why_unusable(self) -> str:
+        """Each unusable node's last failure, for a client told no node is usable."""
+        return "; ".join(node.last_error for node in self.nodes.values()
+                         if not node.usable and node.last_error) or "none answered yet"
 
     async def refresh(self) -> None:
         """One round: read the registry, then probe every unusable node whose time came."""
@@ -111,9 +128,9 @@ class NodePool:
         """A request found `node` failing: out of the choice until a probe answers."""
         if not node.usable:
             return
-        logger.warning("node %s (%s) failed: %s; retrying it with backoff", node.node_id,
-                       node.address, error)
-        node.usable = False
+        self._on_failure(node.node_id)
+        logger.warning("%s failed: %s; retrying it with backoff", _named(node), error)
+        node.usable, node.last_error = False, str(error)
         self._back_off(node)
         self._forget(node.node_id)  # it may come back restarted, with an empty cache
         self._on_change(node, False)
@@ -128,13 +145,16 @@ class NodePool:
         try:
             node.info = await node.link.model_info()
         except RadixMeshError as error:
-            if node.failures == 0:
-                logger.info("node %s (%s) not answering: %s", node.node_id, node.address, error)
+            self._on_failure(node.node_id)
+            if node.failures == 0:  # once per outage: probes repeat with backoff
+                logger.warning("%s unusable (probed again with backoff): %s", _named(node),
+                               error)
+            node.last_error = str(error)
             self._back_off(node)
             return
         if node.usable:
             return  # a registry update may have raced the probe
-        node.usable, node.failures = True, 0
+        node.usable, node.failures, node.last_error = True, 0, ""
         logger.info("node %s (%s) usable", node.node_id, node.address)
         self._on_change(node, True)
 
@@ -170,7 +190,7 @@ class NodePool:
             await self._drop(node, f"restarted (epoch {entry.epoch[:8]})")
             node = None
         if node is None:
-            node = Node(entry.node_id, NodeLink(entry.address, self._node_key), static=False,
+            node = Node(entry.node_id, self._links.open(entry.address), static=False,
                         epoch=entry.epoch)
             self.nodes[entry.node_id] = node
             logger.info("node %s registered at %s", entry.node_id, entry.address)

@@ -127,13 +127,14 @@ class NodeSet:
     def build(self, rid: str | None, body: Mapping | RequestBody,
               trace: TraceContext = NO_TRACE) -> TokenizedRequest:
         if self._builder is None:
-            raise UnavailableError("the router has reached no node yet")
+            raise UnavailableError("the router has reached no node yet: "
+                                   + self.pool.why_unusable())
         rid = self._live.new_rid(rid)
         return dataclasses.replace(self._builder.build(rid, body), trace=trace)
 
     def submit(self, request: TokenizedRequest, owner: Owner = None) -> RequestStream:
         if not self.ready:
-            raise UnavailableError("no node is usable")
+            raise UnavailableError("no node is usable: " + self.pool.why_unusable())
         live = self._live.add(_Routed(request.rid, len(request.input_ids), owner))
         live.task = asyncio.create_task(self._serve(live, request), name=request.rid)
         return RequestStream(live, self.abort)
@@ -204,8 +205,9 @@ class NodeSet:
         started = now_ns()
         nodes = {node.node_id: node for node in self.pool.usable() if node.node_id not in tried}
         if not nodes:
-            raise UnavailableError("no node is usable" + (" (the one tried failed)"
-                                                          if tried else ""))
+            raise UnavailableError("no node is usable" + (" (the one tried failed)" if tried
+                                                          else "") + ": "
+                                   + self.pool.why_unusable())
         found = (await self.oracle.lookup_both(request.input_ids, request.cache_salt)
                  if self._policy.uses_prefixes else PrefixLookup({}, {}))
         nodes = {node_id: node for node_id, node in nodes.items()
@@ -259,6 +261,7 @@ class NodeSet:
         sent = self._router_metrics.requests_per_node()
         return [{"node_id": node.node_id, "address": node.address, "usable": node.usable,
                  "static": node.static, "epoch": node.epoch, "in_flight": node.in_flight,
-                 "requests": int(sent.get(node.node_id, 0)),
+                 "requests": int(sent.get(node.node_id, 0)), "tls": node.link.tls,
+                 "failures": node.failures, "last_error": node.last_error,
                  "load": dataclasses.asdict(node.load)}
                 for node in self.pool.nodes.values()]

@@ -14,6 +14,7 @@ import redis.asyncio as redis_asyncio
 
 from radixmesh.services.router.config import RouterConfig
 from radixmesh.services.router.metrics import RouterMetrics
+from radixmesh.services.router.node_link import NodeLinks
 from radixmesh.services.router.node_pool import NodePool
 from radixmesh.services.router.node_set import NodeSet
 from radixmesh.shared.front_door.native_api import server_info
@@ -28,7 +29,6 @@ from radixmesh.shared.tokenizer import TextTokenizer
 from radixmesh.shared.tracing import ROUTER
 
 logger = logging.getLogger(__name__)
-PAGE_INDEX_TIMEOUT_S = 0.05
 
 
 class RouterServer(FrontDoorServer):
@@ -50,10 +50,12 @@ class RouterServer(FrontDoorServer):
         directory = (NodeDirectory(config.redis_url, config.registry_key_prefix)
                      if config.redis_url else None)
 
+        links = NodeLinks(config.node_key, config.node_client_tls(), config.node_tls_on)
+
         def pool(on_change, forget) -> NodePool:
-            return NodePool(config.node_urls, directory, config.node_key,
+            return NodePool(config.node_targets, directory, links,
                             config.node_retry_backoff, config.node_retry_backoff_max,
-                            on_change, forget)
+                            on_change, forget, self.router_metrics.node_failed)
 
         return NodeSet(pool, tokenizer, make_policy(config.policy, config.choice_rule),
                        self._oracle(), self.metrics, self.router_metrics, self.recorder,
@@ -71,14 +73,15 @@ class RouterServer(FrontDoorServer):
         return BestOf(sent, RedisPrefixes(
             self._redis, RedisLayout(self.config.page_index_key_prefix),
             lambda: [node.node_id for node in self.nodes.pool.usable()],
-            timeout_s=PAGE_INDEX_TIMEOUT_S))
+            timeout_s=self.config.page_index_timeout))
 
     async def started(self) -> None:
         config = self.config
-        logger.info("router: HTTP on %s:%d, gRPC on %s:%d, policy %s, nodes %s%s",
+        logger.info("router: HTTP on %s:%d, gRPC on %s:%d, policy %s, nodes %s%s%s",
                     config.host, config.port, config.host, config.grpc_port, config.policy,
                     ", ".join(config.node_urls) or "-",
-                    f", registry {redacted(config.redis_url)}" if config.redis_url else "")
+                    f", registry {redacted(config.redis_url)}" if config.redis_url else "",
+                    ", TLS to every node" if config.node_tls_on else "")
 
     async def close(self) -> None:
         if self._redis is not None:

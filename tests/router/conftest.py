@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,12 +16,13 @@ from pathlib import Path
 import grpc
 import pytest
 
+from radixmesh.launcher.mesh_plan import pick_free_ports
 from radixmesh.shared.protos_gen import common_pb2, generate_pb2_grpc
 from tests.hicache.conftest import redis_server  # noqa: F401  (the module's real Redis)
 from tests.hicache.redis_server import RedisServer
 from tests.mesh.conftest import (
+    STARTUP_TIMEOUT_S,
     MeshProcess,
-    free_port,
     mesh_model_path,  # noqa: F401 (the mesh tests' model, registered by import)
     spawn_mesh,
     stop_process,
@@ -75,6 +77,18 @@ class Router:
                 common_pb2.Empty(), timeout=10)
         return json.loads(reply.json)
 
+    def wait_answering(self, timeout: float = STARTUP_TIMEOUT_S) -> None:
+        """Until its HTTP port answers /metrics (it does before any node is usable)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.http_url}/metrics", timeout=5):
+                    return
+            except OSError:  # not listening yet
+                assert self.process.poll() is None, f"the router exited ({self.process.returncode})"
+                assert time.monotonic() < deadline, "the router never answered"
+                time.sleep(0.1)
+
     def nodes(self) -> dict[str, dict]:
         return {node["node_id"]: node for node in self.server_info()["nodes"]}
 
@@ -100,15 +114,24 @@ def nodes(mesh_model_path: Path, redis_server: RedisServer) -> Iterator[Nodes]: 
 
 
 @contextlib.contextmanager
-def start_router(model_path: Path, *flags: str) -> Iterator[Router]:
-    port, grpc_port = free_port(), free_port()
+def start_router(model_path: Path, *flags: str, log: Path | None = None,
+                 serving: bool = True) -> Iterator[Router]:
+    """A router on free ports, once SERVING (`serving` False: once it answers at all, for a
+    router that reaches no node); `log`: a file for its log (default: stderr)."""
+    port, grpc_port = pick_free_ports(2)
     argv = [sys.executable, "-P", "-m", "radixmesh.serve", "--log-level", "warning", "router",
             "--model-path", str(model_path), "--host", "127.0.0.1", "--port", str(port),
             "--grpc-port", str(grpc_port), *ROUTER_FLAGS, *flags]
-    process = subprocess.Popen(argv)
+    with contextlib.ExitStack() as files:
+        stderr = files.enter_context(log.open("w")) if log is not None else None
+        process = subprocess.Popen(argv, stderr=stderr)
+    router = Router(process, f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}")
     try:
-        wait_serving(f"127.0.0.1:{grpc_port}", process, "router")
-        yield Router(process, f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}")
+        if serving:
+            wait_serving(router.grpc_address, process, "router")
+        else:
+            router.wait_answering()
+        yield router
     finally:
         stop_process(process)
 
