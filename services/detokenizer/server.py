@@ -19,19 +19,20 @@ logger = logging.getLogger(__name__)
 SERVICE_NAME = internal_pb2.DESCRIPTOR.services_by_name["Detokenizer"].full_name
 
 
-async def serve(config: DetokenizerConfig) -> None:
-    """Serves until cancelled. Health turns SERVING once the tokenizer is loaded."""
+async def serve(config: DetokenizerConfig, broadcaster: Broadcaster | None = None) -> None:
+    """Serves until cancelled. Health turns SERVING once the tokenizer is loaded.
+    `broadcaster`: where the text goes (given by a caller that watches its subscribers)."""
     recorder = start_tracing("detokenizer", config)
     try:
-        await _serve(config, recorder)
+        await _serve(config, recorder, broadcaster or Broadcaster())
     finally:
         stop_tracing(recorder)  # flushes what is queued, for SHUTDOWN_FLUSH_S at most
 
 
-async def _serve(config: DetokenizerConfig, recorder: SpanRecorder) -> None:
+async def _serve(config: DetokenizerConfig, recorder: SpanRecorder,
+                 broadcaster: Broadcaster) -> None:
     tokenizer = await asyncio.to_thread(load_tokenizer, config.model_path, config.revision,
                                         config.hf_token)
-    broadcaster = Broadcaster()
     servicer = DetokenizerServicer(BatchDetokenizer(tokenizer, recorder), broadcaster)
     server = await start_server(
         host_port(config.host, config.port),
@@ -41,7 +42,9 @@ async def _serve(config: DetokenizerConfig, recorder: SpanRecorder) -> None:
     logger.info("detokenizer serving on port %d", server.port)
     await server.set_serving()
     try:
-        await server.server.wait_for_termination()
+        # Not grpc's wait_for_termination: cancelled while streams are open, it leaves them
+        # open and the stop below cancelled, so no subscriber or scheduler hears of the end.
+        await asyncio.Event().wait()  # until cancelled
     finally:
         broadcaster.close()
         await server.stop()

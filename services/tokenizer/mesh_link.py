@@ -1,12 +1,13 @@
-"""The router's gRPC link to the mesh: the scheduler's `Submit` stream and `GetInfo`/`GetLoad`,
-a `Subscribe` stream from the detokenizer, and the scheduler's readiness (its gRPC health,
-watched: NOT_SERVING while it has lost its worker or detokenizer).
+"""The router's gRPC link to one replica's scheduler: its `Submit` stream, `GetInfo`/`GetLoad`/
+`FlushCache`, and its readiness (its gRPC health, watched: NOT_SERVING while it has lost its
+worker or detokenizer). The detokenizer's side is `detokenizer_link.py`; `GrpcMeshLink` holds
+both, for a Router that reads its own subscription (a single replica).
 
-Everything gRPC stays in this file: every RPC failure is raised as UnavailableError, and
+Everything gRPC stays in these files: every RPC failure is raised as UnavailableError, and
 messages are converted with `shared/wire.py`, so the router only sees plain objects.
-`greet` is the handshake (`shared/mesh_protocol.py`): a scheduler or detokenizer of another
-protocol is refused with a HandshakeError naming both sides; one that predates the handshake
-(answers no Hello) is taken as it is.
+`greet` is the handshake (`shared/mesh_protocol.py`): a scheduler of another protocol is
+refused with a HandshakeError naming both sides; one that predates the handshake (answers no
+Hello) is taken as it is.
 """
 
 from __future__ import annotations
@@ -18,21 +19,23 @@ from typing import TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from radixmesh.services.tokenizer.detokenizer_link import (
+    UNARY_TIMEOUT_S,
+    GrpcDetokenizerLink,
+    GrpcTextSubscription,
+    describe,
+    greet,
+)
 from radixmesh.shared import wire
 from radixmesh.shared.errors import UnavailableError
 from radixmesh.shared.grpc_service import SERVING, open_channel
 from radixmesh.shared.mesh_info import CacheFlush, ModelInfo, SchedulerLoad
-from radixmesh.shared.mesh_protocol import Hello, check_peer
+from radixmesh.shared.mesh_protocol import Hello
 from radixmesh.shared.protos_gen import common_pb2, internal_pb2, internal_pb2_grpc
-from radixmesh.shared.requests import TextDelta, TokenizedRequest
+from radixmesh.shared.requests import TokenizedRequest
 from radixmesh.shared.tls import ClientTLS
 
 Reply = TypeVar("Reply")
-
-UNARY_TIMEOUT_S = 5.0
-# The detokenizer sends initial metadata once the subscriber is registered; until then a
-# request's first deltas could be missed, so nothing is sent before it.
-SUBSCRIBE_ACK_TIMEOUT_S = 10.0
 
 
 class GrpcSubmitStream:
@@ -48,48 +51,27 @@ class GrpcSubmitStream:
         try:
             await self._call.write(batch)
         except (grpc.RpcError, asyncio.InvalidStateError) as exc:
-            raise UnavailableError(f"scheduler stream broke: {_describe(exc)}") from exc
+            raise UnavailableError(f"scheduler stream broke: {describe(exc)}") from exc
 
     async def wait_closed(self) -> None:
         """Returns never: raises once the scheduler ends or breaks the stream."""
         try:
             await self._call
         except grpc.RpcError as exc:
-            raise UnavailableError(f"scheduler stream broke: {_describe(exc)}") from exc
+            raise UnavailableError(f"scheduler stream broke: {describe(exc)}") from exc
         raise UnavailableError("the scheduler closed the request stream")
 
     def cancel(self) -> None:
         self._call.cancel()
 
 
-class GrpcTextSubscription:
-    """The detokenizer's `Subscribe` stream, as batches of TextDeltas."""
-
-    def __init__(self, call: grpc.aio.UnaryStreamCall) -> None:
-        self._call = call
-
-    async def __aiter__(self) -> AsyncIterator[list[TextDelta]]:
-        try:
-            async for batch in self._call:
-                yield [wire.text_delta_from_proto(delta) for delta in batch.deltas]
-        except grpc.RpcError as exc:
-            raise UnavailableError(f"detokenizer stream broke: {_describe(exc)}") from exc
-
-    def cancel(self) -> None:
-        self._call.cancel()
-
-
-class GrpcMeshLink:
-    def __init__(self, scheduler_address: str, detokenizer_address: str,
-                 hello: Hello | None = None, tls: ClientTLS | None = None) -> None:
+class GrpcSchedulerLink:
+    def __init__(self, scheduler_address: str, hello: Hello | None = None,
+                 tls: ClientTLS | None = None) -> None:
         self.scheduler_address = scheduler_address
-        self.detokenizer_address = detokenizer_address
         self.hello = hello or Hello("tokenizer", implementation="tokenizer")
-        self._greeted_detokenizer: Hello | None = None  # None: it predates the handshake
         self._scheduler_channel = open_channel(scheduler_address, tls)
-        self._detokenizer_channel = open_channel(detokenizer_address, tls)
         self._scheduler = internal_pb2_grpc.SchedulerStub(self._scheduler_channel)
-        self._detokenizer = internal_pb2_grpc.DetokenizerStub(self._detokenizer_channel)
 
     async def get_info(self) -> ModelInfo:
         return wire.model_info_from_proto(await self._ask_scheduler(self._scheduler.GetInfo))
@@ -107,28 +89,12 @@ class GrpcMeshLink:
             return await rpc(common_pb2.Empty(), timeout=UNARY_TIMEOUT_S)
         except grpc.RpcError as exc:
             raise UnavailableError(
-                f"scheduler at {self.scheduler_address}: {_describe(exc)}") from exc
+                f"scheduler at {self.scheduler_address}: {describe(exc)}") from exc
 
     async def greet(self) -> None:
-        """The handshake with the scheduler and the detokenizer; HandshakeError if either
-        speaks another protocol, UnavailableError if one cannot be reached."""
-        await self._greet(self._scheduler.Hello, "scheduler", self.scheduler_address)
-        self._greeted_detokenizer = await self._greet(self._detokenizer.Hello, "detokenizer",
-                                                      self.detokenizer_address)
-
-    async def _greet(self, rpc: Callable[..., Awaitable[internal_pb2.PeerHello]], service: str,
-                     address: str) -> Hello | None:
-        try:
-            reply = await rpc(internal_pb2.PeerHello(**self.hello.fields()),
-                              timeout=UNARY_TIMEOUT_S)
-        except grpc.RpcError as exc:
-            if isinstance(exc, grpc.aio.AioRpcError) and \
-                    exc.code() is grpc.StatusCode.UNIMPLEMENTED:
-                return None
-            raise UnavailableError(f"{service} at {address}: {_describe(exc)}") from exc
-        peer = Hello.from_message(reply)
-        check_peer(self.hello, peer, address, service)
-        return peer
+        """The handshake with the scheduler: HandshakeError if it speaks another protocol,
+        UnavailableError if it cannot be reached."""
+        await greet(self.hello, self._scheduler.Hello, "scheduler", self.scheduler_address)
 
     async def watch_serving(self) -> AsyncIterator[bool]:
         """The scheduler's readiness as it changes (its gRPC health, watched), starting with
@@ -143,7 +109,7 @@ class GrpcMeshLink:
             if not (isinstance(exc, grpc.aio.AioRpcError)
                     and exc.code() is grpc.StatusCode.UNIMPLEMENTED):
                 raise UnavailableError(f"scheduler at {self.scheduler_address}: "
-                                       f"{_describe(exc)}") from exc
+                                       f"{describe(exc)}") from exc
             yield True
             await asyncio.Event().wait()  # until the connection is torn down
         finally:
@@ -151,34 +117,29 @@ class GrpcMeshLink:
         raise UnavailableError(f"the scheduler at {self.scheduler_address} ended its health "
                                "watch")
 
-    async def open_subscription(self) -> GrpcTextSubscription:
-        where = f"detokenizer at {self.detokenizer_address}"
-        peer = self._greeted_detokenizer
-        call = self._detokenizer.Subscribe(
-            common_pb2.Empty(), metadata=self.hello.stream_metadata(peer) if peer else None)
-        try:
-            await asyncio.wait_for(call.initial_metadata(), SUBSCRIBE_ACK_TIMEOUT_S)
-        except (grpc.RpcError, TimeoutError) as exc:
-            call.cancel()
-            raise UnavailableError(f"{where} did not accept the subscription: "
-                                       f"{_describe(exc)}") from exc
-        if call.done():  # a failed call yields empty metadata rather than raising
-            raise UnavailableError(
-                f"{where} ended the subscription: {(await call.code()).name}: "
-                f"{await call.details()}")
-        return GrpcTextSubscription(call)
-
     def open_submit(self) -> GrpcSubmitStream:
         return GrpcSubmitStream(self._scheduler)
 
     async def close(self) -> None:
         await self._scheduler_channel.close()
-        await self._detokenizer_channel.close()
 
 
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, grpc.aio.AioRpcError):
-        return f"{exc.code().name}: {exc.details()}"
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    return repr(exc)
+class GrpcMeshLink(GrpcSchedulerLink):
+    """A scheduler and the detokenizer on one link: what a Router alone needs (it then reads
+    its own subscription). Replicas of one front door share a `GrpcDetokenizerLink` instead."""
+
+    def __init__(self, scheduler_address: str, detokenizer_address: str,
+                 hello: Hello | None = None, tls: ClientTLS | None = None) -> None:
+        super().__init__(scheduler_address, hello, tls)
+        self.detokenizer = GrpcDetokenizerLink(detokenizer_address, self.hello, tls)
+        self.detokenizer_address = detokenizer_address
+
+    async def greet_detokenizer(self) -> None:
+        await self.detokenizer.greet_detokenizer()
+
+    async def open_subscription(self) -> GrpcTextSubscription:
+        return await self.detokenizer.open_subscription()
+
+    async def close(self) -> None:
+        await super().close()
+        await self.detokenizer.close()

@@ -1,14 +1,17 @@
 """Data parallelism at the front door: one Router per replica (a scheduler and its worker
-group), all reading the one detokenizer, behind the interface of a single Router.
+group), all fed by one subscription to the one detokenizer (`text_feed.py`: each delta
+crosses the wire once and goes to the Router holding its request), behind the interface of a
+single Router.
 
 A new request goes to the replica holding most of its prompt unless loads are far apart
 (`shared/replica_choice.py`, over an approximate radix tree of what was sent where); an abort
 goes to the replica that holds the request. Replicas fail alone: a replica whose link breaks
 fails only its own requests (its Router does that) and takes no new ones until it is back,
-while the others serve on. The front door is ready while any replica is.
+while the others serve on. Losing the detokenizer fails every replica's requests. The front
+door is ready while any replica is.
 
-Invariants: a request id is live in at most one replica's Router; `ready` is true exactly
-while some replica's Router is ready.
+Invariants: a request id is live in at most one replica's Router, the one the feed names as
+its owner; `ready` is true exactly while some replica's Router is ready.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping, Sequence
+from typing import cast
 
 from radixmesh.services.tokenizer.router import Router
+from radixmesh.services.tokenizer.text_feed import TextFeed
 from radixmesh.shared.api_keys import Owner
 from radixmesh.shared.errors import InvalidRequestError, UnavailableError
 from radixmesh.shared.front_door.combined import combined_flush, combined_load
@@ -35,11 +40,14 @@ logger = logging.getLogger(__name__)
 
 
 class ReplicaSet:
-    def __init__(self, routers: Sequence[Router], rule: ChoiceRule = DEFAULT_RULE,
+    def __init__(self, routers: Sequence[Router], feed: TextFeed,
+                 rule: ChoiceRule = DEFAULT_RULE,
                  metrics: FrontDoorMetrics | None = None) -> None:
+        """`feed`: the subscription every one of `routers` was made with; run here."""
         if not routers:
             raise ValueError("a replica set needs at least one replica")
         self._routers = list(routers)
+        self.feed = feed
         self._metrics = metrics
         self._rule = rule
         self._oracle = SentPrefixes(len(routers))
@@ -57,12 +65,18 @@ class ReplicaSet:
                     self._routers[0].info)
 
     @property
+    def routers(self) -> tuple[Router, ...]:
+        """One per replica, in the order of --scheduler-address."""
+        return tuple(self._routers)
+
+    @property
     def num_live(self) -> int:
         return sum(router.num_live for router in self._routers)
 
     async def run(self) -> None:
-        """Runs every replica's Router (each reconnecting by itself) until cancelled."""
-        await asyncio.gather(*(router.run() for router in self._routers),
+        """Runs the feed and every replica's Router (each reconnecting by itself) until
+        cancelled."""
+        await asyncio.gather(self.feed.run(), *(router.run() for router in self._routers),
                              *(self._watch(router) for router in self._routers))
 
     async def wait_ready(self) -> None:
@@ -128,7 +142,7 @@ class ReplicaSet:
         return outcome
 
     def _holder(self, rid: str) -> Router | None:
-        return next((router for router in self._routers if router.holds(rid)), None)
+        return cast(Router | None, self.feed.owner(rid))  # the feed's sinks are our Routers
 
     def _ready_routers(self) -> list[Router]:
         return [router for router in self._routers if router.ready]

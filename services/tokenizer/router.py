@@ -1,18 +1,24 @@
 """The front door's core: validated requests out to the scheduler, text deltas back to clients.
 
-Plain asyncio, no gRPC: the mesh is reached through a `MeshLink` (`mesh_link.py` is the gRPC
-one). Invariants:
+Plain asyncio, no gRPC: a replica's scheduler is reached through a `SchedulerLink`
+(`mesh_link.py` has the gRPC one), and text deltas come from a `TextFeed` (`text_feed.py`): the
+front door's one detokenizer subscription, shared by the Routers of its data-parallel
+replicas, or a Router's own where it is alone. Invariants:
 - Every live request has exactly one queue, fed in order, ending with one finishing delta or
-  one exception; after that its id is forgotten and later deltas for it are dropped.
+  one exception; after that its id is forgotten and later deltas for it are dropped. A request
+  is claimed in the feed for exactly as long as it is live here, so the feed hands each of its
+  deltas to this Router alone, once, in the order the detokenizer sent them.
 - New requests and aborts go out in batches: everything submitted while the sender task was
   waiting leaves in one RequestBatch (so at most one batch per event-loop tick).
 - A request the front door ends itself (client abort, disconnect, stop string) is also
   aborted at the scheduler, so its pages are freed at once.
 - A request belongs to the API key that submitted it (its digest); a client's abort by id
   (`abort_as`) ends only its own requests.
-- Ready (health, `/health`, new requests taken) exactly while the links are up and the
-  scheduler reports SERVING; a request that a lost peer took down (`unavailable_finish`)
-  ends with UnavailableError, as every live request does when a link breaks.
+- Ready (health, `/health`, new requests taken) exactly while the scheduler link and the
+  feed's subscription are up and the scheduler reports SERVING; a request that a lost peer
+  took down (`unavailable_finish`) ends with UnavailableError, as every live request does
+  when a link breaks. The scheduler link breaking fails this Router's requests only; the
+  feed's subscription breaking fails those of every Router on it.
 """
 
 from __future__ import annotations
@@ -22,8 +28,9 @@ import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Protocol
+from typing import Protocol, cast
 
+from radixmesh.services.tokenizer.text_feed import DetokenizerLink, TextFeed
 from radixmesh.shared.api_keys import Owner
 from radixmesh.shared.errors import UnavailableError
 from radixmesh.shared.front_door.live_request import LiveRequest, RequestStream
@@ -45,29 +52,35 @@ class SubmitStream(Protocol):
     def cancel(self) -> None: ...
 
 
-class TextSubscription(Protocol):
-    def __aiter__(self) -> AsyncIterator[list[TextDelta]]: ...
-    def cancel(self) -> None: ...
-
-
-class MeshLink(Protocol):
-    """The router's view of the mesh. Every failure is raised as UnavailableError."""
+class SchedulerLink(Protocol):
+    """The router's view of its replica's scheduler. Every failure is raised as
+    UnavailableError."""
 
     async def greet(self) -> None: ...  # the handshake; HandshakeError on a mismatch
     async def get_info(self) -> ModelInfo: ...
     async def get_load(self) -> SchedulerLoad: ...
     async def flush_cache(self) -> CacheFlush: ...
     def watch_serving(self) -> AsyncIterator[bool]: ...  # the scheduler's readiness
-    async def open_subscription(self) -> TextSubscription: ...
     def open_submit(self) -> SubmitStream: ...
 
 
+class MeshLink(SchedulerLink, DetokenizerLink, Protocol):
+    """A scheduler and the detokenizer: what a Router without a shared feed reads."""
+
+
 class Router:
-    def __init__(self, link: MeshLink, tokenizer: TextTokenizer | None,
+    def __init__(self, link: SchedulerLink | MeshLink, tokenizer: TextTokenizer | None,
                  metrics: FrontDoorMetrics | None = None, retry_delay: float = 0.1,
                  max_retry_delay: float = 2.0,
-                 allow_special_tokens_in_content: bool = False) -> None:
+                 allow_special_tokens_in_content: bool = False,
+                 feed: TextFeed | None = None) -> None:
+        """`feed`: the front door's shared subscription, which its owner runs; None: one of
+        this Router's own over `link` (then a MeshLink), run by `run`."""
         self._link = link
+        self._owns_feed = feed is None
+        self._feed = feed if feed is not None else TextFeed(
+            cast(MeshLink, link), retry_delay, max_retry_delay)
+        self._feed.attach(self)
         self._tokenizer = tokenizer
         self._allow_special_tokens = allow_special_tokens_in_content
         self._retry_delay = retry_delay
@@ -113,11 +126,20 @@ class Router:
             self._lost.set()
 
     async def run(self) -> None:
-        """Connects to the mesh and serves until cancelled, reconnecting after failures.
+        """Connects to the mesh and serves until cancelled, reconnecting after failures (and
+        runs its own feed, if it has one).
 
         Requests live while a connection breaks end with UnavailableError: the scheduler
         may have lost them, so the front door does not pretend they go on.
         """
+        if not self._owns_feed:
+            await self._run_connections()
+            return
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._feed.run())
+            tasks.create_task(self._run_connections())
+
+    async def _run_connections(self) -> None:
         delay = self._retry_delay
         while True:
             connected = False
@@ -136,6 +158,7 @@ class Router:
             finally:
                 self._connected = self._scheduler_serving = False
                 self._update_ready()
+                self._feed.release_all([live.rid for live in self._live])
                 self._live.fail_all("lost the connection to the mesh")
                 self._outbox, self._outbox_aborts = {}, []
             delay = self._retry_delay if connected else min(delay * 2, self._max_retry_delay)
@@ -149,11 +172,11 @@ class Router:
                                        info.max_total_tokens, self._allow_special_tokens)
 
     async def _serve_connection(self) -> None:
-        # Subscribe first: a delta of a request sent before the subscription would be lost.
-        subscription = await self._link.open_subscription()
+        # The subscription first: a delta of a request sent before it would be lost.
+        subscription = await self._feed.connection()
         submit = self._link.open_submit()
         tasks = [asyncio.ensure_future(coro) for coro in (
-            self._receive(subscription), self._send(submit), submit.wait_closed(),
+            subscription.wait_lost(), self._send(submit), submit.wait_closed(),
             self._follow_serving(self._link.watch_serving()))]
         self._connected = True
         self._update_ready()
@@ -166,7 +189,6 @@ class Router:
         finally:
             for task in tasks:
                 task.cancel()
-            subscription.cancel()
             submit.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
@@ -203,6 +225,7 @@ class Router:
         if not self.ready:
             raise UnavailableError("the front door is not connected to the mesh")
         live = self._live.add(LiveRequest(request.rid, len(request.input_ids), owner))
+        self._feed.claim(request.rid, self)
         self._outbox[request.rid] = request
         self._wakeup.set()
         return RequestStream(live, self.abort)
@@ -218,6 +241,7 @@ class Router:
         the mesh. False if the id is not live here."""
         if self._live.abort(rid) is None:
             return False
+        self._feed.release(rid)
         self._cancel_in_mesh(rid)
         return True
 
@@ -245,29 +269,30 @@ class Router:
 
     # ---- deltas out ------------------------------------------------------------------------
 
-    async def _receive(self, subscription: TextSubscription) -> None:
-        async for deltas in subscription:
-            self.route(deltas)
-        raise UnavailableError("the detokenizer ended the subscription")
-
     def route(self, deltas: Sequence[TextDelta]) -> None:
         """Hands each delta to its request's queue; deltas of unknown ids are dropped."""
         now = time.perf_counter()
         for delta in deltas:
-            live = self._live.get(delta.rid)
-            if live is None:
-                continue
-            self._live.count_tokens(live, delta, now)
-            if delta.finish is None:
-                live.queue.put_nowait(delta)
-                continue
-            self._live.pop(delta.rid)
-            if delta.ends_on_stop_string:
-                self._cancel_in_mesh(delta.rid)
-            reason = unavailable_reason(delta.finish)
-            if reason is not None:  # a peer was lost: an error, not a finish
-                if delta.text or delta.token_ids:
-                    live.queue.put_nowait(dataclasses.replace(delta, finish=None, usage=None))
-                live.queue.put_nowait(UnavailableError(reason))
-                continue
-            self._live.finish(live, delta)
+            self.take(delta, now)
+
+    def take(self, delta: TextDelta, now: float) -> None:
+        """One delta to its request's queue (`now`: when its batch arrived); dropped if its
+        request is not live here."""
+        live = self._live.get(delta.rid)
+        if live is None:
+            return
+        self._live.count_tokens(live, delta, now)
+        if delta.finish is None:
+            live.queue.put_nowait(delta)
+            return
+        self._live.pop(delta.rid)
+        self._feed.release(delta.rid)
+        if delta.ends_on_stop_string:
+            self._cancel_in_mesh(delta.rid)
+        reason = unavailable_reason(delta.finish)
+        if reason is not None:  # a peer was lost: an error, not a finish
+            if delta.text or delta.token_ids:
+                live.queue.put_nowait(dataclasses.replace(delta, finish=None, usage=None))
+            live.queue.put_nowait(UnavailableError(reason))
+            return
+        self._live.finish(live, delta)

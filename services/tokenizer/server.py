@@ -12,9 +12,11 @@ from __future__ import annotations
 import logging
 
 from radixmesh.services.tokenizer.config import TokenizerConfig
-from radixmesh.services.tokenizer.mesh_link import GrpcMeshLink
+from radixmesh.services.tokenizer.detokenizer_link import GrpcDetokenizerLink
+from radixmesh.services.tokenizer.mesh_link import GrpcMeshLink, GrpcSchedulerLink
 from radixmesh.services.tokenizer.replicas import ReplicaSet
 from radixmesh.services.tokenizer.router import Router
+from radixmesh.services.tokenizer.text_feed import TextFeed
 from radixmesh.shared.front_door.server import FrontDoorServer, serve_until_cancelled
 from radixmesh.shared.node_registry import NodeLoad, NodeRegistration
 from radixmesh.shared.tls import internal_client_tls
@@ -32,10 +34,17 @@ class TokenizerServer(FrontDoorServer):
     def __init__(self, config: TokenizerConfig) -> None:
         super().__init__(config)
         self.config: TokenizerConfig = config
-        # One link per data-parallel replica, each to its scheduler and the one detokenizer.
-        self.links = [GrpcMeshLink(address, config.detokenizer_address,
-                                   tls=internal_client_tls(config))
-                      for address in config.scheduler_addresses]
+        # One link per data-parallel replica to its scheduler, and one subscription to the
+        # detokenizer for them all (a lone replica's link holds both).
+        tls = internal_client_tls(config)
+        addresses = config.scheduler_addresses
+        self.detokenizer_link: GrpcDetokenizerLink | None = None
+        if len(addresses) == 1:
+            self.links: list[GrpcSchedulerLink] = [
+                GrpcMeshLink(addresses[0], config.detokenizer_address, tls=tls)]
+        else:
+            self.detokenizer_link = GrpcDetokenizerLink(config.detokenizer_address, tls=tls)
+            self.links = [GrpcSchedulerLink(address, tls=tls) for address in addresses]
         self.registration: NodeRegistration | None = None  # with --registry-redis-url
 
     @property
@@ -43,9 +52,14 @@ class TokenizerServer(FrontDoorServer):
         return self.core
 
     def make_core(self, tokenizer: TextTokenizer) -> Router | ReplicaSet:
-        routers = [Router(link, tokenizer, self.metrics, allow_special_tokens_in_content=(
-                       self.config.enable_special_tokens_in_content)) for link in self.links]
-        return routers[0] if len(routers) == 1 else ReplicaSet(routers, metrics=self.metrics)
+        special = self.config.enable_special_tokens_in_content
+        if self.detokenizer_link is None:
+            return Router(self.links[0], tokenizer, self.metrics,
+                          allow_special_tokens_in_content=special)
+        feed = TextFeed(self.detokenizer_link)
+        routers = [Router(link, tokenizer, self.metrics, allow_special_tokens_in_content=special,
+                          feed=feed) for link in self.links]
+        return ReplicaSet(routers, feed, metrics=self.metrics)
 
     async def started(self) -> None:
         config = self.config
@@ -65,6 +79,8 @@ class TokenizerServer(FrontDoorServer):
     async def close(self) -> None:
         for link in self.links:
             await link.close()
+        if self.detokenizer_link is not None:
+            await self.detokenizer_link.close()
 
     async def _node_load(self) -> NodeLoad | None:
         """What the registry's heartbeat says; None (no beat) while not serving: a router

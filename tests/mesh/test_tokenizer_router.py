@@ -20,7 +20,8 @@ from radixmesh.shared.errors import InvalidRequestError, UnavailableError
 from radixmesh.shared.front_door.metrics import FrontDoorMetrics
 from radixmesh.shared.requests import FinishKind
 from radixmesh.shared.trace_context import TraceContext
-from tests.mesh.front_door_harness import free_port, null_worker, tiny_tokenizer
+from tests.mesh.conftest import free_port
+from tests.mesh.front_door_harness import null_worker, tiny_tokenizer
 from tests.mesh.mini_mesh import MiniMesh
 
 pytestmark = pytest.mark.timeout(60)

@@ -30,7 +30,8 @@ from radixmesh.services.worker.null_worker import NullWorker
 from radixmesh.shared.grpc_service import wait_until_serving
 from radixmesh.shared.protos_gen import common_pb2, generate_pb2, generate_pb2_grpc
 from radixmesh.shared.trace_context import NO_TRACE, TraceContext
-from tests.mesh.front_door_harness import READY_TIMEOUT_S, free_port, tiny_model_dir
+from tests.mesh.conftest import free_port
+from tests.mesh.front_door_harness import READY_TIMEOUT_S, tiny_model_dir
 
 PARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 STATE = "vendor=opaque,other=1"

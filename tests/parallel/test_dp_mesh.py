@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import openai
 import pytest
 
 from radixmesh.client import AsyncClient, RadixMeshClientError
@@ -86,6 +87,37 @@ def test_follow_ups_land_where_their_history_is(dp_mesh: MeshProcess) -> None:
     assert all(hit >= HISTORY_TOKENS - 1 for hit in cached), cached
     served = [prompt_tokens(dp_mesh.internal[f"scheduler-{i}"]) for i in range(2)]
     assert all(tokens > 0 for tokens in served), served  # both replicas took work
+
+
+def test_both_replicas_stream_in_order_through_one_subscription(
+        dp_mesh: MeshProcess) -> None:
+    """Every delta of every request, once and in order, whichever replica ran it: the front
+    door reads one detokenizer subscription for both (tests/parallel/test_dp_text_feed.py
+    counts it)."""
+    lengths = [6 + 5 * i for i in range(6)]
+
+    async def run() -> list[list[int]]:
+        outputs = await asyncio.gather(*(complete(dp_mesh.grpc_address, [30 + i] * 5, length)
+                                         for i, length in enumerate(lengths)))
+        return [tokens for tokens, _ in outputs]
+
+    before = [prompt_tokens(dp_mesh.internal[f"scheduler-{i}"]) for i in range(2)]
+    outputs = asyncio.run(run())
+    assert [len(tokens) for tokens in outputs] == lengths
+    # The null worker's output is one sequence whatever the prompt: each is its prefix.
+    assert all(tokens == outputs[-1][:len(tokens)] for tokens in outputs)
+    after = [prompt_tokens(dp_mesh.internal[f"scheduler-{i}"]) for i in range(2)]
+    assert all(b > a for a, b in zip(before, after, strict=True)), (before, after)
+
+    client = openai.OpenAI(base_url=f"{dp_mesh.http_url}/v1", api_key="none")
+    model = client.models.list().data[0].id
+    whole = client.completions.create(model=model, prompt=[[40, 41]], max_tokens=9,
+                                      temperature=0, extra_body={"ignore_eos": True})
+    pieces = client.completions.create(model=model, prompt=[[50, 51]], max_tokens=9,
+                                       temperature=0, stream=True,
+                                       extra_body={"ignore_eos": True})
+    text = "".join(chunk.choices[0].text for chunk in pieces if chunk.choices)
+    assert whole.choices[0].text == text and whole.usage.completion_tokens == 9
 
 
 def scheduler_pid(mesh: MeshProcess, name: str) -> int:
