@@ -46,10 +46,11 @@ class UpConfig:
     startup_timeout: float = field(default=600.0, metadata={
         "help": "seconds to wait for every service to report healthy"})
     hicache_metrics_port: int = field(default=0, metadata={
-        "help": "port of the hicache service's Prometheus /metrics (0: off)"})
+        "help": "port of the hicache service's Prometheus /metrics (0: off); with --dp-size N, "
+                "replica i's hicache service serves it on this port + i"})
     worker_metrics_port: int = field(default=0, metadata={
         "help": "port of the worker's Prometheus /metrics: idle time between steps, forward "
-                "time (0: off)"})
+                "time (0: off); with --dp-size N, replica i's worker serves it on this port + i"})
     restart_policy: str = field(default="always", metadata={
         "choices": ("always", "never"),
         "help": "what to do when a service exits once the mesh is up: restart it on the same "
@@ -71,7 +72,10 @@ class UpConfig:
         "help": "data-parallel replicas: this many schedulers, each with its own worker (group "
                 "of --tp-size ranks), behind one front door and one detokenizer; the front door "
                 "sends a request to the replica holding most of its prompt unless loads are "
-                "far apart"})
+                "far apart. With --enable-hierarchical-cache each replica also gets its own "
+                "hicache service (hicache-0, ...: its own host memory pool, --node-id NODE-i in "
+                "the page index), and the replicas share the L3 directory, so a page one "
+                "replica wrote is read by the others"})
     ssl_self_signed: bool = field(default=False, metadata={
         "help": "generate a throwaway CA and certificates (in a private temporary directory, "
                 "removed at exit) and turn on TLS on the public ports and mutual TLS between "
@@ -82,6 +86,8 @@ class UpConfig:
                            ("--worker-metrics-port", self.worker_metrics_port)):
             if not 0 <= port <= 65535:
                 raise ValueError(f"{flag} must be in [0, 65535], got {port}")
+            if port and port + self.dp_size - 1 > 65535:
+                raise ValueError(f"{flag} {port} + --dp-size {self.dp_size} - 1 passes 65535")
         if self.restart_policy not in ("always", "never"):
             raise ValueError(f"--restart-policy must be always or never, "
                              f"got {self.restart_policy!r}")
@@ -118,30 +124,30 @@ def plan_mesh(up: UpConfig, worker: WorkerConfig, scheduler: SchedulerConfig,
     wiring fields of `worker` and `scheduler` are ignored: the plan sets them, and every
     service's internal TLS flags are `front_door`'s. The hicache service runs when the
     scheduler's --enable-hierarchical-cache asks for it. With --dp-size N, N replicas (a
-    scheduler and its worker each, named scheduler-0, worker-0, ...) share the detokenizer
-    and the front door."""
+    scheduler and its worker each, named scheduler-0, worker-0, ..., and with the hierarchical
+    cache a hicache service each, hicache-0, ...) share the detokenizer and the front door."""
     assert worker.model_path is not None, "resolve the model path before planning"
     tiered = scheduler.enable_hierarchical_cache
-    if up.dp_size > 1 and tiered:
-        raise ValueError("--dp-size > 1 with --enable-hierarchical-cache is not supported yet: "
-                         "each replica would need a hicache service of its own")
+    hicache = hicache or HiCacheConfig()
+    if up.dp_size > 1 and tiered and hicache.hicache_advertise_address is not None:
+        raise ValueError("--hicache-advertise-address names one hicache service; with "
+                         "--dp-size > 1 each replica has its own, on a port `up` picks")
     # Every internal port in one pick, so none repeats, and none a public port: gRPC would
-    # not stop two services sharing one.
-    public = {front_door.port, front_door.grpc_port, up.hicache_metrics_port,
-              *(up.worker_metrics_port + index for index in range(up.dp_size))} - {0}
-    detok_port, hicache_port, *replica_ports = pick_free_ports(2 + 2 * up.dp_size, public)
+    # not stop two services sharing one. Per replica: its worker, its scheduler, its hicache.
+    public = {front_door.port, front_door.grpc_port,
+              *replica_ports(up.hicache_metrics_port if tiered else 0, up.dp_size),
+              *replica_ports(up.worker_metrics_port, up.dp_size)}
+    per_replica = 3 if tiered else 2
+    detok_port, *ports = pick_free_ports(1 + per_replica * up.dp_size, public)
     detok_address = host_port(INTERNAL_HOST, detok_port)
-    hicache_address = host_port(INTERNAL_HOST, hicache_port)
     model = ("--model-path", worker.model_path)
     tls, probe = internal_tls_argv(front_door), internal_client_tls(front_door)
-    hicache_service = (ServiceCommand("hicache", serve_argv(
-        log_level, "hicache", "--host", INTERNAL_HOST, "--port", str(hicache_port),
-        *metrics_argv(up.hicache_metrics_port), *tls,
-        *config_to_argv(hicache or HiCacheConfig(), skip=HICACHE_WIRING | INTERNAL_TLS_FIELDS)),
-        hicache_address, metrics_url(INTERNAL_HOST, up.hicache_metrics_port), probe),
-    ) if tiered else ()
+    own = [ports[per_replica * index:per_replica * (index + 1)] for index in range(up.dp_size)]
+    hicache_services = [_hicache(index, up, hicache, log_level, tls, probe, own[index][2])
+                        for index in range(up.dp_size)] if tiered else []
     replicas = [_replica(index, up, worker, scheduler, log_level, tls, probe, detok_address,
-                         hicache_address if tiered else None, replica_ports[2 * index:2 * index + 2])
+                         hicache_services[index].health_address if tiered else None,
+                         own[index][:2])
                 for index in range(up.dp_size)]
     scheme = "https" if front_door.public_tls_on else "http"
     http_url = f"{scheme}://{host_port(_reachable(front_door.host), front_door.port)}"
@@ -150,7 +156,7 @@ def plan_mesh(up: UpConfig, worker: WorkerConfig, scheduler: SchedulerConfig,
         ServiceCommand("detokenizer", serve_argv(
             log_level, "detokenizer", "--host", INTERNAL_HOST, "--port", str(detok_port),
             *model, *tracing_argv(front_door), *tls), detok_address, probe_tls=probe),
-        *hicache_service,
+        *hicache_services,
         *(replica_scheduler for _, replica_scheduler in replicas),
         ServiceCommand("tokenizer", serve_argv(
             log_level, "tokenizer", "--scheduler-address",
@@ -163,6 +169,24 @@ def plan_mesh(up: UpConfig, worker: WorkerConfig, scheduler: SchedulerConfig,
     )
     return MeshPlan(services, http_url, host_port(_reachable(front_door.host),
                                                   front_door.grpc_port))
+
+
+def _hicache(index: int, up: UpConfig, hicache: HiCacheConfig, log_level: str,
+             tls: list[str], probe: ClientTLS | None, port: int) -> ServiceCommand:
+    """Replica `index`'s hicache service: a host pool of its own (its shared memory name is
+    new at every start: `services/hicache/cache.py`), metrics on --hicache-metrics-port +
+    index, and node `--node-id`-index in the page index, whose entries are per (page key,
+    holder). All replicas share the L3 directory: a page is named by its content's key, and
+    the file backend is safe to share (`storage/file_backend.py`), so all find what one wrote."""
+    suffix, node, skip = "", (), HICACHE_WIRING | INTERNAL_TLS_FIELDS
+    if up.dp_size > 1:
+        suffix, node = f"-{index}", ("--node-id", f"{hicache.node_id}-{index}")
+        skip |= {"node_id"}
+    metrics_port = up.hicache_metrics_port + index if up.hicache_metrics_port else 0
+    return ServiceCommand(f"hicache{suffix}", serve_argv(
+        log_level, "hicache", "--host", INTERNAL_HOST, "--port", str(port),
+        *metrics_argv(metrics_port), *tls, *node, *config_to_argv(hicache, skip=skip)),
+        host_port(INTERNAL_HOST, port), metrics_url(INTERNAL_HOST, metrics_port), probe)
 
 
 def _replica(index: int, up: UpConfig, worker: WorkerConfig, scheduler: SchedulerConfig,
@@ -200,6 +224,12 @@ def serve_argv(log_level: str, service: str, *flags: str) -> tuple[str, ...]:
     # folders (kernels/ above all, which transformers imports by that name) never shadow
     # installed packages in a service.
     return (sys.executable, "-P", "-m", "radixmesh.serve", "--log-level", log_level, service, *flags)
+
+
+def replica_ports(base: int, dp_size: int) -> range:
+    """The ports of a per-replica endpoint numbered from `base` (replica i: base + i); none
+    when `base` is 0 (off)."""
+    return range(base, base + dp_size) if base else range(0)
 
 
 def metrics_argv(port: int) -> tuple[str, ...]:

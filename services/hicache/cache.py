@@ -270,7 +270,9 @@ class HiCache:
         one_slot = layout.host_pool_layout(1)
         num_slots = self._num_slots(one_slot.bytes_per_slot, num_device_pages)
         try:
-            # Slot 0 is allocated but never granted, so the pool has num_slots + 1.
+            # Slot 0 is allocated but never granted, so the pool has num_slots + 1. The name
+            # is the epoch's, a fresh uuid: no two services (the hicache services of a mesh's
+            # data-parallel replicas, say) nor two starts of one ever share a segment.
             return HostPool.create(f"radixmesh_hicache_{epoch}",
                                    replace(one_slot, num_slots=num_slots + 1))
         except HostPoolError as error:

@@ -31,7 +31,8 @@ class HiCacheConfig(TracingFlags, InternalTLSFlags):
         "help": "L3 storage beyond host memory (default: none)",
         "choices": tuple(STORAGE_BACKENDS.names())})
     hicache_storage_dir: str | None = field(default=None, metadata={
-        "help": "directory of the file backend (default: $RADIXMESH_HOME/hicache)"})
+        "help": "directory of the file backend (default: $RADIXMESH_HOME/hicache); several "
+                "services may share one (`radixmesh up --dp-size N` has its replicas do)"})
     hicache_storage_size: float | None = field(default=None, metadata={
         "help": "L3 cap in GB, least recently used pages evicted past it (default: the "
                 "disk's free space at start less 10%%)"})
@@ -47,7 +48,8 @@ class HiCacheConfig(TracingFlags, InternalTLSFlags):
         "help": "--hicache-redis-url names one node of a Redis Cluster (the client finds the "
                 "others); the index uses no cross-slot command either way"})
     node_id: str | None = field(default=None, metadata={
-        "help": "this node's name in the page index (default: the host name)"})
+        "help": "this node's name in the page index (default: the host name); `radixmesh up "
+                "--dp-size N` names replica i's hicache service NAME-i"})
     hicache_advertise_address: str | None = field(default=None, metadata={
         "help": "host:port where other nodes reach this hicache service, stored in its index "
                 "entries (default: --host and the port it listens on)"})

@@ -181,9 +181,43 @@ def test_data_parallel_replicas_each_get_a_scheduler_and_a_worker():
         assert parsed[f"scheduler-{i}"].detokenizer_address == addresses["detokenizer"]
     tokenizer = config_from_args(TokenizerConfig, parsed["tokenizer"])
     assert tokenizer.scheduler_addresses == (addresses["scheduler-0"], addresses["scheduler-1"])
-    with pytest.raises(ValueError, match="--dp-size > 1 with --enable-hierarchical-cache"):
-        plan_mesh(UpConfig(dp_size=2), worker, SchedulerConfig(enable_hierarchical_cache=True),
-                  front_door, "info")
+
+
+def test_data_parallel_replicas_each_get_a_hicache_service_of_their_own():
+    worker, front_door = WorkerConfig(model_path="/m", worker="null"), TokenizerConfig(model_path="/m")
+    scheduler = SchedulerConfig(enable_hierarchical_cache=True)
+    hicache = HiCacheConfig(hicache_storage_backend="file", hicache_storage_dir="/l3",
+                            node_id="node-a")
+    plan = plan_mesh(UpConfig(dp_size=3, hicache_metrics_port=9400), worker, scheduler,
+                     front_door, "info", hicache)
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--log-level")
+    serve.add_cli_args(parser)
+    parsed = {command.name: parser.parse_args(command.argv[4:]) for command in plan.services}
+    assert [command.name for command in plan.services] == \
+        ["worker-0", "worker-1", "worker-2", "detokenizer", "hicache-0", "hicache-1",
+         "hicache-2", "scheduler-0", "scheduler-1", "scheduler-2", "tokenizer"]
+    addresses = {command.name: command.health_address for command in plan.services}
+    internal = [address for name, address in addresses.items() if name != "tokenizer"]
+    assert len(set(internal)) == len(internal) == 10
+    caches = [config_from_args(HiCacheConfig, parsed[f"hicache-{i}"]) for i in range(3)]
+    # Each its own metrics port and holder name in the page index; one L3 directory for all.
+    assert [(c.metrics_port, c.node_id, c.hicache_storage_dir) for c in caches] == \
+        [(9400 + i, f"node-a-{i}", "/l3") for i in range(3)]
+    assert [command.metrics_url for command in plan.services if command.name[:7] == "hicache"] \
+        == [f"http://127.0.0.1:{9400 + i}/metrics" for i in range(3)]
+    for i in range(3):  # each scheduler asks its own hicache service
+        assert parsed[f"scheduler-{i}"].hicache_address == addresses[f"hicache-{i}"]
+        assert parsed[f"scheduler-{i}"].worker_address == addresses[f"worker-{i}"]
+    # One replica keeps the plain name and the node id as given.
+    single = plan_mesh(UpConfig(), worker, scheduler, front_door, "info", hicache)
+    [command] = [command for command in single.services if command.name == "hicache"]
+    assert config_from_args(HiCacheConfig, parser.parse_args(command.argv[4:])).node_id == "node-a"
+    with pytest.raises(ValueError, match="--hicache-advertise-address"):
+        plan_mesh(UpConfig(dp_size=2), worker, scheduler, front_door, "info",
+                  dataclasses.replace(hicache, hicache_advertise_address="10.0.0.1:9000"))
+    with pytest.raises(ValueError, match="--hicache-metrics-port 65535 \\+ --dp-size 2"):
+        UpConfig(dp_size=2, hicache_metrics_port=65535)
 
 
 def test_internal_ports_are_all_different_and_never_a_public_port(monkeypatch):

@@ -2,12 +2,20 @@
 
 A page lives in `<directory>/<key hex>` (see `page_file` for its header), created 0600 in a 0700
 directory. A write goes to a temp file in the same directory and is renamed over the final name,
-so a reader sees a whole file or none; a crash can leave a temp file, which the next start
+so a reader sees a whole file or none; a crash can leave a temp file, which a later start
 removes, or (without fsync) a torn file, which fails its check and reads as a miss.
 
-One backend instance owns its directory: the in-memory index, rebuilt from the directory at
-start (oldest modification first), is what `get` and `contains_prefix` believe. Each hit stamps
-the file's mtime, so the order a restart rebuilds is the order pages were last used in.
+Each backend keeps an in-memory index of the pages, rebuilt from the directory at start (oldest
+modification first); each hit stamps the file's mtime, so the order a restart rebuilds is the
+order pages were last used in.
+
+Backends may share a directory (a mesh's data-parallel replicas' hicache services do): a page
+is named by its content's key, so two writers of a page write the same bytes and the rename
+makes the last whole one win; a reader's open file outlives a rename or unlink elsewhere. A
+page another backend wrote since this one started joins the index when `contains_prefix` or
+`get` first asks for it (one `stat` at the first key the index lacks); one it removed is a miss
+here, dropped from the index by the read that finds it gone. Only a backend alone on the
+directory clears temp files at start (`page_directory.py`): never another's write in flight.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import os
 import shutil
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from pathlib import Path
@@ -31,6 +40,12 @@ from radixmesh.services.hicache.storage.base import (
     StoredPage,
 )
 from radixmesh.services.hicache.storage.lru_index import LruIndex
+from radixmesh.services.hicache.storage.page_directory import (
+    TEMP_PREFIX,
+    file_size,
+    lock_directory,
+    scan_pages,
+)
 from radixmesh.services.hicache.storage.page_file import (
     HEADER_BYTES,
     CorruptPageError,
@@ -39,12 +54,11 @@ from radixmesh.services.hicache.storage.page_file import (
     read_page_header,
     write_page_file,
 )
-from radixmesh.shared.page_keys import check_key, key_from_hex, key_hex
+from radixmesh.shared.page_keys import check_key, key_hex
 
 logger = logging.getLogger(__name__)
 Read = TypeVar("Read")
 
-TEMP_PREFIX = ".tmp-"
 # Design §4: without a cap, L3 may fill what the disk has free at start, less 10%.
 FREE_SPACE_SHARE = 0.9
 # Errors that will not go away by retrying: each turns writes off for good (reads go on).
@@ -72,9 +86,14 @@ class FileStorageBackend(StorageBackend):
         self._stats = StorageStats()
         self._writes_off_reason: str | None = None
         self._reserved = 0  # bytes of puts in flight, already counted against the cap
+        self._unlock: Callable[[], object] | None = None
         opened = self._open_directory()
         if opened:
-            self._rebuild_index()
+            alone, fd = lock_directory(self.directory)
+            if fd is not None:  # held until close, or until this backend is collected
+                self._unlock = weakref.finalize(self, os.close, fd)
+            for key, size in scan_pages(self.directory, clear_temps=alone):
+                self._index.add(key, size)
         if capacity_bytes is None:
             capacity_bytes = self._default_capacity() if opened else 0
         self._capacity = capacity_bytes
@@ -82,6 +101,10 @@ class FileStorageBackend(StorageBackend):
 
     def get(self, key: bytes) -> bytes | None:
         return self._read(key, read_page_file)
+
+    def close(self) -> None:
+        if self._unlock is not None:
+            self._unlock()
 
     def get_for_peer(self, key: bytes) -> StoredPage | None:
         # The header's checksum as written: the receiving node hashes the bytes, not this one.
@@ -91,9 +114,11 @@ class FileStorageBackend(StorageBackend):
     def _read(self, key: bytes, read: Callable[[Path, bytes, bytes], Read]) -> Read | None:
         check_key(key)
         with self._lock:
-            if key not in self._index:
+            held = key in self._index
+        if not held and not self._adopt(key):
+            with self._lock:
                 self._stats = self._stats.plus(misses=1)
-                return None
+            return None
         path = self._path(key)
         try:
             payload = read(path, key, self._root)
@@ -143,11 +168,14 @@ class FileStorageBackend(StorageBackend):
         return True
 
     def contains_prefix(self, keys: Sequence[bytes]) -> int:
-        with self._lock:
-            for count, key in enumerate(keys):
-                if key not in self._index:
-                    return count
-            return len(keys)
+        count = 0
+        for key in keys:
+            with self._lock:
+                held = key in self._index
+            if not held and not self._adopt(key):
+                break
+            count += 1
+        return count
 
     def keys(self) -> list[bytes]:
         with self._lock:
@@ -207,24 +235,24 @@ class FileStorageBackend(StorageBackend):
             return False
         return True
 
-    def _rebuild_index(self) -> None:
-        found: list[tuple[int, str, bytes, int]] = []
-        with os.scandir(self.directory) as entries:
-            for entry in entries:
-                if entry.name.startswith(TEMP_PREFIX):
-                    with suppress(OSError):
-                        os.unlink(entry.path)  # a write that never finished
-                    continue
-                key = key_from_hex(entry.name)
-                if key is not None and entry.is_file(follow_symlinks=False):
-                    status = entry.stat(follow_symlinks=False)
-                    found.append((status.st_mtime_ns, entry.name, key, status.st_size))
-        for _, _, key, size in sorted(found):
-            self._index.add(key, size)
-
     def _default_capacity(self) -> int:
         free = shutil.disk_usage(self.directory).free
         return self._index.bytes_used + int(free * FREE_SPACE_SHARE)
+
+    def _adopt(self, key: bytes) -> bool:
+        """Whether `key`'s page, not in the index, is on disk all the same (another backend on
+        this directory wrote it); if so it joins the index as just used. Its bytes are checked
+        when read, as every page's are."""
+        size = file_size(self._path(key), at_least=HEADER_BYTES)
+        if size is None:
+            return False
+        with self._lock:
+            if key not in self._index:
+                self._index.add(key, size)
+                if self._listener is not None:
+                    self._listener.held((key,))
+                self._make_room(0)  # the cap counts adopted pages as this backend's own
+        return True
 
     def _drop_corrupt(self, key: bytes, inode: int) -> None:
         with self._lock:
