@@ -86,11 +86,11 @@ class BatchBuilder:
         self.last_tokens = torch.zeros(info.max_running_requests, dtype=torch.int64)
 
     def build(self, plan: StepPlan) -> None:
-        entries = self.table.apply(plan)
-        if entries:
-            build_forward_batch(entries, len(plan.extends), self.kv_pool, self.backend,
-                                self.last_tokens, self.page_table)
-        self.table.commit(plan, entries, [0] * sum(entry.sample for entry in entries))
+        rows = self.table.apply(plan)
+        if rows:
+            build_forward_batch(rows, self.kv_pool, self.backend, self.last_tokens,
+                                self.page_table)
+        self.table.commit(plan, rows, [0] * len(rows.sampled))
 
 
 def measure(batch: int, steps: int, prompt_tokens: int) -> dict[str, float]:
@@ -126,6 +126,17 @@ def measure(batch: int, steps: int, prompt_tokens: int) -> dict[str, float]:
     return figures
 
 
+def cpu_model() -> str:
+    """The processor's model name (Linux), else the machine type."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -144,7 +155,7 @@ def main() -> None:
     record = {"what": "host overhead per decode step, µs (median), in-process on CPU: the "
                       "scheduler, both ends of the links (protobuf), the worker's request "
                       "table and batch building; no model, no sockets",
-              "device": "cpu", "cpu": platform.processor() or platform.machine(),
+              "device": "cpu", "cpu": cpu_model(),
               "prompt_tokens": args.prompt_tokens, "page_size": PAGE, "steps": args.steps,
               **figures,
               "commit": git_commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

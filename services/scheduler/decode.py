@@ -61,12 +61,17 @@ class DecodePlanner:
         return plan
 
     def _grow(self, plan: DecodePlan) -> None:
+        writes = self.kv.add_page_each(self._growing(plan.decoding))
+        assert writes is not None, "pages were counted as available above"
+        plan.page_writes.extend(writes)
         for req in plan.decoding:
-            write = self.kv.grow(req, req.kv_len + 1)
-            assert write is not None, "pages were counted as available above"
-            if write.page_ids:
-                plan.page_writes.append(write)
             req.kv_len += 1
 
+    def _growing(self, decoding: list[SchedReq]) -> list[SchedReq]:
+        """Those of `decoding` whose next token starts a new page: one page each, needed only
+        every page_size tokens."""
+        page_size = self.kv.page_size
+        return [req for req in decoding if req.kv_len >= len(req.page_ids) * page_size]
+
     def _pages_needed(self, decoding: list[SchedReq]) -> int:
-        return sum(self.kv.pages_for(req.kv_len + 1) - len(req.page_ids) for req in decoding)
+        return len(self._growing(decoding))

@@ -82,6 +82,20 @@ class KVManager:
         req.page_ids.extend(pages)
         return PageTableWrite(req.rid, start, tuple(pages))
 
+    def add_page_each(self, reqs: list[SchedReq]) -> list[PageTableWrite] | None:
+        """One more page at the end of each of `reqs` (a decode step's grants), allocated in
+        one go. None, taking nothing, if the pool cannot, even after eviction."""
+        pages = self._alloc(len(reqs))
+        if pages is None:
+            return None
+        # The allocator hands out from the end of `pages`: reversed, each request gets the
+        # page it would have got asking alone, in turn.
+        writes = [PageTableWrite(req.rid, len(req.page_ids), (page,))
+                  for req, page in zip(reqs, reversed(pages), strict=True)]
+        for req, write in zip(reqs, writes, strict=True):
+            req.page_ids.extend(write.page_ids)
+        return writes
+
     def share_computed(self, req: SchedReq) -> PageTableWrite | None:
         """Publishes `req`'s computed full pages in the prefix cache while it keeps running.
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+from radixmesh.services.scheduler.stop_conditions import StopRule
 from radixmesh.shared.requests import FinishReason
 from radixmesh.shared.sampling_params import SamplingParams
 from radixmesh.shared.trace_context import NO_TRACE, TraceContext
@@ -66,6 +67,7 @@ class SchedReq:
     prefetch: Prefetch | None = None  # None: not looked at by the hierarchical cache yet
     cached_tiers: CachedTiers = CachedTiers()  # set by each admission's prefix match
     cache_salt: str | None = None  # the prefix-cache namespace: pages shared only within it
+    stop_rule: StopRule | None = None  # set by the scheduler that takes the request
 
     @property
     def seq_len(self) -> int:

@@ -22,7 +22,7 @@ from radixmesh.services.scheduler.prefill import PrefillPlan, PrefillPlanner
 from radixmesh.services.scheduler.prefix_cache import make_prefix_cache
 from radixmesh.services.scheduler.request import ReqStatus, SchedReq
 from radixmesh.services.scheduler.stats import SchedulerStats
-from radixmesh.services.scheduler.stop_conditions import check_stop
+from radixmesh.services.scheduler.stop_conditions import StopRule, check_stop
 from radixmesh.services.scheduler.token_ratio import NewTokenRatio
 from radixmesh.services.scheduler.waiting_queue import WaitingQueue
 from radixmesh.shared.errors import InvalidRequestError
@@ -91,9 +91,11 @@ class Scheduler:
         if sampling.seed is None:
             # Fixed here, not on the worker, so a retracted request resumes the same draw.
             sampling = replace(sampling, seed=self._seeds.getrandbits(62))
+        rule = StopRule.of(sampling, len(request.input_ids), self.eos_token_ids,
+                           self.worker.context_len)
         self.waiting.append(SchedReq(request.rid, request.input_ids, sampling,
                                      arrival=self._arrivals, trace=request.trace,
-                                     cache_salt=request.cache_salt))
+                                     cache_salt=request.cache_salt, stop_rule=rule))
 
     def abort(self, rid: str, finish: FinishReason | None = None) -> TokenDelta | None:
         """Ends a request wherever it is; its pages are freed at once. None if unknown."""
@@ -163,9 +165,12 @@ class Scheduler:
             if req is None:  # finished, aborted or retracted after the plan was sent
                 continue
             req.output_ids.append(token)
-            finish = check_stop(req, self.eos_token_ids, self.worker.context_len)
-            deltas.append(self._finish(req, finish, [token]) if finish
-                          else TokenDelta(rid, [token]))
+            rule = req.stop_rule
+            if token in rule.token_ids or len(req.output_ids) >= rule.max_outputs:
+                finish = check_stop(req, self.eos_token_ids, self.worker.context_len)
+                deltas.append(self._finish(req, finish, [token]))
+            else:
+                deltas.append(TokenDelta(rid, [token]))
         self.stats.on_step(plan, result, self)
         if not self.has_work:
             self.check_integrity()
@@ -181,6 +186,8 @@ class Scheduler:
         """The prefill chunks of the next step, and whether decodes join them: with
         --enable-mixed-chunk, when they take at most half the step's token budget (more would
         starve admissions), each decode keeps one token of it."""
+        if self.partial is None and not self.waiting:
+            return PrefillPlan(), False  # steady decode: no pass over the running requests
         decoding = [req for req in self.running.values() if req.prefill_done]
         ordered = order_waiting(self.waiting, self.config.schedule_policy, self.kv)
         budget = self.config.chunked_prefill_size
@@ -244,15 +251,11 @@ class Scheduler:
             self.pending_prefixes.discard(rid)
 
     def _decodable(self, skip: frozenset[str] | set[str] = frozenset()) -> list[SchedReq]:
-        """Running requests that may decode a token now (`skip`: those extending this step)."""
+        """Running requests that may decode a token now (`skip`: those extending this step).
+        A request may not when the steps in flight already produce its last allowed token."""
         return [req for req in self.running.values()
-                if req.prefill_done and req.rid not in skip and self._may_grow(req)]
-
-    def _may_grow(self, req: SchedReq) -> bool:
-        """False when the steps in flight already produce the request's last allowed token."""
-        planned_outputs = req.kv_len + 1 - len(req.input_ids)
-        return (planned_outputs < req.sampling.max_new_tokens
-                and req.kv_len + 1 < self.worker.context_len)
+                if req.prefill_done and req.kv_len + 1 < req.stop_rule.max_seq_len
+                and req.rid not in skip]
 
     def _requeue(self, req: SchedReq) -> None:
         del self.running[req.rid]

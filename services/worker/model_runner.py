@@ -20,7 +20,7 @@ import torch
 
 from radixmesh.services.worker.attention import make_attention_backend, pick_attention_backend
 from radixmesh.services.worker.base import FinishedStep, LaunchedStep, ModelWorker
-from radixmesh.services.worker.batch_builder import BatchEntry, build_forward_batch
+from radixmesh.services.worker.batch_builder import BatchEntry, StepRows, build_forward_batch
 from radixmesh.services.worker.batch_invariant import BatchInvariantMatmul, row_block_for
 from radixmesh.services.worker.config import WorkerConfig
 from radixmesh.services.worker.cuda_graph import CudaGraphRunner, graph_batch_sizes
@@ -56,10 +56,10 @@ DEFAULT_CUDA_GRAPH_MAX_BS = 1024
 class RunnerStep(LaunchedStep):
     """A launched step: its tokens land in `host_tokens` when `done` (None on the CPU) fires."""
 
-    def __init__(self, plan: StepPlan, entries: list[BatchEntry], host_tokens: torch.Tensor,
+    def __init__(self, plan: StepPlan, rows: StepRows, host_tokens: torch.Tensor,
                  done: torch.cuda.Event | None, cuda_graph: bool) -> None:
         self.plan = plan
-        self.entries = entries
+        self.rows = rows
         self.host_tokens = host_tokens
         self.done = done
         self.cuda_graph = cuda_graph
@@ -161,9 +161,10 @@ class ModelRunner(ModelWorker):
                               seed=0, slot=slot, page_table=[0]) for slot in range(rows)]
         for req in reqs:
             self.page_table.write(req.slot, 0, [0])
-        return build_forward_batch([BatchEntry(req, 0, length, True) for req in reqs],
-                                   rows if extend else 0, self.kv_pool, self.backend,
-                                   self.last_tokens, self.page_table)
+        step = (StepRows(extends=[BatchEntry(req, 0, length, True) for req in reqs]) if extend
+                else StepRows(decodes=reqs, decode_starts=[0] * rows))
+        return build_forward_batch(step, self.kv_pool, self.backend, self.last_tokens,
+                                   self.page_table)
 
     def _graph_max_bs(self) -> int:
         return min(self.config.cuda_graph_max_bs or DEFAULT_CUDA_GRAPH_MAX_BS, self.max_running)
@@ -221,15 +222,15 @@ class ModelRunner(ModelWorker):
         if plan.host_pool is not None:
             self.host_kv.attach(plan.host_pool)
         self.host_kv.check(plan)
-        entries = self.table.apply(plan)
+        rows = self.table.apply(plan)
         # Backups read their pages first: this very plan may have granted them again.
         self.host_kv.backup(plan.step_id, plan.backups)
         loads = self.host_kv.load(plan.loads)
-        if not entries:
+        if not rows:
             loads.wait_all()  # a later step's pass must not read pages before they land
             return FinishedStep(StepResult(plan.step_id, [], []))
-        batch = build_forward_batch(entries, len(plan.extends), self.kv_pool, self.backend,
-                                    self.last_tokens, self.page_table)
+        batch = build_forward_batch(rows, self.kv_pool, self.backend, self.last_tokens,
+                                    self.page_table)
         graph = self.graph_runner is not None and self.graph_runner.can_run(batch)
         if graph:
             loads.wait_all()  # a replayed graph has no per-layer hook: every layer lands first
@@ -237,19 +238,19 @@ class ModelRunner(ModelWorker):
         else:
             batch.wait_for_layer = loads.wait_for_layer
             logits = self._eager_logits(batch)
-        sampled = [entry.req for entry in entries if entry.sample]
+        sampled = rows.sampled
         if self.logits_observer is not None:
             self.logits_observer([req.rid for req in sampled], logits)
         sampling = self._sampling_batch(sampled)
         next_ids = self.sampler.sample(logits, sampling)
         self.last_tokens.index_copy_(0, sampling.slots, next_ids)
         if self.device.type != "cuda":
-            return RunnerStep(plan, entries, next_ids, None, graph)
+            return RunnerStep(plan, rows, next_ids, None, graph)
         host_tokens = torch.empty(next_ids.shape, dtype=next_ids.dtype, pin_memory=True)
         host_tokens.copy_(next_ids, non_blocking=True)
         done = torch.cuda.Event()
         done.record()
-        return RunnerStep(plan, entries, host_tokens, done, graph)
+        return RunnerStep(plan, rows, host_tokens, done, graph)
 
     def _eager_logits(self, batch: ForwardBatch) -> torch.Tensor:
         self.backend.prepare(batch)
@@ -273,7 +274,7 @@ class ModelRunner(ModelWorker):
             assert isinstance(step, RunnerStep)
             if step.done is not None:
                 step.done.synchronize()
-            result = self.table.commit(step.plan, step.entries, step.host_tokens.tolist(),
+            result = self.table.commit(step.plan, step.rows, step.host_tokens.tolist(),
                                        cuda_graph=step.cuda_graph)
         # Read now, not at launch, and capped at the step's own id (a later step may have been
         # launched already): results then report it in step order, never going back.

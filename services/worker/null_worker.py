@@ -9,7 +9,7 @@ import dataclasses
 import itertools
 
 from radixmesh.services.worker.base import ModelWorker
-from radixmesh.services.worker.batch_builder import BatchEntry
+from radixmesh.services.worker.batch_builder import BatchEntry, StepRows
 from radixmesh.services.worker.host_kv import check_copies
 from radixmesh.services.worker.request_table import PlanError, RequestTable
 from radixmesh.shared.step import StepPlan, StepResult, WorkerInfo
@@ -27,7 +27,7 @@ class NullWorker(ModelWorker):
         self.check_pages = check_pages
         seeds = itertools.count()
         self.table = RequestTable(info.max_running_requests, lambda: next(seeds))
-        self._eos = frozenset(info.eos_token_ids)
+        self._tokens = self._token_table(info.vocab_size, frozenset(info.eos_token_ids))
         self._host_slots = 0  # slots of the host pool the scheduler names; 0: none
 
     def info(self) -> WorkerInfo:
@@ -43,27 +43,38 @@ class NullWorker(ModelWorker):
         if plan.host_pool is not None:
             self._host_slots = plan.host_pool.num_slots if plan.host_pool.name else 0
         check_copies(plan, self._info.num_pages, self._host_slots)
-        entries = self.table.apply(plan)
+        rows = self.table.apply(plan)
         if self.check_pages:
-            self._check_pages(entries)
-        tokens = [self.token_at(entry.req.drawing_output_index)
-                  for entry in entries if entry.sample]
-        result = self.table.commit(plan, entries, tokens)
+            self._check_pages(rows)
+        tokens = self._tokens
+        # The output index each sampled row draws (WorkerRequest.drawing_output_index, inline:
+        # this runs for every row of every step).
+        drawn = [tokens[(FIRST_TOKEN + len(req.token_ids) + req.num_pending
+                         - req.num_prompt_tokens - 1) % len(tokens)] for req in rows.sampled]
+        result = self.table.commit(plan, rows, drawn)
         result.backed_up_through = plan.step_id
         return result
 
     def token_at(self, output_position: int) -> int:
-        vocab = self._info.vocab_size
-        token = (FIRST_TOKEN + output_position) % vocab
-        while token in self._eos:
-            token = (token + 1) % vocab
-        return token
+        return self._tokens[(FIRST_TOKEN + output_position) % len(self._tokens)]
 
-    def _check_pages(self, entries: list[BatchEntry]) -> None:
+    @staticmethod
+    def _token_table(vocab: int, eos: frozenset[int]) -> list[int]:
+        """Entry t: the first id from t on (wrapping) that is no EOS id."""
+        table = []
+        for token in range(vocab):
+            while token in eos:
+                token = (token + 1) % vocab
+            table.append(token)
+        return table
+
+    def _check_pages(self, rows: StepRows) -> None:
         """Every page this step writes must be in range and read by no other live request."""
         page_size, num_pages = self._info.page_size, self._info.num_pages
         writers: dict[int, str] = {}
-        for entry in entries:
+        decodes = [BatchEntry(req, start, 1, True)
+                   for req, start in zip(rows.decodes, rows.decode_starts, strict=True)]
+        for entry in rows.extends + decodes:
             table = entry.req.page_table
             for position in range(entry.start, entry.start + entry.length):
                 index = position // page_size

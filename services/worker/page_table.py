@@ -52,8 +52,15 @@ class DevicePageTable:
                              to_device(self._pages, torch.int32, device))
         self._slots, self._columns, self._pages = [], [], []
 
-    def gather(self, slots: Sequence[int], width: int) -> torch.Tensor:
-        """[len(slots), width] int32: those slots' rows, their first `width` pages."""
-        index = to_device(list(slots), torch.int64, self.rows.device)
+    def gather(self, slots: Sequence[int] | torch.Tensor, width: int) -> torch.Tensor:
+        """[len(slots), width] int32: those slots' rows, their first `width` pages (`slots` a
+        list, or an int64 tensor already on the table's device)."""
+        index = slots if isinstance(slots, torch.Tensor) else \
+            to_device(list(slots), torch.int64, self.rows.device)
         # Whole rows, then the columns: a gather from the contiguous table, not a strided view.
         return self.rows.index_select(0, index)[:, :width]
+
+    def at(self, slots: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+        """[N] int32: the page in column `columns[i]` of row `slots[i]` (int64 tensors on the
+        table's device): a decode's page, read without the host's copy of the table."""
+        return self.rows[slots, columns]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from radixmesh.services.worker.batch_builder import BatchEntry
+from radixmesh.services.worker.batch_builder import BatchEntry, StepRows
 from radixmesh.services.worker.request_state import WorkerRequest
 from radixmesh.shared.step import NewRequest, StepPlan, StepResult
 
@@ -19,7 +19,7 @@ class RequestTable:
     """Applies plans to per-request state and checks that they follow from it.
 
     `apply` handles releases, registrations and page-table writes, turns the plan's work
-    into batch entries (extends in order, then decodes) and advances each request past the
+    into the step's rows (extends in order, then decodes) and advances each request past the
     step (KV length, one pending token per sample), so the next plan can be applied before
     this step's tokens are known; `commit` records the sampled tokens. Between them the worker
     runs its forward pass. A request released in between still gets its tokens committed to
@@ -43,7 +43,7 @@ class RequestTable:
     def __len__(self) -> int:
         return len(self.requests)
 
-    def apply(self, plan: StepPlan) -> list[BatchEntry]:
+    def apply(self, plan: StepPlan) -> StepRows:
         for rid in plan.released:
             self._release(rid)
         for new in plan.new_requests:
@@ -54,17 +54,20 @@ class RequestTable:
             req.page_table.extend([0] * (end - len(req.page_table)))
             req.page_table[write.start:end] = write.page_ids
             self._on_pages(req, write.start, write.page_ids)
-        entries = self._entries(plan)
-        for entry in entries:
+        rows = StepRows(self._extends(plan), *self._decodes(plan.decodes))
+        for entry in rows.extends:
             entry.req.kv_len += entry.length
             entry.req.num_pending += entry.sample
-        return entries
+        for req in rows.decodes:
+            req.kv_len += 1
+            req.num_pending += 1
+        return rows
 
-    def commit(self, plan: StepPlan, entries: list[BatchEntry],
-               next_token_ids: list[int], cuda_graph: bool = False) -> StepResult:
-        """`next_token_ids` holds one token per sampling entry, in entry order; steps commit
-        in the order they were applied."""
-        sampled = [entry.req for entry in entries if entry.sample]
+    def commit(self, plan: StepPlan, rows: StepRows, next_token_ids: list[int],
+               cuda_graph: bool = False) -> StepResult:
+        """`next_token_ids` holds one token per sampled row, in plan order; steps commit in
+        the order they were applied."""
+        sampled = rows.sampled
         for req, token in zip(sampled, next_token_ids, strict=True):
             req.token_ids.append(token)
             req.num_pending -= 1
@@ -77,7 +80,7 @@ class RequestTable:
         except KeyError:
             raise PlanError(f"unknown request {rid}") from None
 
-    def _entries(self, plan: StepPlan) -> list[BatchEntry]:
+    def _extends(self, plan: StepPlan) -> list[BatchEntry]:
         entries = []
         for chunk in plan.extends:
             req = self.get(chunk.rid)
@@ -85,13 +88,23 @@ class RequestTable:
                 raise PlanError(f"{chunk} does not follow {req.rid}'s state: kv_len "
                                 f"{req.kv_len}, {len(req.token_ids)} tokens")
             entries.append(BatchEntry(req, chunk.start, chunk.length, chunk.sample))
-        for rid in plan.decodes:
-            req = self.get(rid)
-            if req.kv_len != req.num_tokens - 1:
-                raise PlanError(f"decode of {rid} with kv_len {req.kv_len} and "
-                                f"{req.num_tokens} tokens")
-            entries.append(BatchEntry(req, req.kv_len, 1, True))
         return entries
+
+    def _decodes(self, rids: list[str]) -> tuple[list[WorkerRequest], list[int]]:
+        """The decoding requests and their KV lengths; one pass of cheap operations per row
+        (this runs for every running request every step)."""
+        requests = self.requests
+        try:
+            reqs = [requests[rid] for rid in rids]
+        except KeyError as error:
+            raise PlanError(f"unknown request {error.args[0]}") from None
+        # A decode's input is the request's newest token, which has no KV yet.
+        bad = next((req for req in reqs
+                    if req.kv_len + 1 != len(req.token_ids) + req.num_pending), None)
+        if bad is not None:
+            raise PlanError(f"decode of {bad.rid} with kv_len {bad.kv_len} and "
+                            f"{bad.num_tokens} tokens")
+        return reqs, [req.kv_len for req in reqs]
 
     def _register(self, new: NewRequest) -> None:
         if new.rid in self.requests:
