@@ -1,10 +1,18 @@
-"""Sizes the KV pool: from --max-total-tokens, else from free GPU memory, else a CPU default."""
+"""The device a worker runs on, and its KV pool: sized from --max-total-tokens, else from free
+GPU memory, else a CPU default."""
 
 from __future__ import annotations
 
 import logging
 
 import torch
+from torch import nn
+
+from radixmesh.services.worker.config import WorkerConfig
+from radixmesh.services.worker.kv_pool import KVPool, resolve_kv_dtype
+from radixmesh.services.worker.kv_scales import KVScales
+from radixmesh.services.worker.model_config import ModelConfig
+from radixmesh.services.worker.parallel.tensor_parallel import TensorParallel
 
 logger = logging.getLogger(__name__)
 
@@ -30,3 +38,34 @@ def kv_pool_tokens(requested: int | None, bytes_per_token: int, device: torch.de
                 f"{total / 2**30:.1f} GiB with --mem-fraction-static {mem_fraction_static}")
         return tokens
     return min(CPU_MAX_DEFAULT_TOKENS, CPU_KV_BUDGET_BYTES // bytes_per_token)
+
+
+def make_kv_pool(config: WorkerConfig, model: nn.Module, model_config: ModelConfig,
+                 dtype: torch.dtype, device: torch.device, page_size: int,
+                 parallel: TensorParallel, kv_scales: KVScales) -> KVPool:
+    """The worker's KV pool, its heads this rank's share under tensor parallelism."""
+    mc = model_config
+    kv_heads = model.kv_heads
+    kv_dtype = resolve_kv_dtype(config.kv_cache_dtype, dtype)
+    per_token = KVPool.bytes_per_token(mc.num_hidden_layers, kv_heads, mc.head_dim, kv_dtype)
+    tokens = kv_pool_tokens(config.max_total_tokens, per_token, device,
+                            config.mem_fraction_static)
+    # Ranks share one page table, so one pool size: what the tightest rank can hold.
+    num_pages = parallel.agree_on_min(tokens // page_size, device)
+    if num_pages < 1:
+        raise ValueError(f"a KV pool of {tokens} tokens holds no page of {page_size}")
+    logger.info("KV pool: %d pages of %d tokens (%.1f MiB)", num_pages, page_size,
+                num_pages * page_size * per_token / 2**20)
+    return KVPool(num_pages, page_size, mc.num_hidden_layers, kv_heads, mc.head_dim,
+                  kv_dtype, device, compute_dtype=dtype,
+                  k_scales=list(kv_scales.k), v_scales=list(kv_scales.v))
+
+
+def resolve_device(name: str, base_gpu_id: int = 0) -> torch.device:
+    """`--device` as a torch device; a GPU named without an index is cuda:`base_gpu_id`."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        return torch.device("cuda", base_gpu_id)
+    return torch.device(name)
+

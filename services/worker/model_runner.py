@@ -26,9 +26,8 @@ from radixmesh.services.worker.config import WorkerConfig
 from radixmesh.services.worker.cuda_graph import CudaGraphRunner, graph_batch_sizes
 from radixmesh.services.worker.forward_batch import ForwardBatch
 from radixmesh.services.worker.host_kv import HostKV
-from radixmesh.services.worker.kv_pool import KVPool, resolve_kv_dtype
 from radixmesh.services.worker.loader import load_kv_scales, load_model, resolve_dtype
-from radixmesh.services.worker.memory import kv_pool_tokens
+from radixmesh.services.worker.memory import make_kv_pool, resolve_device
 from radixmesh.services.worker.model_config import ModelConfig
 from radixmesh.services.worker.page_table import DevicePageTable
 from radixmesh.services.worker.parallel.tensor_parallel import SINGLE, TensorParallel
@@ -96,7 +95,8 @@ class ModelRunner(ModelWorker):
             model_path, dummy_seed=config.random_seed if config.load_format == "dummy" else None,
             quantized_at_load=config.quantization, kv_scales=self.kv_scales.digest)
         self.page_size = config.page_size or (16 if self.device.type == "cuda" else 1)
-        self.kv_pool = self._make_kv_pool()
+        self.kv_pool = make_kv_pool(config, self.model, self.model_config, self.dtype,
+                                    self.device, self.page_size, parallel, self.kv_scales)
         self.host_kv = HostKV(self.kv_pool, tp_rank=parallel.rank, tp_size=parallel.size)
         default_max_running = (DEFAULT_MAX_RUNNING_GPU if self.device.type == "cuda"
                                else DEFAULT_MAX_RUNNING)
@@ -292,31 +292,3 @@ class ModelRunner(ModelWorker):
     def _register_sampling(self, req: WorkerRequest) -> None:
         prompt, output = req.token_ids[:req.num_prompt_tokens], req.token_ids[req.num_prompt_tokens:]
         self.sampler.add_request(req.slot, req.sampling, prompt, output)
-
-    def _make_kv_pool(self) -> KVPool:
-        mc = self.model_config
-        kv_heads = self.model.kv_heads  # this rank's share under tensor parallelism
-        kv_dtype = resolve_kv_dtype(self.config.kv_cache_dtype, self.dtype)
-        per_token = KVPool.bytes_per_token(mc.num_hidden_layers, kv_heads, mc.head_dim,
-                                           kv_dtype)
-        tokens = kv_pool_tokens(self.config.max_total_tokens, per_token, self.device,
-                                self.config.mem_fraction_static)
-        # Ranks share one page table, so one pool size: what the tightest rank can hold.
-        num_pages = self.parallel.agree_on_min(tokens // self.page_size, self.device)
-        if num_pages < 1:
-            raise ValueError(f"a KV pool of {tokens} tokens holds no page of {self.page_size}")
-        logger.info("KV pool: %d pages of %d tokens (%.1f MiB)", num_pages, self.page_size,
-                    num_pages * self.page_size * per_token / 2**20)
-        return KVPool(num_pages, self.page_size, mc.num_hidden_layers, kv_heads, mc.head_dim,
-                      kv_dtype, self.device, compute_dtype=self.dtype,
-                      k_scales=list(self.kv_scales.k), v_scales=list(self.kv_scales.v))
-
-
-def resolve_device(name: str, base_gpu_id: int = 0) -> torch.device:
-    """`--device` as a torch device; a GPU named without an index is cuda:`base_gpu_id`."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        return torch.device("cuda", base_gpu_id)
-    return torch.device(name)
-

@@ -16,7 +16,8 @@ import torch
 
 from radixmesh.services.worker.base import LaunchedStep
 from radixmesh.services.worker.config import WorkerConfig
-from radixmesh.services.worker.model_runner import ModelRunner, resolve_device
+from radixmesh.services.worker.memory import resolve_device
+from radixmesh.services.worker.model_runner import ModelRunner
 from radixmesh.services.worker.parallel.rank_link import (
     FINISH,
     LAUNCH,
