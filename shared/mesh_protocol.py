@@ -23,7 +23,7 @@ from radixmesh.shared.errors import UnavailableError
 from radixmesh.shared.requests import FinishKind, FinishReason
 
 # Raised whenever a message, a stream's order or its meaning changes incompatibly.
-MESH_PROTOCOL_VERSION = 1
+MESH_PROTOCOL_VERSION = 2  # 2: token and text batches as columns (wire_deltas.py)
 
 # Stream metadata (keys are lower case, as gRPC wants them).
 PROTOCOL_KEY = "radixmesh-protocol"          # the caller's protocol version

@@ -1,25 +1,20 @@
 """Conversions between the plain dataclasses the cores use and the generated proto messages.
 
 Servicers call these and nothing else touches protobuf types, so the cores stay testable
-without gRPC and the protos stay the single source of truth for what crosses the wire.
+without gRPC and the protos stay the single source of truth for what crosses the wire. The
+common messages (finish, usage, trace) are converted in wire_common.py and the delta batches
+of the scheduler -> detokenizer -> tokenizer links in wire_deltas.py; both are re-exported
+here, so `wire.X` names every conversion.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TypeVar
 
 from radixmesh.shared.mesh_info import ModelInfo, SchedulerLoad
 from radixmesh.shared.page_keys import KeyNamespace
 from radixmesh.shared.protos_gen import common_pb2, generate_pb2, internal_pb2
-from radixmesh.shared.requests import (
-    FinishKind,
-    FinishReason,
-    TextDelta,
-    TokenDelta,
-    TokenizedRequest,
-    Usage,
-)
+from radixmesh.shared.requests import TokenizedRequest
 from radixmesh.shared.sampling_params import SamplingParams
 from radixmesh.shared.step import (
     NO_COPIES,
@@ -32,10 +27,19 @@ from radixmesh.shared.step import (
     StepResult,
     WorkerInfo,
 )
-from radixmesh.shared.token_batch import DetokenizeRegistration, TokenBatch
-from radixmesh.shared.trace_context import NO_TRACE, TraceContext
-
-DeltaMessage = TypeVar("DeltaMessage", internal_pb2.TokenDelta, internal_pb2.TextDelta)
+from radixmesh.shared.wire_common import finish_from_proto as finish_from_proto
+from radixmesh.shared.wire_common import finish_to_proto as finish_to_proto
+from radixmesh.shared.wire_common import trace_from_proto, trace_to_proto
+from radixmesh.shared.wire_common import usage_from_proto as usage_from_proto
+from radixmesh.shared.wire_common import usage_to_proto as usage_to_proto
+from radixmesh.shared.wire_deltas import text_batch_from_proto as text_batch_from_proto
+from radixmesh.shared.wire_deltas import text_batch_to_proto as text_batch_to_proto
+from radixmesh.shared.wire_deltas import text_delta_from_proto as text_delta_from_proto
+from radixmesh.shared.wire_deltas import text_delta_to_proto as text_delta_to_proto
+from radixmesh.shared.wire_deltas import token_batch_from_proto as token_batch_from_proto
+from radixmesh.shared.wire_deltas import token_batch_to_proto as token_batch_to_proto
+from radixmesh.shared.wire_deltas import token_delta_from_proto as token_delta_from_proto
+from radixmesh.shared.wire_deltas import token_delta_to_proto as token_delta_to_proto
 
 # Proto `optional` fields: left unset, the receiver takes SamplingParams' default.
 _OPTIONAL_SAMPLING = ("max_new_tokens", "temperature", "top_p", "top_k", "min_p", "seed",
@@ -44,7 +48,7 @@ _OPTIONAL_SAMPLING = ("max_new_tokens", "temperature", "top_p", "top_k", "min_p"
 _LIST_SAMPLING = ("stop", "stop_token_ids")
 SAMPLING_NAMES: tuple[str, ...] = tuple(SamplingParams.__dataclass_fields__)
 
-# ---- sampling, finish, usage ----------------------------------------------------------------
+# ---- sampling ------------------------------------------------------------------------------
 
 
 def sampling_to_proto(params: SamplingParams) -> common_pb2.SamplingParams:
@@ -81,48 +85,7 @@ def sampling_from_proto(message: common_pb2.SamplingParams) -> SamplingParams:
                           ignore_eos=message.ignore_eos, **optional)
 
 
-def finish_to_proto(finish: FinishReason) -> common_pb2.FinishReason:
-    message = common_pb2.FinishReason(type=finish.kind.value, message=finish.message,
-                                      status_code=finish.status_code or 0)
-    if isinstance(finish.matched, str):
-        message.matched_text = finish.matched
-    elif finish.matched is not None:
-        message.matched_token_id = finish.matched
-    return message
-
-
-def finish_from_proto(message: common_pb2.FinishReason) -> FinishReason | None:
-    """None for an unset message (type empty)."""
-    if not message.type:
-        return None
-    which = message.WhichOneof("matched")
-    matched = getattr(message, which) if which else None
-    return FinishReason(FinishKind(message.type), matched=matched, message=message.message,
-                        status_code=message.status_code or None)
-
-
-def usage_to_proto(usage: Usage) -> common_pb2.Usage:
-    return common_pb2.Usage(prompt_tokens=usage.prompt_tokens,
-                            completion_tokens=usage.completion_tokens,
-                            cached_tokens=usage.cached_tokens)
-
-
-def usage_from_proto(message: common_pb2.Usage) -> Usage:
-    return Usage(message.prompt_tokens, message.completion_tokens, message.cached_tokens)
-
-
 # ---- tokenizer -> scheduler -----------------------------------------------------------------
-
-
-def trace_to_proto(trace: TraceContext) -> common_pb2.TraceContext:
-    return common_pb2.TraceContext(traceparent=trace.traceparent, tracestate=trace.tracestate)
-
-
-def trace_from_proto(message: common_pb2.TraceContext) -> TraceContext:
-    """As sent: the front door already dropped a malformed context."""
-    if not message.traceparent:
-        return NO_TRACE
-    return TraceContext(message.traceparent, message.tracestate)
 
 
 def tokenized_request_to_proto(request: TokenizedRequest) -> internal_pb2.TokenizedRequest:
@@ -266,62 +229,3 @@ def scheduler_load_to_proto(load: SchedulerLoad) -> internal_pb2.SchedulerLoad:
 
 def scheduler_load_from_proto(message: internal_pb2.SchedulerLoad) -> SchedulerLoad:
     return SchedulerLoad(**{name: getattr(message, name) for name in _LOAD_FIELDS})
-
-
-# ---- scheduler -> detokenizer -> tokenizer --------------------------------------------------
-
-
-def token_delta_to_proto(delta: TokenDelta, num_cached_tokens: int = 0) -> internal_pb2.TokenDelta:
-    message = internal_pb2.TokenDelta(rid=delta.rid, token_ids=delta.token_ids,
-                                      num_cached_tokens=num_cached_tokens)
-    return _with_ending(message, delta.finish, delta.usage)
-
-
-def token_delta_from_proto(message: internal_pb2.TokenDelta) -> TokenDelta:
-    return TokenDelta(message.rid, list(message.token_ids), *_ending_from_proto(message))
-
-
-def token_batch_to_proto(batch: TokenBatch) -> internal_pb2.TokenBatch:
-    return internal_pb2.TokenBatch(
-        new_requests=[internal_pb2.DetokenizeRequest(
-            rid=reg.rid, stop=list(reg.stop), prompt_tail_ids=list(reg.prompt_tail_ids),
-            num_prompt_tokens=reg.num_prompt_tokens, trace=trace_to_proto(reg.trace))
-            for reg in batch.registrations],
-        deltas=[token_delta_to_proto(delta, batch.num_cached_tokens.get(delta.rid, 0))
-                for delta in batch.deltas])
-
-
-def token_batch_from_proto(message: internal_pb2.TokenBatch) -> TokenBatch:
-    return TokenBatch(
-        registrations=[DetokenizeRegistration(new.rid, tuple(new.stop),
-                                              tuple(new.prompt_tail_ids), new.num_prompt_tokens,
-                                              trace_from_proto(new.trace))
-                       for new in message.new_requests],
-        deltas=[token_delta_from_proto(delta) for delta in message.deltas],
-        num_cached_tokens={delta.rid: delta.num_cached_tokens for delta in message.deltas
-                           if delta.num_cached_tokens})
-
-
-def text_delta_to_proto(delta: TextDelta) -> internal_pb2.TextDelta:
-    message = internal_pb2.TextDelta(rid=delta.rid, text=delta.text, token_ids=delta.token_ids)
-    return _with_ending(message, delta.finish, delta.usage)
-
-
-def text_delta_from_proto(message: internal_pb2.TextDelta) -> TextDelta:
-    return TextDelta(message.rid, message.text, list(message.token_ids),
-                     *_ending_from_proto(message))
-
-
-def _with_ending(message: DeltaMessage, finish: FinishReason | None,
-                 usage: Usage | None) -> DeltaMessage:
-    """Sets a delta message's finish and usage, which only a request's last delta carries."""
-    if finish is not None:
-        message.finish.CopyFrom(finish_to_proto(finish))
-    if usage is not None:
-        message.usage.CopyFrom(usage_to_proto(usage))
-    return message
-
-
-def _ending_from_proto(message: DeltaMessage) -> tuple[FinishReason | None, Usage | None]:
-    usage = usage_from_proto(message.usage) if message.HasField("usage") else None
-    return finish_from_proto(message.finish), usage

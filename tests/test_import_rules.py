@@ -3,7 +3,8 @@ services.
 
 - `services/<name>/` imports only its own package, `shared/` and, for the worker, `kernels/`;
   the generated protobuf stubs only in its gRPC edge (`server.py`, `servicer.py`, `*link.py`).
-- `shared/` imports only `shared/`; of the stubs, only `wire.py`, `grpc_service.py` and the
+- `shared/` imports only `shared/`; of the stubs, only `wire.py` (and the parts it re-exports,
+  `wire_common.py`, `wire_deltas.py`), `grpc_service.py` and the
   public front door's gRPC edge, `front_door/servicer.py` (the one `Generation` servicer that
   a mesh's tokenizer service and the router in front of several meshes both serve).
 - `kernels/` imports only `kernels/` and `shared/`.
@@ -25,7 +26,8 @@ FOLDERS = {"services": "radixmesh.services", "shared": "radixmesh.shared",
            "kernels": "radixmesh.kernels"}
 STUBS = "radixmesh.shared.protos_gen"
 GRPC_EDGE_FILES = ("server.py", "servicer.py")
-SHARED_STUB_USERS = ("shared/wire.py", "shared/grpc_service.py", "shared/front_door/servicer.py")
+SHARED_STUB_USERS = ("shared/wire.py", "shared/wire_common.py", "shared/wire_deltas.py",
+                     "shared/grpc_service.py", "shared/front_door/servicer.py")
 
 
 @dataclass(frozen=True)

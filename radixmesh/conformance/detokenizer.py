@@ -57,7 +57,7 @@ class _Session:
 
     async def _read(self) -> None:
         async for batch in self._subscription:
-            for delta in batch.deltas:
+            for delta in map(wire.text_delta_to_proto, wire.text_batch_from_proto(batch)):
                 self.rids_seen.append(delta.rid)
                 self.text[delta.rid] = self.text.get(delta.rid, "") + delta.text
                 if delta.HasField("finish"):

@@ -72,7 +72,7 @@ class BatchDetokenizer:
         out: list[TextDelta] = []
         # One reading per round, and none while tracing is off (first_ns then stays 0).
         arrived = now_ns() if self._recorder.enabled and deltas else 0
-        for delta in deltas:
+        for delta, text in zip(deltas, self._decode(deltas), strict=True):
             progress = self._requests.get(delta.rid)
             if progress is None:
                 continue
@@ -82,7 +82,6 @@ class BatchDetokenizer:
                 progress.first_ns = arrived
             if delta.rid in num_cached_tokens:
                 progress.num_cached_tokens = num_cached_tokens[delta.rid]
-            text = self._decode(delta)
             if text is None:
                 continue
             if text.finish is not None:
@@ -94,11 +93,12 @@ class BatchDetokenizer:
             out.append(text)
         return out
 
-    def _decode(self, delta: TokenDelta) -> TextDelta | None:
+    def _decode(self, deltas: Sequence[TokenDelta]) -> list[TextDelta | None]:
+        """One entry per delta: its TextDelta, None where it yields none."""
         if self._detokenizer is None:
-            return TextDelta(delta.rid, "", list(delta.token_ids), delta.finish, delta.usage)
-        texts = self._detokenizer.feed([delta])
-        return texts[0] if texts else None
+            return [TextDelta(delta.rid, "", list(delta.token_ids), delta.finish, delta.usage)
+                    for delta in deltas]
+        return self._detokenizer.feed_aligned(deltas)
 
     def _record(self, progress: RequestProgress, text: TextDelta) -> None:
         if not self._recorder.wants(progress.trace):

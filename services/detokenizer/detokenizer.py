@@ -6,7 +6,11 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from radixmesh.services.detokenizer.incremental import IncrementalDetokenizer, TokenDecoder
+from radixmesh.services.detokenizer.incremental import (
+    IncrementalDetokenizer,
+    TokenDecoder,
+    decode_many,
+)
 from radixmesh.services.detokenizer.stop_strings import StopStringMatcher
 from radixmesh.shared.errors import InvalidRequestError
 from radixmesh.shared.requests import FinishKind, FinishReason, TextDelta, TokenDelta
@@ -75,13 +79,52 @@ class Detokenizer:
         self._streams.pop(rid, None)
 
     def feed(self, deltas: Sequence[TokenDelta]) -> list[TextDelta]:
-        out: list[TextDelta] = []
-        for delta in deltas:
+        return [text for text in self.feed_aligned(deltas) if text is not None]
+
+    def feed_aligned(self, deltas: Sequence[TokenDelta]) -> list[TextDelta | None]:
+        """As `feed`, with one entry per delta: None where the delta is dropped.
+
+        The plain deltas (not finishing, of a live request, its first in `deltas`) are
+        decoded first, all in one call into the tokenizer (issue 16: a decode per request per
+        step cost more in calls than in decoding); the rest after them one by one, in order,
+        so each request's deltas are still taken in the order they came."""
+        out: list[TextDelta | None] = [None] * len(deltas)
+        plain: list[tuple[int, RequestStream]] = []
+        rest: list[tuple[int, RequestStream]] = []
+        seen: set[str] = set()
+        for index, delta in enumerate(deltas):
             stream = self._streams.get(delta.rid)
             if stream is None or stream.finished:
                 continue
-            out.append(self._step(stream, delta))
+            if delta.finish is None and stream.decoder is not None and delta.rid not in seen:
+                plain.append((index, stream))
+            else:
+                rest.append((index, stream))
+            seen.add(delta.rid)
+        self._feed_plain(deltas, plain, out)
+        for index, stream in rest:
+            if not stream.finished:
+                out[index] = self._step(stream, deltas[index])
         return out
+
+    def _feed_plain(self, deltas: Sequence[TokenDelta], plain: list[tuple[int, RequestStream]],
+                    out: list[TextDelta | None]) -> None:
+        windows: list[list[int]] = []
+        for index, stream in plain:
+            windows.extend(stream.decoder.windows(deltas[index].token_ids))
+        try:
+            texts = decode_many(self._tokenizer, windows)
+        except Exception:  # ids the tokenizer refuses: one by one, so only their request ends
+            for index, stream in plain:
+                out[index] = self._step(stream, deltas[index])
+            return
+        for row, (index, stream) in enumerate(plain):
+            delta = deltas[index]
+            text = stream.decoder.commit(delta.token_ids, texts[2 * row], texts[2 * row + 1])
+            if stream.stops.has_stops:
+                out[index] = self._text_delta(stream, delta, text)
+            else:  # nothing to hold back or match
+                out[index] = TextDelta(delta.rid, text, list(delta.token_ids))
 
     def _step(self, stream: RequestStream, delta: TokenDelta) -> TextDelta:
         try:
@@ -95,6 +138,11 @@ class Detokenizer:
             return TextDelta(delta.rid, "", list(delta.token_ids),
                              FinishReason(FinishKind.ABORT, message=reason, status_code=status),
                              delta.usage)
+        return self._text_delta(stream, delta, text)
+
+    @staticmethod
+    def _text_delta(stream: RequestStream, delta: TokenDelta, text: str) -> TextDelta:
+        """The delta's TextDelta once its new text is decoded: stop strings applied."""
         match = stream.stops.feed(text)
         if match.matched is not None:
             stream.finished = True

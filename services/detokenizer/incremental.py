@@ -27,7 +27,18 @@ REPLACEMENT_CHAR = "\ufffd"
 
 
 class TokenDecoder(Protocol):
+    """A tokenizer's decoding. It may also have `decode_batch(sequences)`, `decode` of each
+    sequence with special tokens skipped, in one call (shared/tokenizer.py's does)."""
+
     def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str: ...
+
+
+def decode_many(tokenizer: TokenDecoder, sequences: list[list[int]]) -> list[str]:
+    """Each sequence decoded, special tokens skipped: one call where the tokenizer batches."""
+    batch = getattr(tokenizer, "decode_batch", None)
+    if batch is not None:
+        return batch(sequences)
+    return [tokenizer.decode(ids, skip_special_tokens=True) if ids else "" for ids in sequences]
 
 
 class IncrementalDetokenizer:
@@ -49,9 +60,19 @@ class IncrementalDetokenizer:
 
     def feed(self, token_ids: Sequence[int]) -> str:
         """Adds output tokens; returns the text they complete (possibly empty)."""
+        head_ids, window_ids = self.windows(token_ids)
+        return self.commit(token_ids, self._decode(head_ids), self._decode(window_ids))
+
+    def windows(self, token_ids: Sequence[int]) -> tuple[list[int], list[int]]:
+        """The two id windows `feed(token_ids)` decodes, the emitted head and the head with
+        everything after it, so a caller can decode many requests' windows in one call."""
+        ids = self._ids
+        return ids[self._prefix_offset:self._read_offset], [*ids[self._prefix_offset:],
+                                                             *token_ids]
+
+    def commit(self, token_ids: Sequence[int], head: str, window: str) -> str:
+        """`feed(token_ids)`, given the text of its `windows(token_ids)`."""
         self._ids.extend(token_ids)
-        head = self._decode(self._ids[self._prefix_offset:self._read_offset])
-        window = self._decode(self._ids[self._prefix_offset:])
         if len(window) <= len(head) or window.endswith(REPLACEMENT_CHAR):
             return ""
         self._advance()

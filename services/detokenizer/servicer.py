@@ -77,7 +77,7 @@ class DetokenizerServicer(internal_pb2_grpc.DetokenizerServicer):
         try:
             async for batch in request_iterator:
                 text = self._round(batch, live)
-                if text.deltas:
+                if text.rids:
                     self._broadcaster.publish(text)
             logger.info("the scheduler closed its Tokens stream")
         finally:
@@ -105,7 +105,14 @@ class DetokenizerServicer(internal_pb2_grpc.DetokenizerServicer):
         await context.send_initial_metadata(())
 
     def _round(self, batch: internal_pb2.TokenBatch, live: set[str]) -> internal_pb2.TextBatch:
-        tokens = wire.token_batch_from_proto(batch)
+        try:
+            tokens = wire.token_batch_from_proto(batch)
+        except ValueError as error:  # columns that disagree: every request named ends
+            logger.error("a malformed token batch: %s", error)
+            rids = dict.fromkeys([*(new.rid for new in batch.new_requests), *batch.rids])
+            live.difference_update(rids)
+            named = TokenBatch(deltas=[TokenDelta(rid, []) for rid in rids])
+            return wire.text_batch_to_proto(_aborted(named, f"malformed token batch: {error}"))
         live.update(registration.rid for registration in tokens.registrations)
         try:
             texts = self._core.round(tokens)
@@ -114,7 +121,7 @@ class DetokenizerServicer(internal_pb2_grpc.DetokenizerServicer):
             texts = _aborted(tokens, f"detokenizer error: {error!r}")
         live.difference_update(delta.rid for delta in tokens.deltas if delta.finish is not None)
         live.difference_update(text.rid for text in texts if text.finish is not None)
-        return internal_pb2.TextBatch(deltas=[wire.text_delta_to_proto(text) for text in texts])
+        return wire.text_batch_to_proto(texts)
 
     def _end_stream(self, live: set[str]) -> None:
         if not live:
@@ -128,8 +135,7 @@ class DetokenizerServicer(internal_pb2_grpc.DetokenizerServicer):
             logger.exception("could not end the requests of a closed Tokens stream")
             texts = [TextDelta(rid, "", [], finish) for rid in sorted(live)]
         if texts:
-            self._broadcaster.publish(internal_pb2.TextBatch(
-                deltas=[wire.text_delta_to_proto(text) for text in texts]))
+            self._broadcaster.publish(wire.text_batch_to_proto(texts))
 
 
 def _aborted(tokens: TokenBatch, reason: str) -> list[TextDelta]:

@@ -111,6 +111,11 @@ class StopStringMatcher:
     def matched(self) -> str | None:
         return self._matched
 
+    @property
+    def has_stops(self) -> bool:
+        """False when there is nothing to match: `feed` then returns its text as it is."""
+        return self._automaton is not None
+
     def feed(self, delta: str) -> StopMatch:
         if self._matched is not None:
             return StopMatch("")

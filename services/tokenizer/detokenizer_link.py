@@ -35,7 +35,7 @@ class GrpcTextSubscription:
     async def __aiter__(self) -> AsyncIterator[list[TextDelta]]:
         try:
             async for batch in self._call:
-                yield [wire.text_delta_from_proto(delta) for delta in batch.deltas]
+                yield wire.text_batch_from_proto(batch)
         except grpc.RpcError as exc:
             raise UnavailableError(f"detokenizer stream broke: {describe(exc)}") from exc
 

@@ -34,6 +34,7 @@ from radixmesh.services.worker.parallel.tensor_parallel import SINGLE, TensorPar
 from radixmesh.services.worker.request_state import WorkerRequest
 from radixmesh.services.worker.request_table import RequestTable
 from radixmesh.services.worker.sampling import SamplingBatch, make_sampler, pick_sampling_backend
+from radixmesh.services.worker.sampling.sampling_batch import SamplingBatches
 from radixmesh.services.worker.torch_compile import CompiledDecode
 from radixmesh.shared.page_keys import weights_fingerprint
 from radixmesh.shared.sampling_params import SamplingParams
@@ -109,6 +110,7 @@ class ModelRunner(ModelWorker):
         self.sampler = make_sampler(sampling_backend, vocab_width, self.max_running,
                                     self.device, seed=config.random_seed)
         logger.info("sampling backend: %s", sampling_backend)
+        self._sampling_batches = SamplingBatches(self.device)
         seeds = torch.Generator().manual_seed(config.random_seed)
         self.page_table = DevicePageTable(
             self.max_running, -(-self.context_len // self.page_size), self.device)
@@ -285,9 +287,7 @@ class ModelRunner(ModelWorker):
         self.host_kv.close()
 
     def _sampling_batch(self, reqs: list[WorkerRequest]) -> SamplingBatch:
-        return SamplingBatch.build([req.sampling for req in reqs], [req.seed for req in reqs],
-                                   [req.drawing_output_index for req in reqs],
-                                   [req.slot for req in reqs], self.device)
+        return self._sampling_batches.build(reqs)
 
     def _register_sampling(self, req: WorkerRequest) -> None:
         prompt, output = req.token_ids[:req.num_prompt_tokens], req.token_ids[req.num_prompt_tokens:]

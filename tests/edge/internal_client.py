@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import grpc
 
+from radixmesh.shared import wire
 from radixmesh.shared.protos_gen import common_pb2, internal_pb2, internal_pb2_grpc
 
 
@@ -34,8 +35,8 @@ class TextSubscriber:
         await self._channel.close()
 
     async def _read(self, subscription: grpc.aio.UnaryStreamCall) -> None:
-        async for batch in subscription:
-            for delta in batch.deltas:
+        async for batch in subscription:  # read as the front door reads it: columns, then rows
+            for delta in map(wire.text_delta_to_proto, wire.text_batch_from_proto(batch)):
                 self.text[delta.rid] = self.text.get(delta.rid, "") + delta.text
                 if delta.HasField("finish"):
                     self.finishes[delta.rid] = delta

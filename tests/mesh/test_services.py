@@ -127,7 +127,7 @@ class MeshClient:
 
     async def _read(self, subscription) -> None:
         async for batch in subscription:
-            for delta in batch.deltas:
+            for delta in map(wire.text_delta_to_proto, wire.text_batch_from_proto(batch)):
                 self.text[delta.rid] = self.text.get(delta.rid, "") + delta.text
                 self.tokens.setdefault(delta.rid, []).extend(delta.token_ids)
                 if delta.HasField("finish"):

@@ -86,12 +86,12 @@ def test_a_worker_of_another_model_or_protocol_is_refused_and_the_mesh_stays_not
 
 def test_check_peer_names_both_sides() -> None:
     scheduler = Hello("scheduler")
-    worker = Hello("worker", "null", "/m/a", (STREAM_ACK,), protocol_version=2)
+    worker = Hello("worker", "null", "/m/a", (STREAM_ACK,), protocol_version=3)
     with pytest.raises(HandshakeError) as refused:
         check_peer(scheduler, worker, "127.0.0.1:5", "worker", "/m/b", (STREAM_ACK,))
     assert str(refused.value) == (
-        "worker 'null' at 127.0.0.1:5 serves model '/m/a', protocol 2; this scheduler speaks "
-        "protocol 1 and was started for '/m/b': refused (the protocols differ; the models "
+        "worker 'null' at 127.0.0.1:5 serves model '/m/a', protocol 3; this scheduler speaks "
+        "protocol 2 and was started for '/m/b': refused (the protocols differ; the models "
         "differ)")
     check_peer(scheduler, Hello("worker", model_id="/m/b", capabilities=(STREAM_ACK,)), "x",
                "worker", "/m/b", (STREAM_ACK,))
