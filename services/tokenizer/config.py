@@ -45,6 +45,11 @@ class TokenizerConfig(FrontDoorFlags):
     registry_ttl: float = field(default=DEFAULT_TTL_S, metadata={
         "help": "seconds a registration lasts without a heartbeat: a node that stops beating "
                 "leaves the routers' choice within it"})
+    stream_interval: int = field(default=1, metadata={
+        "help": "send a stream's update every this many output tokens (the first token and "
+                "the finish at once), merging the text and token ids in between into one "
+                "gRPC message / SSE chunk: fewer messages per token at the public edge, "
+                "coarser streaming (as SGLang's --stream-interval)"})
     advertise_address: str | None = field(default=None, metadata={
         "help": "HOST:PORT routers dial for this node's gRPC API (default: --host and "
                 "--grpc-port; the host name when --host is 0.0.0.0)"})
@@ -60,6 +65,8 @@ class TokenizerConfig(FrontDoorFlags):
         resolve = object.__setattr__
         resolve(self, "scheduler_address", peer_address("scheduler", self.scheduler_address))
         resolve(self, "detokenizer_address", peer_address("detokenizer", self.detokenizer_address))
+        if self.stream_interval < 1:
+            raise ValueError("--stream-interval must be >= 1")
         if not all(self.scheduler_addresses):
             raise ValueError(f"--scheduler-address {self.scheduler_address!r}: an empty address")
         if self.registry_redis_url is not None:

@@ -33,6 +33,7 @@ from typing import Protocol, cast
 from radixmesh.services.tokenizer.text_feed import DetokenizerLink, TextFeed
 from radixmesh.shared.api_keys import Owner
 from radixmesh.shared.errors import UnavailableError
+from radixmesh.shared.front_door.delta_merge import HeldDeltas
 from radixmesh.shared.front_door.live_request import LiveRequest, RequestStream
 from radixmesh.shared.front_door.live_requests import LiveRequests
 from radixmesh.shared.front_door.metrics import FrontDoorMetrics
@@ -73,9 +74,11 @@ class Router:
                  metrics: FrontDoorMetrics | None = None, retry_delay: float = 0.1,
                  max_retry_delay: float = 2.0,
                  allow_special_tokens_in_content: bool = False,
-                 feed: TextFeed | None = None) -> None:
+                 feed: TextFeed | None = None, stream_interval: int = 1) -> None:
         """`feed`: the front door's shared subscription, which its owner runs; None: one of
-        this Router's own over `link` (then a MeshLink), run by `run`."""
+        this Router's own over `link` (then a MeshLink), run by `run`. `stream_interval`: the
+        config's --stream-interval (`delta_merge.py`)."""
+        self._stream_interval = stream_interval
         self._link = link
         self._owns_feed = feed is None
         self._feed = feed if feed is not None else TextFeed(
@@ -225,6 +228,8 @@ class Router:
         if not self.ready:
             raise UnavailableError("the front door is not connected to the mesh")
         live = self._live.add(LiveRequest(request.rid, len(request.input_ids), owner))
+        if self._stream_interval > 1:
+            live.held = HeldDeltas(self._stream_interval)
         self._feed.claim(request.rid, self)
         self._outbox[request.rid] = request
         self._wakeup.set()
@@ -283,7 +288,7 @@ class Router:
             return
         self._live.count_tokens(live, delta, now)
         if delta.finish is None:
-            live.queue.put_nowait(delta)
+            live.push(delta)  # queued, or held for the next --stream-interval update
             return
         self._live.pop(delta.rid)
         self._feed.release(delta.rid)
@@ -292,7 +297,7 @@ class Router:
         reason = unavailable_reason(delta.finish)
         if reason is not None:  # a peer was lost: an error, not a finish
             if delta.text or delta.token_ids:
-                live.queue.put_nowait(dataclasses.replace(delta, finish=None, usage=None))
-            live.queue.put_nowait(UnavailableError(reason))
+                live.push(dataclasses.replace(delta, finish=None, usage=None))
+            live.put_error(UnavailableError(reason))
             return
         self._live.finish(live, delta)

@@ -53,12 +53,13 @@ class TokenizerServer(FrontDoorServer):
 
     def make_core(self, tokenizer: TextTokenizer) -> Router | ReplicaSet:
         special = self.config.enable_special_tokens_in_content
+        interval = self.config.stream_interval
         if self.detokenizer_link is None:
             return Router(self.links[0], tokenizer, self.metrics,
-                          allow_special_tokens_in_content=special)
+                          allow_special_tokens_in_content=special, stream_interval=interval)
         feed = TextFeed(self.detokenizer_link)
         routers = [Router(link, tokenizer, self.metrics, allow_special_tokens_in_content=special,
-                          feed=feed) for link in self.links]
+                          feed=feed, stream_interval=interval) for link in self.links]
         return ReplicaSet(routers, feed, metrics=self.metrics)
 
     async def started(self) -> None:

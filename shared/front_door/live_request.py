@@ -15,7 +15,10 @@ from dataclasses import dataclass, field
 
 from radixmesh.shared.api_keys import Owner
 from radixmesh.shared.completion import TextCompletion
+from radixmesh.shared.front_door.delta_merge import HeldDeltas, merge_deltas
 from radixmesh.shared.requests import TextDelta, Usage
+
+__all__ = ["LiveRequest", "QueueItem", "RequestStream", "merge_deltas"]
 
 # What a queue holds: deltas in order, then either the finishing delta or an exception
 # (the mesh went away) that the reader raises.
@@ -34,6 +37,29 @@ class LiveRequest:
     num_output_tokens: int = 0
     last_token_at: float | None = None  # None until the first token arrived
     first_token_at: float | None = None  # perf_counter() time; the request span's TTFT
+    # --stream-interval N > 1: deltas wait here until the next update is due (delta_merge.py)
+    held: HeldDeltas | None = None
+
+    def push(self, delta: TextDelta) -> None:
+        """Queues a delta that does not finish the request, or holds it for the next update."""
+        if self.held is not None:
+            delta = self.held.hold(delta)
+            if delta is None:
+                return
+        self.queue.put_nowait(delta)
+
+    def with_held(self, delta: TextDelta) -> TextDelta:
+        """The finishing `delta`, carrying whatever deltas were still held before it."""
+        held = self.held.release() if self.held is not None else None
+        return delta if held is None else merge_deltas(held, delta)
+
+    def put_error(self, error: BaseException) -> None:
+        """Ends the stream with `error`, after the deltas still held (the reader gets them
+        first, then the error)."""
+        held = self.held.release() if self.held is not None else None
+        if held is not None:
+            self.queue.put_nowait(held)
+        self.queue.put_nowait(error)
 
     def usage_so_far(self) -> Usage:
         """Usage of a request the front door ends itself (abort, stop string): the scheduler's
@@ -115,8 +141,3 @@ class RequestStream:
     async def __aexit__(self, *exc_info: object) -> None:
         self.abandon()
 
-
-def merge_deltas(first: TextDelta, second: TextDelta) -> TextDelta:
-    """One delta saying what `first` then `second` said."""
-    return TextDelta(first.rid, first.text + second.text, first.token_ids + second.token_ids,
-                     second.finish, second.usage)

@@ -106,6 +106,7 @@ class LiveRequests(Generic[Live]):
     def finish(self, live: LiveRequest, delta: TextDelta) -> None:
         """Queues the finishing delta of a request taken out (usage so far if it has none)."""
         assert delta.finish is not None
+        delta = live.with_held(delta)  # deltas held for --stream-interval go out with it
         if delta.usage is None:
             delta = dataclasses.replace(delta, usage=live.usage_so_far())
         if self._metrics is not None:
@@ -130,11 +131,11 @@ class LiveRequests(Generic[Live]):
         """Ends `rid` with `error`; False (nothing queued) if it is not live."""
         live = self._by_rid.pop(rid, None)
         if live is not None:
-            live.queue.put_nowait(error)
+            live.put_error(error)
         return live is not None
 
     def fail_all(self, reason: str) -> None:
         """Ends every request with UnavailableError(`reason`): what held them went away."""
         live, self._by_rid = self._by_rid, {}
         for request in live.values():
-            request.queue.put_nowait(UnavailableError(reason))
+            request.put_error(UnavailableError(reason))
