@@ -7,10 +7,12 @@ readiness is polled from each container's healthcheck here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,6 +77,19 @@ class ComposeProject:
             raise RuntimeError(f"{' '.join(args)} failed ({result.returncode}):\n"
                                f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
         return result
+
+    @contextlib.contextmanager
+    def brought_up(self, services: set[str], timeout: float) -> Iterator[ComposeProject]:
+        """The project up with every one of `services` healthy for the `with` body, and down
+        (volumes too) after it; also down first, since a killed run leaves its containers."""
+        self.run("down", "-v", "--remove-orphans", check=False)
+        try:
+            # Compose v1 waits for each `depends_on` condition while it starts the services.
+            self.run("up", "-d", "--no-build", timeout=timeout)
+            self.wait_healthy(services, timeout=timeout)
+            yield self
+        finally:
+            self.run("down", "-v", "--remove-orphans", "--timeout", "20", check=False)
 
     def containers(self) -> dict[str, ContainerState]:
         """This project's containers by service name (stopped ones included)."""

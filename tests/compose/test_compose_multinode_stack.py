@@ -57,13 +57,10 @@ def stack() -> Iterator[ComposeProject]:
     assert not taken, f"host ports the stack needs are in use: {taken}"
     receiver = SpanReceiver("127.0.0.1:4317").start()  # Jaeger's stand-in, as single-node
     project = ComposeProject(PROJECT, (MULTI_CPU_FILE, MULTI_CI_FILE), compose_command())
-    project.run("down", "-v", "--remove-orphans", check=False)
     try:
-        project.run("up", "-d", "--no-build", timeout=BRING_UP_TIMEOUT_S)
-        project.wait_healthy(SERVING, timeout=BRING_UP_TIMEOUT_S)
-        yield project
+        with project.brought_up(SERVING, BRING_UP_TIMEOUT_S):
+            yield project
     finally:
-        project.run("down", "-v", "--remove-orphans", "--timeout", "20", check=False)
         receiver.stop()
 
 

@@ -74,14 +74,8 @@ def receiver() -> Iterator[SpanReceiver]:
 @pytest.fixture(scope="module")
 def stack(receiver: SpanReceiver) -> Iterator[ComposeProject]:
     project = ComposeProject(PROJECT, (CPU_FILE, CI_FILE), compose_command())
-    project.run("down", "-v", "--remove-orphans", check=False)  # what a killed run left
-    try:
-        # Compose v1 waits for each `depends_on` condition while it starts the services.
-        project.run("up", "-d", "--no-build", timeout=BRING_UP_TIMEOUT_S)
-        project.wait_healthy(SERVING, timeout=BRING_UP_TIMEOUT_S)
+    with project.brought_up(SERVING, BRING_UP_TIMEOUT_S):
         yield project
-    finally:
-        project.run("down", "-v", "--remove-orphans", "--timeout", "20", check=False)
 
 
 def test_every_container_reaches_healthy(stack: ComposeProject) -> None:
