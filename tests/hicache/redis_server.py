@@ -10,11 +10,15 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 import redis
 
 STARTUP_TIMEOUT_S = 20.0
 REDIS_BINARY = shutil.which("redis-server")
 REDIS_CLI = shutil.which("redis-cli")
+# The mark of a test module that needs a real redis-server.
+NEEDS_REDIS = pytest.mark.skipif(REDIS_BINARY is None, reason="redis-server is not installed "
+                                 "(apt-get install redis-server)")
 
 
 def _free_port(cluster: bool = False) -> int:

@@ -32,11 +32,12 @@ from tests.hicache.index_helpers import (
     new_prefix,
     running_index,
 )
-from tests.hicache.redis_server import REDIS_BINARY, RedisServer
+from tests.hicache.redis_server import NEEDS_REDIS, RedisServer
 from tests.hicache.slots import CHAIN, LAYOUT, NAMESPACE_ROOT, SLOT_BYTES, mapped, slot_payload
 
-pytestmark = pytest.mark.skipif(REDIS_BINARY is None, reason="redis-server is not installed "
-                                "(apt-get install redis-server)")
+pytestmark = NEEDS_REDIS
+
+
 def store_pages(cache: HiCache, first: int, count: int) -> None:
     attachment = cache.attach(LAYOUT, 8, NAMESPACE_ROOT)
     slots = list(range(1, count + 1))

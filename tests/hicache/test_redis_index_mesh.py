@@ -30,11 +30,10 @@ from tests.hicache.mesh_runs import (
     tiered_mesh,
     wait_idle,
 )
-from tests.hicache.redis_server import REDIS_BINARY, RedisServer
+from tests.hicache.redis_server import NEEDS_REDIS, RedisServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300),
-              pytest.mark.skipif(REDIS_BINARY is None, reason="redis-server is not installed "
-                                 "(apt-get install redis-server)")]
+              NEEDS_REDIS]
 PROMPT_TOKENS = 48  # 12 pages of 4
 REFILL_WAIT_S = 30.0
 PREFIX = "mesh-test:"

@@ -7,19 +7,16 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import pytest
-
 from radixmesh.services.hicache.config import HiCacheConfig
 from radixmesh.shared.host_pool import HostPool
 from radixmesh.shared.protos_gen import hicache_pb2, hicache_pb2_grpc
 from tests.hicache.index_helpers import WAIT_S, new_prefix
 from tests.hicache.mesh_runs import samples
-from tests.hicache.redis_server import REDIS_BINARY, RedisServer
+from tests.hicache.redis_server import NEEDS_REDIS, RedisServer
 from tests.hicache.slots import CHAIN, LAYOUT, slot_payload
 from tests.hicache.test_server import attach_request, free_port, running, scrape, transfer
 
-pytestmark = pytest.mark.skipif(REDIS_BINARY is None, reason="redis-server is not installed "
-                                "(apt-get install redis-server)")
+pytestmark = NEEDS_REDIS
 
 
 def node_config(node_id: str, redis_url: str, prefix: str, directory: Path,

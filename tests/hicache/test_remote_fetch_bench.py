@@ -12,11 +12,10 @@ from pathlib import Path
 import pytest
 
 from radixmesh.make_model import make_model
-from tests.hicache.redis_server import REDIS_BINARY
+from tests.hicache.redis_server import NEEDS_REDIS
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400),
-              pytest.mark.skipif(REDIS_BINARY is None, reason="redis-server is not installed "
-                                 "(apt-get install redis-server)")]
+              NEEDS_REDIS]
 NUM_PROMPTS = 2
 
 

@@ -34,7 +34,7 @@ from tests.hicache.mesh_runs import (
     tier_totals,
     wait_idle,
 )
-from tests.hicache.redis_server import REDIS_BINARY, RedisServer
+from tests.hicache.redis_server import NEEDS_REDIS, RedisServer
 from tests.hicache.test_redis_index_mesh import (
     PROMPT_TOKENS,
     Nodes,
@@ -46,8 +46,7 @@ from tests.hicache.test_redis_index_mesh import (
 from tests.mesh.conftest import free_port, start_mesh
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300),
-              pytest.mark.skipif(REDIS_BINARY is None, reason="redis-server is not installed "
-                                 "(apt-get install redis-server)")]
+              NEEDS_REDIS]
 FETCH_DEADLINE_S = 3.0
 FULL_PAGES = (PROMPT_TOKENS - 1) // PAGE_SIZE  # the last token is always computed
 

@@ -40,13 +40,12 @@ from tests.hicache.mesh_runs import (
     tier_totals,
     wait_idle,
 )
-from tests.hicache.redis_server import REDIS_BINARY, RedisServer
+from tests.hicache.redis_server import NEEDS_REDIS, RedisServer
 from tests.mesh.conftest import free_port, spawn_mesh, stop_process, wait_mesh_up
 from tests.router.conftest import Router, node_flags, start_router
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300),
-              pytest.mark.skipif(REDIS_BINARY is None, reason="redis-server is not installed "
-                                 "(apt-get install redis-server)")]
+              NEEDS_REDIS]
 PREFIX = "router-index:"
 NODE, OTHER = "node-a", "node-b"
 PROMPT_TOKENS = 48
