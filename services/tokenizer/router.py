@@ -28,8 +28,9 @@ import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Protocol, cast
+from typing import NoReturn, Protocol, cast
 
+from radixmesh.services.tokenizer.reconnect import keep_connected
 from radixmesh.services.tokenizer.text_feed import DetokenizerLink, TextFeed
 from radixmesh.shared.api_keys import Owner
 from radixmesh.shared.errors import UnavailableError
@@ -39,7 +40,7 @@ from radixmesh.shared.front_door.live_requests import LiveRequests
 from radixmesh.shared.front_door.metrics import FrontDoorMetrics
 from radixmesh.shared.front_door.request_builder import RequestBody, RequestBuilder
 from radixmesh.shared.mesh_info import CacheFlush, ModelInfo, SchedulerLoad
-from radixmesh.shared.mesh_protocol import HandshakeError, unavailable_reason
+from radixmesh.shared.mesh_protocol import unavailable_reason
 from radixmesh.shared.requests import TextDelta, TokenizedRequest
 from radixmesh.shared.tokenizer import TextTokenizer
 from radixmesh.shared.trace_context import NO_TRACE, TraceContext
@@ -142,30 +143,16 @@ class Router:
             tasks.create_task(self._feed.run())
             tasks.create_task(self._run_connections())
 
-    async def _run_connections(self) -> None:
-        delay = self._retry_delay
-        while True:
-            connected = False
-            try:
-                await self._connect()
-                connected = True
-                await self._serve_connection()
-            except HandshakeError as exc:  # a peer of another protocol: said every time
-                logger.error("%s", exc)
-            except UnavailableError as exc:
-                # Waiting for peers that are still starting is normal; losing them is not.
-                logger.log(logging.WARNING if connected else logging.INFO,
-                           "mesh unavailable: %s", exc)
-            except Exception:  # a bug must not take the front door down for good
-                logger.exception("front door router failed; reconnecting")
-            finally:
-                self._connected = self._scheduler_serving = False
-                self._update_ready()
-                self._feed.release_all([live.rid for live in self._live])
-                self._live.fail_all("lost the connection to the mesh")
-                self._outbox, self._outbox_aborts = {}, []
-            delay = self._retry_delay if connected else min(delay * 2, self._max_retry_delay)
-            await asyncio.sleep(delay)
+    async def _run_connections(self) -> NoReturn:
+        await keep_connected("mesh", self._connect, self._serve_connection, self._disconnected,
+                             self._retry_delay, self._max_retry_delay)
+
+    def _disconnected(self, _reason: str) -> None:
+        self._connected = self._scheduler_serving = False
+        self._update_ready()
+        self._feed.release_all([live.rid for live in self._live])
+        self._live.fail_all("lost the connection to the mesh")
+        self._outbox, self._outbox_aborts = {}, []
 
     async def _connect(self) -> None:
         await self._link.greet()

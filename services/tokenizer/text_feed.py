@@ -19,16 +19,13 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import NoReturn, Protocol
 
+from radixmesh.services.tokenizer.reconnect import keep_connected
 from radixmesh.shared.errors import UnavailableError
-from radixmesh.shared.mesh_protocol import HandshakeError
 from radixmesh.shared.requests import TextDelta
-
-logger = logging.getLogger(__name__)
 
 
 class TextSubscription(Protocol):
@@ -117,30 +114,21 @@ class TextFeed:
         assert self._current is not None  # set and cleared with _up
         return self._current
 
-    async def run(self) -> None:
+    async def run(self) -> NoReturn:
         """Subscribes and dispatches until cancelled, subscribing again after failures."""
-        delay = self._retry_delay
-        while True:
-            subscribed, reason = False, "the detokenizer subscription ended"
-            try:
-                await self._link.greet_detokenizer()
-                subscription = await self._link.open_subscription()
-                subscribed = True
-                await self._serve(subscription)
-            except HandshakeError as exc:  # a peer of another protocol: said every time
-                logger.error("%s", exc)
-                reason = str(exc)
-            except UnavailableError as exc:
-                # Waiting for a detokenizer that is still starting is normal; losing it is not.
-                logger.log(logging.WARNING if subscribed else logging.INFO,
-                           "detokenizer unavailable: %s", exc)
-                reason = str(exc)
-            except Exception:  # a bug must not take the front door down for good
-                logger.exception("the front door's text feed failed; subscribing again")
-            finally:
-                self._lose(reason)
-            delay = self._retry_delay if subscribed else min(delay * 2, self._max_retry_delay)
-            await asyncio.sleep(delay)
+        subscription: TextSubscription | None = None
+
+        async def subscribe() -> None:
+            nonlocal subscription
+            await self._link.greet_detokenizer()
+            subscription = await self._link.open_subscription()
+
+        async def serve() -> None:
+            assert subscription is not None  # `subscribe` succeeded
+            await self._serve(subscription)
+
+        await keep_connected("detokenizer", subscribe, serve, self._lose, self._retry_delay,
+                             self._max_retry_delay)
 
     async def _serve(self, subscription: TextSubscription) -> None:
         self._current = FeedConnection()
