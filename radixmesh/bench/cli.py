@@ -51,6 +51,7 @@ from radixmesh.bench.workloads import (
     Workload,
     WorkloadOptions,
     build_workload,
+    warmup_workload,
 )
 from radixmesh.client import DEFAULT_ADDRESS, AsyncClient, RadixMeshClientError
 from radixmesh.engine import Engine, add_engine_arguments, engine_configs_from_args
@@ -80,6 +81,9 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
                         help="most requests in flight at once (default: no limit; "
                              f"{MULTITURN}: {DEFAULTS['max_inflight']})")
     parser.add_argument("--seed", type=int, default=1, help="seeds lengths, token ids, arrivals")
+    parser.add_argument("--warmup-requests", type=int, default=1,
+                        help="requests sent first and left out of the figures (their prompts "
+                             "share no prefix with the workload's); 0: none")
     parser.add_argument("--scale", type=float, default=1.0,
                         help="multiply every length (a smaller run of the same shape)")
     parser.add_argument("--vocab-size", type=int, default=None,
@@ -117,6 +121,10 @@ def sampling_from_args(args: argparse.Namespace) -> dict:
 def run_offline(args: argparse.Namespace) -> CompletedRun:
     engine = Engine(*engine_configs_from_args(args))
     workload = workload_from_args(args, engine.info.vocab_size)
+    if args.warmup_requests:
+        warm_up = warmup_workload(workload, args.warmup_requests, engine.info.vocab_size,
+                                  args.seed)
+        report_warmup(run_on_engine(engine, warm_up, sampling_from_args(args), progress=False))
     traces = run_on_engine(engine, workload, sampling_from_args(args), args.max_concurrency,
                            progress=not args.no_progress)
     device = local_device(use_cuda=engine.runner.on_gpu)
@@ -130,6 +138,11 @@ async def run_mesh(args: argparse.Namespace,
     async with AsyncClient(args.server) as client:
         info = await client.model_info()
         workload = workload_from_args(args, info.vocab_size)
+        if args.warmup_requests:  # before any traceparent: warm-up spans are no figure
+            warm_up = warmup_workload(workload, args.warmup_requests, info.vocab_size,
+                                      args.seed)
+            report_warmup(await run_on_mesh(client, warm_up, sampling_from_args(args),
+                                            progress=False))
         traceparents = None if spans is None else spans.traceparents(len(workload.requests))
         traces = await run_on_mesh(client, workload, sampling_from_args(args),
                                    args.max_concurrency, progress=not args.no_progress,
@@ -139,11 +152,18 @@ async def run_mesh(args: argparse.Namespace,
                                                    "server": args.server})
 
 
+def report_warmup(traces: list[RequestTrace]) -> None:
+    """A failed warm-up is said, not fatal: the timed requests will show what is wrong."""
+    for message, count in error_counts(traces).items():
+        print(f"warm-up failed x{count}: {message}", file=sys.stderr)
+
+
 def run_settings(args: argparse.Namespace, run: CompletedRun) -> dict:
     rate = run.workload.request_rate
     return {**run.settings, "num_prompts": len(run.workload.requests), "scale": args.scale,
             "request_rate": "inf" if math.isinf(rate) else rate,
             "max_concurrency": args.max_concurrency, "seed": args.seed,
+            "warmup_requests": args.warmup_requests,
             "temperature": args.temperature, "ignore_eos": not args.disable_ignore_eos}
 
 
@@ -157,6 +177,8 @@ def check_args(args: argparse.Namespace) -> str | None:
                         else args.vocab_size,
                         num_prompts=args.num_prompts, request_rate=args.request_rate,
                         scale=args.scale, seed=args.seed)
+        if args.warmup_requests < 0:
+            raise ValueError("--warmup-requests must be >= 0")
         if args.max_concurrency is not None and args.max_concurrency < 1:
             raise ValueError("--max-concurrency must be >= 1")
         if args.trace_breakdown is not None:

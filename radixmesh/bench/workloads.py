@@ -29,6 +29,9 @@ DECODE_B1 = (128, 512)            # input, output tokens
 SHARED_PREFIX_GROUPS, SHARED_PREFIX_GROUP_SIZE = 64, 16
 SHARED_PREFIX_LENGTHS = (2048, 128, 256)  # system prompt, question, output
 NULL_WORKER_PROMPTS, NULL_WORKER_LENGTHS = 1000, (16, 256)
+WARMUP_NEW_TOKENS = 16
+# Warm-up prompts come from their own generator, so they share no prefix with the timed ones.
+WARMUP_SEED_OFFSET = 1_000_003
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +166,18 @@ def build_workload(name: str, options: WorkloadOptions) -> Workload:
     requests = [BenchRequest(ids, max_new_tokens, arrival)
                 for (ids, max_new_tokens), arrival in zip(prompts, arrivals, strict=True)]
     return Workload(name, requests, rate)
+
+
+def warmup_workload(workload: Workload, count: int, vocab_size: int, seed: int) -> Workload:
+    """`count` requests sent before the timed ones and left out of every figure (SGLang's and
+    vLLM's benchmarks do the same): a first request's one-time costs (lazy kernel choice,
+    connection set-up) are not the workload's. Each is as long as the workload's first prompt,
+    with other ids, so that nothing it leaves in the prefix cache can serve a timed request."""
+    rng = np.random.default_rng(seed + WARMUP_SEED_OFFSET)
+    length = len(workload.requests[0].input_ids)
+    requests = [BenchRequest(random_ids(rng, length, vocab_size), WARMUP_NEW_TOKENS)
+                for _ in range(count)]
+    return Workload(f"{workload.name} warm-up", requests, math.inf)
 
 
 def request_body(request: BenchRequest, sampling: dict) -> dict:

@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from radixmesh.bench.mesh_path import run_on_mesh
 from radixmesh.bench.trace import RequestTrace
 from radixmesh.bench.trace_breakdown import STAGES
-from radixmesh.bench.workloads import Workload, WorkloadOptions, build_workload
+from radixmesh.bench.workloads import (
+    WARMUP_NEW_TOKENS,
+    Workload,
+    WorkloadOptions,
+    build_workload,
+    warmup_workload,
+)
 from radixmesh.cli import main
 from radixmesh.client import AsyncClient
 from radixmesh.make_model import make_model
@@ -108,3 +116,36 @@ def test_cli_says_so_when_no_span_arrives_and_keeps_its_figures(
     result = json.loads(path.read_text())
     assert result["metrics"]["completed"] == 4
     assert result["trace_breakdown"]["traced_requests"] == 0
+
+
+def finished_requests(mesh: MeshProcess) -> float:
+    """The front door's count of finished requests, from its /metrics."""
+    with urllib.request.urlopen(f"{mesh.http_url}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return sum(sample.value for family in text_string_to_metric_families(text)
+               if family.name == "radixmesh:num_requests" for sample in family.samples
+               if sample.name.endswith("_total"))
+
+
+def test_warmup_requests_are_sent_first_and_left_out_of_the_figures(
+        mesh: MeshProcess, tmp_path: Path) -> None:
+    before = finished_requests(mesh)
+    assert main([
+        "bench", "--workload", "null-worker", "--server", mesh.grpc_address,
+        "--num-prompts", "10", "--scale", "0.1", "--warmup-requests", "3",
+        "--output-dir", str(tmp_path), "--no-progress"]) == 0
+    [path] = tmp_path.glob("null-worker-mesh-*.json")
+    result = json.loads(path.read_text())
+    assert result["warmup_requests"] == 3
+    assert result["metrics"]["completed"] == 10
+    assert finished_requests(mesh) - before == 13
+
+
+def test_warmup_prompts_share_no_prefix_with_the_workload() -> None:
+    workload = build_workload("decode-b1", WorkloadOptions(vocab_size=1000, num_prompts=4))
+    warm_up = warmup_workload(workload, 2, vocab_size=1000, seed=1)
+    assert len(warm_up.requests) == 2
+    for request in warm_up.requests:
+        assert len(request.input_ids) == len(workload.requests[0].input_ids)
+        assert request.max_new_tokens == WARMUP_NEW_TOKENS
+        assert all(request.input_ids[0] != timed.input_ids[0] for timed in workload.requests)
