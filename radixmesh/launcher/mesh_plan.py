@@ -143,8 +143,11 @@ def plan_mesh(up: UpConfig, worker: WorkerConfig, scheduler: SchedulerConfig,
     model = ("--model-path", worker.model_path)
     tls, probe = internal_tls_argv(front_door), internal_client_tls(front_door)
     own = [ports[per_replica * index:per_replica * (index + 1)] for index in range(up.dp_size)]
-    hicache_services = [_hicache(index, up, hicache, log_level, tls, probe, own[index][2])
-                        for index in range(up.dp_size)] if tiered else []
+    hicache_services = []
+    if tiered:  # the replicas share one L3 directory, and so its cap
+        replica_hicache = hicache.shared_by(up.dp_size)
+        hicache_services = [_hicache(index, up, replica_hicache, log_level, tls, probe,
+                                     own[index][2]) for index in range(up.dp_size)]
     replicas = [_replica(index, up, worker, scheduler, log_level, tls, probe, detok_address,
                          hicache_services[index].health_address if tiered else None,
                          own[index][:2])

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from radixmesh.services.hicache.page_index.flags import check_index_flags
 from radixmesh.services.hicache.storage import STORAGE_BACKENDS
+from radixmesh.services.hicache.storage.page_directory import default_capacity
 from radixmesh.shared.model_location import radixmesh_home
 from radixmesh.shared.peers import DEFAULT_PORTS
 from radixmesh.shared.tls_flags import InternalTLSFlags
@@ -35,7 +37,8 @@ class HiCacheConfig(TracingFlags, InternalTLSFlags):
                 "services may share one (`radixmesh up --dp-size N` has its replicas do)"})
     hicache_storage_size: float | None = field(default=None, metadata={
         "help": "L3 cap in GB, least recently used pages evicted past it (default: the "
-                "disk's free space at start less 10%%)"})
+                "disk's free space at start less 10%%); the directory's whole: the "
+                "replicas of `up --dp-size N` keep to 1/N each"})
     metrics_port: int = field(default=0, metadata={
         "help": "port of the Prometheus /metrics endpoint (0: off)"})
     # The cross-node page index (design §4 "Redis holds"): see page_index/redis_index.py.
@@ -96,3 +99,14 @@ class HiCacheConfig(TracingFlags, InternalTLSFlags):
         """The L3 cap in bytes; None lets the backend take the free disk less 10%."""
         size = self.hicache_storage_size
         return None if size is None else int(size * GB)
+
+    def shared_by(self, count: int) -> HiCacheConfig:
+        """This config for one of `count` services on one L3 directory (`up --dp-size`'s
+        replicas): the cap, given or the file backend's default, is the directory's, so each
+        keeps to an equal share of it and together they keep to it."""
+        if count == 1 or self.hicache_storage_backend is None:
+            return self
+        total = self.storage_capacity_bytes
+        if total is None:
+            total = default_capacity(Path(self.hicache_storage_dir))
+        return replace(self, hicache_storage_size=total / count / GB)

@@ -18,6 +18,7 @@ from radixmesh import serve
 from radixmesh.launcher import endpoints_text
 from radixmesh.launcher.mesh_plan import UpConfig, plan_mesh
 from radixmesh.services.hicache.config import HiCacheConfig
+from radixmesh.services.hicache.storage.page_directory import default_capacity
 from radixmesh.services.scheduler.config import SchedulerConfig
 from radixmesh.services.tokenizer.config import TokenizerConfig
 from radixmesh.services.worker.config import WorkerConfig
@@ -218,6 +219,27 @@ def test_data_parallel_replicas_each_get_a_hicache_service_of_their_own():
                   dataclasses.replace(hicache, hicache_advertise_address="10.0.0.1:9000"))
     with pytest.raises(ValueError, match="--hicache-metrics-port 65535 \\+ --dp-size 2"):
         UpConfig(dp_size=2, hicache_metrics_port=65535)
+
+
+def test_data_parallel_replicas_share_the_l3_cap_of_their_one_directory(tmp_path: Path):
+    worker, front_door = WorkerConfig(model_path="/m", worker="null"), TokenizerConfig(model_path="/m")
+    scheduler = SchedulerConfig(enable_hierarchical_cache=True)
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--log-level")
+    serve.add_cli_args(parser)
+
+    def replica_caps(**flags) -> list[float | None]:
+        hicache = HiCacheConfig(hicache_storage_backend="file",
+                                hicache_storage_dir=str(tmp_path / "l3"), **flags)
+        plan = plan_mesh(UpConfig(dp_size=4), worker, scheduler, front_door, "info", hicache)
+        return [config_from_args(HiCacheConfig, parser.parse_args(c.argv[4:]))
+                .storage_capacity_bytes for c in plan.services if c.name.startswith("hicache")]
+
+    assert replica_caps(hicache_storage_size=10.0) == [2_500_000_000] * 4
+    # Uncapped: the disk's free space less 10%, once for the directory, not once a replica.
+    default = default_capacity(tmp_path / "l3")
+    assert all(abs(cap - default / 4) < 2**20 for cap in replica_caps())
+    assert HiCacheConfig(hicache_storage_size=10.0).shared_by(4).hicache_storage_size == 10.0
 
 
 def test_internal_ports_are_all_different_and_never_a_public_port(monkeypatch):

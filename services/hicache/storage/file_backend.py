@@ -23,7 +23,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import shutil
 import threading
 import time
 import weakref
@@ -43,6 +42,7 @@ from radixmesh.services.hicache.storage.lru_index import LruIndex
 from radixmesh.services.hicache.storage.page_directory import (
     TEMP_PREFIX,
     file_size,
+    free_space_allowance,
     lock_directory,
     scan_pages,
 )
@@ -59,8 +59,6 @@ from radixmesh.shared.page_keys import check_key, key_hex
 logger = logging.getLogger(__name__)
 Read = TypeVar("Read")
 
-# Design §4: without a cap, L3 may fill what the disk has free at start, less 10%.
-FREE_SPACE_SHARE = 0.9
 # Errors that will not go away by retrying: each turns writes off for good (reads go on).
 _WRITES_OFF_ERRNOS = {
     errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
@@ -236,8 +234,7 @@ class FileStorageBackend(StorageBackend):
         return True
 
     def _default_capacity(self) -> int:
-        free = shutil.disk_usage(self.directory).free
-        return self._index.bytes_used + int(free * FREE_SPACE_SHARE)
+        return self._index.bytes_used + free_space_allowance(self.directory)
 
     def _adopt(self, key: bytes) -> bool:
         """Whether `key`'s page, not in the index, is on disk all the same (another backend on

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import stat
 from contextlib import suppress
 from pathlib import Path
@@ -17,6 +18,8 @@ from pathlib import Path
 from radixmesh.shared.page_keys import key_from_hex
 
 TEMP_PREFIX = ".tmp-"
+# Design §4: without a cap, L3 may fill what the disk has free at start, less 10%.
+FREE_SPACE_SHARE = 0.9
 
 
 def lock_directory(directory: Path) -> tuple[bool, int | None]:
@@ -69,3 +72,20 @@ def file_size(path: Path, at_least: int) -> int | None:
     if not stat.S_ISREG(status.st_mode) or status.st_size < at_least:
         return None
     return status.st_size
+
+
+def free_space_allowance(directory: Path) -> int:
+    """What L3 may add to `directory` without a cap: the disk's free space less 10%, read on
+    the nearest existing folder at or above it (it may not be made yet)."""
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    return int(shutil.disk_usage(existing).free * FREE_SPACE_SHARE)
+
+
+def default_capacity(directory: Path) -> int:
+    """The uncapped file backend's cap on `directory`: the pages already there plus
+    `free_space_allowance`."""
+    held = sum(size for _, size in scan_pages(directory, clear_temps=False)) \
+        if directory.is_dir() else 0
+    return held + free_space_allowance(directory)
