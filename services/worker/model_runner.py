@@ -11,7 +11,6 @@ step N + 1 can be prepared and queued while step N runs; `finish` waits for step
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -35,6 +34,7 @@ from radixmesh.services.worker.request_state import WorkerRequest
 from radixmesh.services.worker.request_table import RequestTable
 from radixmesh.services.worker.sampling import SamplingBatch, make_sampler, pick_sampling_backend
 from radixmesh.services.worker.sampling.sampling_batch import SamplingBatches
+from radixmesh.services.worker.startup_phases import StartupPhases
 from radixmesh.services.worker.torch_compile import CompiledDecode
 from radixmesh.shared.page_keys import weights_fingerprint
 from radixmesh.shared.sampling_params import SamplingParams
@@ -78,6 +78,7 @@ class ModelRunner(ModelWorker):
         self.config = config
         self.parallel = parallel
         self.device = resolve_device(device or config.device, config.base_gpu_id)
+        startup = StartupPhases(self.device)
         deterministic = config.enable_deterministic_inference
         # Resolved before the weights load: a backend this machine lacks fails at once.
         sampling_backend = pick_sampling_backend(config.sampling_backend, self.device,
@@ -92,12 +93,14 @@ class ModelRunner(ModelWorker):
                                 config.dtype, self.device, seed=config.random_seed,
                                 quantization=config.quantization, parallel=parallel)
         self.model_config = self.model.config  # with the quantization it actually runs
+        startup.lap("weights")
         self.weights_fingerprint = weights_fingerprint(
             model_path, dummy_seed=config.random_seed if config.load_format == "dummy" else None,
             quantized_at_load=config.quantization, kv_scales=self.kv_scales.digest)
         self.page_size = config.page_size or (16 if self.device.type == "cuda" else 1)
         self.kv_pool = make_kv_pool(config, self.model, self.model_config, self.dtype,
                                     self.device, self.page_size, parallel, self.kv_scales)
+        startup.lap("KV pool")
         self.host_kv = HostKV(self.kv_pool, tp_rank=parallel.rank, tp_size=parallel.size)
         default_max_running = (DEFAULT_MAX_RUNNING_GPU if self.device.type == "cuda"
                                else DEFAULT_MAX_RUNNING)
@@ -123,11 +126,11 @@ class ModelRunner(ModelWorker):
         # Each slot's latest sampled token, where the next decode of its request reads it.
         self.last_tokens = torch.zeros(self.max_running, dtype=torch.int64, device=self.device)
         self.compiled = self._make_compiled_decode()  # before the warm-up, which compiles
-        started = time.perf_counter()
-        self._warm_up()
-        logger.info("warmed up in %.1f s (kernels that compile on first use)",
-                    time.perf_counter() - started)
+        startup.lap("set-up")
+        self._warm_up()  # kernels that compile on first use
+        startup.lap("warm-up")
         self.graph_runner = self._make_graph_runner()
+        startup.lap("CUDA graphs")
         if self.compiled is not None:
             self.compiled.log_compiled()
         self.model_id = str(model_path)
@@ -136,6 +139,7 @@ class ModelRunner(ModelWorker):
         self.logits_observer: Callable[[list[str], torch.Tensor], None] | None = None
         self.available_memory_gb = (torch.cuda.mem_get_info(self.device)[0] / 2**30
                                     if self.device.type == "cuda" else 0.0)
+        logger.info("worker %s", startup.summary())
 
     @torch.inference_mode()
     def _warm_up(self) -> None:
