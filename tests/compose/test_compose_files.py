@@ -90,6 +90,24 @@ def test_gpu_reserved_only_in_the_gpu_file() -> None:
     assert "deploy" not in load(CPU_FILE)["services"]["worker"]
 
 
+@pytest.mark.parametrize("path", [GPU_FILE, COMPOSE_DIR / "compose.multinode.yaml"],
+                         ids=lambda p: p.name)
+def test_gpu_workers_keep_compiled_kernels_in_a_volume(path) -> None:
+    """FlashInfer's JIT, Triton and torch.compile write under /kernel-cache, a named volume
+    (made by the image, owned by the services' user), so a restarted worker compiles nothing."""
+    compose = load(path)
+    workers = [s for name, s in compose["services"].items() if name.endswith("worker")]
+    assert workers
+    for worker in workers:
+        assert "kernel-cache:/kernel-cache" in worker["volumes"]
+        env = worker["environment"]
+        assert env["FLASHINFER_WORKSPACE_BASE"] == "/kernel-cache"
+        assert env["TRITON_CACHE_DIR"].startswith("/kernel-cache/")
+        assert env["TORCHINDUCTOR_CACHE_DIR"].startswith("/kernel-cache/")
+    assert compose["volumes"]["kernel-cache"] == {"name": "radixmesh-kernel-cache"}
+    assert "/kernel-cache" in (COMPOSE_DIR / "Dockerfile").read_text()
+
+
 def test_cpu_file_differs_from_the_gpu_file_only_where_it_must() -> None:
     """compose.cpu.yaml is a whole file (an override cannot drop a GPU reservation): every
     service flag matches compose.yaml's except the model, the image target and the sizes."""
