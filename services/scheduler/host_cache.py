@@ -97,6 +97,7 @@ class HostCache:
             return None
         self.pending_spec = None
         self.cache.drop_host_tier(HostSlots(spec.num_slots))
+        self.cache.tier.keyed = spec.storage  # only stores to L3 name a slot's page by key
         self.jobs.clear()
         self.stores.clear()
         self.spec = spec if spec.num_slots else None

@@ -136,7 +136,6 @@ class HiRadixCache(RadixCache):
         if matched < len(key):
             leaf = self._attach_leaf(node, key[matched:],
                                      list(page_ids[matched // self.page_size:]))
-            self.tier.add_keys(leaf)
             if self.write_policy == "write_through":
                 self._back_up(leaf)
         self._roots.prune(root)

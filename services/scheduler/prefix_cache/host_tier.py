@@ -18,7 +18,10 @@ class HostTier:
     """Acted on only by HiRadixCache. Invariants (`check`):
     - a slot is held by at most one node, and held slots = total - free - quarantined - the
       slots of prefetches under way (`num_prefetching`);
-    - with a key root (L3 on), every node's `page_keys` chain from its parent's last key;
+    - with a key root, a node's `page_keys` are all of its pages' or none yet, chained from
+      its parent's last key; they are computed when first asked for (`node_keys`): only L3,
+      the page index and peers name pages by key, so without L3 no page is ever hashed;
+    - with `keyed` (L3 on), every backed-up slot's key is in `host.keys`;
     - `storing` holds slots whose bytes the hicache service is copying to L3: their nodes are
       not host-evicted until the store answers.
     """
@@ -27,6 +30,8 @@ class HostTier:
         self.page_size = page_size
         self.host = host
         self.key_root = key_root
+        # Whether backups note their slots' keys for L3; HostCache sets it as each pool attaches.
+        self.keyed = key_root is not None
         self.next_step = 1  # the step id of the next plan: what pending copies ride on
         self.storing: set[int] = set()
         self.num_prefetching = 0
@@ -40,18 +45,24 @@ class HostTier:
     def is_valid(self, node: RadixNode) -> bool:
         return bool(node.host_slots) and self.host.is_valid(node.host_slots)
 
-    def add_keys(self, leaf: RadixNode) -> None:
-        if self.key_root is None:
-            return
-        assert leaf.parent is not None
-        leaf.page_keys = self.keys_after(leaf.parent, leaf.key)
+    def node_keys(self, node: RadixNode) -> list[bytes]:
+        """`node`'s page keys, hashed now where they (or its ancestors') are not yet. A root's
+        are its namespace's h_0 for a salted root, none for the unsalted one."""
+        missing = []
+        while not node.is_root and not node.page_keys:
+            missing.append(node)
+            node = node.parent
+        for below in reversed(missing):
+            below.page_keys = self.keys_after(below.parent, below.key)
+        return missing[0].page_keys if missing else node.page_keys
 
     def keys_after(self, node: RadixNode, token_ids: Sequence[int]) -> list[bytes]:
         """The keys of the pages of `token_ids`, which follow `node`'s last page (the root:
         they start the chain)."""
         assert self.key_root is not None, "page keys need a key root"
-        parent = node.page_keys[-1] if node.page_keys else None
-        return page_keys(self.key_root, token_ids, self.page_size, parent=parent)
+        keys = self.node_keys(node)
+        return page_keys(self.key_root, token_ids, self.page_size,
+                         parent=keys[-1] if keys else None)
 
     def split(self, head: RadixNode, tail: RadixNode, num_pages: int) -> None:
         head.host_slots, tail.host_slots = tail.host_slots[:num_pages], tail.host_slots[num_pages:]
@@ -67,8 +78,9 @@ class HostTier:
         node.host_slots = slots
         self.host.plan_use(slots, self.next_step)
         self._backups.extend(zip(node.page_ids, slots, strict=True))
-        for slot, key in zip(slots, node.page_keys, strict=False):
-            self.host.keys[slot] = key
+        if self.keyed:
+            for slot, key in zip(slots, self.node_keys(node), strict=True):
+                self.host.keys[slot] = key
         return True
 
     def plan_load(self, node: RadixNode, device_pages: list[int]) -> None:
@@ -151,8 +163,8 @@ class HostTier:
             node = stack.pop()
             expect(held.isdisjoint(node.host_slots), "a host slot is held twice")
             held.update(node.host_slots)
-            if self.key_root is not None:
-                expect(len(node.page_keys) * self.page_size == len(node.key), "keys missing")
+            expect(len(node.page_keys) * self.page_size in (0, len(node.key)),
+                   "a node holds part of its page keys")
             stack.extend(node.children.values())
         host = self.host
         expected = host.num_slots - host.num_free - host.num_quarantined - self.num_prefetching
