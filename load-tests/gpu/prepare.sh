@@ -20,6 +20,14 @@ download() {
 # The stubs need the grpcio they were generated for (the image has an older one).
 # pydantic and its compiled core must be the pair that was tested here.
 pkg_version() { python3 -c "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))" "$1"; }
+# OpenTelemetry as tested here, every one of its packages at its installed version: its
+# exporters import packages of the same release (unpinned, a newer exporter wanted a package
+# we did not carry, and every traced mesh failed at start on the GPU machine).
+otel_pins() {
+  python3 -c "import importlib.metadata as m
+print(' '.join(sorted({f\"{d.metadata['Name']}=={d.version}\" for d in m.distributions()
+                       if d.metadata['Name'].lower().startswith('opentelemetry-')})))"
+}
 grpc_version=$(python3 -c "import grpc_tools, importlib.metadata as m; print(m.version('grpcio-tools'))")
 # The health and reflection packages are released less often than grpcio: any of its minor.
 grpc_minor=${grpc_version%.*}
@@ -27,8 +35,7 @@ download "grpcio==$grpc_version" "grpcio-health-checking==$grpc_minor.*" \
   "grpcio-reflection==$grpc_minor.*" prometheus-client \
   aiohttp aiohappyeyeballs aiosignal frozenlist multidict propcache yarl attrs idna \
   pytest-timeout hypothesis sortedcontainers \
-  opentelemetry-api opentelemetry-sdk opentelemetry-exporter-otlp-proto-grpc \
-  opentelemetry-exporter-otlp-proto-common opentelemetry-proto opentelemetry-semantic-conventions \
+  $(otel_pins) \
   googleapis-common-protos importlib-metadata zipp typing-extensions \
   "pydantic==$(pkg_version pydantic)" "pydantic-core==$(pkg_version pydantic-core)" \
   annotated-types typing-inspection redis cryptography cffi pycparser
