@@ -127,8 +127,7 @@ class ModelRunner(ModelWorker):
         self.last_tokens = torch.zeros(self.max_running, dtype=torch.int64, device=self.device)
         self.compiled = self._make_compiled_decode()  # before the warm-up, which compiles
         startup.lap("set-up")
-        self._warm_up()  # kernels that compile on first use
-        startup.lap("warm-up")
+        self._warm_up(startup)  # kernels that compile on first use
         self.graph_runner = self._make_graph_runner()
         startup.lap("CUDA graphs")
         if self.compiled is not None:
@@ -142,23 +141,24 @@ class ModelRunner(ModelWorker):
         logger.info("worker %s", startup.summary())
 
     @torch.inference_mode()
-    def _warm_up(self) -> None:
+    def _warm_up(self, startup: StartupPhases) -> None:
         """One prefill pass of a page of tokens into the padding page 0 and two random draws,
         at start-up: kernels that compile on first use (FlashInfer's JIT, Triton's, the
         sampler's torch.compile) then do so here, not on the first request (decode kernels
         compile while graphs are captured, or below for a compiled forward without graphs)."""
         logits = self._eager_logits(self._padding_batch(1, self.page_size, extend=True))
+        startup.lap("warm-up: forward")
         # Random draws, with and without a seed of the request's own, compile what the sampler
         # compiles on first use: the fused race (torch.compile on CUDA), FlashInfer's JIT.
         drawn = [SamplingParams(temperature=1.0), SamplingParams(temperature=1.0, seed=0)]
         self.sampler.sample(logits.expand(2, -1),
                             SamplingBatch.build(drawn, [0, 0], [0, 0], [0, 0], self.device))
+        startup.lap("warm-up: sampler")
         if self.compiled is not None and not self.compiled.static_shapes:
             # Decodes of 1 and 2 rows: the two graphs of a dynamic batch dimension.
             for rows in sorted({1, min(2, self.compiled.max_batch_size)}):
                 self._eager_logits(self._padding_batch(rows, 1, extend=False))
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+            startup.lap("warm-up: compiled decode")
 
     def _padding_batch(self, rows: int, length: int, extend: bool) -> ForwardBatch:
         """`rows` requests (slots 0..rows-1) of `length` tokens in padding page 0, as extends

@@ -34,4 +34,5 @@ def test_a_worker_logs_its_start_up_phases(tmp_path, caplog) -> None:
         ModelRunner(WorkerConfig(model_path=str(model_dir), device="cpu"), model_dir)
     [line] = [r.getMessage() for r in caplog.records if "ready in" in r.getMessage()]
     assert re.fullmatch(r"worker ready in [\d.]+ s: weights [\d.]+ s, KV pool [\d.]+ s, "
-                        r"set-up [\d.]+ s, warm-up [\d.]+ s, CUDA graphs [\d.]+ s", line)
+                        r"set-up [\d.]+ s, warm-up: forward [\d.]+ s, warm-up: sampler [\d.]+ s, "
+                        r"CUDA graphs [\d.]+ s", line)
