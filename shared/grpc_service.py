@@ -37,6 +37,15 @@ INTERNAL_MESSAGE_BYTES = 256 << 20
 # ends are ours: servers accept pings this often without data and never strike for them.
 KEEPALIVE_TIME_MS = 5_000
 KEEPALIVE_TIMEOUT_MS = 5_000
+# A channel whose peer is not listening yet retries its connection with gRPC's backoff, which
+# grows to two minutes: a scheduler waiting out a worker's two-minute first start (kernels
+# compiling) noticed it a minute late. Peers of a mesh start and restart on one host or
+# network, so a retry a second is cheap and the wait ends within a second of the peer.
+RECONNECT_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1_000),
+)
 INTERNAL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.max_send_message_length", INTERNAL_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", INTERNAL_MESSAGE_BYTES),
@@ -49,6 +58,7 @@ INTERNAL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.http2.min_recv_ping_interval_without_data_ms", KEEPALIVE_TIME_MS // 2),
     ("grpc.http2.max_ping_strikes", 0),
+    *RECONNECT_OPTIONS,
 )
 # The public client's channel: unlimited both ways, because the server it talks to decides
 # what is too big (the front door's --max-request-bytes) and says so by name; a client-side

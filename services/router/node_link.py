@@ -25,7 +25,7 @@ from radixmesh.shared.errors import (
     RadixMeshError,
     UnavailableError,
 )
-from radixmesh.shared.grpc_service import open_channel
+from radixmesh.shared.grpc_service import RECONNECT_OPTIONS, open_channel
 from radixmesh.shared.mesh_info import CacheFlush, ModelInfo
 from radixmesh.shared.protos_gen import common_pb2, generate_pb2, generate_pb2_grpc
 from radixmesh.shared.requests import TextDelta, TokenizedRequest
@@ -38,7 +38,7 @@ _REFUSALS = {grpc.StatusCode.RESOURCE_EXHAUSTED: CapacityError}
 _KEY_REFUSED = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 # Messages of up to 64 MiB: a node answers no bigger than its own limits allow.
 _OPTIONS = (("grpc.max_receive_message_length", 64 << 20),
-            ("grpc.max_send_message_length", 64 << 20))
+            ("grpc.max_send_message_length", 64 << 20), *RECONNECT_OPTIONS)
 # How gRPC's core words a failed TLS handshake in a call's details (it has no status of its
 # own for it: the call fails UNAVAILABLE, as if the node were down).
 _HANDSHAKE_FAILED = ("handshake failed", "CERTIFICATE_VERIFY_FAILED")

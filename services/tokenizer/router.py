@@ -73,7 +73,7 @@ class MeshLink(SchedulerLink, DetokenizerLink, Protocol):
 class Router:
     def __init__(self, link: SchedulerLink | MeshLink, tokenizer: TextTokenizer | None,
                  metrics: FrontDoorMetrics | None = None, retry_delay: float = 0.1,
-                 max_retry_delay: float = 2.0,
+                 max_retry_delay: float = 1.0,
                  allow_special_tokens_in_content: bool = False,
                  feed: TextFeed | None = None, stream_interval: int = 1) -> None:
         """`feed`: the front door's shared subscription, which its owner runs; None: one of

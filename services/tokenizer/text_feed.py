@@ -71,7 +71,7 @@ class FeedConnection:
 
 class TextFeed:
     def __init__(self, link: DetokenizerLink, retry_delay: float = 0.1,
-                 max_retry_delay: float = 2.0) -> None:
+                 max_retry_delay: float = 1.0) -> None:
         self._link = link
         self._retry_delay = retry_delay
         self._max_retry_delay = max_retry_delay
