@@ -138,11 +138,6 @@ async def run_mesh(args: argparse.Namespace,
     async with AsyncClient(args.server) as client:
         info = await client.model_info()
         workload = workload_from_args(args, info.vocab_size)
-        if args.warmup_requests:  # before any traceparent: warm-up spans are no figure
-            warm_up = warmup_workload(workload, args.warmup_requests, info.vocab_size,
-                                      args.seed)
-            report_warmup(await run_on_mesh(client, warm_up, sampling_from_args(args),
-                                            progress=False))
         traceparents = None if spans is None else spans.traceparents(len(workload.requests))
         traces = await run_on_mesh(client, workload, sampling_from_args(args),
                                    args.max_concurrency, progress=not args.no_progress,
@@ -156,6 +151,17 @@ def report_warmup(traces: list[RequestTrace]) -> None:
     """A failed warm-up is said, not fatal: the timed requests will show what is wrong."""
     for message, count in error_counts(traces).items():
         print(f"warm-up failed x{count}: {message}", file=sys.stderr)
+
+
+async def warm_up_mesh(args: argparse.Namespace) -> None:
+    """The warm-up requests, before any figure is taken (a router's per-node counts too) and
+    before any traceparent is handed out: warm-up spans are no figure either."""
+    async with AsyncClient(args.server) as client:
+        info = await client.model_info()
+        workload = workload_from_args(args, info.vocab_size)
+        warm_up = warmup_workload(workload, args.warmup_requests, info.vocab_size, args.seed)
+        report_warmup(await run_on_mesh(client, warm_up, sampling_from_args(args),
+                                        progress=False))
 
 
 def run_settings(args: argparse.Namespace, run: CompletedRun) -> dict:
@@ -225,8 +231,10 @@ def run_cli(args: argparse.Namespace) -> int:
 
 
 def run_and_report(args: argparse.Namespace, spans: TraceCollector | None) -> int:
-    before = requests_per_node(args.server) if args.path == "mesh" else None
     try:
+        if args.path == "mesh" and args.warmup_requests:
+            asyncio.run(warm_up_mesh(args))
+        before = requests_per_node(args.server) if args.path == "mesh" else None
         run = run_offline(args) if args.path == "offline" else asyncio.run(run_mesh(args, spans))
     except RadixMeshClientError as error:  # only model_info(): a failed stream is a figure
         print(f"radixmesh bench: the mesh at {args.server} did not answer: {error}",
