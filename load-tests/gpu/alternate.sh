@@ -19,13 +19,11 @@ read -r -a arms <<<"${1:?the arms, e.g. \"mesh mesh-trace mesh\"}"; shift
 workloads=("${@:-decode-b1}")
 work=/tmp/alternate && rm -rf "$work" && mkdir -p "$work" "$OUT"
 
-install() {  # install WHEEL_DIR TARGET
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target "$2" "$1"/*.whl
-}
-install "$REPO/.whl" /tmp/site || { echo "!! installing .whl failed"; exit 1; }
+source "$REPO/load-tests/gpu/lib.sh"  # install_wheel_dir
+install_wheel_dir "$REPO/.whl" /tmp/site || { echo "!! installing .whl failed"; exit 1; }
 if [[ " ${arms[*]} " == *@baseline* ]]; then
-  install "$REPO/${BASELINE_WHEELS:?set BASELINE_WHEELS for @baseline arms}" /tmp/site-baseline ||
+  install_wheel_dir "$REPO/${BASELINE_WHEELS:?set BASELINE_WHEELS for @baseline arms}" \
+    /tmp/site-baseline ||
     { echo "!! installing $BASELINE_WHEELS failed"; exit 1; }
 fi
 
