@@ -22,9 +22,9 @@ SERVER_LOG=""
 SERVER_COMMAND=""    # as recorded in its benches' result JSONs
 
 # install_wheel_dir DIR TARGET: pip-installs DIR's wheels into TARGET, unless these very
-# wheels are there already. A reinstall gives FlashInfer's kernel sources new times, and its
-# JIT (ninja) rebuilds what is older than its sources: a second call on a warm machine spent
-# 135 s warming up again, against 2-3 s for a second mesh within one call.
+# wheels are there already. A second call on a warm machine spent 135 s warming up again,
+# against 2-3 s for a second mesh within one call; the likely cause: a reinstall gives
+# FlashInfer's kernel sources new times, and its JIT (ninja) rebuilds what is older.
 install_wheel_dir() {
   local stamp
   stamp=$(cd "$1" && sha256sum ./*.whl | sha256sum | cut -c1-16) || return 1
