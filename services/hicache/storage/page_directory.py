@@ -57,9 +57,13 @@ def scan_pages(directory: Path, clear_temps: bool) -> list[tuple[bytes, int]]:
                         os.unlink(entry.path)
                 continue
             key = key_from_hex(entry.name)
-            if key is not None and entry.is_file(follow_symlinks=False):
+            if key is None or not entry.is_file(follow_symlinks=False):
+                continue
+            try:
                 status = entry.stat(follow_symlinks=False)
-                found.append((status.st_mtime_ns, entry.name, key, status.st_size))
+            except FileNotFoundError:  # another backend on the directory evicted it meanwhile
+                continue
+            found.append((status.st_mtime_ns, entry.name, key, status.st_size))
     return [(key, size) for _, _, key, size in sorted(found)]
 
 
