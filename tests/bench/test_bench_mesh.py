@@ -66,13 +66,18 @@ def test_rejected_requests_are_counted_as_failures(mesh: MeshProcess) -> None:
     assert all(t.error is not None and t.error.startswith("INVALID_ARGUMENT") for t in traces)
 
 
-def test_cli_writes_a_mesh_result(mesh: MeshProcess, tmp_path: Path) -> None:
+def bench_null_worker(mesh: MeshProcess, out: Path, num_prompts: int, *flags: str) -> dict:
+    """`radixmesh bench --workload null-worker` against `mesh`: the one result JSON it wrote."""
     assert main([
         "bench", "--workload", "null-worker", "--server", mesh.grpc_address,
-        "--num-prompts", "40", "--scale", "0.1", "--device-label", "test box CPU",
-        "--output-dir", str(tmp_path), "--no-progress"]) == 0
-    [path] = tmp_path.glob("null-worker-mesh-cpu-*.json")
-    result = json.loads(path.read_text())
+        "--num-prompts", str(num_prompts), "--scale", "0.1", *flags,
+        "--output-dir", str(out), "--no-progress"]) == 0
+    [path] = out.glob("null-worker-mesh-cpu-*.json")
+    return json.loads(path.read_text())
+
+
+def test_cli_writes_a_mesh_result(mesh: MeshProcess, tmp_path: Path) -> None:
+    result = bench_null_worker(mesh, tmp_path, 40, "--device-label", "test box CPU")
     assert (result["path"], result["worker"], result["device"]) == ("mesh", "null",
                                                                     "test box CPU")
     assert result["metrics"]["completed"] == 40
@@ -130,12 +135,7 @@ def finished_requests(mesh: MeshProcess) -> float:
 def test_warmup_requests_are_sent_first_and_left_out_of_the_figures(
         mesh: MeshProcess, tmp_path: Path) -> None:
     before = finished_requests(mesh)
-    assert main([
-        "bench", "--workload", "null-worker", "--server", mesh.grpc_address,
-        "--num-prompts", "10", "--scale", "0.1", "--warmup-requests", "3",
-        "--output-dir", str(tmp_path), "--no-progress"]) == 0
-    [path] = tmp_path.glob("null-worker-mesh-*.json")
-    result = json.loads(path.read_text())
+    result = bench_null_worker(mesh, tmp_path, 10, "--warmup-requests", "3")
     assert result["warmup_requests"] == 3
     assert result["metrics"]["completed"] == 10
     assert finished_requests(mesh) - before == 13
