@@ -56,21 +56,31 @@ class SpanRecorder:
             mark_failed(span, error)
         span.end(end_time=end_ns)
 
-    def record_linked(self, name: str, links: Sequence[TraceContext], start_ns: int,
-                      end_ns: int, attributes: Attributes | None = None) -> None:
-        """A span of its own trace, linked to each sampled context in `links` (the worker's
-        step, which serves many requests at once); nothing when none of them is sampled."""
-        if self._tracer is None:
-            return
-        sampled = [link for link in links if link.sampled]
-        if not sampled:
-            return
-        from opentelemetry.context import Context
+    def link_to(self, trace: TraceContext) -> Any:
+        """A link to `trace` for `record_linked`, or None while off or when `trace` is not
+        sampled. Made once per request and kept: a step span links to every sampled request
+        it serves, and parsing each one's traceparent again on every step was most of what
+        tracing cost the worker at large batch."""
+        if not self.wants(trace):
+            return None
         from opentelemetry.trace import Link
 
-        span = self._tracer.start_span(
-            name, context=Context(), start_time=start_ns, attributes=attributes,
-            links=[Link(_span_context(link)) for link in sampled])
+        return Link(_span_context(trace))
+
+    def record_linked(self, name: str, links: Sequence[Any], start_ns: int, end_ns: int,
+                      attributes: Attributes | None = None) -> None:
+        """A span of its own trace, linked to each of `links` (made by `link_to`; None
+        entries are skipped): the worker's step, which serves many requests at once. Nothing
+        when no link is left."""
+        if self._tracer is None:
+            return
+        links = [link for link in links if link is not None]
+        if not links:
+            return
+        from opentelemetry.context import Context
+
+        span = self._tracer.start_span(name, context=Context(), start_time=start_ns,
+                                       attributes=attributes, links=links)
         span.end(end_time=end_ns)
 
     def start(self, name: str, parent: TraceContext = NO_TRACE,

@@ -45,7 +45,8 @@ def test_services_export_one_trace_over_otlp(span_receiver: SpanReceiver) -> Non
     start = now_ns()
     scheduler.record("queue", request, start, start + 1_000, {"radixmesh.queue.waiting": 3})
     scheduler.record("decode", request, start, start + 2_000, error="aborted")
-    scheduler.record_linked("worker.step", [request, UNSAMPLED], start, start + 10)
+    scheduler.record_linked("worker.step", [scheduler.link_to(request),
+                                           scheduler.link_to(UNSAMPLED)], start, start + 10)
     root.end()
     stop_tracing(front_door)
     stop_tracing(scheduler)
@@ -73,7 +74,7 @@ def test_unsampled_parent_records_nowhere(span_receiver: SpanReceiver) -> None:
     assert context_of(root) is NO_TRACE
     root.end()
     worker.record("prefill", UNSAMPLED, 0, 1)
-    worker.record_linked("worker.step", [UNSAMPLED], 0, 1)
+    worker.record_linked("worker.step", [worker.link_to(UNSAMPLED)], 0, 1)
     stop_tracing(front_door)
     stop_tracing(worker)
     assert span_receiver.snapshot() == []

@@ -11,7 +11,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 
 from radixmesh.services.worker.null_worker import NullWorker
 from radixmesh.services.worker.servicer import WorkerServicer
-from radixmesh.services.worker.step_spans import StepSpans
+from radixmesh.services.worker.step_spans import MAX_STEP_LINKS, StepSpans
 from radixmesh.shared import wire
 from radixmesh.shared.protos_gen import internal_pb2_grpc
 from radixmesh.shared.sampling_params import SamplingParams
@@ -72,6 +72,29 @@ def test_step_spans_link_only_sampled_requests_and_describe_the_batch(
         assert links_of(span) == [expected_link]
         assert span.start_time <= span.end_time
     assert memory_spans.finished() == steps
+
+
+def test_a_large_batch_links_its_prefills_first_and_counts_every_sampled_request(
+        memory_spans: MemorySpans):
+    def traced(index: int) -> TraceContext:
+        return TraceContext.of_span(index + 1, index + 1, 1, "")
+
+    decoding = [NewRequest(f"d{i}", (1,), 1, 0, (), SAMPLING, traced(i))
+                for i in range(2 * MAX_STEP_LINKS)]
+    prefilling = NewRequest("p", (1, 2), 2, 0, (), SAMPLING, traced(999))
+    spans = StepSpans(memory_spans.recorder)
+    step = spans.launching(StepPlan(1, new_requests=[*decoding, prefilling],
+                                    extends=[ExtendChunk("p", 0, 2, True)],
+                                    decodes=[new.rid for new in decoding]))
+    assert step is not None
+    spans.finished(step, cuda_graph=True)
+    [span] = memory_spans.named("worker.step")
+    linked_trace_ids = [link.context.trace_id for link in span.links]
+    assert len(linked_trace_ids) == MAX_STEP_LINKS
+    assert linked_trace_ids[0] == 1000  # the prefill's request, ahead of the decodes
+    assert linked_trace_ids[1:] == list(range(1, MAX_STEP_LINKS))
+    assert span.attributes["radixmesh.step.sampled_requests"] == 2 * MAX_STEP_LINKS + 1
+    assert span.attributes["radixmesh.step.batch_size"] == 2 * MAX_STEP_LINKS + 1
 
 
 def test_nothing_is_made_while_tracing_is_off(sampled_trace: TraceContext,
