@@ -25,6 +25,7 @@ from radixmesh.services.worker.config import WorkerConfig
 from radixmesh.services.worker.cuda_graph import CudaGraphRunner, graph_batch_sizes
 from radixmesh.services.worker.forward_batch import ForwardBatch
 from radixmesh.services.worker.host_kv import HostKV
+from radixmesh.services.worker.kernel_builds import BackgroundKernelBuilds
 from radixmesh.services.worker.loader import load_kv_scales, load_model, resolve_dtype
 from radixmesh.services.worker.memory import make_kv_pool, resolve_device
 from radixmesh.services.worker.model_config import ModelConfig
@@ -32,7 +33,12 @@ from radixmesh.services.worker.page_table import DevicePageTable
 from radixmesh.services.worker.parallel.tensor_parallel import SINGLE, TensorParallel
 from radixmesh.services.worker.request_state import WorkerRequest
 from radixmesh.services.worker.request_table import RequestTable
-from radixmesh.services.worker.sampling import SamplingBatch, make_sampler, pick_sampling_backend
+from radixmesh.services.worker.sampling import (
+    SAMPLING_BACKENDS,
+    SamplingBatch,
+    make_sampler,
+    pick_sampling_backend,
+)
 from radixmesh.services.worker.sampling.sampling_batch import SamplingBatches
 from radixmesh.services.worker.startup_phases import StartupPhases
 from radixmesh.services.worker.torch_compile import CompiledDecode
@@ -83,6 +89,8 @@ class ModelRunner(ModelWorker):
         # Resolved before the weights load: a backend this machine lacks fails at once.
         sampling_backend = pick_sampling_backend(config.sampling_backend, self.device,
                                                  deterministic)
+        kernel_builds = BackgroundKernelBuilds(
+            SAMPLING_BACKENDS.get(sampling_backend).kernel_builds())
         self.model_config = ModelConfig.from_pretrained(model_path)
         self.context_len = config.context_length or self.model_config.context_len
         self.dtype = resolve_dtype(config.dtype, self.model_config)
@@ -127,6 +135,8 @@ class ModelRunner(ModelWorker):
         self.last_tokens = torch.zeros(self.max_running, dtype=torch.int64, device=self.device)
         self.compiled = self._make_compiled_decode()  # before the warm-up, which compiles
         startup.lap("set-up")
+        if kernel_builds.wait():  # what is left of them: the warm-up loads what they built
+            startup.lap("kernel builds (rest)")
         self._warm_up(startup)  # kernels that compile on first use
         self.graph_runner = self._make_graph_runner()
         startup.lap("CUDA graphs")

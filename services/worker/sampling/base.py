@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 import torch
@@ -49,6 +49,13 @@ class SamplingBackend(ABC):
     def missing(cls, device: torch.device) -> str | None:
         """What this machine lacks to run the backend on `device` (None: nothing)."""
         return None
+
+    @classmethod
+    def kernel_builds(cls) -> list[Callable[[], object]]:
+        """JIT builds the backend's kernels need, each safe to run on another thread before
+        the backend is made, at most once per process (a build that ran makes the first use
+        a load); the worker runs them while it loads weights (kernel_builds.py)."""
+        return []
 
     def add_request(self, slot: int, params: SamplingParams, prompt_ids: Sequence[int],
                     output_ids: Sequence[int]) -> None:

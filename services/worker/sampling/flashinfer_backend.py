@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+from collections.abc import Callable
 from types import ModuleType
 
 import torch
@@ -50,6 +51,12 @@ class FlashInferSampler(PyTorchSampler):
         if device.type != "cuda":
             return f"a CUDA device; this worker runs on {device.type}"
         return None
+
+    @classmethod
+    def kernel_builds(cls) -> list[Callable[[], object]]:
+        # FlashInfer compiles its sampling module on first use (about a minute with nvcc on
+        # a bare machine) and keeps it: its getter builds under a file lock, then loads.
+        return [lambda: importlib.import_module("flashinfer.sampling").get_sampling_module()]
 
     def draw(self, logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
         if batch.all_own_seeds:
