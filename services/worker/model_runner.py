@@ -135,9 +135,7 @@ class ModelRunner(ModelWorker):
         self.last_tokens = torch.zeros(self.max_running, dtype=torch.int64, device=self.device)
         self.compiled = self._make_compiled_decode()  # before the warm-up, which compiles
         startup.lap("set-up")
-        if kernel_builds.wait():  # what is left of them: the warm-up loads what they built
-            startup.lap("kernel builds (rest)")
-        self._warm_up(startup)  # kernels that compile on first use
+        self._warm_up(startup, kernel_builds)  # kernels that compile on first use
         self.graph_runner = self._make_graph_runner()
         startup.lap("CUDA graphs")
         if self.compiled is not None:
@@ -151,13 +149,15 @@ class ModelRunner(ModelWorker):
         logger.info("worker %s", startup.summary())
 
     @torch.inference_mode()
-    def _warm_up(self, startup: StartupPhases) -> None:
+    def _warm_up(self, startup: StartupPhases, kernel_builds: BackgroundKernelBuilds) -> None:
         """One prefill pass of a page of tokens into the padding page 0 and two random draws,
         at start-up: kernels that compile on first use (FlashInfer's JIT, Triton's, the
         sampler's torch.compile) then do so here, not on the first request (decode kernels
         compile while graphs are captured, or below for a compiled forward without graphs)."""
         logits = self._eager_logits(self._padding_batch(1, self.page_size, extend=True))
         startup.lap("warm-up: forward")
+        if kernel_builds.wait():  # they ran beside all of the above; the sampler loads them
+            startup.lap("kernel builds (rest)")
         # Random draws, with and without a seed of the request's own, compile what the sampler
         # compiles on first use: the fused race (torch.compile on CUDA), FlashInfer's JIT.
         drawn = [SamplingParams(temperature=1.0), SamplingParams(temperature=1.0, seed=0)]
