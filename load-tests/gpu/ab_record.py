@@ -23,6 +23,9 @@ from pathlib import Path
 FIGURES = ("output_throughput", "median_itl_ms", "median_ttft_ms", "mean_ttft_ms")
 SETTINGS = re.compile(r"max_total_num_tokens=(\d+), chunked_prefill_size=(-?\d+), "
                       r"max_running_requests=(\d+)")
+# mini-sglang's (a `peer` arm); the rest of its settings are minisgl_bench.py's constants.
+PEER_KV = re.compile(r"Allocating (\d+) tokens for KV cache")
+PEER_SETTINGS = {"max_running_requests": 1024, "max_extend_tokens": 16384}
 
 
 def server_settings(arm_dir: Path) -> dict | None:
@@ -39,6 +42,9 @@ def server_settings(arm_dir: Path) -> dict | None:
                 tokens, chunk, running = map(int, match.groups())
                 return {"kv_pool_tokens": tokens, "chunked_prefill_size": chunk,
                         "max_running_requests": running}
+            match = PEER_KV.search(text)
+            if match:
+                return {"kv_pool_tokens": int(match.group(1)), **PEER_SETTINGS}
     return None
 
 

@@ -9,7 +9,8 @@
 #
 # Each ARM is a mesh variant of run.sh (mesh, mesh-trace, mesh-hicache, ...), optionally
 # `@baseline` to run it from the baseline wheel; each arm is one `radixmesh up` serving every
-# WORKLOAD in turn. The result JSONs and logs come back in $OUT/alternate.tgz, and a table of
+# WORKLOAD in turn. The arm `peer` is mini-sglang on the same WORKLOADs (peer.sh: carry
+# `.peers` too), so that ours and the peer's alternate as well: "peer mesh peer mesh peer". The result JSONs and logs come back in $OUT/alternate.tgz, and a table of
 # each arm's figures with the per-arm medians in $OUT/alternate.txt.
 # Environment: as run.sh's (SERVER_FLAGS, BENCH_FLAGS, MODEL, ...), and BASELINE_WHEELS.
 set -uo pipefail
@@ -27,9 +28,29 @@ if [[ " ${arms[*]} " == *@baseline* ]]; then
     { echo "!! installing $BASELINE_WHEELS failed"; exit 1; }
 fi
 
+# The peer on every workload, its JSONs and GPU line where a mesh arm leaves its own.
+run_peer_arm() {
+  local dir=$1 status=0
+  mkdir -p "$dir/logs"
+  echo "##### arm $index: peer"
+  nvidia-smi --query-gpu=name,uuid,memory.total,driver_version --format=csv >"$dir/gpu.txt"
+  OUT=$dir bash "$REPO/load-tests/gpu/peer.sh" "$(IFS=,; echo "${workloads[*]}")" \
+    >/dev/null 2>&1 || status=$?
+  mv "$dir/peer/peer.log" "$dir/logs/server-peer.log" 2>/dev/null
+  grep -h '^{' "$dir/logs/server-peer.log"
+  mv "$dir"/peer/*.json "$dir/" 2>/dev/null
+  (cd "$dir/logs" && tar czf ../logs.tgz server-peer.log) && rm -rf "$dir/logs" "$dir/peer"
+  return "$status"
+}
+
 failures=0 index=0
 for arm in "${arms[@]}"; do
   index=$((index + 1))
+  if [[ $arm == peer ]]; then
+    run_peer_arm "$work/$(printf %02d "$index")-peer" || failures=$((failures + 1))
+    (cd "$work" && tar czf "$OUT/alternate.tgz" .)
+    continue
+  fi
   variant=${arm%@baseline} site=/tmp/site wheels=$REPO/.whl
   if [[ $arm == *@baseline ]]; then
     site=/tmp/site-baseline:/tmp/site wheels=$REPO/$BASELINE_WHEELS

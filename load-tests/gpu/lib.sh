@@ -21,17 +21,23 @@ SERVER_STARTS=0
 SERVER_LOG=""
 SERVER_COMMAND=""    # as recorded in its benches' result JSONs
 
-# install_wheel_dir DIR TARGET: pip-installs DIR's wheels into TARGET, unless these very
+# install_wheel_files TARGET WHEEL...: pip-installs the WHEELs into TARGET, unless these very
 # wheels are there already. A second call on a warm machine spent 135 s warming up again,
 # against 2-3 s for a second mesh within one call; the likely cause: a reinstall gives
-# FlashInfer's kernel sources new times, and its JIT (ninja) rebuilds what is older.
-install_wheel_dir() {
-  local stamp
-  stamp=$(cd "$1" && sha256sum ./*.whl | sha256sum | cut -c1-16) || return 1
-  [[ -f $2/.wheels-stamp && $(<"$2/.wheels-stamp") == "$stamp" ]] && return 0
+# FlashInfer's kernel sources new times, and its JIT (ninja) rebuilds what is older. (Skipping
+# the reinstall, the next call's mesh was up in 19 s.)
+install_wheel_files() {
+  local target=$1 stamp && shift
+  stamp=$(sha256sum "$@" | cut -d' ' -f1 | sha256sum | cut -c1-16) || return 1
+  [[ -f $target/.wheels-stamp && $(<"$target/.wheels-stamp") == "$stamp" ]] && return 0
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target "$2" "$1"/*.whl || return 1
-  echo "$stamp" >"$2/.wheels-stamp"
+    --target "$target" "$@" || return 1
+  echo "$stamp" >"$target/.wheels-stamp"
+}
+
+# install_wheel_dir DIR TARGET: every wheel of DIR, as install_wheel_files.
+install_wheel_dir() {
+  install_wheel_files "$2" "$1"/*.whl
 }
 
 # Installs the carried wheels into /tmp/site (the GPU image lacks them; see prepare.sh).

@@ -9,16 +9,21 @@
 #     -d .peers/wheels pyzmq
 # and `.whl` (prepare.sh with WITH_FLASHINFER=1 holds the FlashInfer wheels the peer needs).
 #   bash load-tests/gpu/peer.sh [WORKLOADS]   (default decode-b1,sharegpt-like,shared-prefix)
-# The peer's JSONs land in $OUT/peer (copy them into load-tests/results/).
+# The peer's JSONs and its whole log (peer.log) land in $OUT/peer (copy the JSONs into
+# load-tests/results/).
 set -uo pipefail
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 PY=${PY:-python3} OUT=${OUT:-/tmp/out}
 site=/tmp/site-peer
-"$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" \
-  "$REPO"/.whl/flashinfer_python-*.whl "$REPO"/.whl/apache_tvm_ffi-*.whl \
+source "$REPO/load-tests/gpu/lib.sh"  # install_wheel_files
+# Installed once per machine (a reinstall renews FlashInfer's sources' times and its JIT
+# rebuilds), with a JIT cache of its own: the peer's FlashInfer is a second copy at another
+# path, and sharing our cache, each of the two would rebuild what the other built last.
+install_wheel_files "$site" "$REPO"/.whl/flashinfer_python-*.whl "$REPO"/.whl/apache_tvm_ffi-*.whl \
   "$REPO"/.whl/nvidia_cudnn_frontend-*.whl "$REPO"/.peers/wheels/*.whl ||
   { echo "!! installing the peer's wheels failed"; exit 1; }
+export FLASHINFER_WORKSPACE_BASE=${PEER_FLASHINFER_CACHE:-/tmp/flashinfer-peer}
 mkdir -p "$OUT/peer"
 PYTHONPATH=$site timeout --kill-after=20 "${PEER_TIMEOUT:-480}" "$PY" "$REPO/.peers/bench/minisgl_bench.py" \
   --source "$REPO/.peers/minisgl" --out "$OUT/peer" --only "${1:-decode-b1,sharegpt-like,shared-prefix}" \
-  2>&1 | tail -n 40
+  2>&1 | tee "$OUT/peer/peer.log" | tail -n 40
