@@ -54,7 +54,8 @@ class SamplingBackend(ABC):
     def kernel_builds(cls) -> list[Callable[[], object]]:
         """JIT builds the backend's kernels need, each safe to run on another thread before
         the backend is made, at most once per process (a build that ran makes the first use
-        a load); the worker runs them while it loads weights (kernel_builds.py)."""
+        a load); the worker runs them while it loads weights (kernel_builds.py). Called on
+        the worker's main thread, only where `missing` found nothing."""
         return []
 
     def add_request(self, slot: int, params: SamplingParams, prompt_ids: Sequence[int],

@@ -55,8 +55,10 @@ class FlashInferSampler(PyTorchSampler):
     @classmethod
     def kernel_builds(cls) -> list[Callable[[], object]]:
         # FlashInfer compiles its sampling module on first use (about a minute with nvcc on
-        # a bare machine) and keeps it: its getter builds under a file lock, then loads.
-        return [lambda: importlib.import_module("flashinfer.sampling").get_sampling_module()]
+        # a bare machine) and keeps it: its getter builds under a file lock, then loads. The
+        # import happens here, on the caller's thread: imports racing on two threads are
+        # what the build's thread need not risk.
+        return [importlib.import_module("flashinfer.sampling").get_sampling_module]
 
     def draw(self, logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
         if batch.all_own_seeds:
