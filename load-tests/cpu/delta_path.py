@@ -22,10 +22,11 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
-from radixmesh.bench.results import git_commit
+from radixmesh.bench.results import git_commit, write_record
 from radixmesh.services.detokenizer.batch_detokenizer import BatchDetokenizer
 from radixmesh.shared import wire
 from radixmesh.shared.protos_gen import internal_pb2
@@ -84,14 +85,12 @@ def main() -> None:
     figures = {str(size): measure(size, args.steps, tokenizer) for size in BATCHES}
     record = {"what": "µs per decode step of the per-token path downstream of the step "
                       "(median), in-process", "device": "cpu", "cpu": platform.processor()
-              or platform.machine(), "commit": git_commit(Path(wire.__file__).parents[1]),
-              "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "steps": args.steps,
-              "batches": figures}
+              or platform.machine(), "steps": args.steps, "batches": figures}
     print(json.dumps(record, indent=2))
     if args.output_dir is not None:
-        args.output_dir.mkdir(parents=True, exist_ok=True)
-        out = args.output_dir / f"delta-path-cpu-{time.strftime('%Y%m%d-%H%M%S')}.json"
-        out.write_text(json.dumps(record, indent=2) + "\n")
+        # The commit of the package measured, which a before/after run puts on PYTHONPATH.
+        write_record(record, "delta-path-cpu", args.output_dir, sys.argv,
+                     commit=git_commit(Path(wire.__file__).parents[1]))
 
 
 if __name__ == "__main__":

@@ -20,15 +20,15 @@ timed part by part (median µs per step):
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from radixmesh.bench.results import git_commit
+from radixmesh.bench.results import write_record
 from radixmesh.services.scheduler.config import SchedulerConfig
 from radixmesh.services.scheduler.scheduler import Scheduler
 from radixmesh.services.worker.attention.torch_backend import TorchAttentionBackend
@@ -157,13 +157,8 @@ def main() -> None:
                       "table and batch building; no model, no sockets",
               "device": "cpu", "cpu": cpu_model(),
               "prompt_tokens": args.prompt_tokens, "page_size": PAGE, "steps": args.steps,
-              **figures,
-              "commit": git_commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-              "command": f"python load-tests/cpu/host_overhead.py --steps {args.steps} "
-                         f"--prompt-tokens {args.prompt_tokens}"}
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    out = args.output_dir / f"host-overhead-cpu-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps(record, indent=2) + "\n")
+              **figures}
+    out = write_record(record, "host-overhead-cpu", args.output_dir, sys.argv)
     print(f"result: {out}")
 
 

@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from radixmesh.bench.results import git_commit
+from radixmesh.bench.results import write_record
 from radixmesh.make_model import make_model
 from radixmesh.services.worker.base import ModelWorker
 from radixmesh.services.worker.config import WorkerConfig
@@ -127,13 +127,8 @@ def main() -> None:
                       "encoding + pipe writes (send_us), and a whole decode step (step_us)",
               "device": "cpu", "model": "tiny llama (make-model defaults, 2 layers)",
               "batch": args.batch, "steps": args.steps,
-              **figures,
-              "commit": git_commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-              "command": f"python load-tests/cpu/tp_step_cost.py --batch {args.batch} "
-                         f"--steps {args.steps}"}
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    out = args.output_dir / f"tp-step-cost-cpu-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps(record, indent=2) + "\n")
+              **figures}
+    out = write_record(record, "tp-step-cost-cpu", args.output_dir, sys.argv)
     print(f"result: {out}")
 
 

@@ -19,7 +19,6 @@ A sleep between steps stands for the device's share of a step.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import subprocess
@@ -27,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from radixmesh.bench.results import git_commit
+from radixmesh.bench.results import write_record
 from radixmesh.services.worker.step_spans import StepSpans
 from radixmesh.shared.sampling_params import SamplingParams
 from radixmesh.shared.span_recorder import DISABLED, SpanRecorder
@@ -92,12 +91,8 @@ def main() -> None:
                       "worker.step spans (made on the step thread, exported over OTLP/gRPC to "
                       "a receiver in another process); µs, on CPU",
               "device": "cpu", "steps": args.steps, "device_share_s": DEVICE_SHARE_S,
-              **figures, "dropped_spans": dropped,
-              "commit": git_commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-              "command": f"python load-tests/cpu/trace_step_cost.py --steps {args.steps}"}
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    out = args.output_dir / f"trace-step-cost-cpu-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps(record, indent=2) + "\n")
+              **figures, "dropped_spans": dropped}
+    out = write_record(record, "trace-step-cost-cpu", args.output_dir, sys.argv)
     print(f"result: {out}")
 
 

@@ -18,9 +18,9 @@ plain torch ops (`torch`, the path before the kernels).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from radixmesh.bench.results import write_record
 from radixmesh.services.worker.host_kv import HostKV, pool_layout
 from radixmesh.services.worker.kv_pool import KVPool
 from radixmesh.shared.host_pool import HostPool
@@ -149,13 +150,9 @@ def main() -> None:
               "device": torch.cuda.get_device_name(), "gpu_uuid": gpu_uuid(),
               "pages": args.pages,
               "kv_shape": "llama-3.1-8b, bf16, page size 16 (2 MiB per page)",
-              "pinned_copy_gbps": round(pinned, 2), **paths,
-              "command": f"python load-tests/gpu/host_kv_bandwidth.py --pages {args.pages}",
-              "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    name = f"host-kv-bandwidth-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    (args.output_dir / name).write_text(json.dumps(record, indent=2) + "\n")
-    print(json.dumps(record, indent=2))
+              "pinned_copy_gbps": round(pinned, 2), **paths}
+    out = write_record(record, "host-kv-bandwidth", args.output_dir, sys.argv)
+    print(out.read_text())
 
 
 if __name__ == "__main__":

@@ -110,12 +110,28 @@ def build_result(workload: str, path: str, device: Device, argv: list[str],
 
 def write_result(result: dict, output_dir: Path, device: Device) -> Path:
     """Writes `result` under a name no earlier run took; returns the file."""
-    output_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.fromisoformat(result["date"]).strftime("%Y%m%d-%H%M%S")
     stem = f"{result['workload']}-{result['path']}-{device.slug}-{stamp}"
+    return _write_new(result, output_dir, stem)
+
+
+def write_record(record: dict, name: str, output_dir: Path, argv: list[str],
+                 commit: str | None = None) -> Path:
+    """A load-tests script's record, stamped with the commit (`commit`: of what it measured,
+    where that is not this checkout), the date and the command as typed (`python` and
+    `argv`), written as `NAME-<date>.json` in `output_dir`; returns the file."""
+    now = datetime.datetime.now().astimezone()
+    stamped = {**record, "commit": commit or git_commit(),
+               "date": now.isoformat(timespec="seconds"),
+               "command": shlex.join(["python", *argv])}
+    return _write_new(stamped, output_dir, f"{name}-{now.strftime('%Y%m%d-%H%M%S')}")
+
+
+def _write_new(document: dict, output_dir: Path, stem: str) -> Path:
+    output_dir.mkdir(parents=True, exist_ok=True)
     out, n = output_dir / f"{stem}.json", 1
     while out.exists():
         n += 1
         out = output_dir / f"{stem}-{n}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out.write_text(json.dumps(document, indent=2) + "\n")
     return out

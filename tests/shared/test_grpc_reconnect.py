@@ -5,6 +5,7 @@ waiting out a worker's long first start (kernels compiling) once noticed it a mi
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
 import threading
 import time
@@ -54,5 +55,5 @@ def test_a_missing_peer_is_retried_about_every_second() -> None:
     finally:
         listener.close()
     assert len(attempts) >= MIN_ATTEMPTS, attempts
-    gaps = [later - earlier for earlier, later in zip(attempts, attempts[1:])]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(attempts)]
     assert max(gaps) < 2.0, gaps
