@@ -22,6 +22,7 @@ from radixmesh.bench.results import (
     cpu_device,
     git_commit,
     labelled_device,
+    write_record,
     write_result,
 )
 from radixmesh.bench.table import format_summary
@@ -137,6 +138,19 @@ def test_result_document_and_file(tmp_path: Path) -> None:
     assert first != second, "a second run in the same second must not overwrite the first"
     assert first.name.startswith("decode-b1-mesh-nvidia-h100-80gb-hbm3-")
     assert json.loads(first.read_text()) == result
+
+
+def test_a_load_tests_record_is_stamped_and_never_overwritten(tmp_path: Path) -> None:
+    argv = ["load-tests/cpu/host_overhead.py", "--steps", "5", "--note", "a b"]
+    first = write_record({"what": "x", "figures": [1]}, "host-overhead-cpu", tmp_path, argv)
+    second = write_record({"what": "y"}, "host-overhead-cpu", tmp_path, argv, commit="abc1234")
+    assert first != second and first.name.startswith("host-overhead-cpu-")
+    record = json.loads(first.read_text())
+    assert record["what"] == "x" and record["figures"] == [1]
+    assert record["command"] == "python load-tests/cpu/host_overhead.py --steps 5 --note 'a b'"
+    assert re.fullmatch(r"[0-9a-f]{4,40}(-dirty)?|unknown", record["commit"])
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d", record["date"])
+    assert json.loads(second.read_text())["commit"] == "abc1234"
 
 
 def test_commit_and_devices_describe_this_checkout_and_machine(tmp_path: Path) -> None:
