@@ -28,6 +28,10 @@ def kv_pool_tokens(requested: int | None, bytes_per_token: int, device: torch.de
     if requested is not None:
         return requested
     if device.type == "cuda":
+        # What loading left cached in torch's allocator (the dummy weights' largest draw, the
+        # 1 GiB embedding of an 8B model) is free for the pool too, but the driver counts it
+        # as used until it is given back.
+        torch.cuda.empty_cache()
         free, total = torch.cuda.mem_get_info(device)
         # The weights are loaded already: what is left under the static fraction is for KV.
         budget = free - total * (1.0 - mem_fraction_static)
