@@ -58,9 +58,9 @@ class SpanRecorder:
 
     def link_to(self, trace: TraceContext) -> Any:
         """A link to `trace` for `record_linked`, or None while off or when `trace` is not
-        sampled. Made once per request and kept: a step span links to every sampled request
-        it serves, and parsing each one's traceparent again on every step was most of what
-        tracing cost the worker at large batch."""
+        sampled. Made once per request and kept: step spans link to the requests they serve,
+        step after step, and parsing each one's traceparent again on every step was most of
+        what tracing cost the worker at large batch."""
         if not self.wants(trace):
             return None
         from opentelemetry.trace import Link

@@ -10,7 +10,7 @@ one attribute read.
 A step links to at most MAX_STEP_LINKS requests, those it prefills first (the chunks are what
 make a step slow), then those it decodes; `radixmesh.step.sampled_requests` counts them all.
 Every link is work on the step thread and in the export, per step: with all of a 450-request
-batch linked, tracing cost the H100 12% of its sharegpt-like throughput (the SDK itself keeps
+batch linked, tracing cost an H100 14% of its sharegpt-like throughput (the SDK itself keeps
 at most 128 links a span).
 """
 
