@@ -55,22 +55,35 @@ install_wheels() {
 # `--load-format dummy`) and a tokenizer padded to the 128256-id vocabulary, so the mesh's
 # detokenizer does its real work on every generated id.
 write_llama8b_dir() {
+  write_llama_dir "$1" 4096 32 14336 32
+}
+
+# Llama-3.1-70B's layer shape cut to 8 layers (issue 20: KV cheap against compute, 32 KiB a
+# token), otherwise as write_llama8b_dir.
+write_llama70b_8layer_dir() {
+  write_llama_dir "$1" 8192 64 28672 8
+}
+
+# write_llama_dir DIR HIDDEN HEADS INTERMEDIATE LAYERS: a Llama-3.1 config of that shape (8 KV
+# heads of 128, Llama-3.1's vocabulary and RoPE) and its padded tokenizer, unless DIR has them.
+write_llama_dir() {
   local dir=$1
   [[ -f $dir/config.json && -f $dir/tokenizer.json ]] && return 0
-  "$PY" - "$dir" <<'PY'
+  "$PY" -P - "$@" <<'PY'  # -P: the checkout's folders (kernels/) must not shadow packages
 import sys
 from pathlib import Path
 from transformers import LlamaConfig
 from radixmesh.make_model.tokenizer import train_tokenizer
-LlamaConfig(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
-            num_key_value_heads=8, intermediate_size=14336, vocab_size=128256,
+directory, hidden, heads, intermediate, layers = sys.argv[1], *map(int, sys.argv[2:])
+LlamaConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+            num_key_value_heads=8, intermediate_size=intermediate, vocab_size=128256,
             max_position_embeddings=131072, rms_norm_eps=1e-5, dtype="bfloat16",
             bos_token_id=128000, eos_token_id=[128001, 128008, 128009],
             rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
                              "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                              "original_max_position_embeddings": 8192},
-            architectures=["LlamaForCausalLM"]).save_pretrained(sys.argv[1])
-train_tokenizer(Path(sys.argv[1]), 128256, model_max_length=131072)
+            architectures=["LlamaForCausalLM"]).save_pretrained(directory)
+train_tokenizer(Path(directory), 128256, model_max_length=131072)
 PY
 }
 

