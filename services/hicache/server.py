@@ -6,13 +6,14 @@ import logging
 
 from radixmesh.services.hicache.cache import HiCache
 from radixmesh.services.hicache.config import HiCacheConfig
+from radixmesh.services.hicache.handlers import add_hicache_servicer
 from radixmesh.services.hicache.metrics import HiCacheMetrics
 from radixmesh.services.hicache.page_index import IndexStartError, PageIndex, make_page_index
 from radixmesh.services.hicache.peer_link import PeerFetcher
 from radixmesh.services.hicache.servicer import HiCacheServicer
 from radixmesh.shared.api_keys import is_loopback
 from radixmesh.shared.grpc_service import ServiceServer, host_port, start_server
-from radixmesh.shared.protos_gen import hicache_pb2, hicache_pb2_grpc
+from radixmesh.shared.protos_gen import hicache_pb2
 from radixmesh.shared.tls import internal_client_tls, internal_server_tls
 from radixmesh.shared.tracing import start_tracing, stop_tracing
 
@@ -38,8 +39,7 @@ async def serve(config: HiCacheConfig) -> None:
         servicer = HiCacheServicer(cache, recorder, index, fetcher)
         server = await start_server(
             host_port(config.host, config.port),
-            lambda grpc_server: hicache_pb2_grpc.add_HiCacheServicer_to_server(servicer,
-                                                                             grpc_server),
+            lambda grpc_server: add_hicache_servicer(servicer, grpc_server),
             [SERVICE_NAME], tls=internal_server_tls(config))
         if index is not None:
             await _start_index(index, config, server)

@@ -21,6 +21,7 @@ import grpc
 
 from radixmesh.services.hicache.attachment import KVLayout
 from radixmesh.services.hicache.cache import HiCache
+from radixmesh.services.hicache.page_batch_wire import encode_page_batch
 from radixmesh.services.hicache.page_index import NO_RUN, PageIndex
 from radixmesh.services.hicache.peer_link import PeerFetcher
 from radixmesh.services.hicache.peer_pages import BATCH_BYTES
@@ -127,7 +128,7 @@ class HiCacheServicer(hicache_pb2_grpc.HiCacheServicer):
         return hicache_pb2.TransferReply(num_pages=outcome.num_pages)
 
     async def ReadPages(self, request: hicache_pb2.PageRead,
-                        context: grpc.aio.ServicerContext) -> AsyncIterator[hicache_pb2.PageBatch]:
+                        context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         keys, root = list(request.keys), request.namespace_root
         sent = 0
         while sent < len(keys):
@@ -136,9 +137,9 @@ class HiCacheServicer(hicache_pb2_grpc.HiCacheServicer):
                 root, rest, BATCH_BYTES))
             if not pages:
                 return
-            yield hicache_pb2.PageBatch(pages=[
-                hicache_pb2.PeerPage(key=key, data=page.data, checksum=page.checksum)
-                for key, page in zip(rest, pages, strict=False)])
+            # A PageBatch, serialized here (handlers.py registers ReadPages to send bytes).
+            yield encode_page_batch((key, page.data, page.checksum)
+                                    for key, page in zip(rest, pages, strict=False))
             sent += len(pages)
             if sum(len(page.data) for page in pages) < BATCH_BYTES:
                 return  # it stopped at a page L3 lacks
