@@ -7,6 +7,7 @@ import logging
 from radixmesh.services.hicache.cache import HiCache
 from radixmesh.services.hicache.config import HiCacheConfig
 from radixmesh.services.hicache.handlers import add_hicache_servicer
+from radixmesh.services.hicache.malloc_tuning import keep_large_buffers
 from radixmesh.services.hicache.metrics import HiCacheMetrics
 from radixmesh.services.hicache.page_index import IndexStartError, PageIndex, make_page_index
 from radixmesh.services.hicache.peer_link import PeerFetcher
@@ -24,6 +25,7 @@ SERVICE_NAME = hicache_pb2.DESCRIPTOR.services_by_name["HiCache"].full_name
 async def serve(config: HiCacheConfig) -> None:
     """Serves until cancelled. The pool is made at the scheduler's first Attach; on the way
     out, however it comes (cancellation included), the pool's segment is unlinked."""
+    keep_large_buffers()
     index = make_page_index(config)
     cache = HiCache(config, index)
     # The service is not told which model it caches (nothing it is sent names one), so the
