@@ -1,6 +1,7 @@
-"""The HiCache service's registration on a gRPC server: the generated handlers, except that
-ReadPages' responses leave the servicer already serialized (page_batch_wire.py), so gRPC sends
-its bytes as they are."""
+"""ReadPages without protobuf's copies of the pages (page_batch_wire.py): the HiCache service's
+registration on a gRPC server (the generated handlers, except that ReadPages' responses leave
+the servicer already serialized, so gRPC sends its bytes as they are), and the asking side's
+call, which hands over each response's bytes unparsed."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ from typing import Any
 
 import grpc
 
-from radixmesh.shared.protos_gen import hicache_pb2_grpc
+from radixmesh.shared.protos_gen import hicache_pb2, hicache_pb2_grpc
 
 RAW_RESPONSES = ("ReadPages",)
+_SERVICE = hicache_pb2.DESCRIPTOR.services_by_name["HiCache"]
+READ_PAGES_PATH = f"/{_SERVICE.full_name}/{_SERVICE.methods_by_name['ReadPages'].name}"
 
 
 class _Captured:
@@ -37,3 +40,10 @@ def add_hicache_servicer(servicer: hicache_pb2_grpc.HiCacheServicer,
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(captured.service, handlers),))
     server.add_registered_method_handlers(captured.service, handlers)
+
+
+def read_pages_raw(channel: grpc.aio.Channel) -> grpc.aio.UnaryStreamMultiCallable:
+    """ReadPages on `channel`, each PageBatch it streams back as its serialized bytes."""
+    return channel.unary_stream(READ_PAGES_PATH,
+                                request_serializer=hicache_pb2.PageRead.SerializeToString,
+                                response_deserializer=None)

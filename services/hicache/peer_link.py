@@ -19,10 +19,11 @@ from dataclasses import dataclass
 import grpc
 
 from radixmesh.services.hicache.cache import HiCache
-from radixmesh.services.hicache.peer_pages import ReceivedPage
+from radixmesh.services.hicache.handlers import read_pages_raw
+from radixmesh.services.hicache.page_batch_wire import MalformedBatchError, decode_page_batch
 from radixmesh.shared.errors import RadixMeshError
 from radixmesh.shared.grpc_service import open_channel
-from radixmesh.shared.protos_gen import hicache_pb2, hicache_pb2_grpc
+from radixmesh.shared.protos_gen import hicache_pb2
 from radixmesh.shared.tls import ClientTLS
 
 logger = logging.getLogger(__name__)
@@ -73,11 +74,14 @@ class PeerFetcher:
     async def _stream(self, epoch: str, keys: Sequence[bytes], slots: Sequence[int],
                       address: str, root: bytes, progress: _Progress) -> str:
         """Why the fetch ended short ("" when every page came)."""
-        stub = hicache_pb2_grpc.HiCacheStub(self._channel(address))
-        call = stub.ReadPages(hicache_pb2.PageRead(namespace_root=root, keys=keys))
+        call = read_pages_raw(self._channel(address))(
+            hicache_pb2.PageRead(namespace_root=root, keys=keys))
         try:
-            async for batch in call:
-                pages = [ReceivedPage(page.key, page.data, page.checksum) for page in batch.pages]
+            async for raw in call:
+                try:
+                    pages = decode_page_batch(raw)
+                except MalformedBatchError as error:
+                    return f"the peer's batch is malformed: {error}"
                 placed = progress.placed
                 done = await _uncancelled(asyncio.to_thread(
                     self._cache.place_fetched, epoch, keys[placed:], slots[placed:], pages))

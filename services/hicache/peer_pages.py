@@ -17,7 +17,7 @@ class ReceivedPage:
     """One page as a peer sent it (a PeerPage message's fields)."""
 
     key: bytes
-    data: bytes
+    data: bytes | memoryview  # a view of the received message (page_batch_wire.py)
     checksum: bytes
 
 
