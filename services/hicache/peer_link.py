@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import grpc
 
 from radixmesh.services.hicache.cache import HiCache
-from radixmesh.services.hicache.handlers import read_pages_raw
 from radixmesh.services.hicache.page_batch_wire import MalformedBatchError, decode_page_batch
 from radixmesh.shared.errors import RadixMeshError
 from radixmesh.shared.grpc_service import open_channel
@@ -27,6 +26,8 @@ from radixmesh.shared.protos_gen import hicache_pb2
 from radixmesh.shared.tls import ClientTLS
 
 logger = logging.getLogger(__name__)
+_SERVICE = hicache_pb2.DESCRIPTOR.services_by_name["HiCache"]
+READ_PAGES_PATH = f"/{_SERVICE.full_name}/{_SERVICE.methods_by_name['ReadPages'].name}"
 MAX_PEERS = 64  # channels kept open; past it the oldest is closed (peers come and go)
 
 
@@ -124,3 +125,10 @@ async def _uncancelled(work: Awaitable[int]) -> int:
         with contextlib.suppress(Exception):
             await running
         raise
+
+
+def read_pages_raw(channel: grpc.aio.Channel) -> grpc.aio.UnaryStreamMultiCallable:
+    """ReadPages on `channel`, each PageBatch it streams back as its serialized bytes."""
+    return channel.unary_stream(READ_PAGES_PATH,
+                                request_serializer=hicache_pb2.PageRead.SerializeToString,
+                                response_deserializer=None)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
+
+import grpc
 
 from radixmesh.services.hicache.cache import HiCache
 from radixmesh.services.hicache.config import HiCacheConfig
-from radixmesh.services.hicache.handlers import add_hicache_servicer
 from radixmesh.services.hicache.malloc_tuning import keep_large_buffers
 from radixmesh.services.hicache.metrics import HiCacheMetrics
 from radixmesh.services.hicache.page_index import IndexStartError, PageIndex, make_page_index
@@ -14,12 +16,41 @@ from radixmesh.services.hicache.peer_link import PeerFetcher
 from radixmesh.services.hicache.servicer import HiCacheServicer
 from radixmesh.shared.api_keys import is_loopback
 from radixmesh.shared.grpc_service import ServiceServer, host_port, start_server
-from radixmesh.shared.protos_gen import hicache_pb2
+from radixmesh.shared.protos_gen import hicache_pb2, hicache_pb2_grpc
 from radixmesh.shared.tls import internal_client_tls, internal_server_tls
 from radixmesh.shared.tracing import start_tracing, stop_tracing
 
 logger = logging.getLogger(__name__)
 SERVICE_NAME = hicache_pb2.DESCRIPTOR.services_by_name["HiCache"].full_name
+# ReadPages' responses leave the servicer already serialized (page_batch_wire.py): its
+# handler is registered without a serializer, so gRPC sends their bytes as they are.
+RAW_RESPONSES = ("ReadPages",)
+
+
+class _Captured:
+    """Stands in for a server while the generated code registers on it."""
+
+    service = ""
+    handlers: dict[str, Any] = {}
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
+        self.service, self.handlers = service, dict(handlers)
+
+
+def add_hicache_servicer(servicer: hicache_pb2_grpc.HiCacheServicer,
+                         server: grpc.aio.Server) -> None:
+    captured = _Captured()
+    hicache_pb2_grpc.add_HiCacheServicer_to_server(servicer, captured)
+    handlers = captured.handlers
+    for name in RAW_RESPONSES:
+        # No serializer: gRPC sends the bytes the servicer yields.
+        handlers[name] = handlers[name]._replace(response_serializer=None)
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(captured.service, handlers),))
+    server.add_registered_method_handlers(captured.service, handlers)
 
 
 async def serve(config: HiCacheConfig) -> None:

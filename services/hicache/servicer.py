@@ -137,7 +137,7 @@ class HiCacheServicer(hicache_pb2_grpc.HiCacheServicer):
                 root, rest, BATCH_BYTES))
             if not pages:
                 return
-            # A PageBatch, serialized here (handlers.py registers ReadPages to send bytes).
+            # A PageBatch, serialized here (server.py registers ReadPages to send bytes).
             yield encode_page_batch((key, page.data, page.checksum)
                                     for key, page in zip(rest, pages, strict=False))
             sent += len(pages)
