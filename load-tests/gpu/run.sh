@@ -51,8 +51,7 @@ if [[ -z ${MODEL:-} ]]; then
 fi
 export MODEL
 GPU_NAME=$(gpu_name)
-command -v nvidia-smi >/dev/null &&
-  nvidia-smi --query-gpu=name,uuid,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+gpu_record "$OUT/gpu.txt"
 trap stop_server EXIT
 trap 'exit 130' INT TERM   # through the EXIT trap: never leave a mesh behind
 
