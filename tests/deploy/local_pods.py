@@ -52,7 +52,10 @@ class LocalPod:
     ports: dict[int, int] = field(default_factory=dict)  # containerPort -> local port
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
+    def claim_ports(self) -> None:
+        """Free local ports for the pod's containerPorts, picked as it starts: a mesh in an
+        earlier pod picks its internal ports as it starts, and could take a port promised
+        here but not yet bound (CI saw the router lose 23465 that way)."""
         for container in containers(self.workload).values():
             for port in container.get("ports", []):
                 (self.ports[port["containerPort"]],) = pick_free_ports(1)
@@ -68,6 +71,7 @@ class LocalPod:
         raise KeyError(f"{self.name}: no port named {port!r}")
 
     def local(self, port: int | str) -> int:
+        assert self.ports, f"{self.name} is not started: start the pods a pod names first"
         return self.ports[self.container_port(port)]
 
     def volume_dir(self, volume: str) -> Path:
@@ -162,7 +166,9 @@ class LocalCluster:
     # ---- running -----------------------------------------------------------------------------
 
     def start(self, pod: LocalPod) -> None:
-        """Every container at once, as the kubelet starts them (services retry their peers)."""
+        """Every container at once, as the kubelet starts them (services retry their peers).
+        Start a pod once the pods it names are ready: their local ports are known only then."""
+        pod.claim_ports()
         for name, container in containers(pod.workload).items():
             argv, env = self.argv(pod, container)
             with pod.log(name).open("w") as log:

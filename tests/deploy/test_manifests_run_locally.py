@@ -61,9 +61,8 @@ def cluster(rendered: Rendered, mesh_model_path: Path,
     node = local.add_pod("StatefulSet", "radixmesh-node", NODE_POD)
     router = local.add_pod("Deployment", "radixmesh-router", "radixmesh-router-local")
     try:
-        for pod in (redis_pod, node, router):
+        for pod in (redis_pod, node, router):  # in order: each one's ports are bound before the next picks
             local.start(pod)
-        for pod in (redis_pod, node, router):
             wait_ready(local, pod)
         yield local
     finally:
