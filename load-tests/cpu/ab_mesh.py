@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from radixmesh.launcher.mesh_plan import pick_free_ports
+from radixmesh.launcher.free_ports import pick_free_ports
 
 WORKLOADS = (  # (name, `radixmesh up` flags, `radixmesh bench` flags)
     ("null-worker", ("--worker", "null"), ("--workload", "null-worker")),

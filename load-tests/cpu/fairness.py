@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from radixmesh.client import AsyncClient, RadixMeshClientError
-from radixmesh.launcher.mesh_plan import pick_free_ports
+from radixmesh.launcher.free_ports import pick_free_ports
 from radixmesh.services.detokenizer.stop_strings import StopStringMatcher
 
 HEAVY_SHAPES = ((16, 256), (1000, 256), (20000, 32))  # (stop strings, characters each)

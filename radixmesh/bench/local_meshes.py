@@ -18,7 +18,7 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from radixmesh.launcher.mesh_plan import pick_free_ports
+from radixmesh.launcher.free_ports import pick_free_ports
 
 STARTUP_TIMEOUT_S = 600.0
 STOP_TIMEOUT_S = 60.0

@@ -9,12 +9,11 @@ The internal TLS flags reach every service, the public ones the front door (`tls
 from __future__ import annotations
 
 import dataclasses
-import random
-import socket
 import sys
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from radixmesh.launcher.free_ports import MESH_INTERNAL_PORTS, pick_free_ports
 from radixmesh.launcher.tls_setup import front_door_probe_tls, internal_tls_argv
 from radixmesh.services.hicache.config import HiCacheConfig
 from radixmesh.services.scheduler.config import SchedulerConfig
@@ -138,7 +137,8 @@ def plan_mesh(up: UpConfig, worker: WorkerConfig, scheduler: SchedulerConfig,
               *replica_ports(up.hicache_metrics_port if tiered else 0, up.dp_size),
               *replica_ports(up.worker_metrics_port, up.dp_size)}
     per_replica = 3 if tiered else 2
-    detok_port, *ports = pick_free_ports(1 + per_replica * up.dp_size, public)
+    detok_port, *ports = pick_free_ports(1 + per_replica * up.dp_size, public,
+                                         within=MESH_INTERNAL_PORTS)
     detok_address = host_port(INTERNAL_HOST, detok_port)
     model = ("--model-path", worker.model_path)
     tls, probe = internal_tls_argv(front_door), internal_client_tls(front_door)
@@ -264,38 +264,6 @@ def config_to_argv(config: object, skip: frozenset[str] = frozenset()) -> list[s
 def tracing_argv(config: TracingFlags) -> list[str]:
     """The tracing flags of `config`, for a service whose other flags the launcher sets."""
     return config_to_argv(TracingFlags(config.enable_trace, config.otlp_traces_endpoint))
-
-
-# Ports the kernel never hands out on its own (below Linux's ephemeral range, and above the
-# well-known ones): a port picked here and bound a moment later by a service cannot meanwhile
-# become the local end of someone's outgoing connection or of a bind to port 0 (gloo's and
-# torch.distributed's sockets, other tests' servers), as an ephemeral port can.
-_PICKED_PORTS = range(20000, 32768)
-
-
-def pick_free_ports(count: int, avoid: Collection[int] = ()) -> list[int]:
-    """`count` different ports free right now on the internal host, none in `avoid` (ports
-    already promised, such as the mesh's public ports), chosen at random outside the kernel's
-    ephemeral range (`_PICKED_PORTS`). Another process could still take one before the
-    service binds it, which fails that service loudly (`shared/grpc_service.start_server`)."""
-    picked: list[int] = []
-    for port in random.sample(_PICKED_PORTS, len(_PICKED_PORTS)):
-        if len(picked) == count:
-            break
-        if port not in avoid and _is_free(port):
-            picked.append(port)
-    if len(picked) < count:
-        raise OSError(f"no {count} free ports in {_PICKED_PORTS.start}-{_PICKED_PORTS.stop - 1}")
-    return picked
-
-
-def _is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((INTERNAL_HOST, port))
-        except OSError:
-            return False
-    return True
 
 
 def _reachable(host: str) -> str:

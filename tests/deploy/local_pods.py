@@ -26,7 +26,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from radixmesh.launcher.mesh_plan import pick_free_ports
+from radixmesh.launcher.free_ports import pick_free_ports
 from radixmesh.shared.grpc_service import is_serving
 from tests.deploy.manifests import Rendered, containers
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from radixmesh.launcher.mesh_plan import pick_free_ports
+from radixmesh.launcher.free_ports import pick_free_ports
 from tests.deploy.local_pods import LocalCluster, unsupported_flags
 from tests.deploy.manifests import Rendered, containers, kubectls, render
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from radixmesh.bench.local_meshes import stop_process as stop_gracefully
-from radixmesh.launcher.mesh_plan import pick_free_ports
+from radixmesh.launcher.free_ports import pick_free_ports
 from radixmesh.make_model import make_model
 from radixmesh.shared.grpc_service import is_serving
 

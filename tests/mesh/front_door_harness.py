@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from radixmesh.launcher.mesh_plan import pick_free_ports
+from radixmesh.launcher.free_ports import pick_free_ports
 from radixmesh.make_model import make_model
 from radixmesh.services.detokenizer.detokenizer import Detokenizer
 from radixmesh.services.tokenizer.config import TokenizerConfig

@@ -246,8 +246,9 @@ def test_internal_ports_are_all_different_and_never_a_public_port(monkeypatch):
     """The plan picks every internal port at once, skipping the ones the mesh publishes
     (gRPC would let two services share a port and split its traffic between them), and
     outside the kernel's ephemeral range, where another process's outgoing connection could
-    take a port between the pick and the bind."""
-    from radixmesh.launcher import mesh_plan
+    take a port between the pick and the bind; and outside the range callers pick from for
+    processes they start, so a port promised elsewhere is never taken meanwhile."""
+    from radixmesh.launcher import free_ports
     public, taken = 21000, 21001
     real_sample = random.sample
 
@@ -255,7 +256,7 @@ def test_internal_ports_are_all_different_and_never_a_public_port(monkeypatch):
         rest = [port for port in real_sample(population, k) if port not in (public, taken)]
         return [public, taken, *rest]
 
-    monkeypatch.setattr(mesh_plan.random, "sample", public_and_taken_first)
+    monkeypatch.setattr(free_ports.random, "sample", public_and_taken_first)
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", taken))
         plan = plan_mesh(UpConfig(dp_size=2), WorkerConfig(model_path="/m", worker="null"),
@@ -266,6 +267,8 @@ def test_internal_ports_are_all_different_and_never_a_public_port(monkeypatch):
     assert public not in ports and taken not in ports
     low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     assert all(1024 <= port < low for port in ports)
+    assert all(port in free_ports.MESH_INTERNAL_PORTS for port in ports)
+    assert not set(free_ports.MESH_INTERNAL_PORTS) & set(free_ports.CALLER_PORTS)
 
 
 def test_a_grpc_server_on_a_taken_port_fails_loudly():

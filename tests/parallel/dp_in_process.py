@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from radixmesh.launcher.mesh_plan import pick_free_ports
+from radixmesh.launcher.free_ports import pick_free_ports
 from radixmesh.services.detokenizer import server as detokenizer_server
 from radixmesh.services.detokenizer.config import DetokenizerConfig
 from radixmesh.services.detokenizer.servicer import Broadcaster

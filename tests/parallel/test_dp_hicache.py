@@ -22,7 +22,7 @@ import grpc
 import pytest
 
 from radixmesh.client import AsyncClient
-from radixmesh.launcher.mesh_plan import pick_free_ports
+from radixmesh.launcher.free_ports import pick_free_ports
 from radixmesh.shared import wire
 from radixmesh.shared.grpc_service import is_serving
 from radixmesh.shared.mesh_info import SchedulerLoad

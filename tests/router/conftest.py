@@ -16,7 +16,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from radixmesh.launcher.mesh_plan import pick_free_ports
+from radixmesh.launcher.free_ports import pick_free_ports
 from radixmesh.shared.protos_gen import common_pb2, generate_pb2_grpc
 from tests.hicache.conftest import redis_server  # noqa: F401  (the module's real Redis)
 from tests.hicache.redis_server import RedisServer
