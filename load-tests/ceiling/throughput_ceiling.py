@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+"""How far a measured throughput is from what its scheduling policy allows on the device:
+the step-cost model of `radixmesh/bench/ceiling.py` replayed over a standard workload's own
+requests (Llama-3.1-8B shape), fitted to measured figures.
+
+    python -P load-tests/ceiling/throughput_ceiling.py --device "NVIDIA H100 80GB HBM3" \
+        --bandwidth-tbs 3.0 --matmul-tflops 790 --decode-b1-itl-ms 6.18 \
+        --measured radixmesh=10682 --measured mini-sglang=10300 --source FILE.json
+
+The per-step overhead is fitted to the measured decode-b1 median ITL (the time a batch-1 step
+takes beyond reading the weights and its KV); the sustained GEMM rate of each measured run is
+then the one at which the replay gives its figure. Ceilings are replayed with that overhead
+and with none, at the device's best GEMM rate (`--matmul-tflops`), for each policy. The record
+goes to load-tests/results/ as `throughput-ceiling-<workload>-<device>-<date>.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from radixmesh.bench.ceiling import (
+    LLAMA_8B,
+    POLICIES,
+    DeviceCosts,
+    fit_matmul_rate,
+    fit_overhead,
+    replay,
+)
+from radixmesh.bench.results import DEFAULT_RESULTS_DIR, slugify, write_record
+from radixmesh.bench.workloads import DECODE_B1, WorkloadOptions, build_workload
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", required=True, help="the GPU the measured figures came from")
+    parser.add_argument("--bandwidth-tbs", type=float, required=True,
+                        help="sustained device-memory read bandwidth, TB/s")
+    parser.add_argument("--matmul-tflops", type=float, required=True,
+                        help="the best sustained bf16 GEMM rate on the device, TFLOP/s")
+    parser.add_argument("--decode-b1-itl-ms", type=float, required=True,
+                        help="measured decode-b1 median ITL on the device, ms")
+    parser.add_argument("--measured", action="append", default=[], metavar="NAME=TOK_S",
+                        help="a measured output tok/s of the workload (repeatable)")
+    parser.add_argument("--source", action="append", default=[],
+                        help="result file(s) the measured figures come from")
+    parser.add_argument("--workload", default="sharegpt-like")
+    parser.add_argument("--chunk-tokens", type=int, default=8192)
+    parser.add_argument("--max-running", type=int, default=1024)
+    parser.add_argument("--output-dir", type=Path, default=DEFAULT_RESULTS_DIR)
+    args = parser.parse_args()
+
+    workload = build_workload(args.workload, WorkloadOptions(vocab_size=LLAMA_8B.vocab))
+    requests = [(len(req.input_ids), req.max_new_tokens) for req in workload.requests]
+    bandwidth, best_rate = args.bandwidth_tbs * 1e12, args.matmul_tflops * 1e12
+    limits = {"chunk_tokens": args.chunk_tokens, "max_running": args.max_running}
+    b1_context = DECODE_B1[0] + DECODE_B1[1] // 2
+    overhead = fit_overhead(LLAMA_8B, bandwidth, args.decode_b1_itl_ms / 1e3, b1_context)
+
+    def ceiling(policy: str, step_overhead_s: float) -> dict:
+        run = replay(requests, LLAMA_8B, DeviceCosts(best_rate, bandwidth, step_overhead_s),
+                     policy=policy, **limits)
+        return {"output_tok_s": round(run.output_tok_s), "seconds": round(run.seconds, 2),
+                "steps": run.steps, "decode_steps": run.decode_steps,
+                "mean_decode_batch": round(run.mean_decode_batch, 1)}
+
+    ceilings = {policy: {"fitted_overhead": ceiling(policy, overhead),
+                         "no_overhead": ceiling(policy, 0.0)} for policy in POLICIES}
+    measured = {}
+    for item in args.measured:
+        name, figure = item.split("=", 1)
+        rate = fit_matmul_rate(requests, LLAMA_8B, bandwidth, overhead, float(figure), **limits)
+        best = ceilings["prefill-first"]["no_overhead"]["output_tok_s"]
+        measured[name] = {"output_tok_s": float(figure),
+                          "fitted_matmul_tflops": round(rate / 1e12),
+                          "ceiling_over_it": round(best / float(figure), 3)}
+    record = {
+        "what": f"upper bound on {args.workload} output tok/s on one GPU from a step-cost "
+                "model (radixmesh/bench/ceiling.py) replayed over the workload's requests, "
+                "Llama-3.1-8B shape, bf16; per-step overhead fitted to decode-b1",
+        "device": args.device, "model": "llama-3.1-8b shape",
+        "inputs": {"bandwidth_tbs": args.bandwidth_tbs, "matmul_tflops": args.matmul_tflops,
+                   "decode_b1_itl_ms": args.decode_b1_itl_ms, **limits,
+                   "sources": args.source},
+        "fitted_step_overhead_ms": round(overhead * 1e3, 3),
+        "weights_read_ms": round(LLAMA_8B.weight_bytes / bandwidth * 1e3, 3),
+        "ceilings": ceilings, "measured": measured,
+    }
+    out = write_record(record, f"throughput-ceiling-{args.workload}-{slugify(args.device)}",
+                       args.output_dir, sys.argv)
+    print(out)
+    for policy, cases in ceilings.items():
+        print(policy, {case: figures["output_tok_s"] for case, figures in cases.items()})
+    for name, figures in measured.items():
+        print(name, figures)
+
+
+if __name__ == "__main__":
+    main()
