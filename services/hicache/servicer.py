@@ -132,17 +132,23 @@ class HiCacheServicer(hicache_pb2_grpc.HiCacheServicer):
         keys, root = list(request.keys), request.namespace_root
         sent = 0
         while sent < len(keys):
-            rest = keys[sent:]
-            pages = await self._run(context, lambda _, rest=rest: self._cache.read_for_peer(
-                root, rest, BATCH_BYTES))
-            if not pages:
+            num_pages, size, batch = await self._run(
+                context, lambda _, rest=keys[sent:]: self._read_batch(root, rest))
+            if not num_pages:
                 return
-            # A PageBatch, serialized here (server.py registers ReadPages to send bytes).
-            yield encode_page_batch((key, page.data, page.checksum)
-                                    for key, page in zip(rest, pages, strict=False))
-            sent += len(pages)
-            if sum(len(page.data) for page in pages) < BATCH_BYTES:
+            yield batch
+            sent += num_pages
+            if size < BATCH_BYTES:
                 return  # it stopped at a page L3 lacks
+
+    def _read_batch(self, root: bytes, keys: Sequence[bytes]) -> tuple[int, int, bytes]:
+        """(pages, their bytes, the PageBatch) of the leading `keys` L3 holds, serialized
+        here (server.py registers ReadPages to send bytes): on the reading thread, so that
+        joining the batch's MiBs never holds up the event loop's sends."""
+        pages = self._cache.read_for_peer(root, keys, BATCH_BYTES)
+        batch = encode_page_batch((key, page.data, page.checksum)
+                                  for key, page in zip(keys, pages, strict=False))
+        return len(pages), sum(len(page.data) for page in pages), batch
 
     async def _transfer(self, transfer: Transfer, request: hicache_pb2.PageTransfer,
                         context: grpc.aio.ServicerContext, trace: TraceContext = NO_TRACE,
