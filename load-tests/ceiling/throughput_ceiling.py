@@ -12,6 +12,12 @@ takes beyond reading the weights and its KV); the sustained GEMM rate of each me
 then the one at which the replay gives its figure. Ceilings are replayed with that overhead
 and with none, at the device's best GEMM rate (`--matmul-tflops`), for each policy. The record
 goes to load-tests/results/ as `throughput-ceiling-<workload>-<device>-<date>.json`.
+
+`shared-prefix` requests form prefix groups (their common system prompt): a group's prefix is
+computed once and then hit in the cache, and the replay runs with and without cascade
+attention (each group's prefix read once per decode step). There the KV pool decides the
+batch, so give the measured run's pool (`--kv-pool-tokens`); each measured run also gets the
+replay with cascade at the GEMM rate fitted to it.
 """
 
 from __future__ import annotations
@@ -24,12 +30,27 @@ from radixmesh.bench.ceiling import (
     LLAMA_8B,
     POLICIES,
     DeviceCosts,
+    ReplayRequest,
     fit_matmul_rate,
     fit_overhead,
     replay,
 )
 from radixmesh.bench.results import DEFAULT_RESULTS_DIR, slugify, write_record
-from radixmesh.bench.workloads import DECODE_B1, WorkloadOptions, build_workload
+from radixmesh.bench.workloads import (
+    DECODE_B1,
+    SHARED_PREFIX_LENGTHS,
+    Workload,
+    WorkloadOptions,
+    build_workload,
+)
+
+
+def replay_requests(workload: Workload) -> list[ReplayRequest]:
+    """The workload's requests; shared-prefix's grouped by their system prompt."""
+    shared = SHARED_PREFIX_LENGTHS[0] if workload.name == "shared-prefix" else 0
+    return [ReplayRequest(len(req.input_ids), req.max_new_tokens,
+                          hash(req.input_ids[:shared]) if shared else None, shared)
+            for req in workload.requests]
 
 
 def main() -> None:
@@ -49,33 +70,51 @@ def main() -> None:
     parser.add_argument("--workload", default="sharegpt-like")
     parser.add_argument("--chunk-tokens", type=int, default=8192)
     parser.add_argument("--max-running", type=int, default=1024)
+    parser.add_argument("--kv-pool-tokens", type=int, default=None,
+                        help="the measured run's KV pool (default: unbounded)")
     parser.add_argument("--output-dir", type=Path, default=DEFAULT_RESULTS_DIR)
     args = parser.parse_args()
 
     workload = build_workload(args.workload, WorkloadOptions(vocab_size=LLAMA_8B.vocab))
-    requests = [(len(req.input_ids), req.max_new_tokens) for req in workload.requests]
+    requests = replay_requests(workload)
+    grouped = any(req.prefix_group is not None for req in requests)
     bandwidth, best_rate = args.bandwidth_tbs * 1e12, args.matmul_tflops * 1e12
-    limits = {"chunk_tokens": args.chunk_tokens, "max_running": args.max_running}
+    limits = {"chunk_tokens": args.chunk_tokens, "max_running": args.max_running,
+              "kv_pool_tokens": args.kv_pool_tokens}
     b1_context = DECODE_B1[0] + DECODE_B1[1] // 2
     overhead = fit_overhead(LLAMA_8B, bandwidth, args.decode_b1_itl_ms / 1e3, b1_context)
 
-    def ceiling(policy: str, step_overhead_s: float) -> dict:
-        run = replay(requests, LLAMA_8B, DeviceCosts(best_rate, bandwidth, step_overhead_s),
-                     policy=policy, **limits)
+    def ceiling(policy: str, step_overhead_s: float, cascade: bool = False,
+                rate: float = best_rate) -> dict:
+        run = replay(requests, LLAMA_8B, DeviceCosts(rate, bandwidth, step_overhead_s),
+                     policy=policy, cascade=cascade, **limits)
         return {"output_tok_s": round(run.output_tok_s), "seconds": round(run.seconds, 2),
+                "kv_read_seconds": round(run.kv_seconds, 2),
                 "steps": run.steps, "decode_steps": run.decode_steps,
                 "mean_decode_batch": round(run.mean_decode_batch, 1)}
 
-    ceilings = {policy: {"fitted_overhead": ceiling(policy, overhead),
-                         "no_overhead": ceiling(policy, 0.0)} for policy in POLICIES}
+    cascades = (False, True) if grouped else (False,)
+    ceilings = {policy + (" cascade" if cascade else ""): {
+        "fitted_overhead": ceiling(policy, overhead, cascade),
+        "no_overhead": ceiling(policy, 0.0, cascade)}
+        for policy in POLICIES for cascade in cascades}
     measured = {}
     for item in args.measured:
         name, figure = item.split("=", 1)
         rate = fit_matmul_rate(requests, LLAMA_8B, bandwidth, overhead, float(figure), **limits)
         best = ceilings["prefill-first"]["no_overhead"]["output_tok_s"]
         measured[name] = {"output_tok_s": float(figure),
-                          "fitted_matmul_tflops": round(rate / 1e12),
                           "ceiling_over_it": round(best / float(figure), 3)}
+        if rate > best_rate:  # inf included: no rate the device has explains the figure
+            measured[name]["fitted_matmul_tflops"] = (
+                "none: the run beats the model at the device's best GEMM rate, so the model "
+                "misses a saving the run has (for shared-prefix: prefix KV met again in the "
+                "GPU's cache, or a larger batch than full-output reservation admits)")
+            continue
+        measured[name]["fitted_matmul_tflops"] = round(rate / 1e12)
+        if grouped:
+            with_cascade = ceiling("prefill-first", overhead, True, rate)["output_tok_s"]
+            measured[name]["with_cascade_at_fitted_rate_tok_s"] = with_cascade
     record = {
         "what": f"upper bound on {args.workload} output tok/s on one GPU from a step-cost "
                 "model (radixmesh/bench/ceiling.py) replayed over the workload's requests, "

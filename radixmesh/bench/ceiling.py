@@ -8,14 +8,19 @@ replay follows a scheduler step by step: requests are admitted in a given order,
 prefilled in chunks, and every admitted request decodes one token per decode step until its
 `max_new_tokens` (benchmarks ignore EOS). The KV pool is taken as unbounded, so the figure
 is an upper bound for the scheduling policy replayed: a real pool can only hold the batch
-back. Fitted to a measured run (`fit_overhead`, `fit_matmul_rate`), it says how far that run
+back (`kv_pool_tokens` bounds it where a workload outgrows the pool: each admitted request
+reserves its own tokens and its output, a shared prefix counts once and stays). Requests of a
+prefix group skip their shared prefix once one member computed it (a radix cache); with
+`cascade` a decode step reads each group's shared prefix once, not once per member. Fitted to
+a measured run (`fit_overhead`, `fit_matmul_rate`), it says how far that run
 is from the same policy's ceiling and what each term is worth.
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
 POLICIES = ("prefill-first", "mixed")
@@ -76,12 +81,30 @@ class DeviceCosts:
     step_overhead_s: float = 0.0
 
 
-@dataclass(slots=True)
-class _Request:
+@dataclass(frozen=True, slots=True)
+class ReplayRequest:
+    """A workload's request as the replay sees it: `shared_prefix` leading prompt tokens are
+    the same for every request of `prefix_group` (None: it shares nothing)."""
+
     prompt: int
     output: int
+    prefix_group: Hashable | None = None
+    shared_prefix: int = 0
+
+
+@dataclass(slots=True)
+class ReplayedRequest:
+    prompt: int
+    output: int
+    group: Hashable | None = None
+    shared: int = 0
     prefilled: int = 0
     generated: int = 0
+
+    @property
+    def reserved(self) -> int:
+        """KV tokens of its own it may come to hold (the shared prefix is the group's)."""
+        return self.prompt - self.shared + self.output
 
     @property
     def context(self) -> int:
@@ -95,6 +118,7 @@ class Replay:
     steps: int
     decode_steps: int
     mean_decode_batch: float
+    kv_seconds: float  # of `seconds`, reading decodes' KV
 
     @property
     def output_tok_s(self) -> float:
@@ -102,45 +126,62 @@ class Replay:
 
 
 @dataclass(slots=True)
-class _Step:
+class ReplayStep:
     """What one step computes: prefill tokens (with their attention FLOPs), decode rows and
     the context they read, and how many rows are sampled."""
 
     prefill_tokens: int = 0
     attention_flops: int = 0
-    decodes: list[_Request] = field(default_factory=list)
+    decodes: list[ReplayedRequest] = field(default_factory=list)
     sampled: int = 0
 
-    def seconds(self, shape: ModelShape, device: DeviceCosts) -> float:
+    def seconds(self, shape: ModelShape, device: DeviceCosts, cascade: bool = False) -> float:
         tokens = self.prefill_tokens + len(self.decodes)
         flops = tokens * shape.flops_per_token + self.sampled * shape.lm_head_flops \
             + self.attention_flops
         weight_bound = max(shape.weight_bytes / device.bandwidth, flops / device.matmul_flops)
-        kv_read = sum(req.context for req in self.decodes) * shape.kv_bytes_per_token
+        kv_read = self.kv_tokens_read(cascade) * shape.kv_bytes_per_token
         return weight_bound + kv_read / device.bandwidth + device.step_overhead_s
 
+    def kv_tokens_read(self, cascade: bool) -> int:
+        """The KV tokens the decodes read: every context whole, or with `cascade` each
+        group's shared prefix once and every member's own tokens after it."""
+        total = sum(req.context for req in self.decodes)
+        if not cascade:
+            return total
+        shared = {req.group: req.shared for req in self.decodes if req.group is not None}
+        members = sum(req.shared for req in self.decodes if req.group is not None)
+        return total - members + sum(shared.values())
 
-def replay(requests: Sequence[tuple[int, int]], shape: ModelShape, device: DeviceCosts,
-           chunk_tokens: int = 8192, max_running: int = 1024,
-           policy: str = "prefill-first") -> Replay:
-    """Replays (prompt tokens, output tokens) requests, all waiting at time 0, admitted in the
-    given order. `prefill-first` (SGLang's and mini-sglang's default): while a prompt waits
-    and a running slot is free, a step prefills up to `chunk_tokens` and no request decodes;
-    `mixed`: every step decodes all running requests and fills the rest of the chunk with
-    prefill. A prompt's last prefill step samples its first output token."""
+
+def replay(requests: Sequence[tuple[int, int] | ReplayRequest], shape: ModelShape,
+           device: DeviceCosts, chunk_tokens: int = 8192, max_running: int = 1024,
+           policy: str = "prefill-first", kv_pool_tokens: int | None = None,
+           cascade: bool = False) -> Replay:
+    """Replays requests, all waiting at time 0, admitted in the given order. `prefill-first`
+    (SGLang's and mini-sglang's default): while a prompt waits and can be admitted, a step
+    prefills up to `chunk_tokens` and no request decodes; `mixed`: every step decodes all
+    running requests and fills the rest of the chunk with prefill. A prompt's last prefill
+    step samples its first output token."""
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}; choose from {', '.join(POLICIES)}")
-    waiting = deque(_Request(prompt, output) for prompt, output in requests)
-    running: list[_Request] = []
-    seconds, steps, decode_steps, decode_rows = 0.0, 0, 0, 0
+    wanted = [item if isinstance(item, ReplayRequest) else ReplayRequest(*item)
+              for item in requests]
+    waiting = deque(ReplayedRequest(item.prompt, item.output, item.prefix_group, item.shared_prefix)
+                    for item in wanted)
+    pool = _Pool(kv_pool_tokens)
+    running: list[ReplayedRequest] = []
+    seconds, kv_seconds, steps, decode_steps, decode_rows = 0.0, 0.0, 0, 0, 0
     while waiting or running:
-        step = _Step()
-        can_admit = bool(waiting) and len(running) < max_running
+        step = ReplayStep()
+        can_admit = bool(waiting) and len(running) < max_running and pool.admits(waiting[0])
         if policy == "mixed" or not can_admit:
             step.decodes = [req for req in running if req.generated < req.output]
         budget = chunk_tokens - len(step.decodes)
-        while can_admit and waiting and budget > 0 and len(running) < max_running:
+        while can_admit and budget > 0:
             req = waiting[0]
+            if not req.prefilled:
+                pool.admit(req)  # a computed shared prefix is a cache hit
             take = min(budget, req.prompt - req.prefilled)
             step.attention_flops += shape.attention_flops(take, req.prefilled)
             step.prefill_tokens += take
@@ -149,26 +190,64 @@ def replay(requests: Sequence[tuple[int, int]], shape: ModelShape, device: Devic
             if req.prefilled < req.prompt:
                 break  # the chunk is full; the prompt goes on next step
             waiting.popleft()
+            if req.group is not None:
+                pool.computed.add(req.group)
             req.generated = 1
             step.sampled += 1
             running.append(req)
+            can_admit = (bool(waiting) and len(running) < max_running
+                         and pool.admits(waiting[0]))
         step.sampled += len(step.decodes)
-        seconds += step.seconds(shape, device)  # each decode reads its context so far
+        seconds += step.seconds(shape, device, cascade)  # decodes read their context so far
+        kv_seconds += step.kv_tokens_read(cascade) * shape.kv_bytes_per_token / device.bandwidth
         for req in step.decodes:
             req.generated += 1
         if step.decodes:
             decode_steps += 1
             decode_rows += len(step.decodes)
         steps += 1
+        for req in running:
+            if req.generated >= req.output:
+                pool.release(req)
         running = [req for req in running if req.generated < req.output]
-    total = sum(output for _, output in requests)
-    return Replay(seconds, total, steps, decode_steps, decode_rows / max(1, decode_steps))
+    total = sum(item.output for item in wanted)
+    return Replay(seconds, total, steps, decode_steps, decode_rows / max(1, decode_steps),
+                  kv_seconds)
+
+
+@dataclass(slots=True)
+class _Pool:
+    """KV tokens held: each admitted request's own (prompt past its shared prefix, and its
+    whole output reserved up front), and each group's shared prefix once, kept from its first
+    member's admission on (a radix cache keeps it)."""
+
+    capacity: int | None
+    held: int = 0
+    groups: set = field(default_factory=set)    # groups whose prefix holds pool tokens
+    computed: set = field(default_factory=set)  # groups whose prefix is in the cache
+
+    def admits(self, req: ReplayedRequest) -> bool:
+        if self.capacity is None or req.prefilled:
+            return True  # unbounded, or admitted already (its prompt goes on)
+        prefix = req.shared if req.group not in self.groups else 0
+        return self.held + prefix + req.reserved <= self.capacity
+
+    def admit(self, req: ReplayedRequest) -> None:
+        if req.group is not None and req.group not in self.groups:
+            self.groups.add(req.group)
+            self.held += req.shared
+        self.held += req.reserved
+        if req.group in self.computed:
+            req.prefilled = req.shared
+
+    def release(self, req: ReplayedRequest) -> None:
+        self.held -= req.reserved
 
 
 def decode_step_seconds(shape: ModelShape, device: DeviceCosts, batch: int,
                         context: int) -> float:
     """One decode step of `batch` requests of `context` tokens each."""
-    step = _Step(decodes=[_Request(context, context + 1)] * batch, sampled=batch)
+    step = ReplayStep(decodes=[ReplayedRequest(context, context + 1)] * batch, sampled=batch)
     return step.seconds(shape, device)
 
 
@@ -182,8 +261,12 @@ def fit_matmul_rate(requests: Sequence[tuple[int, int]], shape: ModelShape,
                     bandwidth: float, overhead_s: float, output_tok_s: float,
                     policy: str = "prefill-first", **limits: int) -> float:
     """The sustained GEMM FLOP/s at which the replay gives `output_tok_s` (bisection; the
-    replay's throughput only grows with the rate)."""
+    replay's throughput only grows with the rate); inf when no rate reaches it (the model
+    misses something the measured run has)."""
     low, high = 1e12, 1e16
+    if replay(requests, shape, DeviceCosts(high, bandwidth, overhead_s), policy=policy,
+              **limits).output_tok_s < output_tok_s:
+        return math.inf
     for _ in range(40):
         middle = (low * high) ** 0.5
         figure = replay(requests, shape, DeviceCosts(middle, bandwidth, overhead_s),

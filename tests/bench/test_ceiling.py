@@ -11,6 +11,9 @@ from radixmesh.bench.ceiling import (
     LLAMA_8B,
     DeviceCosts,
     ModelShape,
+    ReplayedRequest,
+    ReplayRequest,
+    ReplayStep,
     decode_step_seconds,
     fit_matmul_rate,
     fit_overhead,
@@ -75,3 +78,25 @@ def test_throughput_never_falls_as_the_device_gets_faster() -> None:
     assert figures == sorted(figures) and math.isfinite(figures[-1])
     with pytest.raises(ValueError, match="unknown policy"):
         replay(requests, LLAMA_8B, DeviceCosts(1e15, 3e12), policy="lof")
+
+
+def test_a_computed_shared_prefix_is_skipped_and_cascade_reads_it_once() -> None:
+    group = [ReplayRequest(100, 3, "g", 96) for _ in range(4)]
+    alone = replay([(100, 3)] * 4, TINY, MEMORY_BOUND, chunk_tokens=100)
+    shared = replay(group, TINY, MEMORY_BOUND, chunk_tokens=100)
+    # The first prompt is computed whole; the other three only past the prefix, in one step.
+    assert alone.steps == 4 + 2 and shared.steps == 2 + 2
+    step = ReplayStep(decodes=[ReplayedRequest(100, 3, "g", 96, generated=1) for _ in range(4)])
+    assert step.kv_tokens_read(cascade=False) == 4 * 101
+    assert step.kv_tokens_read(cascade=True) == 96 + 4 * 5
+    flat = replay(group, TINY, MEMORY_BOUND, chunk_tokens=100)
+    assert replay(group, TINY, MEMORY_BOUND, chunk_tokens=100, cascade=True).seconds \
+        < flat.seconds
+
+
+def test_the_kv_pool_holds_requests_back_and_a_shared_prefix_counts_once() -> None:
+    group = [ReplayRequest(100, 10, "g", 96) for _ in range(4)]
+    # 96 shared + 4 x (4 own + 10 out) = 152 tokens: all fit in 152, one at a time in 110.
+    roomy = replay(group, TINY, MEMORY_BOUND, kv_pool_tokens=152)
+    tight = replay(group, TINY, MEMORY_BOUND, kv_pool_tokens=110)
+    assert roomy.mean_decode_batch > 3 and tight.mean_decode_batch == 1
