@@ -22,6 +22,14 @@ def retraction_order(req: SchedReq) -> tuple[int, int]:
     return (len(req.output_ids), -len(req.input_ids))
 
 
+def prefix_order(req: SchedReq) -> int:
+    """The batch order of decodes: requests that share a prompt prefix share its first page,
+    so sorting by it puts them side by side, where the attention kernel reads their common KV
+    at about the same time and finds it in the GPU's cache (shared-prefix traffic re-reads each
+    group's prefix once per request otherwise)."""
+    return req.page_ids[0] if req.page_ids else -1
+
+
 class DecodePlanner:
     def __init__(self, kv: KVManager) -> None:
         self.kv = kv
@@ -32,7 +40,9 @@ class DecodePlanner:
         they need no page now but hold some, and are retracted before any decoder. With
         `results_pending`, steps in flight will finish requests and free pages, so a last
         decoder that does not fit waits a step instead of failing."""
-        plan = DecodePlan(decoding=sorted(decoding, key=retraction_order, reverse=True))
+        plan = DecodePlan(decoding=list(decoding))
+        if self._pages_needed(plan.decoding) > self.kv.available_pages:
+            plan.decoding.sort(key=retraction_order, reverse=True)
         victims = list(preemptible)
         while plan.decoding and self._pages_needed(plan.decoding) > self.kv.available_pages:
             if victims:
@@ -61,6 +71,7 @@ class DecodePlanner:
         return plan
 
     def _grow(self, plan: DecodePlan) -> None:
+        plan.decoding.sort(key=prefix_order)
         writes = self.kv.add_page_each(self._growing(plan.decoding))
         assert writes is not None, "pages were counted as available above"
         plan.page_writes.extend(writes)

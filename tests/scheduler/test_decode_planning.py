@@ -75,3 +75,22 @@ def test_the_context_length_ends_a_request_and_bounds_planning(pipelined: bool) 
     assert run.finishes["long"].kind is FinishKind.LENGTH
     assert max(len(plan.decodes) for plan in run.plans) == 1
     assert sum(len(plan.decodes) for plan in run.plans) == 3  # the prefill drew the first
+
+
+def test_decodes_that_share_a_prompt_prefix_sit_side_by_side_in_the_batch() -> None:
+    """Interleaved arrivals of two system prompts: every decode step lists each prompt's
+    requests together (the attention kernel then meets their shared KV in the GPU's cache)."""
+    driver = Driver(worker_info(num_pages=256, page_size=4))
+    systems = {"a": [11] * 8, "b": [12] * 8}
+    driver.add("warm-a", systems["a"] + [1], max_new_tokens=1)
+    driver.add("warm-b", systems["b"] + [1], max_new_tokens=1)
+    driver.run()
+    for i in range(6):  # a0 b1 a2 b3 a4 b5: arrival order interleaves the groups
+        group = "ab"[i % 2]
+        driver.add(f"{group}{i}", systems[group] + [20 + i, 30 + i], max_new_tokens=6)
+    run = driver.run()
+    steps = [plan.decodes for plan in run.plans if len(plan.decodes) == 6]
+    assert steps
+    for decodes in steps:
+        groups = [rid[0] for rid in decodes]
+        assert groups in (list("aaabbb"), list("bbbaaa")), decodes
