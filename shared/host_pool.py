@@ -23,6 +23,7 @@ from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
 from types import TracebackType
 
+import numpy as np
 import torch
 
 from radixmesh.shared.errors import RadixMeshError
@@ -189,7 +190,13 @@ class HostPool:
         if view.nbytes != self.layout.bytes_per_slot:
             raise ValueError(f"a slot holds {self.layout.bytes_per_slot} bytes, got {view.nbytes}")
         start = self._slot_start(slot)
-        self._shm.buf[start:start + view.nbytes] = view
+        target = self._shm.buf[start:start + view.nbytes]
+        try:
+            # NumPy lets go of the GIL for the copy, where assigning to the memoryview holds it
+            # for all the MiBs: a fetch places pages on a thread while its event loop receives.
+            np.copyto(np.frombuffer(target, dtype=np.uint8), np.frombuffer(view, dtype=np.uint8))
+        finally:
+            target.release()
 
     def pin(self) -> bool:
         """Pins the pool for CUDA (see `pin`) until close; False where there is no CUDA."""
