@@ -11,6 +11,13 @@ declare -A MESH_VARIANTS=(
   [mesh-hicache]="--enable-hierarchical-cache"
   # Tracing on, every request sampled, spans exported to span_sink.py (started with the mesh).
   [mesh-trace]="--enable-trace --otlp-traces-endpoint 127.0.0.1:4317"
+  # Tracing on, spans sent to the bench itself, which prints the time of each stage (tokenize,
+  # queue, prefill, decode, detokenize) per request: where a TTFT goes.
+  [mesh-breakdown]="--enable-trace --otlp-traces-endpoint 127.0.0.1:4318"
+)
+# Extra bench flags of a mesh variant.
+declare -A BENCH_VARIANT_FLAGS=(
+  [mesh-breakdown]="--trace-breakdown 127.0.0.1:4318"
 )
 SINK_PID=""          # span_sink.py, while a traced mesh runs
 
@@ -235,7 +242,8 @@ step_mesh() {
   [[ -n $GPU_NAME ]] && label=(--device-label "$GPU_NAME")
   # shellcheck disable=SC2086
   run_logged "$log" "$PY" -m radixmesh.cli --log-level "$LOG_LEVEL" bench --workload "$workload" \
-    --path mesh --no-progress --output-dir "$OUT" "${label[@]}" $BENCH_FLAGS
+    --path mesh --no-progress --output-dir "$OUT" "${label[@]}" $BENCH_FLAGS \
+    ${BENCH_VARIANT_FLAGS[$variant]:-}
   local status=$?
   annotate_result "$log" "recipe=bash load-tests/gpu/run.sh $variant:$workload" \
     "server_command=$SERVER_COMMAND"

@@ -14,6 +14,8 @@
 #        mesh-hicache:WORKLOAD ... against `radixmesh up --enable-hierarchical-cache`
 #        mesh-trace:WORKLOAD   ... against `radixmesh up --enable-trace` (every request traced,
 #                              spans exported to span_sink.py on 127.0.0.1:4317)
+#        mesh-breakdown:WORKLOAD ... traced into the bench itself (`--trace-breakdown`): the
+#                              median and p99 time of each stage of a request
 #        hf                    HF transformers `generate`, batch 1 and 256 (hf_generate.py)
 # Consecutive steps of one mesh variant share one `radixmesh up`; any other step stops it
 # first (one model on the GPU at a time), so keep each variant's steps together.
