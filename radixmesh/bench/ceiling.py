@@ -6,14 +6,14 @@ FLOPs at the device's matmul rate), plus reading the KV of every decoding reques
 plus a fixed per-step overhead (kernel launches and gaps, the host's share, sampling). The
 replay follows a scheduler step by step: requests are admitted in a given order, a prompt is
 prefilled in chunks, and every admitted request decodes one token per decode step until its
-`max_new_tokens` (benchmarks ignore EOS). The KV pool is taken as unbounded, so the figure
+`max_new_tokens` (benchmarks ignore EOS). By default the KV pool is unbounded, so the figure
 is an upper bound for the scheduling policy replayed: a real pool can only hold the batch
-back (`kv_pool_tokens` bounds it where a workload outgrows the pool: each admitted request
-reserves its own tokens and its output, a shared prefix counts once and stays). Requests of a
-prefix group skip their shared prefix once one member computed it (a radix cache); with
-`cascade` a decode step reads each group's shared prefix once, not once per member. Fitted to
-a measured run (`fit_overhead`, `fit_matmul_rate`), it says how far that run
-is from the same policy's ceiling and what each term is worth.
+back. Where a workload outgrows the pool, `kv_pool_tokens` bounds admission: each admitted
+request reserves its own tokens and its whole output, and a shared prefix counts once and
+stays. Requests of a prefix group skip their shared prefix once one member computed it (a
+radix cache); with `cascade` a decode step reads each group's shared prefix once, not once
+per member. Fitted to a measured run (`fit_overhead`, `fit_matmul_rate`), it says how far
+that run is from the same policy's ceiling and what each term is worth.
 """
 
 from __future__ import annotations
