@@ -74,27 +74,43 @@ class PeerFetcher:
 
     async def _stream(self, epoch: str, keys: Sequence[bytes], slots: Sequence[int],
                       address: str, root: bytes, progress: _Progress) -> str:
-        """Why the fetch ended short ("" when every page came)."""
+        """Why the fetch ended short ("" when every page came). Batch i is written to its
+        slots on a thread while the loop receives batch i + 1 (the writes let go of the GIL);
+        at most one batch is being written at a time, and none is after this returns."""
         call = read_pages_raw(self._channel(address))(
             hicache_pb2.PageRead(namespace_root=root, keys=keys))
+        placing: _Placing | None = None  # the batch being written
+        num_sent, problem = 0, ""  # pages handed to a write so far; why it ended short
         try:
             async for raw in call:
                 try:
                     pages = decode_page_batch(raw)
                 except MalformedBatchError as error:
-                    return f"the peer's batch is malformed: {error}"
-                placed = progress.placed
-                done = await _uncancelled(asyncio.to_thread(
-                    self._cache.place_fetched, epoch, keys[placed:], slots[placed:], pages))
-                progress.placed += done
-                if done < len(pages):
-                    return "a page failed its check"
-                if progress.placed >= len(keys):
+                    problem = f"the peer's batch is malformed: {error}"
                     break
+                if placing is not None:
+                    settled, placing = placing, None
+                    if not await _settled(settled, progress):
+                        break
+                placing = _Placing(asyncio.ensure_future(asyncio.to_thread(
+                    self._cache.place_fetched, epoch, keys[num_sent:], slots[num_sent:], pages)),
+                    len(pages))
+                num_sent += len(pages)
+                if num_sent >= len(keys):
+                    break
+            if placing is not None:
+                settled, placing = placing, None
+                await _settled(settled, progress)
         except RadixMeshError as error:  # our pool went away (a re-attach): nothing fits
             return str(error)
         finally:
             call.cancel()
+            if placing is not None and not placing.writes.done():
+                await _uncancelled(placing.writes)  # its slots may be reused once we return
+        if problem:
+            return problem
+        if progress.placed < num_sent:
+            return "a page failed its check"
         if progress.placed < len(keys):
             return f"the peer holds {progress.placed} of the {len(keys)} pages"
         return ""
@@ -112,6 +128,20 @@ class PeerFetcher:
         channels, self._channels = list(self._channels.values()), {}
         for channel in channels:
             await channel.close()
+
+
+@dataclass(frozen=True, slots=True)
+class _Placing:
+    writes: asyncio.Future[int]  # the thread writing a batch: how many pages it placed
+    num_pages: int               # how many the batch held
+
+
+async def _settled(placing: _Placing, progress: _Progress) -> bool:
+    """Waits for a batch's writes (to their end, even if cancelled meanwhile) and counts its
+    pages; False when one of them failed its check (those after it are not placed)."""
+    done = await _uncancelled(placing.writes)
+    progress.placed += done
+    return done == placing.num_pages
 
 
 async def _uncancelled(work: Awaitable[int]) -> int:
