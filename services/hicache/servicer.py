@@ -130,16 +130,29 @@ class HiCacheServicer(hicache_pb2_grpc.HiCacheServicer):
     async def ReadPages(self, request: hicache_pb2.PageRead,
                         context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         keys, root = list(request.keys), request.namespace_root
+
+        def read_from(first: int) -> asyncio.Future[tuple[int, int, bytes]]:
+            return asyncio.ensure_future(
+                self._run(context, lambda _: self._read_batch(root, keys[first:])))
+
+        # Batch i + 1 is read on a thread while batch i is sent (file reads and the join let
+        # go of the GIL); a call that ends meanwhile cancels the read, which waits for its
+        # thread (`_run`).
+        reading: asyncio.Future[tuple[int, int, bytes]] | None = read_from(0)
         sent = 0
-        while sent < len(keys):
-            num_pages, size, batch = await self._run(
-                context, lambda _, rest=keys[sent:]: self._read_batch(root, rest))
-            if not num_pages:
-                return
-            yield batch
-            sent += num_pages
-            if size < BATCH_BYTES:
-                return  # it stopped at a page L3 lacks
+        try:
+            while reading is not None:
+                num_pages, size, batch = await reading
+                sent += num_pages
+                # Short of a full batch, it stopped at a page L3 lacks: nothing follows.
+                reading = read_from(sent) if size >= BATCH_BYTES and sent < len(keys) else None
+                if num_pages:
+                    yield batch
+        finally:
+            if reading is not None and not reading.done():
+                reading.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await reading
 
     def _read_batch(self, root: bytes, keys: Sequence[bytes]) -> tuple[int, int, bytes]:
         """(pages, their bytes, the PageBatch) of the leading `keys` L3 holds, serialized
