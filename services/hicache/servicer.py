@@ -138,7 +138,7 @@ class HiCacheServicer(hicache_pb2_grpc.HiCacheServicer):
         # Batch i + 1 is read on a thread while batch i is sent (file reads and the join let
         # go of the GIL); a call that ends meanwhile cancels the read, which waits for its
         # thread (`_run`).
-        reading: asyncio.Future[tuple[int, int, bytes]] | None = read_from(0)
+        reading: asyncio.Future[tuple[int, int, bytes]] | None = read_from(0) if keys else None
         sent = 0
         try:
             while reading is not None:
