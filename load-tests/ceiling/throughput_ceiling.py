@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from radixmesh.bench.ceiling import (
@@ -53,7 +54,13 @@ def replay_requests(workload: Workload) -> list[ReplayRequest]:
             for req in workload.requests]
 
 
-def main() -> None:
+# Why a fit finds no rate: the replay misses a saving the run has.
+NOT_FITTED = ("none: the run beats the model at the device's best GEMM rate, so the model "
+              "misses a saving the run has (for shared-prefix: prefix KV met again in the "
+              "GPU's cache, or a larger batch than full-output reservation admits)")
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", required=True, help="the GPU the measured figures came from")
@@ -73,57 +80,79 @@ def main() -> None:
     parser.add_argument("--kv-pool-tokens", type=int, default=None,
                         help="the measured run's KV pool (default: unbounded)")
     parser.add_argument("--output-dir", type=Path, default=DEFAULT_RESULTS_DIR)
-    args = parser.parse_args()
+    return parser.parse_args()
 
-    workload = build_workload(args.workload, WorkloadOptions(vocab_size=LLAMA_8B.vocab))
-    requests = replay_requests(workload)
-    grouped = any(req.prefix_group is not None for req in requests)
-    bandwidth, best_rate = args.bandwidth_tbs * 1e12, args.matmul_tflops * 1e12
-    limits = {"chunk_tokens": args.chunk_tokens, "max_running": args.max_running,
-              "kv_pool_tokens": args.kv_pool_tokens}
-    b1_context = DECODE_B1[0] + DECODE_B1[1] // 2
-    overhead = fit_overhead(LLAMA_8B, bandwidth, args.decode_b1_itl_ms / 1e3, b1_context)
 
-    def ceiling(policy: str, step_overhead_s: float, cascade: bool = False,
-                rate: float = best_rate) -> dict:
-        run = replay(requests, LLAMA_8B, DeviceCosts(rate, bandwidth, step_overhead_s),
-                     policy=policy, cascade=cascade, **limits)
+@dataclass(frozen=True)
+class Setting:
+    """A workload's requests on one device, with the scheduler's limits."""
+
+    requests: list[ReplayRequest]
+    bandwidth: float  # bytes/s
+    best_rate: float  # FLOP/s
+    overhead_s: float  # fitted per-step overhead
+    limits: dict
+
+    @property
+    def grouped(self) -> bool:
+        return any(req.prefix_group is not None for req in self.requests)
+
+    def ceiling(self, policy: str, step_overhead_s: float, cascade: bool = False,
+                rate: float | None = None) -> dict:
+        run = replay(self.requests, LLAMA_8B,
+                     DeviceCosts(self.best_rate if rate is None else rate, self.bandwidth,
+                                 step_overhead_s),
+                     policy=policy, cascade=cascade, **self.limits)
         return {"output_tok_s": round(run.output_tok_s), "seconds": round(run.seconds, 2),
                 "kv_read_seconds": round(run.kv_seconds, 2),
                 "steps": run.steps, "decode_steps": run.decode_steps,
                 "mean_decode_batch": round(run.mean_decode_batch, 1)}
 
-    cascades = (False, True) if grouped else (False,)
-    ceilings = {policy + (" cascade" if cascade else ""): {
-        "fitted_overhead": ceiling(policy, overhead, cascade),
-        "no_overhead": ceiling(policy, 0.0, cascade)}
-        for policy in POLICIES for cascade in cascades}
-    measured = {}
-    for item in args.measured:
-        name, figure = item.split("=", 1)
-        rate = fit_matmul_rate(requests, LLAMA_8B, bandwidth, overhead, float(figure), **limits)
-        best = ceilings["prefill-first"]["no_overhead"]["output_tok_s"]
-        measured[name] = {"output_tok_s": float(figure),
-                          "ceiling_over_it": round(best / float(figure), 3)}
-        if rate > best_rate:  # inf included: no rate the device has explains the figure
-            measured[name]["fitted_matmul_tflops"] = (
-                "none: the run beats the model at the device's best GEMM rate, so the model "
-                "misses a saving the run has (for shared-prefix: prefix KV met again in the "
-                "GPU's cache, or a larger batch than full-output reservation admits)")
-            continue
-        measured[name]["fitted_matmul_tflops"] = round(rate / 1e12)
-        if grouped:
-            with_cascade = ceiling("prefill-first", overhead, True, rate)["output_tok_s"]
-            measured[name]["with_cascade_at_fitted_rate_tok_s"] = with_cascade
+    def ceilings(self) -> dict:
+        """Each policy's (and with prefix groups, each policy with cascade's) figure with the
+        fitted overhead and with none."""
+        return {policy + (" cascade" if cascade else ""): {
+            "fitted_overhead": self.ceiling(policy, self.overhead_s, cascade),
+            "no_overhead": self.ceiling(policy, 0.0, cascade)}
+            for policy in POLICIES for cascade in ((False, True) if self.grouped else (False,))}
+
+    def fit(self, figure: float, best: int) -> dict:
+        """A measured figure: the GEMM rate that explains it and how far `best` is above."""
+        rate = fit_matmul_rate(self.requests, LLAMA_8B, self.bandwidth, self.overhead_s,
+                               figure, **self.limits)
+        fit: dict = {"output_tok_s": figure, "ceiling_over_it": round(best / figure, 3)}
+        if rate > self.best_rate:  # inf included: no rate the device has explains the figure
+            return {**fit, "fitted_matmul_tflops": NOT_FITTED}
+        fit["fitted_matmul_tflops"] = round(rate / 1e12)
+        if self.grouped:
+            fit["with_cascade_at_fitted_rate_tok_s"] = self.ceiling(
+                "prefill-first", self.overhead_s, True, rate)["output_tok_s"]
+        return fit
+
+
+def main() -> None:
+    args = parse_args()
+    workload = build_workload(args.workload, WorkloadOptions(vocab_size=LLAMA_8B.vocab))
+    bandwidth = args.bandwidth_tbs * 1e12
+    b1_context = DECODE_B1[0] + DECODE_B1[1] // 2
+    setting = Setting(
+        replay_requests(workload), bandwidth, args.matmul_tflops * 1e12,
+        fit_overhead(LLAMA_8B, bandwidth, args.decode_b1_itl_ms / 1e3, b1_context),
+        {"chunk_tokens": args.chunk_tokens, "max_running": args.max_running,
+         "kv_pool_tokens": args.kv_pool_tokens})
+    ceilings = setting.ceilings()
+    best = ceilings["prefill-first"]["no_overhead"]["output_tok_s"]
+    measured = {name: setting.fit(float(figure), best)
+                for name, figure in (item.split("=", 1) for item in args.measured)}
     record = {
         "what": f"upper bound on {args.workload} output tok/s on one GPU from a step-cost "
                 "model (radixmesh/bench/ceiling.py) replayed over the workload's requests, "
                 "Llama-3.1-8B shape, bf16; per-step overhead fitted to decode-b1",
         "device": args.device, "model": "llama-3.1-8b shape",
         "inputs": {"bandwidth_tbs": args.bandwidth_tbs, "matmul_tflops": args.matmul_tflops,
-                   "decode_b1_itl_ms": args.decode_b1_itl_ms, **limits,
+                   "decode_b1_itl_ms": args.decode_b1_itl_ms, **setting.limits,
                    "sources": args.source},
-        "fitted_step_overhead_ms": round(overhead * 1e3, 3),
+        "fitted_step_overhead_ms": round(setting.overhead_s * 1e3, 3),
         "weights_read_ms": round(LLAMA_8B.weight_bytes / bandwidth * 1e3, 3),
         "ceilings": ceilings, "measured": measured,
     }

@@ -140,8 +140,10 @@ class ReplayStep:
         flops = tokens * shape.flops_per_token + self.sampled * shape.lm_head_flops \
             + self.attention_flops
         weight_bound = max(shape.weight_bytes / device.bandwidth, flops / device.matmul_flops)
-        kv_read = self.kv_tokens_read(cascade) * shape.kv_bytes_per_token
-        return weight_bound + kv_read / device.bandwidth + device.step_overhead_s
+        return weight_bound + self.kv_seconds(shape, device, cascade) + device.step_overhead_s
+
+    def kv_seconds(self, shape: ModelShape, device: DeviceCosts, cascade: bool) -> float:
+        return self.kv_tokens_read(cascade) * shape.kv_bytes_per_token / device.bandwidth
 
     def kv_tokens_read(self, cascade: bool) -> int:
         """The KV tokens the decodes read: every context whole, or with `cascade` each
@@ -174,32 +176,13 @@ def replay(requests: Sequence[tuple[int, int] | ReplayRequest], shape: ModelShap
     seconds, kv_seconds, steps, decode_steps, decode_rows = 0.0, 0.0, 0, 0, 0
     while waiting or running:
         step = ReplayStep()
-        can_admit = bool(waiting) and len(running) < max_running and pool.admits(waiting[0])
-        if policy == "mixed" or not can_admit:
+        if policy == "mixed" or not _can_admit(waiting, running, max_running, pool):
             step.decodes = [req for req in running if req.generated < req.output]
-        budget = chunk_tokens - len(step.decodes)
-        while can_admit and budget > 0:
-            req = waiting[0]
-            if not req.prefilled:
-                pool.admit(req)  # a computed shared prefix is a cache hit
-            take = min(budget, req.prompt - req.prefilled)
-            step.attention_flops += shape.attention_flops(take, req.prefilled)
-            step.prefill_tokens += take
-            req.prefilled += take
-            budget -= take
-            if req.prefilled < req.prompt:
-                break  # the chunk is full; the prompt goes on next step
-            waiting.popleft()
-            if req.group is not None:
-                pool.computed.add(req.group)
-            req.generated = 1
-            step.sampled += 1
-            running.append(req)
-            can_admit = (bool(waiting) and len(running) < max_running
-                         and pool.admits(waiting[0]))
+        _prefill(step, waiting, running, pool, shape, chunk_tokens - len(step.decodes),
+                 max_running)
         step.sampled += len(step.decodes)
         seconds += step.seconds(shape, device, cascade)  # decodes read their context so far
-        kv_seconds += step.kv_tokens_read(cascade) * shape.kv_bytes_per_token / device.bandwidth
+        kv_seconds += step.kv_seconds(shape, device, cascade)
         for req in step.decodes:
             req.generated += 1
         if step.decodes:
@@ -213,6 +196,35 @@ def replay(requests: Sequence[tuple[int, int] | ReplayRequest], shape: ModelShap
     total = sum(item.output for item in wanted)
     return Replay(seconds, total, steps, decode_steps, decode_rows / max(1, decode_steps),
                   kv_seconds)
+
+
+def _can_admit(waiting: deque[ReplayedRequest], running: list[ReplayedRequest],
+               max_running: int, pool: _Pool) -> bool:
+    return bool(waiting) and len(running) < max_running and pool.admits(waiting[0])
+
+
+def _prefill(step: ReplayStep, waiting: deque[ReplayedRequest],
+             running: list[ReplayedRequest], pool: _Pool, shape: ModelShape, budget: int,
+             max_running: int) -> None:
+    """Fills `step` with prompt chunks, in order, while the budget and the pool allow; a
+    prompt whose last chunk is in it starts running with its first token sampled."""
+    while budget > 0 and _can_admit(waiting, running, max_running, pool):
+        req = waiting[0]
+        if not req.prefilled:
+            pool.admit(req)  # a computed shared prefix is a cache hit
+        take = min(budget, req.prompt - req.prefilled)
+        step.attention_flops += shape.attention_flops(take, req.prefilled)
+        step.prefill_tokens += take
+        req.prefilled += take
+        budget -= take
+        if req.prefilled < req.prompt:
+            return  # the chunk is full; the prompt goes on next step
+        waiting.popleft()
+        if req.group is not None:
+            pool.computed.add(req.group)
+        req.generated = 1
+        step.sampled += 1
+        running.append(req)
 
 
 @dataclass(slots=True)
