@@ -70,7 +70,7 @@ def run_profiled(engine: Engine, until_done: bool) -> tuple[float, int, torch.pr
     return (time.perf_counter() - start) * 1e3, steps, trace
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model_path")
@@ -81,9 +81,12 @@ def main() -> None:
     parser.add_argument("--chunked-prefill-size", type=int, default=8192)
     parser.add_argument("--attention-backend", default="auto")
     parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
-    shape = shape_of(args.model_path)
-    on_gpu = torch.cuda.is_available()
+    return parser.parse_args()
+
+
+def engine_at_the_steps(args: argparse.Namespace, on_gpu: bool) -> tuple[Engine, int]:
+    """A warmed-up engine with the batch submitted (and, for `decode`, prefilled): the steps
+    to profile are next. Also how many tokens each request asks."""
     engine = Engine(WorkerConfig(model_path=args.model_path, load_format="dummy",
                                  dtype="bfloat16" if on_gpu else "float32",
                                  attention_backend=args.attention_backend),
@@ -97,27 +100,37 @@ def main() -> None:
     for i in range(args.batch_size):  # distinct first tokens: no prompt reuses another's KV
         engine.submit(f"r{i}", {"input_ids": [7 + args.prompt_len + i, *prompt],
                                 "max_new_tokens": new_tokens, **sampling})
-    context = args.prompt_len
     if args.mode == "decode":
         while engine.scheduler.waiting:
             engine.step()
         for _ in range(2):  # the last prefill is in flight as the queue empties
             engine.step()
-    wall_ms, steps, trace = run_profiled(engine, until_done=args.mode == "decode")
-    if args.mode == "decode":
-        context += new_tokens - steps // 2  # the mean context of the steps profiled
-    split = kernel_split(trace, on_gpu)
-    kernel_ms = sum(split.values())
+    return engine, new_tokens
+
+
+def step_work(args: argparse.Namespace, shape: ModelShape, steps: int,
+              new_tokens: int) -> tuple[int, int, int]:
+    """(tokens through the layers, FLOPs, bytes read) of the steps profiled."""
     if args.mode == "prefill":
         tokens = args.batch_size * args.prompt_len
-        flops = tokens * shape.flops_per_token + args.batch_size * (
-            shape.lm_head_flops + shape.attention_flops(args.prompt_len, 0))
-        read_bytes = 0
-    else:  # decode attention is a read, not arithmetic: its bytes count, not its FLOPs
-        tokens = args.batch_size * steps
-        flops = tokens * (shape.flops_per_token + shape.lm_head_flops)
-        read_bytes = steps * (shape.weight_bytes
-                              + args.batch_size * context * shape.kv_bytes_per_token)
+        return tokens, tokens * shape.flops_per_token + args.batch_size * (
+            shape.lm_head_flops + shape.attention_flops(args.prompt_len, 0)), 0
+    # Decode attention is a read, not arithmetic: its bytes count, not its FLOPs.
+    tokens = args.batch_size * steps
+    context = args.prompt_len + new_tokens - steps // 2  # the mean of the steps profiled
+    return tokens, tokens * (shape.flops_per_token + shape.lm_head_flops), steps * (
+        shape.weight_bytes + args.batch_size * context * shape.kv_bytes_per_token)
+
+
+def main() -> None:
+    args = parse_args()
+    shape = shape_of(args.model_path)
+    on_gpu = torch.cuda.is_available()
+    engine, new_tokens = engine_at_the_steps(args, on_gpu)
+    wall_ms, steps, trace = run_profiled(engine, until_done=args.mode == "decode")
+    tokens, flops, read_bytes = step_work(args, shape, steps, new_tokens)
+    split = kernel_split(trace, on_gpu)
+    kernel_ms = sum(split.values())
     report = {
         "mode": args.mode, "device": torch.cuda.get_device_name() if on_gpu else "cpu",
         "batch_size": args.batch_size, "prompt_len": args.prompt_len, "steps": steps,
