@@ -30,8 +30,9 @@ RAW_RESPONSES = ("ReadPages",)
 class _Captured:
     """Stands in for a server while the generated code registers on it."""
 
-    service = ""
-    handlers: dict[str, Any] = {}
+    def __init__(self) -> None:
+        self.service = ""
+        self.handlers: dict[str, Any] = {}
 
     def add_generic_rpc_handlers(self, handlers: Any) -> None:
         pass
