@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from pathlib import Path
 import grpc
 
 from radixmesh.bench.results import write_record
+from radixmesh.launcher.free_ports import pick_free_ports
 from radixmesh.services.hicache.attachment import KVLayout
 from radixmesh.shared.host_pool import HostPool
 from radixmesh.shared.page_keys import KeyNamespace, page_keys
@@ -43,12 +43,6 @@ from radixmesh.shared.protos_gen import hicache_pb2, hicache_pb2_grpc
 LAYOUT = KVLayout(num_layers=32, page_size=16, num_kv_heads=8, head_dim=128, dtype="bfloat16")
 ROOT = KeyNamespace(model_id="fetch-bandwidth", weights_fingerprint="0", kv_dtype="bfloat16",
                     page_size=LAYOUT.page_size, tp_layout="tp1").root()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def start_hicache(l3_dir: Path, pool_gb: float, port: int) -> subprocess.Popen:
@@ -124,7 +118,7 @@ def main() -> None:
     loopback = run_yardstick(args.yardstick) if args.yardstick else None
     page_mib = LAYOUT.host_pool_layout(1).bytes_per_slot / 2**20
     pool_gb = round(args.pages * page_mib * 2**20 / 1e9 * 1.25 + 0.5, 1)
-    a_port, b_port = free_port(), free_port()
+    a_port, b_port = pick_free_ports(2)
     with tempfile.TemporaryDirectory(prefix="fetch-bandwidth-") as tmp:
         nodes = [start_hicache(Path(tmp) / name, pool_gb, port)
                  for name, port in (("a", a_port), ("b", b_port))]
