@@ -14,6 +14,11 @@ declare -A MESH_VARIANTS=(
   # Tracing on, spans sent to the bench itself, which prints the time of each stage (tokenize,
   # queue, prefill, decode, detokenize) per request: where a TTFT goes.
   [mesh-breakdown]="--enable-trace --otlp-traces-endpoint 127.0.0.1:4318"
+  # Issue 22: FP8 weights; FP8 weights and KV cache; batch-invariant kernels; compiled decode.
+  [mesh-fp8]="--quantization fp8"
+  [mesh-fp8kv]="--quantization fp8 --kv-cache-dtype fp8_e4m3"
+  [mesh-det]="--enable-deterministic-inference"
+  [mesh-compile]="--enable-torch-compile"
 )
 # Extra bench flags of a mesh variant.
 declare -A BENCH_VARIANT_FLAGS=(
@@ -63,6 +68,12 @@ install_wheels() {
 # detokenizer does its real work on every generated id.
 write_llama8b_dir() {
   write_llama_dir "$1" 4096 32 14336 32
+}
+
+# Llama-3.1-70B whole (issue 22: served in FP8 on one card; dummy weights are drawn and
+# quantized a layer at a time, so its 141 GB of bf16 never exist).
+write_llama70b_dir() {
+  write_llama_dir "$1" 8192 64 28672 80
 }
 
 # Llama-3.1-70B's layer shape cut to 8 layers (issue 20: KV cheap against compute, 32 KiB a

@@ -16,12 +16,15 @@
 #                              spans exported to span_sink.py on 127.0.0.1:4317)
 #        mesh-breakdown:WORKLOAD ... traced into the bench itself (`--trace-breakdown`): the
 #                              median and p99 time of each stage of a request
+#        mesh-fp8, mesh-fp8kv, mesh-det, mesh-compile:WORKLOAD ... with FP8 weights, FP8
+#                              weights and KV cache, deterministic inference, torch.compile
 #        hf                    HF transformers `generate`, batch 1 and 256 (hf_generate.py)
 # Consecutive steps of one mesh variant share one `radixmesh up`; any other step stops it
 # first (one model on the GPU at a time), so keep each variant's steps together.
 #
 # Environment: BENCH_FLAGS (every bench), SERVER_FLAGS (every `radixmesh up`), HF_FLAGS;
-# MODEL (a model dir to use as is; default: the 8B-shaped one, written), MODEL_FLAGS (default
+# MODEL (a model dir to use as is; default: the MODEL_SHAPE-shaped one, written: 8b (default),
+# 70b, or 70b_8layer), MODEL_FLAGS (default
 # "--load-format dummy --dtype bfloat16"), OUT (default /tmp/out), WHEELS (default .whl; empty:
 # use the installed radixmesh), SERVER_TIMEOUT (s to wait for the mesh, default 420),
 # STEP_TIMEOUT (s per bench/test step, default 0: none), LOG_LEVEL (default info), TESTS (the
@@ -36,6 +39,7 @@ export PY=${PY:-python3} OUT=${OUT:-/tmp/out} LOG_LEVEL=${LOG_LEVEL:-info}
 export MODEL_FLAGS=${MODEL_FLAGS-"--load-format dummy --dtype bfloat16"}
 export SERVER_FLAGS=${SERVER_FLAGS:-} BENCH_FLAGS=${BENCH_FLAGS:-} HF_FLAGS=${HF_FLAGS:-}
 export SERVER_TIMEOUT=${SERVER_TIMEOUT:-420} STEP_TIMEOUT=${STEP_TIMEOUT:-0}
+MODEL_SHAPE=${MODEL_SHAPE:-8b}
 export RUN_DIR=/tmp/gpurun
 WHEELS=${WHEELS-$REPO/.whl}
 source "$REPO/load-tests/gpu/lib.sh"
@@ -48,8 +52,8 @@ rm -rf "$RUN_DIR" && mkdir -p "$RUN_DIR"
 cp -r "$REPO/tests" "$REPO/pyproject.toml" "$REPO"/load-tests/gpu/*.py "$RUN_DIR/"
 cd "$RUN_DIR" || exit 1
 if [[ -z ${MODEL:-} ]]; then
-  MODEL=/tmp/llama-3.1-8b-dummy
-  write_llama8b_dir "$MODEL" || { echo "!! writing $MODEL failed"; exit 1; }
+  MODEL=/tmp/llama-3.1-${MODEL_SHAPE}-dummy
+  "write_llama${MODEL_SHAPE}_dir" "$MODEL" || { echo "!! writing $MODEL failed"; exit 1; }
 fi
 export MODEL
 GPU_NAME=$(gpu_name)
