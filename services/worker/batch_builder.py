@@ -16,6 +16,7 @@ from radixmesh.services.worker.request_state import WorkerRequest
 
 if TYPE_CHECKING:  # page_table.py needs the request table, which needs this module
     from radixmesh.services.worker.page_table import DevicePageTable
+    from radixmesh.services.worker.prefix_groups import PrefixGroups
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +66,8 @@ class _Part:
 
 
 def build_forward_batch(rows: StepRows, kv_pool: KVPool, backend: AttentionBackend,
-                        last_tokens: torch.Tensor, page_table: DevicePageTable) -> ForwardBatch:
+                        last_tokens: torch.Tensor, page_table: DevicePageTable,
+                        prefix_groups: PrefixGroups | None = None) -> ForwardBatch:
     """Extends read their tokens from the host; a decode's one input is its request's latest
     sampled token, which may still be only on the device: it is gathered from `last_tokens`
     (indexed by request slot), so no host sync is needed. The batch's page table is gathered
@@ -105,6 +107,7 @@ def build_forward_batch(rows: StepRows, kv_pool: KVPool, backend: AttentionBacke
         num_extends=len(rows.extends),
         attn_backend=backend,
         kv_pool=kv_pool,
+        prefix_groups=prefix_groups,
     )
 
 

@@ -112,7 +112,8 @@ class CudaGraphRunner:
                                    dtype=torch.float32, device=kv_pool.device)
 
     def can_run(self, batch: ForwardBatch) -> bool:
-        return batch.mode is ForwardMode.DECODE and batch.batch_size <= self.max_batch_size
+        return (batch.mode is ForwardMode.DECODE and batch.batch_size <= self.max_batch_size
+                and batch.prefix_groups is None)
 
     @torch.inference_mode()
     def capture(self) -> None:

@@ -12,6 +12,7 @@ import torch
 if TYPE_CHECKING:
     from radixmesh.services.worker.attention.base import AttentionBackend
     from radixmesh.services.worker.kv_pool import KVPool
+    from radixmesh.services.worker.prefix_groups import PrefixGroups
 
 
 def no_layer_wait(layer_id: int) -> None:
@@ -60,6 +61,9 @@ class ForwardBatch:
     # Called by each layer's attention before it reads the KV cache: waits until that layer's
     # pages loaded from the host pool this step have landed (see host_kv.py).
     wait_for_layer: Callable[[int], None] = no_layer_wait
+    # Decode rows that share leading pages (prefix_groups.py), for a backend that reads a
+    # shared prefix once per group; set only on eager decode batches.
+    prefix_groups: PrefixGroups | None = None
 
     @property
     def batch_size(self) -> int:

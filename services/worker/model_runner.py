@@ -31,6 +31,7 @@ from radixmesh.services.worker.memory import make_kv_pool, resolve_device
 from radixmesh.services.worker.model_config import ModelConfig
 from radixmesh.services.worker.page_table import DevicePageTable
 from radixmesh.services.worker.parallel.tensor_parallel import SINGLE, TensorParallel
+from radixmesh.services.worker.prefix_groups import PrefixGrouper
 from radixmesh.services.worker.request_state import WorkerRequest
 from radixmesh.services.worker.request_table import RequestTable
 from radixmesh.services.worker.sampling import (
@@ -117,6 +118,8 @@ class ModelRunner(ModelWorker):
         self.backend = make_attention_backend(
             pick_attention_backend(config.attention_backend, self.device, self.dtype,
                                    deterministic), self.kv_pool, deterministic)
+        self.prefix_grouper = (PrefixGrouper(self.page_size) if self.backend.supports_prefix_groups
+                               and not config.disable_cascade_attn else None)
         vocab_width = self.model_config.vocab_size
         self.sampler = make_sampler(sampling_backend, vocab_width, self.max_running,
                                     self.device, seed=config.random_seed)
@@ -245,8 +248,10 @@ class ModelRunner(ModelWorker):
         if not rows:
             loads.wait_all()  # a later step's pass must not read pages before they land
             return FinishedStep(StepResult(plan.step_id, [], []))
+        groups = (self.prefix_grouper.find(rows.decodes, rows.decode_starts)
+                  if self.prefix_grouper is not None and not rows.extends else None)
         batch = build_forward_batch(rows, self.kv_pool, self.backend, self.last_tokens,
-                                    self.page_table)
+                                    self.page_table, groups)
         graph = self.graph_runner is not None and self.graph_runner.can_run(batch)
         if graph:
             loads.wait_all()  # a replayed graph has no per-layer hook: every layer lands first

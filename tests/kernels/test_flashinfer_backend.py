@@ -20,6 +20,7 @@ from radixmesh.services.worker.attention.flashinfer_backend import (
 )
 from radixmesh.services.worker.forward_batch import ForwardBatch, ForwardMode
 from radixmesh.services.worker.kv_pool import KVPool
+from radixmesh.services.worker.prefix_groups import PrefixGroups
 from tests.kernels.paged_cases import PagedCase, Shape, make_case
 
 _skip_without_flashinfer = pytest.mark.skipif(
@@ -227,3 +228,42 @@ def test_graph_replays_match_eager_as_batches_change(shape_name):
         assert_close_to(got, subset.reference(), shape.dtype)
         eager = subset.run(FlashInferAttentionBackend)
         assert_close_to(got, eager.float(), shape.dtype)
+
+
+def _share_prefixes(case: PagedCase, groups: PrefixGroups) -> None:
+    """Makes each group's rows name their leader's first `shared_pages` pages, as rows holding
+    one radix-cached prefix do."""
+    table = case.batch.page_table
+    for (begin, end), shared in zip(groups.bounds, groups.shared_pages, strict=True):
+        table[begin + 1:end, :shared] = table[begin, :shared]
+
+
+CASCADE_GROUPS = {
+    # every row in a group
+    "all": ([300, 310, 290, 305, 400, 401, 402, 403, 420],
+            PrefixGroups([(0, 4), (4, 9)], [16, 24], [16] * 4 + [24] * 5)),
+    # rows outside groups before, between and after them; a shared prefix ending on the page
+    # just before a row's last
+    "some": ([50, 257, 260, 270, 258, 33, 400, 401, 402, 403, 404, 17],
+             PrefixGroups([(1, 5), (6, 11)], [16, 20], [0] + [16] * 4 + [0] + [20] * 5 + [0])),
+}
+
+
+@needs_flashinfer
+@pytest.mark.parametrize("layout", CASCADE_GROUPS)
+def test_decode_with_prefix_groups_matches_torch(layout):
+    """Cascade: each group's shared pages read once as one multi-query level, merged with each
+    row's own pages; the same attention as reading every row's pages. (The 8B shape's heads:
+    the kernels a GPU run builds anyway.)"""
+    decode_lens, groups = CASCADE_GROUPS[layout]
+    case = make_case(shape_of("gqa", 128), [], decode_lens, DEVICE)
+    _share_prefixes(case, groups)
+    expected = case.reference()
+    backend = FlashInferAttentionBackend(case.pool)
+    case.batch.attn_backend = backend
+    for prefix_groups in (None, groups):  # the first pass meets the layer kind
+        case.batch.prefix_groups = prefix_groups
+        backend.prepare(case.batch)
+        got = backend.forward(case.q, case.k, case.v, case.shape.spec(), case.batch)
+    assert backend._meta.shared is not None  # the cascade ran
+    assert_close_to(got.view(case.q.shape), expected, torch.bfloat16)

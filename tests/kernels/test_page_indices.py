@@ -33,3 +33,18 @@ def test_an_empty_batch_gives_no_pages():
     empty = torch.zeros(0, 4, dtype=torch.int32, device=DEVICE)
     lens = torch.zeros(0, dtype=torch.int32, device=DEVICE)
     assert flatten_page_table(empty, lens, 16, 0).numel() == 0
+
+
+def test_skipped_leading_pages_are_left_out_per_row():
+    gen = torch.Generator().manual_seed(1)
+    page_size = 16
+    seq_lens = torch.randint(1, 300, (29,), generator=gen, dtype=torch.int32)
+    pages = [-(-int(n) // page_size) for n in seq_lens]
+    # Any count that leaves each row at least its last page.
+    skip = [int(torch.randint(0, count, (), generator=gen)) for count in pages]
+    table = torch.randint(1, 10_000, (29, max(pages)), generator=gen, dtype=torch.int32)
+    expected = [int(table[i, j]) for i, count in enumerate(pages) for j in range(skip[i], count)]
+    flat = flatten_page_table(table.to(DEVICE), seq_lens.to(DEVICE), page_size,
+                              sum(pages) - sum(skip),
+                              torch.tensor(skip, dtype=torch.int32, device=DEVICE))
+    assert flat.tolist() == expected

@@ -45,6 +45,10 @@ class AttentionBackend(ABC):
       the layers read must sit at the same addresses on every call for that size, and nothing
       may wait on the GPU. Layers must launch the same kernels with the same launch shapes for
       every replay of one size.
+    - Prefix groups (`supports_prefix_groups`): when `batch.prefix_groups` is set (an eager
+      decode batch), the rows of a group share their first `shared_pages` pages, and the
+      backend may read those once per group and merge the partial results; the output is the
+      same attention summed in another order. A backend without the support ignores it.
     Backends are chosen by name from the registry in `attention/__init__.py`.
     """
 
@@ -53,6 +57,7 @@ class AttentionBackend(ABC):
     # Whether the backend can honour `deterministic`: each query's output bitwise independent
     # of the batch around it, of its chunking and of where its prefix's KV came from.
     supports_deterministic: bool = False
+    supports_prefix_groups: bool = False
 
     def __init__(self, kv_pool: KVPool, deterministic: bool = False) -> None:
         if deterministic and not self.supports_deterministic:

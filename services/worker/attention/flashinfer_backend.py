@@ -29,6 +29,11 @@ import torch
 
 from radixmesh.kernels.page_indices import flatten_page_table
 from radixmesh.services.worker.attention.base import AttentionBackend, AttentionSpec
+from radixmesh.services.worker.attention.flashinfer_cascade import (
+    CascadeLevels,
+    SharedLevel,
+    decode_pages,
+)
 from radixmesh.services.worker.forward_batch import ForwardBatch
 from radixmesh.services.worker.kv_pool import KVPool
 
@@ -88,7 +93,9 @@ class PassMetadata:
     extends: PagedRows | None
     decodes: PagedRows | None
     graph_batch_size: int | None
-    plans: dict[LayerKind, tuple[Any, Any]] = field(default_factory=dict)  # (prefill, decode)
+    shared: SharedLevel | None = None  # cascade: decodes then skip their shared pages
+    # (prefill, decode, shared level), each None where the pass has none
+    plans: dict[LayerKind, tuple[Any, Any, Any]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -105,6 +112,7 @@ class GraphBuffers:
 class FlashInferAttentionBackend(AttentionBackend):
     name = "flashinfer"
     supports_cuda_graph = True
+    supports_prefix_groups = True
     supported_dtypes = (torch.float16, torch.bfloat16)
 
     def __init__(self, kv_pool: KVPool, deterministic: bool = False) -> None:
@@ -133,6 +141,7 @@ class FlashInferAttentionBackend(AttentionBackend):
         self._decode_int_workspaces: dict[LayerKind, torch.Tensor] = {}
         self._graph: GraphBuffers | None = None
         self._meta: PassMetadata | None = None
+        self._cascade = CascadeLevels(flashinfer, self._workspace, kv_pool)
         # FlashInfer's `plan` stages its index arrays in one pinned host buffer per wrapper and
         # copies them to the device without waiting. The worker plans step N + 1 while step N
         # may still be queued, so before re-filling that buffer we wait for the previous pass's
@@ -152,7 +161,11 @@ class FlashInferAttentionBackend(AttentionBackend):
         pages = [-(-seq_len // page_size) for seq_len in batch.seq_lens_cpu]
         if batch.graph_batch_size is not None:
             self._check_graph_batch(batch, sum(pages))
-        flat = flatten_page_table(batch.page_table, batch.seq_lens, page_size, sum(pages))
+        shared = skip = None
+        if batch.prefix_groups is not None and self._cascade_applies(batch):
+            shared, skip = self._cascade.split(batch, batch.prefix_groups)
+            pages = decode_pages(pages, batch.prefix_groups)
+        flat = flatten_page_table(batch.page_table, batch.seq_lens, page_size, sum(pages), skip)
         extend_pages = sum(pages[:n])
         extend_lens = batch.extend_lens_cpu[:n]
         self._meta = PassMetadata(
@@ -163,7 +176,7 @@ class FlashInferAttentionBackend(AttentionBackend):
                                      flat[:extend_pages]) if n else None),
             decodes=(PagedRows.build(batch.seq_lens_cpu[n:], pages[n:], page_size,
                                      flat[extend_pages:]) if n < batch.batch_size else None),
-            graph_batch_size=batch.graph_batch_size)
+            graph_batch_size=batch.graph_batch_size, shared=shared)
         if self._plans_copied is not None:
             self._plans_copied.synchronize()
         for kind in self._kinds:
@@ -178,7 +191,7 @@ class FlashInferAttentionBackend(AttentionBackend):
         pool, layer = self.kv_pool, spec.layer_id
         pool.store(layer, batch.out_cache_loc, k, v)
         kind = LayerKind.of(spec)
-        prefill, decode = meta.plans.get(kind) or self._plan(kind)
+        prefill, decode, shared = meta.plans.get(kind) or self._plan(kind)
         query = q if q.dtype == pool.compute_dtype else q.to(pool.compute_dtype)
         if query.stride(-1) != 1:
             query = query.contiguous()
@@ -189,11 +202,20 @@ class FlashInferAttentionBackend(AttentionBackend):
                   if pool.is_fp8 else {})
         if prefill is not None:
             prefill.run(query[:first_decode], cache, out=out[:first_decode], **scales)
-        if decode is not None:
+        if shared is not None:  # a decode batch: first_decode is 0
+            self._cascade.run(decode, shared, meta.shared, query, cache, out, scales)
+        elif decode is not None:
             decode.run(query[first_decode:], cache, out=out[first_decode:], **scales)
         return out.view(q.shape[0], -1).to(q.dtype)
 
-    def _plan(self, kind: LayerKind) -> tuple[Any, Any]:
+    def _cascade_applies(self, batch: ForwardBatch) -> bool:
+        """Cascade runs on eager decode batches of a model whose layers were all met (a first
+        pass plans kinds as it meets them) and have no sliding window (a shared prefix may
+        lie partly outside one)."""
+        return (batch.num_extends == 0 and batch.graph_batch_size is None and bool(self._kinds)
+                and all(kind.window_left < 0 for kind in self._kinds))
+
+    def _plan(self, kind: LayerKind) -> tuple[Any, Any, Any]:
         """Plans this pass's wrappers for `kind` and remembers the kind for later passes."""
         meta = self._meta
         assert meta is not None
@@ -202,7 +224,7 @@ class FlashInferAttentionBackend(AttentionBackend):
                                "capture; run the pass once eagerly before capturing it")
         pool = self.kv_pool
         dtypes = dict(q_data_type=pool.compute_dtype, kv_data_type=pool.dtype)
-        prefill = decode = None
+        prefill = decode = shared = None
         if meta.extends is not None:
             prefill = self._prefill_wrapper(kind)
             rows = meta.extends
@@ -216,9 +238,11 @@ class FlashInferAttentionBackend(AttentionBackend):
             decode.plan(rows.kv_indptr, rows.kv_indices, rows.kv_last_page_len, kind.num_heads,
                         pool.num_kv_heads, pool.head_dim, pool.page_size,
                         window_left=kind.window_left, sm_scale=kind.sm_scale, **dtypes)
+        if meta.shared is not None:
+            shared = self._cascade.plan(kind, meta.shared)
         self._kinds[kind] = None
-        meta.plans[kind] = (prefill, decode)
-        return prefill, decode
+        meta.plans[kind] = (prefill, decode, shared)
+        return prefill, decode, shared
 
     def _prefill_wrapper(self, kind: LayerKind) -> Any:
         wrapper = self._prefill_wrappers.get(kind)
