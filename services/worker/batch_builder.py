@@ -16,7 +16,7 @@ from radixmesh.services.worker.request_state import WorkerRequest
 
 if TYPE_CHECKING:  # page_table.py needs the request table, which needs this module
     from radixmesh.services.worker.page_table import DevicePageTable
-    from radixmesh.services.worker.prefix_groups import PrefixGroups
+    from radixmesh.services.worker.prefix_groups import PrefixGrouper
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,11 +67,12 @@ class _Part:
 
 def build_forward_batch(rows: StepRows, kv_pool: KVPool, backend: AttentionBackend,
                         last_tokens: torch.Tensor, page_table: DevicePageTable,
-                        prefix_groups: PrefixGroups | None = None) -> ForwardBatch:
+                        grouper: PrefixGrouper | None = None) -> ForwardBatch:
     """Extends read their tokens from the host; a decode's one input is its request's latest
     sampled token, which may still be only on the device: it is gathered from `last_tokens`
     (indexed by request slot), so no host sync is needed. The batch's page table is gathered
-    from `page_table`'s rows (flushed here first)."""
+    from `page_table`'s rows (flushed here first). A decode batch's prefix groups come from
+    `grouper`, where the backend reads shared prefixes once."""
     page_table.flush()
     parts = []
     if rows.extends:
@@ -107,7 +108,8 @@ def build_forward_batch(rows: StepRows, kv_pool: KVPool, backend: AttentionBacke
         num_extends=len(rows.extends),
         attn_backend=backend,
         kv_pool=kv_pool,
-        prefix_groups=prefix_groups,
+        prefix_groups=(grouper.find(rows.decodes, rows.decode_starts)
+                       if grouper is not None and not rows.extends else None),
     )
 
 

@@ -248,10 +248,8 @@ class ModelRunner(ModelWorker):
         if not rows:
             loads.wait_all()  # a later step's pass must not read pages before they land
             return FinishedStep(StepResult(plan.step_id, [], []))
-        groups = (self.prefix_grouper.find(rows.decodes, rows.decode_starts)
-                  if self.prefix_grouper is not None and not rows.extends else None)
         batch = build_forward_batch(rows, self.kv_pool, self.backend, self.last_tokens,
-                                    self.page_table, groups)
+                                    self.page_table, self.prefix_grouper)
         graph = self.graph_runner is not None and self.graph_runner.can_run(batch)
         if graph:
             loads.wait_all()  # a replayed graph has no per-layer hook: every layer lands first

@@ -32,6 +32,7 @@ from radixmesh.services.worker.attention.base import AttentionBackend, Attention
 from radixmesh.services.worker.attention.flashinfer_cascade import (
     CascadeLevels,
     SharedLevel,
+    cascade_applies,
     decode_pages,
 )
 from radixmesh.services.worker.forward_batch import ForwardBatch
@@ -162,7 +163,7 @@ class FlashInferAttentionBackend(AttentionBackend):
         if batch.graph_batch_size is not None:
             self._check_graph_batch(batch, sum(pages))
         shared = skip = None
-        if batch.prefix_groups is not None and self._cascade_applies(batch):
+        if batch.prefix_groups is not None and cascade_applies(batch, self._kinds):
             shared, skip = self._cascade.split(batch, batch.prefix_groups)
             pages = decode_pages(pages, batch.prefix_groups)
         flat = flatten_page_table(batch.page_table, batch.seq_lens, page_size, sum(pages), skip)
@@ -207,13 +208,6 @@ class FlashInferAttentionBackend(AttentionBackend):
         elif decode is not None:
             decode.run(query[first_decode:], cache, out=out[first_decode:], **scales)
         return out.view(q.shape[0], -1).to(q.dtype)
-
-    def _cascade_applies(self, batch: ForwardBatch) -> bool:
-        """Cascade runs on eager decode batches of a model whose layers were all met (a first
-        pass plans kinds as it meets them) and have no sliding window (a shared prefix may
-        lie partly outside one)."""
-        return (batch.num_extends == 0 and batch.graph_batch_size is None and bool(self._kinds)
-                and all(kind.window_left < 0 for kind in self._kinds))
 
     def _plan(self, kind: LayerKind) -> tuple[Any, Any, Any]:
         """Plans this pass's wrappers for `kind` and remembers the kind for later passes."""

@@ -10,6 +10,7 @@ order). Rows outside any group take the decode level alone, over all their pages
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import accumulate
 from typing import TYPE_CHECKING, Any
@@ -102,6 +103,15 @@ class CascadeLevels:
         part, part_lse = out.index_select(0, members), lse.index_select(0, members)
         self._flashinfer.merge_state_in_place(part, part_lse, shared_out, shared_lse)
         out.index_copy_(0, members, part)
+
+
+def cascade_applies(batch: ForwardBatch, kinds: Iterable[LayerKind]) -> bool:
+    """Cascade runs on eager decode batches of a model whose layers were all met (`kinds`: a
+    first pass plans kinds as it meets them) and have no sliding window (a shared prefix may
+    lie partly outside one)."""
+    kinds = list(kinds)
+    return (batch.num_extends == 0 and batch.graph_batch_size is None and bool(kinds)
+            and all(kind.window_left < 0 for kind in kinds))
 
 
 def decode_pages(pages: list[int], groups: PrefixGroups) -> list[int]:
