@@ -9,9 +9,12 @@
 #
 # Each ARM is a mesh variant of run.sh (mesh, mesh-trace, mesh-hicache, ...), optionally
 # `@baseline` to run it from the baseline wheel; each arm is one `radixmesh up` serving every
-# WORKLOAD in turn. The arm `peer` is mini-sglang on the same WORKLOADs (peer.sh: carry
-# `.peers` too), so that ours and the peer's alternate as well: "peer mesh peer mesh peer". The result JSONs and logs come back in $OUT/alternate.tgz, and a table of
-# each arm's figures with the per-arm medians in $OUT/alternate.txt.
+# WORKLOAD in turn, or only those it names after a colon (`mesh-trace:decode-b1,sharegpt-like`),
+# so that two comparisons on different workloads share their A arms. The arm `peer` is
+# mini-sglang on the same WORKLOADs (peer.sh: carry `.peers` too), so that ours and the peer's
+# alternate as well: "peer mesh peer mesh peer". The result JSONs and logs come back in
+# $OUT/alternate.tgz, and a table of each arm's figures with the per-arm medians in
+# $OUT/alternate.txt.
 # Environment: as run.sh's (SERVER_FLAGS, BENCH_FLAGS, MODEL, ...), and BASELINE_WHEELS.
 set -uo pipefail
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
@@ -34,7 +37,7 @@ run_peer_arm() {
   mkdir -p "$dir/logs"
   echo "##### arm $index: peer"
   gpu_record "$dir/gpu.txt" >/dev/null
-  OUT=$dir bash "$REPO/load-tests/gpu/peer.sh" "$(IFS=,; echo "${workloads[*]}")" \
+  OUT=$dir bash "$REPO/load-tests/gpu/peer.sh" "$(IFS=,; echo "${arm_workloads[*]}")" \
     >/dev/null 2>&1 || status=$?
   mv "$dir/peer/peer.log" "$dir/logs/server-peer.log" 2>/dev/null
   grep -h '^{' "$dir/logs/server-peer.log"
@@ -44,8 +47,10 @@ run_peer_arm() {
 }
 
 failures=0 index=0
-for arm in "${arms[@]}"; do
+for arm_spec in "${arms[@]}"; do
   index=$((index + 1))
+  arm=${arm_spec%%:*} arm_workloads=("${workloads[@]}")
+  [[ $arm_spec == *:* ]] && IFS=, read -r -a arm_workloads <<<"${arm_spec#*:}"
   if [[ $arm == peer ]]; then
     run_peer_arm "$work/$(printf %02d "$index")-peer" || failures=$((failures + 1))
     (cd "$work" && tar czf "$OUT/alternate.tgz" .)
@@ -55,7 +60,7 @@ for arm in "${arms[@]}"; do
   if [[ $arm == *@baseline ]]; then
     site=/tmp/site-baseline:/tmp/site wheels=$REPO/$BASELINE_WHEELS
   fi
-  steps=() && for workload in "${workloads[@]}"; do steps+=("$variant:$workload"); done
+  steps=() && for workload in "${arm_workloads[@]}"; do steps+=("$variant:$workload"); done
   echo "##### arm $index: $arm"
   # The wheels are installed above: run.sh installs none (WHEELS empty) and runs what
   # PYTHONPATH names; the result JSONs name the commit of the wheel that ran.
