@@ -7,7 +7,7 @@
 declare -A MESH_VARIANTS=(
   [mesh]=""
   [mesh-noradix]="--disable-radix-cache"
-  [mesh-nocascade]="--disable-cascade-attn"
+  [mesh-cascade]="--enable-cascade-attn"
   [mesh-null]="--worker null"
   [mesh-hicache]="--enable-hierarchical-cache"
   # Tracing on, every request sampled, spans exported to span_sink.py (started with the mesh).

@@ -119,7 +119,7 @@ class ModelRunner(ModelWorker):
             pick_attention_backend(config.attention_backend, self.device, self.dtype,
                                    deterministic), self.kv_pool, deterministic)
         self.prefix_grouper = (PrefixGrouper(self.page_size) if self.backend.supports_prefix_groups
-                               and not config.disable_cascade_attn else None)
+                               and config.enable_cascade_attn else None)
         vocab_width = self.model_config.vocab_size
         self.sampler = make_sampler(sampling_backend, vocab_width, self.max_running,
                                     self.device, seed=config.random_seed)
