@@ -31,7 +31,7 @@ from radixmesh.services.worker.memory import make_kv_pool, resolve_device
 from radixmesh.services.worker.model_config import ModelConfig
 from radixmesh.services.worker.page_table import DevicePageTable
 from radixmesh.services.worker.parallel.tensor_parallel import SINGLE, TensorParallel
-from radixmesh.services.worker.prefix_groups import PrefixGrouper
+from radixmesh.services.worker.prefix_groups import make_prefix_grouper
 from radixmesh.services.worker.request_state import WorkerRequest
 from radixmesh.services.worker.request_table import RequestTable
 from radixmesh.services.worker.sampling import (
@@ -118,8 +118,8 @@ class ModelRunner(ModelWorker):
         self.backend = make_attention_backend(
             pick_attention_backend(config.attention_backend, self.device, self.dtype,
                                    deterministic), self.kv_pool, deterministic)
-        self.prefix_grouper = (PrefixGrouper(self.page_size) if self.backend.supports_prefix_groups
-                               and config.enable_cascade_attn else None)
+        self.prefix_grouper = make_prefix_grouper(config.enable_cascade_attn, self.backend,
+                                                  self.page_size)
         vocab_width = self.model_config.vocab_size
         self.sampler = make_sampler(sampling_backend, vocab_width, self.max_running,
                                     self.device, seed=config.random_seed)

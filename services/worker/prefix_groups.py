@@ -15,11 +15,18 @@ same physical page in every request that holds it, so sharing is equality of pag
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from itertools import accumulate
 from operator import eq
+from typing import TYPE_CHECKING
 
 from radixmesh.services.worker.request_state import WorkerRequest
+
+if TYPE_CHECKING:
+    from radixmesh.services.worker.attention.base import AttentionBackend
+
+logger = logging.getLogger(__name__)
 
 # Smallest group worth a level of its own, and the least share of a step's decode pages that
 # grouping must save: below either, the extra kernels per layer and running without a CUDA
@@ -132,3 +139,16 @@ def _common_length(a: list[int], b: list[int], limit: int) -> int:
             high = middle
     return low
 
+
+
+def make_prefix_grouper(enabled: bool, backend: AttentionBackend, page_size: int
+                        ) -> PrefixGrouper | None:
+    """The worker's grouper under --enable-cascade-attn, where the backend reads groups."""
+    if not enabled:
+        return None
+    if not backend.supports_prefix_groups:
+        logger.warning("--enable-cascade-attn is ignored: the %s attention backend reads every "
+                       "row's pages", backend.name)
+        return None
+    backend.enable_prefix_groups()
+    return PrefixGrouper(page_size)

@@ -260,6 +260,7 @@ def test_decode_with_prefix_groups_matches_torch(layout):
     _share_prefixes(case, groups)
     expected = case.reference()
     backend = FlashInferAttentionBackend(case.pool)
+    backend.enable_prefix_groups()
     case.batch.attn_backend = backend
     for prefix_groups in (None, groups):  # the first pass meets the layer kind
         case.batch.prefix_groups = prefix_groups

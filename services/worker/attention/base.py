@@ -45,8 +45,8 @@ class AttentionBackend(ABC):
       the layers read must sit at the same addresses on every call for that size, and nothing
       may wait on the GPU. Layers must launch the same kernels with the same launch shapes for
       every replay of one size.
-    - Prefix groups (`supports_prefix_groups`): when `batch.prefix_groups` is set (an eager
-      decode batch), the rows of a group share their first `shared_pages` pages, and the
+    - Prefix groups (`supports_prefix_groups`, after `enable_prefix_groups`): when
+      `batch.prefix_groups` is set (an eager decode batch), the rows of a group share their first `shared_pages` pages, and the
       backend may read those once per group and merge the partial results; the output is the
       same attention summed in another order. A backend without the support ignores it.
     Backends are chosen by name from the registry in `attention/__init__.py`.
@@ -69,6 +69,11 @@ class AttentionBackend(ABC):
 
     def prepare(self, batch: ForwardBatch) -> None:  # noqa: B027 (optional hook)
         """Builds per-pass metadata (index tensors, kernel plans). Optional."""
+
+    def enable_prefix_groups(self) -> None:
+        """Readies reading shared prefixes once (`supports_prefix_groups`): kernels built
+        here, at start-up, not in the first grouped step."""
+        raise NotImplementedError(f"the {self.name} backend does not read prefix groups")
 
     def init_cuda_graph_state(self, max_batch_size: int) -> None:
         """Allocates the persistent buffers that decode graphs up to `max_batch_size` read."""

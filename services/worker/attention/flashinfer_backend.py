@@ -28,13 +28,8 @@ from typing import Any
 import torch
 
 from radixmesh.kernels.page_indices import flatten_page_table
+from radixmesh.services.worker.attention import flashinfer_cascade as cascade
 from radixmesh.services.worker.attention.base import AttentionBackend, AttentionSpec
-from radixmesh.services.worker.attention.flashinfer_cascade import (
-    CascadeLevels,
-    SharedLevel,
-    cascade_applies,
-    decode_pages,
-)
 from radixmesh.services.worker.forward_batch import ForwardBatch
 from radixmesh.services.worker.kv_pool import KVPool
 
@@ -94,7 +89,7 @@ class PassMetadata:
     extends: PagedRows | None
     decodes: PagedRows | None
     graph_batch_size: int | None
-    shared: SharedLevel | None = None  # cascade: decodes then skip their shared pages
+    shared: cascade.SharedLevel | None = None  # cascade: decodes then skip their shared pages
     # (prefill, decode, shared level), each None where the pass has none
     plans: dict[LayerKind, tuple[Any, Any, Any]] = field(default_factory=dict)
 
@@ -142,13 +137,16 @@ class FlashInferAttentionBackend(AttentionBackend):
         self._decode_int_workspaces: dict[LayerKind, torch.Tensor] = {}
         self._graph: GraphBuffers | None = None
         self._meta: PassMetadata | None = None
-        self._cascade = CascadeLevels(flashinfer, self._workspace, kv_pool)
+        self._cascade = cascade.CascadeLevels(flashinfer, self._workspace, kv_pool)
         # FlashInfer's `plan` stages its index arrays in one pinned host buffer per wrapper and
         # copies them to the device without waiting. The worker plans step N + 1 while step N
         # may still be queued, so before re-filling that buffer we wait for the previous pass's
         # copies, queued at its start: by the time the next plan comes they are done, and the
         # wait costs nothing but a check.
         self._plans_copied: torch.cuda.Event | None = None
+
+    def enable_prefix_groups(self) -> None:
+        self._cascade.enable()
 
     def init_cuda_graph_state(self, max_batch_size: int) -> None:
         self._graph = GraphBuffers(
@@ -163,9 +161,10 @@ class FlashInferAttentionBackend(AttentionBackend):
         if batch.graph_batch_size is not None:
             self._check_graph_batch(batch, sum(pages))
         shared = skip = None
-        if batch.prefix_groups is not None and cascade_applies(batch, self._kinds):
-            shared, skip = self._cascade.split(batch, batch.prefix_groups)
-            pages = decode_pages(pages, batch.prefix_groups)
+        if (batch.prefix_groups is not None and self._cascade.enabled
+                and cascade.cascade_applies(batch, self._kinds)):
+            shared, skip = cascade.split_levels(batch, batch.prefix_groups, page_size)
+            pages = cascade.decode_pages(pages, batch.prefix_groups)
         flat = flatten_page_table(batch.page_table, batch.seq_lens, page_size, sum(pages), skip)
         extend_pages = sum(pages[:n])
         extend_lens = batch.extend_lens_cpu[:n]

@@ -46,33 +46,15 @@ class CascadeLevels:
         self._workspace = workspace
         self._kv_pool = kv_pool
         self._wrappers: dict[LayerKind, Any] = {}
-        # The merge kernel is built on first use: build it now, not in the first grouped step.
-        device = workspace.device
-        states = [torch.zeros(1, 1, 64, dtype=kv_pool.compute_dtype, device=device),
-                  torch.zeros(1, 1, dtype=torch.float32, device=device)]
-        flashinfer.merge_state_in_place(*states, *(state.clone() for state in states))
+        self.enabled = False
 
-    def split(self, batch: ForwardBatch, groups: PrefixGroups) -> tuple[SharedLevel, torch.Tensor]:
-        """The shared level of a decode batch, and each row's shared page count on the device
-        (the decode level skips those pages)."""
-        page_size = self._kv_pool.page_size
-        device = batch.page_table.device
-        leaders = groups.leaders
-        skip, leader_rows, shared_lens = to_device(
-            groups.row_shared_pages + leaders + [n * page_size for n in groups.shared_pages],
-            torch.int32, device).split([batch.batch_size, len(leaders), len(leaders)])
-        kv_indices = flatten_page_table(batch.page_table.index_select(0, leader_rows.long()),
-                                        shared_lens, page_size, sum(groups.shared_pages))
-        members = (None if groups.covers(batch.batch_size)
-                   else to_device(groups.members, torch.int64, device))
-        level = SharedLevel(
-            qo_indptr=torch.tensor(groups.qo_indptr, dtype=torch.int32),
-            kv_indptr=torch.tensor(list(accumulate(groups.shared_pages, initial=0)),
-                                   dtype=torch.int32),
-            kv_indices=kv_indices,
-            kv_last_page_len=torch.full((len(leaders),), page_size, dtype=torch.int32),
-            members=members)
-        return level, skip
+    def enable(self) -> None:
+        """Builds the merge kernel (FlashInfer builds it on first use) now, at start-up."""
+        device = self._workspace.device
+        states = [torch.zeros(1, 1, 64, dtype=self._kv_pool.compute_dtype, device=device),
+                  torch.zeros(1, 1, dtype=torch.float32, device=device)]
+        self._flashinfer.merge_state_in_place(*states, *(state.clone() for state in states))
+        self.enabled = True
 
     def plan(self, kind: LayerKind, level: SharedLevel) -> Any:
         pool = self._kv_pool
@@ -103,6 +85,29 @@ class CascadeLevels:
         part, part_lse = out.index_select(0, members), lse.index_select(0, members)
         self._flashinfer.merge_state_in_place(part, part_lse, shared_out, shared_lse)
         out.index_copy_(0, members, part)
+
+
+def split_levels(batch: ForwardBatch, groups: PrefixGroups, page_size: int
+                 ) -> tuple[SharedLevel, torch.Tensor]:
+    """The shared level of a decode batch, and each row's shared page count on the device
+    (the decode level skips those pages)."""
+    device = batch.page_table.device
+    leaders = groups.leaders
+    skip, leader_rows, shared_lens = to_device(
+        groups.row_shared_pages + leaders + [n * page_size for n in groups.shared_pages],
+        torch.int32, device).split([batch.batch_size, len(leaders), len(leaders)])
+    kv_indices = flatten_page_table(batch.page_table.index_select(0, leader_rows.long()),
+                                    shared_lens, page_size, sum(groups.shared_pages))
+    members = (None if groups.covers(batch.batch_size)
+               else to_device(groups.members, torch.int64, device))
+    level = SharedLevel(
+        qo_indptr=torch.tensor(groups.qo_indptr, dtype=torch.int32),
+        kv_indptr=torch.tensor(list(accumulate(groups.shared_pages, initial=0)),
+                               dtype=torch.int32),
+        kv_indices=kv_indices,
+        kv_last_page_len=torch.full((len(leaders),), page_size, dtype=torch.int32),
+        members=members)
+    return level, skip
 
 
 def cascade_applies(batch: ForwardBatch, kinds: Iterable[LayerKind]) -> bool:
