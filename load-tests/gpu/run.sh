@@ -28,7 +28,8 @@
 # "--load-format dummy --dtype bfloat16"), OUT (default /tmp/out), WHEELS (default .whl; empty:
 # use the installed radixmesh), SERVER_TIMEOUT (s to wait for the mesh, default 420),
 # STEP_TIMEOUT (s per bench/test step, default 0: none), LOG_LEVEL (default info), TESTS (the
-# tests step's pytest paths, default "tests/kernels tests/worker").
+# tests step's pytest paths, default "tests/kernels tests/worker"), STARTUP_STACKS (N: while a
+# mesh starts, its services' Python stacks every N s into startup-stacks-*.log).
 # On a CPU: OUT=/tmp/rtest WHEELS= MODEL=<tiny dir> MODEL_FLAGS= BENCH_FLAGS="--num-prompts 8
 # --scale 0.05" HF_FLAGS="--device cpu --dtype float32 --batch-sizes 1 2 --input-len 8
 # --max-new-tokens 8" bash load-tests/gpu/run.sh offline:sharegpt-like mesh:sharegpt-like hf
