@@ -41,7 +41,6 @@ class PrefixGroups:
 
     bounds: list[tuple[int, int]]  # group g is decode rows bounds[g][0] .. bounds[g][1] - 1
     shared_pages: list[int]        # [G]: leading pages all of group g's rows share, each >= 1
-    row_shared_pages: list[int]    # [num_decodes]: its group's shared_pages; 0 outside groups
 
     @property
     def members(self) -> list[int]:
@@ -57,6 +56,13 @@ class PrefixGroups:
     def qo_indptr(self) -> list[int]:
         """Group boundaries within `members`."""
         return list(accumulate((end - begin for begin, end in self.bounds), initial=0))
+
+    def row_shared_pages(self, num_decodes: int) -> list[int]:
+        """Each decode row's group's shared pages; 0 outside groups."""
+        pages = [0] * num_decodes
+        for (begin, end), shared in zip(self.bounds, self.shared_pages, strict=True):
+            pages[begin:end] = [shared] * (end - begin)
+        return pages
 
     def covers(self, num_decodes: int) -> bool:
         """Whether every decode row is in a group."""
@@ -88,7 +94,6 @@ class PrefixGrouper:
         common: dict[tuple[WorkerRequest, WorkerRequest], int] = {}
         bounds: list[tuple[int, int]] = []
         shared_pages: list[int] = []
-        row_shared = [0] * len(decodes)
         saved = 0
         begin = 0
         for end in range(1, len(decodes) + 1):
@@ -99,14 +104,13 @@ class PrefixGrouper:
                 if shared > 0:
                     bounds.append((begin, end))
                     shared_pages.append(shared)
-                    row_shared[begin:end] = [shared] * (end - begin)
                     saved += (end - begin - 1) * shared
             begin = end
         self._common = common
         total_pages = sum(full_pages) + len(decodes)  # each row's full pages and the one it writes
         if not shared_pages or saved < self.min_saved_share * total_pages:
             return None
-        return PrefixGroups(bounds, shared_pages, row_shared)
+        return PrefixGroups(bounds, shared_pages)
 
     def _shared(self, decodes: list[WorkerRequest], full_pages: list[int], begin: int, end: int,
                 common: dict[tuple[WorkerRequest, WorkerRequest], int]) -> int:

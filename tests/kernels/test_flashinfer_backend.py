@@ -241,11 +241,11 @@ def _share_prefixes(case: PagedCase, groups: PrefixGroups) -> None:
 CASCADE_GROUPS = {
     # every row in a group
     "all": ([300, 310, 290, 305, 400, 401, 402, 403, 420],
-            PrefixGroups([(0, 4), (4, 9)], [16, 24], [16] * 4 + [24] * 5)),
+            PrefixGroups([(0, 4), (4, 9)], [16, 24])),
     # rows outside groups before, between and after them; a shared prefix ending on the page
     # just before a row's last
     "some": ([50, 257, 260, 270, 258, 33, 400, 401, 402, 403, 404, 17],
-             PrefixGroups([(1, 5), (6, 11)], [16, 20], [0] + [16] * 4 + [0] + [20] * 5 + [0])),
+             PrefixGroups([(1, 5), (6, 11)], [16, 20])),
 }
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from radixmesh.kernels.page_indices import flatten_page_table
-from radixmesh.services.worker.attention.flashinfer_cascade import decode_pages, split_levels
+from radixmesh.services.worker.attention.flashinfer_cascade import split_levels
 from radixmesh.services.worker.forward_batch import ForwardBatch, ForwardMode
 from radixmesh.services.worker.prefix_groups import PrefixGroups
 
@@ -38,17 +38,16 @@ def test_levels_hold_each_rows_pages_exactly_once():
               + [[11, 12]]
               + [prefix_b + [400 + i] for i in range(5)])
     seq_lens = [40] + [11 * PAGE + 5] * 4 + [20] + [6 * PAGE + 1] * 5
-    groups = PrefixGroups([(1, 5), (6, 11)], [10, 6], [0] + [10] * 4 + [0] + [6] * 5)
+    groups = PrefixGroups([(1, 5), (6, 11)], [10, 6])
     batch = decode_batch(tables, seq_lens)
 
-    shared, skip = split_levels(batch, groups, PAGE)
+    shared, skip, own = split_levels(batch, groups, [-(-n // PAGE) for n in seq_lens], PAGE)
 
     assert shared.qo_indptr.tolist() == [0, 4, 9]
     assert shared.kv_indptr.tolist() == [0, 10, 16]
     assert shared.kv_indices.tolist() == prefix_a + prefix_b
     assert shared.kv_last_page_len.tolist() == [PAGE, PAGE]
     assert shared.members.tolist() == [1, 2, 3, 4, 6, 7, 8, 9, 10]
-    own = decode_pages([-(-n // PAGE) for n in seq_lens], groups)
     flat = flatten_page_table(batch.page_table, batch.seq_lens, PAGE, sum(own), skip).tolist()
     ends = [sum(own[:i + 1]) for i in range(len(own))]
     own_pages = [flat[end - count:end] for end, count in zip(ends, own, strict=True)]
@@ -61,7 +60,9 @@ def test_levels_hold_each_rows_pages_exactly_once():
 
 def test_a_batch_all_in_groups_needs_no_member_list():
     tables = [list(range(50, 60)) + [70 + i] for i in range(4)]
-    groups = PrefixGroups([(0, 4)], [10], [10] * 4)
-    shared, skip = split_levels(decode_batch(tables, [10 * PAGE + 2] * 4), groups, PAGE)
+    groups = PrefixGroups([(0, 4)], [10])
+    shared, skip, own = split_levels(decode_batch(tables, [10 * PAGE + 2] * 4), groups,
+                                     [11] * 4, PAGE)
     assert shared.members is None
     assert skip.tolist() == [10] * 4
+    assert own == [1] * 4

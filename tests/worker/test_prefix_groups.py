@@ -35,7 +35,8 @@ def group_of(size: int, prefix: list[int], first_own: int) -> list[list[int]]:
 def test_adjacent_rows_with_a_common_prefix_form_groups():
     tables = group_of(5, PREFIX, 1000) + [[7, 8, 9]] + group_of(4, list(range(200, 230)), 2000)
     groups = PrefixGrouper(PAGE).find(*rows(tables))
-    assert groups == PrefixGroups([(0, 5), (6, 10)], [40, 30], [40] * 5 + [0] + [30] * 4)
+    assert groups == PrefixGroups([(0, 5), (6, 10)], [40, 30])
+    assert groups.row_shared_pages(10) == [40] * 5 + [0] + [30] * 4
     assert groups.members == [0, 1, 2, 3, 4, 6, 7, 8, 9]
     assert groups.leaders == [0, 6]
     assert groups.qo_indptr == [0, 5, 9]

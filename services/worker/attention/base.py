@@ -46,9 +46,10 @@ class AttentionBackend(ABC):
       may wait on the GPU. Layers must launch the same kernels with the same launch shapes for
       every replay of one size.
     - Prefix groups (`supports_prefix_groups`, after `enable_prefix_groups`): when
-      `batch.prefix_groups` is set (an eager decode batch), the rows of a group share their first `shared_pages` pages, and the
-      backend may read those once per group and merge the partial results; the output is the
-      same attention summed in another order. A backend without the support ignores it.
+      `batch.prefix_groups` is set (an eager decode batch), the rows of a group share their
+      first `shared_pages` pages, and the backend may read those once per group and merge the
+      partial results; the output is the same attention summed in another order. A backend
+      without the support ignores it.
     Backends are chosen by name from the registry in `attention/__init__.py`.
     """
 

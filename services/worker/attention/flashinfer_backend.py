@@ -163,8 +163,8 @@ class FlashInferAttentionBackend(AttentionBackend):
         shared = skip = None
         if (batch.prefix_groups is not None and self._cascade.enabled
                 and cascade.cascade_applies(batch, self._kinds)):
-            shared, skip = cascade.split_levels(batch, batch.prefix_groups, page_size)
-            pages = cascade.decode_pages(pages, batch.prefix_groups)
+            shared, skip, pages = cascade.split_levels(batch, batch.prefix_groups, pages,
+                                                       page_size)
         flat = flatten_page_table(batch.page_table, batch.seq_lens, page_size, sum(pages), skip)
         extend_pages = sum(pages[:n])
         extend_lens = batch.extend_lens_cpu[:n]

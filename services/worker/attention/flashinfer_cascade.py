@@ -87,14 +87,15 @@ class CascadeLevels:
         out.index_copy_(0, members, part)
 
 
-def split_levels(batch: ForwardBatch, groups: PrefixGroups, page_size: int
-                 ) -> tuple[SharedLevel, torch.Tensor]:
-    """The shared level of a decode batch, and each row's shared page count on the device
-    (the decode level skips those pages)."""
+def split_levels(batch: ForwardBatch, groups: PrefixGroups, pages: list[int], page_size: int
+                 ) -> tuple[SharedLevel, torch.Tensor, list[int]]:
+    """The shared level of a decode batch whose rows hold `pages` pages; each row's shared
+    page count on the device and its page count past them (the decode level's)."""
     device = batch.page_table.device
     leaders = groups.leaders
+    row_shared = groups.row_shared_pages(batch.batch_size)
     skip, leader_rows, shared_lens = to_device(
-        groups.row_shared_pages + leaders + [n * page_size for n in groups.shared_pages],
+        row_shared + leaders + [n * page_size for n in groups.shared_pages],
         torch.int32, device).split([batch.batch_size, len(leaders), len(leaders)])
     kv_indices = flatten_page_table(batch.page_table.index_select(0, leader_rows.long()),
                                     shared_lens, page_size, sum(groups.shared_pages))
@@ -107,7 +108,8 @@ def split_levels(batch: ForwardBatch, groups: PrefixGroups, page_size: int
         kv_indices=kv_indices,
         kv_last_page_len=torch.full((len(leaders),), page_size, dtype=torch.int32),
         members=members)
-    return level, skip
+    own = [count - shared for count, shared in zip(pages, row_shared, strict=True)]
+    return level, skip, own
 
 
 def cascade_applies(batch: ForwardBatch, kinds: Iterable[LayerKind]) -> bool:
@@ -118,7 +120,3 @@ def cascade_applies(batch: ForwardBatch, kinds: Iterable[LayerKind]) -> bool:
     return (batch.num_extends == 0 and batch.graph_batch_size is None and bool(kinds)
             and all(kind.window_left < 0 for kind in kinds))
 
-
-def decode_pages(pages: list[int], groups: PrefixGroups) -> list[int]:
-    """Each row's page count in the decode level: its pages past the shared ones."""
-    return [count - shared for count, shared in zip(pages, groups.row_shared_pages, strict=True)]
