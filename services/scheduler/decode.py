@@ -42,8 +42,13 @@ class DecodePlanner:
         decoder that does not fit waits a step instead of failing."""
         plan = DecodePlan(decoding=list(decoding))
         if self._pages_needed(plan.decoding) > self.kv.available_pages:
-            plan.decoding.sort(key=retraction_order, reverse=True)
-        victims = list(preemptible)
+            self._retract(plan, list(preemptible), results_pending)
+        self._grow(plan)
+        return plan
+
+    def _retract(self, plan: DecodePlan, victims: list[SchedReq], results_pending: bool) -> None:
+        """Retracts `victims`, then decoders in retraction order, until the rest fit."""
+        plan.decoding.sort(key=retraction_order, reverse=True)
         while plan.decoding and self._pages_needed(plan.decoding) > self.kv.available_pages:
             if victims:
                 victim = victims.pop()
@@ -58,8 +63,6 @@ class DecodePlanner:
                     "admission control should have rejected it")
             self.kv.release(victim, computed_tokens=min(victim.kv_len, victim.seq_len))
             plan.retracted.append(victim)
-        self._grow(plan)
-        return plan
 
     def plan_if_fits(self, decoding: list[SchedReq]) -> DecodePlan | None:
         """A decode of every request in `decoding`, or None if their pages do not all fit now
