@@ -1,10 +1,11 @@
-"""JIT kernel builds run on a thread while the worker loads its weights and sets up.
+"""JIT kernel builds run on threads while the worker loads its weights and sets up.
 
 On a bare GPU machine the first use of a JIT-compiled kernel waits for its compiler (FlashInfer's
-sampling module alone is about a minute of nvcc), and the worker's warm-up met them one after
-another. The builds a backend names (`kernel_builds`) need neither the weights nor the KV pool,
-and a build waits on a compiler process, not on the GIL: started first, they overlap
-everything up to the warm-up, which then loads what they built.
+sampling module alone is about a minute of nvcc, its attention modules as long again), and the
+worker's warm-up met them one after another. The builds the backends name (`kernel_builds`)
+need neither the weights nor the KV pool, and a build waits on a compiler process, not on the
+GIL: started first, each on a thread of its own, they overlap one another and everything up to
+the warm-up, which then loads what they built.
 """
 
 from __future__ import annotations
@@ -14,36 +15,59 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
+import torch
+
+from radixmesh.services.worker.attention import ATTENTION_BACKENDS
+from radixmesh.services.worker.attention.base import KernelShapes
+from radixmesh.services.worker.kv_pool import resolve_kv_dtype
+from radixmesh.services.worker.model_config import ModelConfig
+from radixmesh.services.worker.sampling import SAMPLING_BACKENDS
+
 logger = logging.getLogger(__name__)
 
 
 class BackgroundKernelBuilds:
-    """Runs `builds` in order on one daemon thread from construction. `wait` returns once all
-    have ended; a build that failed is logged and left for its first use, which builds it
-    again and fails there with the real error, where the worker reports start-up errors."""
+    """Runs each of `builds` on a daemon thread of its own from construction. `wait` returns
+    once all have ended; a build that failed is logged and left for its first use, which
+    builds it again and fails there with the real error, where the worker reports start-up
+    errors."""
 
     def __init__(self, builds: Sequence[Callable[[], object]]) -> None:
-        self._builds = list(builds)
-        self.seconds = 0.0
+        self.seconds = 0.0  # from construction to the end of the last build
         self.failures: list[BaseException] = []
-        self._thread = threading.Thread(target=self._run, name="kernel-builds", daemon=True)
-        if self._builds:
-            self._thread.start()
+        self._started = time.perf_counter()
+        self._threads = [threading.Thread(target=self._run, args=(build,), daemon=True,
+                                          name=f"kernel-build-{index}")
+                         for index, build in enumerate(builds)]
+        for thread in self._threads:
+            thread.start()
 
     def wait(self) -> bool:
         """Blocks until every build has ended; False when there was none to wait for."""
-        if not self._builds:
-            return False
-        self._thread.join()
-        return True
+        for thread in self._threads:
+            thread.join()
+        return bool(self._threads)
 
-    def _run(self) -> None:
-        started = time.perf_counter()
-        for build in self._builds:
-            try:
-                build()
-            except Exception as error:  # noqa: BLE001 (the first use reports it)
-                logger.warning("background kernel build failed (it runs again on first use, "
-                               "where its error counts): %s: %s", type(error).__name__, error)
-                self.failures.append(error)
-        self.seconds = time.perf_counter() - started
+    def _run(self, build: Callable[[], object]) -> None:
+        try:
+            build()
+        except Exception as error:  # noqa: BLE001 (the first use reports it)
+            logger.warning("background kernel build failed (it runs again on first use, "
+                           "where its error counts): %s: %s", type(error).__name__, error)
+            self.failures.append(error)
+        self.seconds = max(self.seconds, time.perf_counter() - self._started)
+
+
+def worker_kernel_builds(model_config: ModelConfig, dtype: torch.dtype, kv_cache_dtype: str,
+                         attention_backend: str, sampling_backend: str, tp_size: int,
+                         prefix_groups: bool, device: torch.device) -> list[Callable[[], object]]:
+    """What the chosen attention and sampling backends will compile for this model, from its
+    config alone (the weights need not exist yet)."""
+    query_heads = max(1, model_config.num_attention_heads // tp_size)
+    kv_heads = max(1, model_config.num_key_value_heads // tp_size)
+    windowed = frozenset(model_config.layer_sliding_window(layer) is not None
+                         for layer in range(model_config.num_hidden_layers))
+    shapes = KernelShapes(dtype, resolve_kv_dtype(kv_cache_dtype, dtype), model_config.head_dim,
+                          max(1, query_heads // kv_heads), windowed, prefix_groups)
+    return (ATTENTION_BACKENDS.get(attention_backend).kernel_builds(shapes, device)
+            + SAMPLING_BACKENDS.get(sampling_backend).kernel_builds())

@@ -25,7 +25,7 @@ from radixmesh.services.worker.config import WorkerConfig
 from radixmesh.services.worker.cuda_graph import CudaGraphRunner, graph_batch_sizes
 from radixmesh.services.worker.forward_batch import ForwardBatch
 from radixmesh.services.worker.host_kv import HostKV
-from radixmesh.services.worker.kernel_builds import BackgroundKernelBuilds
+from radixmesh.services.worker.kernel_builds import BackgroundKernelBuilds, worker_kernel_builds
 from radixmesh.services.worker.loader import load_kv_scales, load_model, resolve_dtype
 from radixmesh.services.worker.memory import make_kv_pool, resolve_device
 from radixmesh.services.worker.model_config import ModelConfig
@@ -34,12 +34,7 @@ from radixmesh.services.worker.parallel.tensor_parallel import SINGLE, TensorPar
 from radixmesh.services.worker.prefix_groups import make_prefix_grouper
 from radixmesh.services.worker.request_state import WorkerRequest
 from radixmesh.services.worker.request_table import RequestTable
-from radixmesh.services.worker.sampling import (
-    SAMPLING_BACKENDS,
-    SamplingBatch,
-    make_sampler,
-    pick_sampling_backend,
-)
+from radixmesh.services.worker.sampling import SamplingBatch, make_sampler, pick_sampling_backend
 from radixmesh.services.worker.sampling.sampling_batch import SamplingBatches
 from radixmesh.services.worker.startup_phases import StartupPhases
 from radixmesh.services.worker.torch_compile import CompiledDecode
@@ -90,11 +85,14 @@ class ModelRunner(ModelWorker):
         # Resolved before the weights load: a backend this machine lacks fails at once.
         sampling_backend = pick_sampling_backend(config.sampling_backend, self.device,
                                                  deterministic)
-        kernel_builds = BackgroundKernelBuilds(
-            SAMPLING_BACKENDS.get(sampling_backend).kernel_builds())
         self.model_config = ModelConfig.from_pretrained(model_path)
         self.context_len = config.context_length or self.model_config.context_len
         self.dtype = resolve_dtype(config.dtype, self.model_config)
+        attention_backend = pick_attention_backend(config.attention_backend, self.device,
+                                                   self.dtype, deterministic)
+        kernel_builds = BackgroundKernelBuilds(worker_kernel_builds(
+            self.model_config, self.dtype, config.kv_cache_dtype, attention_backend,
+            sampling_backend, parallel.size, config.enable_cascade_attn, self.device))
         self.kv_scales = load_kv_scales(  # before the weights: bad scales fail fast
             self.model_config, model_path, config.kv_cache_dtype, config.load_format,
             config.quantization_param_path, parallel)
@@ -115,9 +113,11 @@ class ModelRunner(ModelWorker):
                                else DEFAULT_MAX_RUNNING)
         self.max_running = min(config.max_running_requests or default_max_running,
                                self.kv_pool.num_pages)
-        self.backend = make_attention_backend(
-            pick_attention_backend(config.attention_backend, self.device, self.dtype,
-                                   deterministic), self.kv_pool, deterministic)
+        # The backend (and its cascade) load what the builds made: one of them loading a module
+        # a build is still making would build and register it a second time.
+        if kernel_builds.wait():
+            startup.lap("kernel builds (rest)")
+        self.backend = make_attention_backend(attention_backend, self.kv_pool, deterministic)
         self.prefix_grouper = make_prefix_grouper(config.enable_cascade_attn, self.backend,
                                                   self.page_size)
         vocab_width = self.model_config.vocab_size
@@ -138,7 +138,7 @@ class ModelRunner(ModelWorker):
         self.last_tokens = torch.zeros(self.max_running, dtype=torch.int64, device=self.device)
         self.compiled = self._make_compiled_decode()  # before the warm-up, which compiles
         startup.lap("set-up")
-        self._warm_up(startup, kernel_builds)  # kernels that compile on first use
+        self._warm_up(startup)  # kernels that compile on first use
         self.graph_runner = self._make_graph_runner()
         startup.lap("CUDA graphs")
         if self.compiled is not None:
@@ -152,15 +152,14 @@ class ModelRunner(ModelWorker):
         logger.info("worker %s", startup.summary())
 
     @torch.inference_mode()
-    def _warm_up(self, startup: StartupPhases, kernel_builds: BackgroundKernelBuilds) -> None:
+    def _warm_up(self, startup: StartupPhases) -> None:
         """One prefill pass of a page of tokens into the padding page 0 and two random draws,
-        at start-up: kernels that compile on first use (FlashInfer's JIT, Triton's, the
-        sampler's torch.compile) then do so here, not on the first request (decode kernels
-        compile while graphs are captured, or below for a compiled forward without graphs)."""
+        at start-up: kernels that compile on first use (Triton's, the sampler's torch.compile;
+        FlashInfer's were built beside the weights' load) then do so here, not on the first
+        request (decode kernels while graphs are captured, or below for a compiled forward
+        without graphs)."""
         logits = self._eager_logits(self._padding_batch(1, self.page_size, extend=True))
         startup.lap("warm-up: forward")
-        if kernel_builds.wait():  # they ran beside all of the above; the sampler loads them
-            startup.lap("kernel builds (rest)")
         # Random draws, with and without a seed of the request's own, compile what the sampler
         # compiles on first use: the fused race (torch.compile on CUDA), FlashInfer's JIT.
         drawn = [SamplingParams(temperature=1.0), SamplingParams(temperature=1.0, seed=0)]

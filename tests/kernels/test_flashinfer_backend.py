@@ -13,7 +13,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from radixmesh.services.worker.attention.base import AttentionSpec
+from radixmesh.services.worker.attention.base import AttentionSpec, KernelShapes
 from radixmesh.services.worker.attention.flashinfer_backend import (
     FlashInferAttentionBackend,
     LayerKind,
@@ -268,3 +268,32 @@ def test_decode_with_prefix_groups_matches_torch(layout):
         got = backend.forward(case.q, case.k, case.v, case.shape.spec(), case.batch)
     assert backend._meta.shared is not None  # the cascade ran
     assert_close_to(got.view(case.q.shape), expected, torch.bfloat16)
+
+
+@needs_flashinfer
+@pytest.mark.parametrize("heads", HEADS)
+def test_kernel_builds_name_the_modules_the_plans_load(heads, monkeypatch):
+    """The builds run at start-up (kernel_builds.py) are the very modules the first passes'
+    plans ask for, so those passes compile nothing: every getter call a prefill and a decode
+    plan make has arguments some build has."""
+    import flashinfer.decode
+    import flashinfer.prefill
+
+    asked: set[tuple] = set()
+
+    def recording(module, name: str) -> None:
+        getter = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *args: asked.add(args) or getter(*args))
+
+    for module in (flashinfer.prefill, flashinfer.decode):
+        recording(module, "get_batch_prefill_module")
+    recording(flashinfer.decode, "get_batch_decode_module")
+    num_heads, num_kv_heads = HEADS[heads]
+    shapes = KernelShapes(torch.bfloat16, torch.bfloat16, 128, num_heads // num_kv_heads,
+                          frozenset({False}))
+    builds = FlashInferAttentionBackend.kernel_builds(shapes, torch.device(DEVICE))
+    for build in builds:
+        build()
+    assert_matches_reference(make_case(shape_of(heads, 128), [(0, 70)], [300], DEVICE))
+    assert len(asked) == 2
+    assert asked <= {build.args for build in builds}

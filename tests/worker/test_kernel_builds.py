@@ -9,23 +9,33 @@ import logging
 import threading
 
 import pytest
+import torch
 
-from radixmesh.services.worker.kernel_builds import BackgroundKernelBuilds
+from radixmesh.services.worker.attention import ATTENTION_BACKENDS
+from radixmesh.services.worker.attention.base import KernelShapes
+from radixmesh.services.worker.attention.torch_backend import TorchAttentionBackend
+from radixmesh.services.worker.kernel_builds import BackgroundKernelBuilds, worker_kernel_builds
+from radixmesh.services.worker.model_config import ModelConfig
 from radixmesh.services.worker.sampling import SAMPLING_BACKENDS
+from tests.worker.test_model_config import LLAMA_31_V4
 
 
-def test_builds_run_beside_the_caller_and_wait_returns_when_all_have_ended() -> None:
-    caller_went_on = threading.Event()
+def test_builds_run_beside_the_caller_and_one_another() -> None:
+    caller_went_on, second_ran = threading.Event(), threading.Event()
     ran: list[str] = []
 
-    def first() -> None:  # ends only once the caller has gone on past the constructor
-        assert caller_went_on.wait(10)
+    def first() -> None:  # ends only once the caller went on and the build after it ran
+        assert caller_went_on.wait(10) and second_ran.wait(10)
         ran.append("first")
 
-    builds = BackgroundKernelBuilds([first, lambda: ran.append("second")])
+    def second() -> None:
+        ran.append("second")
+        second_ran.set()
+
+    builds = BackgroundKernelBuilds([first, second])
     caller_went_on.set()
     assert builds.wait() is True
-    assert ran == ["first", "second"]
+    assert ran == ["second", "first"]
     assert builds.failures == [] and builds.seconds > 0
 
 
@@ -46,8 +56,49 @@ def test_a_failed_build_is_logged_and_the_rest_still_run(
 
 def test_no_builds_start_no_thread() -> None:
     builds = BackgroundKernelBuilds([])
-    assert builds.wait() is False
-    assert not builds._thread.is_alive() and builds._thread.ident is None
+    assert builds.wait() is False and builds._threads == []
+
+
+def test_torch_attention_and_pytorch_sampling_build_nothing() -> None:
+    config = ModelConfig.from_dicts(LLAMA_31_V4)
+    assert worker_kernel_builds(config, torch.float32, "auto", "torch", "pytorch", tp_size=1,
+                                prefix_groups=False, device=torch.device("cpu")) == []
+
+
+class ShapesBackend(TorchAttentionBackend):
+    """Builds nothing; its one "build" hands back the shapes it was asked to build for."""
+
+    name = "test-shapes"
+
+    @classmethod
+    def kernel_builds(cls, shapes: KernelShapes, device: torch.device) -> list:
+        return [lambda: shapes]
+
+
+@pytest.fixture
+def shapes_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ShapesBackend registered for one test only (the registry is the process's)."""
+    monkeypatch.setitem(ATTENTION_BACKENDS._entries, ShapesBackend.name, ShapesBackend)
+
+
+def shapes_for(config: dict, tp_size: int = 1, kv_cache_dtype: str = "auto") -> KernelShapes:
+    [build] = worker_kernel_builds(ModelConfig.from_dicts(config), torch.bfloat16,
+                                   kv_cache_dtype, ShapesBackend.name, "pytorch", tp_size,
+                                   prefix_groups=True, device=torch.device("cpu"))
+    return build()
+
+
+@pytest.mark.usefixtures("shapes_backend")
+def test_the_shapes_come_from_the_model_config_before_any_weight() -> None:
+    llama = shapes_for(LLAMA_31_V4)  # 32 query heads over 8 KV heads of 128
+    assert llama == KernelShapes(torch.bfloat16, torch.bfloat16, 128, 4, frozenset({False}),
+                                 prefix_groups=True)
+    assert shapes_for(LLAMA_31_V4, tp_size=8).query_group == 4  # 4 over 1 on each rank
+    assert shapes_for(LLAMA_31_V4, tp_size=16).query_group == 2  # KV heads replicated
+    assert shapes_for(LLAMA_31_V4, kv_cache_dtype="fp8_e4m3").kv_dtype == torch.float8_e4m3fn
+    qwen2 = {**LLAMA_31_V4, "architectures": ["Qwen2ForCausalLM"], "use_sliding_window": True,
+             "sliding_window": 4096, "max_window_layers": 28}
+    assert shapes_for(qwen2).windowed == frozenset({False, True})  # layers 28+ slide
 
 
 def test_the_pytorch_sampler_has_no_kernel_to_build() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +23,19 @@ class AttentionSpec:
     head_dim: int
     scaling: float
     sliding_window: int | None = None  # attend to the last `sliding_window` positions only
+
+
+@dataclass(frozen=True, slots=True)
+class KernelShapes:
+    """What a backend's JIT-compiled kernels are specialised on, known from the model's config
+    before its weights load (see `AttentionBackend.kernel_builds`)."""
+
+    compute_dtype: torch.dtype
+    kv_dtype: torch.dtype
+    head_dim: int
+    query_group: int                # query heads per KV head
+    windowed: frozenset[bool]       # whether some layers slide (True), some not (False)
+    prefix_groups: bool = False     # --enable-cascade-attn
 
 
 class AttentionBackend(ABC):
@@ -67,6 +81,15 @@ class AttentionBackend(ABC):
                              "(GPU) or torch")
         self.kv_pool = kv_pool
         self.deterministic = deterministic
+
+    @classmethod
+    def kernel_builds(cls, shapes: KernelShapes,
+                      device: torch.device) -> list[Callable[[], object]]:
+        """Builds of the kernels this backend compiles on first use, for `shapes` on `device`,
+        each safe to run on a thread of its own while the worker loads its weights (see
+        kernel_builds.py); none by default. A build that turns out not to be needed only
+        costs compiler time."""
+        return []
 
     def prepare(self, batch: ForwardBatch) -> None:  # noqa: B027 (optional hook)
         """Builds per-pass metadata (index tensors, kernel plans). Optional."""

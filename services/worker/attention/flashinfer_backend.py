@@ -22,6 +22,7 @@ time and every replay is re-planned first), and so is each kind's integer plan w
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +30,12 @@ import torch
 
 from radixmesh.kernels.page_indices import flatten_page_table
 from radixmesh.services.worker.attention import flashinfer_cascade as cascade
-from radixmesh.services.worker.attention.base import AttentionBackend, AttentionSpec
+from radixmesh.services.worker.attention.base import AttentionBackend, AttentionSpec, KernelShapes
+from radixmesh.services.worker.attention.flashinfer_builds import (
+    TENSOR_CORE_MIN_GROUP,
+    flashinfer_kernel_builds,
+    prefill_backend,
+)
 from radixmesh.services.worker.forward_batch import ForwardBatch
 from radixmesh.services.worker.kv_pool import KVPool
 
@@ -40,9 +46,6 @@ from radixmesh.services.worker.kv_pool import KVPool
 FLOAT_WORKSPACE_BYTES = 512 * 1024 * 1024
 # FlashInfer's size for a wrapper's integer workspace, which holds a plan until the next one.
 INT_WORKSPACE_BYTES = 8 * 1024 * 1024
-# From this many query heads per KV head, decode runs FlashInfer's tensor-core (prefill) kernel:
-# the CUDA-core decode kernel re-reads K/V once per query head of the group.
-TENSOR_CORE_MIN_GROUP = 4
 # FlashInfer 0.5.3's fa2 prefill over an FP8 cache: the narrowest head it has tiles for (seen on
 # an H100: head_dim 16 is refused at run time; the models it serves have 64, 128 or 256).
 FP8_MIN_HEAD_DIM = 64
@@ -145,6 +148,11 @@ class FlashInferAttentionBackend(AttentionBackend):
         # wait costs nothing but a check.
         self._plans_copied: torch.cuda.Event | None = None
 
+    @classmethod
+    def kernel_builds(cls, shapes: KernelShapes,
+                      device: torch.device) -> list[Callable[[], object]]:
+        return flashinfer_kernel_builds(shapes, device)
+
     def enable_prefix_groups(self) -> None:
         self._cascade.enable()
 
@@ -240,12 +248,9 @@ class FlashInferAttentionBackend(AttentionBackend):
     def _prefill_wrapper(self, kind: LayerKind) -> Any:
         wrapper = self._prefill_wrappers.get(kind)
         if wrapper is None:
-            # FlashInfer 0.5.3's Hopper (fa3) prefill deadlocks on some windowed GQA batches
-            # (seen on an H100: 32/8 heads, window 300, 90 new tokens); its fa2 kernels do not.
-            # Its fa3 kernels also want the query and the KV in one dtype: an FP8 cache too.
-            backend = "auto" if kind.window_left < 0 and not self.kv_pool.is_fp8 else "fa2"
             wrapper = self._flashinfer.BatchPrefillWithPagedKVCacheWrapper(
-                self._workspace, "NHD", backend=backend)
+                self._workspace, "NHD",
+                backend=prefill_backend(kind.window_left >= 0, self.kv_pool.is_fp8))
             self._prefill_wrappers[kind] = wrapper
         return wrapper
 

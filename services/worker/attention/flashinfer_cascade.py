@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from radixmesh.kernels.page_indices import flatten_page_table
+from radixmesh.services.worker.attention.flashinfer_builds import prefill_backend
 from radixmesh.services.worker.host_to_device import to_device
 from radixmesh.services.worker.prefix_groups import PrefixGroups
 
@@ -62,7 +63,7 @@ class CascadeLevels:
         if wrapper is None:
             # fa2 for an FP8 cache, as the backend's own prefill (fa3 wants one dtype).
             wrapper = self._flashinfer.BatchPrefillWithPagedKVCacheWrapper(
-                self._workspace, "NHD", backend="fa2" if pool.is_fp8 else "auto")
+                self._workspace, "NHD", backend=prefill_backend(False, pool.is_fp8))
             self._wrappers[kind] = wrapper
         wrapper.plan(level.qo_indptr, level.kv_indptr, level.kv_indices, level.kv_last_page_len,
                      kind.num_heads, pool.num_kv_heads, pool.head_dim, pool.page_size,
