@@ -36,6 +36,7 @@ from radixmesh.services.worker.attention.flashinfer_builds import (
     flashinfer_kernel_builds,
     prefill_backend,
 )
+from radixmesh.services.worker.attention.flashinfer_graph import GraphBuffers
 from radixmesh.services.worker.forward_batch import ForwardBatch
 from radixmesh.services.worker.kv_pool import KVPool
 
@@ -97,17 +98,6 @@ class PassMetadata:
     plans: dict[LayerKind, tuple[Any, Any, Any]] = field(default_factory=dict)
 
 
-@dataclass(slots=True)
-class GraphBuffers:
-    """The fixed index arrays that captured decode kernels read, sized for the largest batch."""
-
-    max_batch_size: int
-    kv_indptr: torch.Tensor         # [max_batch_size + 1] int32
-    kv_last_page_len: torch.Tensor  # [max_batch_size] int32
-    kv_indices: torch.Tensor | None = None  # sized at the first graph batch (see _check_graph_batch)
-    wrappers: dict[tuple[LayerKind, int], Any] = field(default_factory=dict)
-
-
 class FlashInferAttentionBackend(AttentionBackend):
     name = "flashinfer"
     supports_cuda_graph = True
@@ -157,17 +147,17 @@ class FlashInferAttentionBackend(AttentionBackend):
         self._cascade.enable()
 
     def init_cuda_graph_state(self, max_batch_size: int) -> None:
-        self._graph = GraphBuffers(
-            max_batch_size,
-            torch.zeros(max_batch_size + 1, dtype=torch.int32, device=self._device),
-            torch.ones(max_batch_size, dtype=torch.int32, device=self._device))
+        self._graph = GraphBuffers.allocate(max_batch_size, self._device)
 
     def prepare(self, batch: ForwardBatch) -> None:
         page_size = self.kv_pool.page_size
         n = batch.num_extends
         pages = [-(-seq_len // page_size) for seq_len in batch.seq_lens_cpu]
         if batch.graph_batch_size is not None:
-            self._check_graph_batch(batch, sum(pages))
+            if self._graph is None:
+                raise RuntimeError("init_cuda_graph_state must run before a graph batch is "
+                                   "prepared")
+            self._graph.check(batch, sum(pages), self.kv_pool.num_pages)
         shared = skip = None
         if (batch.prefix_groups is not None and self._cascade.enabled
                 and cascade.cascade_applies(batch, self._kinds)):
@@ -283,21 +273,3 @@ class FlashInferAttentionBackend(AttentionBackend):
         wrapper.reset_workspace_buffer(self._workspace, int_workspace)
         wrappers[key] = wrapper
         return wrapper
-
-    def _check_graph_batch(self, batch: ForwardBatch, total_pages: int) -> None:
-        graph = self._graph
-        if graph is None:
-            raise RuntimeError("init_cuda_graph_state must run before a graph batch is prepared")
-        size = batch.graph_batch_size
-        if batch.num_extends or size != batch.batch_size or size > graph.max_batch_size:
-            raise ValueError(f"a graph batch is {size} decodes, at most {graph.max_batch_size}; "
-                             f"got {batch.batch_size} rows, {batch.num_extends} extends")
-        if graph.kv_indices is None:
-            # Rows may share pages (cached prefixes), so the pool's page count bounds nothing;
-            # each row lists at most its page-table width of pages, and at most the whole pool.
-            width = min(batch.page_table.shape[1], self.kv_pool.num_pages)
-            graph.kv_indices = torch.zeros(graph.max_batch_size * width, dtype=torch.int32,
-                                           device=self._device)
-        if total_pages > graph.kv_indices.numel():
-            raise RuntimeError(f"graph batch lists {total_pages} pages; its fixed index buffer "
-                               f"holds {graph.kv_indices.numel()} (page table grew wider)")
