@@ -19,6 +19,7 @@ from radixmesh.services.worker.attention.flashinfer_backend import (
     LayerKind,
 )
 from radixmesh.services.worker.forward_batch import ForwardBatch, ForwardMode
+from radixmesh.services.worker.kernel_builds import BackgroundKernelBuilds
 from radixmesh.services.worker.kv_pool import KVPool
 from radixmesh.services.worker.prefix_groups import PrefixGroups
 from tests.kernels.paged_cases import PagedCase, Shape, make_case
@@ -292,8 +293,8 @@ def test_kernel_builds_name_the_modules_the_plans_load(heads, monkeypatch):
     shapes = KernelShapes(torch.bfloat16, torch.bfloat16, 128, num_heads // num_kv_heads,
                           frozenset({False}))
     builds = FlashInferAttentionBackend.kernel_builds(shapes, torch.device(DEVICE))
-    for build in builds:
-        build()
+    running = BackgroundKernelBuilds(builds)  # on threads, as the worker runs them
+    assert running.wait() and running.failures == []
     assert_matches_reference(make_case(shape_of(heads, 128), [(0, 70)], [300], DEVICE))
     assert len(asked) == 2
     assert asked <= {build.args for build in builds}
