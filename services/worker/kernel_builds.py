@@ -46,6 +46,10 @@ class BackgroundKernelBuilds:
         """Blocks until every build has ended; False when there was none to wait for."""
         for thread in self._threads:
             thread.join()
+        if self._threads:
+            logger.info("kernel builds: %d on threads beside start-up, the last ended %.1f s "
+                        "after they began (%d failed)", len(self._threads), self.seconds,
+                        len(self.failures))
         return bool(self._threads)
 
     def _run(self, build: Callable[[], object]) -> None:
