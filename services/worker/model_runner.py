@@ -92,7 +92,7 @@ class ModelRunner(ModelWorker):
                                                    self.dtype, deterministic)
         kernel_builds = BackgroundKernelBuilds(worker_kernel_builds(
             self.model_config, self.dtype, config.kv_cache_dtype, attention_backend,
-            sampling_backend, parallel.size, config.enable_cascade_attn, self.device))
+            sampling_backend, parallel, config.enable_cascade_attn, self.device))
         self.kv_scales = load_kv_scales(  # before the weights: bad scales fail fast
             self.model_config, model_path, config.kv_cache_dtype, config.load_format,
             config.quantization_param_path, parallel)

@@ -16,6 +16,7 @@ from radixmesh.services.worker.attention.base import KernelShapes
 from radixmesh.services.worker.attention.torch_backend import TorchAttentionBackend
 from radixmesh.services.worker.kernel_builds import BackgroundKernelBuilds, worker_kernel_builds
 from radixmesh.services.worker.model_config import ModelConfig
+from radixmesh.services.worker.parallel.tensor_parallel import SINGLE, TensorParallel
 from radixmesh.services.worker.sampling import SAMPLING_BACKENDS
 from tests.worker.test_model_config import LLAMA_31_V4
 
@@ -61,7 +62,7 @@ def test_no_builds_start_no_thread() -> None:
 
 def test_torch_attention_and_pytorch_sampling_build_nothing() -> None:
     config = ModelConfig.from_dicts(LLAMA_31_V4)
-    assert worker_kernel_builds(config, torch.float32, "auto", "torch", "pytorch", tp_size=1,
+    assert worker_kernel_builds(config, torch.float32, "auto", "torch", "pytorch", SINGLE,
                                 prefix_groups=False, device=torch.device("cpu")) == []
 
 
@@ -82,8 +83,9 @@ def shapes_backend(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def shapes_for(config: dict, tp_size: int = 1, kv_cache_dtype: str = "auto") -> KernelShapes:
+    parallel = TensorParallel(rank=tp_size - 1, size=tp_size)  # the last rank: any rank's share
     [build] = worker_kernel_builds(ModelConfig.from_dicts(config), torch.bfloat16,
-                                   kv_cache_dtype, ShapesBackend.name, "pytorch", tp_size,
+                                   kv_cache_dtype, ShapesBackend.name, "pytorch", parallel,
                                    prefix_groups=True, device=torch.device("cpu"))
     return build()
 
