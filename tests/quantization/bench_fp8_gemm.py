@@ -2,10 +2,12 @@
 
     python tests/quantization/bench_fp8_gemm.py [--json OUT]
 
-Per shape and token count M: bf16 `F.linear`, the FP8 path as layers run it (per-token
-activation quantization + row-wise `torch._scaled_mm`), the bare `_scaled_mm` (the price of
-quantizing activations with torch ops is the gap), and the dequantizing fallback. Each is
-timed as 50 calls captured in one CUDA graph (decode runs in graphs, so launch cost is left out).
+Per shape and token count M: bf16 `F.linear`, the FP8 path as layers run it (the Triton
+per-token quantization, then the Triton GEMM for few tokens or row-wise `torch._scaled_mm`), the
+same with the fused kernels off (quantization in torch ops, `_scaled_mm` always), the bare
+`_scaled_mm`, the quantization kernel alone, and the dequantizing fallback. With `--sweep`,
+every tiling of the few-token GEMM at M = 1 and 16 as well. Each is timed as 50 calls captured
+in one CUDA graph (decode runs in graphs, so launch cost is left out).
 """
 
 from __future__ import annotations
@@ -13,11 +15,16 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 
+from radixmesh.kernels.fp8_gemm import SmallMConfig, fits_small_m, fp8_gemm_small_m
+from radixmesh.kernels.fp8_quant import per_token_quant_fp8
+from radixmesh.kernels.fused_gate import set_fused_kernels
 from radixmesh.services.worker.quantization.fp8 import (
+    AMAX_FLOOR,
     dequant_linear,
     quantize_rows,
     scaled_mm_linear,
@@ -50,20 +57,50 @@ def graph_time_us(fn: Callable[[], torch.Tensor]) -> float:
     return start.elapsed_time(end) * 1000 / (5 * CALLS)
 
 
+def unfused_linear(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    previous = set_fused_kernels(False)
+    try:
+        return scaled_mm_linear(x, q, scale, None)
+    finally:
+        set_fused_kernels(previous)
+
+
 def time_gemms(x: torch.Tensor, w: torch.Tensor, q: torch.Tensor,
                scale: torch.Tensor) -> dict[str, float]:
     xq, x_scale = quantize_rows(x)
     return {
         "bf16_us": graph_time_us(lambda: F.linear(x, w)),
         "fp8_us": graph_time_us(lambda: scaled_mm_linear(x, q, scale, None)),
+        "fp8_torch_quant_us": graph_time_us(lambda: unfused_linear(x, q, scale)),
         "fp8_bare_mm_us": graph_time_us(lambda: torch._scaled_mm(
             xq, q.t(), x_scale.unsqueeze(-1), scale.unsqueeze(0), out_dtype=torch.bfloat16)),
+        "quant_kernel_us": graph_time_us(lambda: per_token_quant_fp8(x, AMAX_FLOOR)[0]),
         "dequant_us": graph_time_us(lambda: dequant_linear(x, q, scale, None)),
     }
 
 
-def bench() -> list[dict]:
+def sweep(q: torch.Tensor, scale: torch.Tensor, name: str) -> list[dict]:
+    """The few-token GEMM alone (quantized input given) under every tiling that fits."""
     rows = []
+    n, k = q.shape
+    for m in (1, 16):
+        xq, x_scale = quantize_rows(torch.randn(m, k, device="cuda", dtype=torch.bfloat16))
+        for block_n in (32, 64, 128):
+            for block_k in (128, 256):
+                for split_k in (1, 2, 4, 8):
+                    config = SmallMConfig(block_n=block_n, block_k=block_k, split_k=split_k)
+                    if not fits_small_m(m, n, k, config):
+                        continue
+                    us = graph_time_us(partial(fp8_gemm_small_m, xq, x_scale, q, scale, config))
+                    rows.append({"layer": name, "M": m, "block_n": block_n, "block_k": block_k,
+                                 "split_k": split_k, "us": us, "tb_s": n * k / us / 1e6})
+        best = min((r for r in rows if r["M"] == m), key=lambda r: r["us"])
+        print(f"sweep layer={name} M={m} best: {best}", flush=True)
+    return rows
+
+
+def bench(with_sweep: bool) -> tuple[list[dict], list[dict]]:
+    rows, sweeps = [], []
     for name, (k, n) in SHAPES.items():
         w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
         q, scale = quantize_rows(w)
@@ -73,19 +110,22 @@ def bench() -> list[dict]:
             rows.append(row)
             print(" ".join(f"{key}={value:.1f}" if isinstance(value, float) else
                            f"{key}={value}" for key, value in row.items()), flush=True)
-    return rows
+        if with_sweep:
+            sweeps += sweep(q, scale, name)
+    return rows, sweeps
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--sweep", action="store_true")
     args = parser.parse_args()
     print(torch.cuda.get_device_name(), torch.__version__)
-    rows = bench()
+    rows, sweeps = bench(args.sweep)
     if args.json:
         with open(args.json, "w") as out:
             json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-                       "rows": rows}, out, indent=1)
+                       "rows": rows, "sweep": sweeps}, out, indent=1)
 
 
 if __name__ == "__main__":
