@@ -1,13 +1,14 @@
 """FP8 GEMM vs bf16 at Llama-3.1-8B's projection shapes, on a CUDA GPU (not a test).
 
-    python tests/quantization/bench_fp8_gemm.py [--json OUT]
+    python tests/quantization/bench_fp8_gemm.py [--json OUT] [--sweep]
 
 Per shape and token count M: bf16 `F.linear`, the FP8 path as layers run it (the Triton
-per-token quantization, then the Triton GEMM for few tokens or row-wise `torch._scaled_mm`), the
-same with the fused kernels off (quantization in torch ops, `_scaled_mm` always), the bare
-`_scaled_mm`, the quantization kernel alone, and the dequantizing fallback. With `--sweep`,
-every tiling of the few-token GEMM at M = 1 and 16 as well. Each is timed as 50 calls captured
-in one CUDA graph (decode runs in graphs, so launch cost is left out).
+per-token quantization, then row-wise `torch._scaled_mm`), the same with the fused kernels off
+(quantization in torch ops), the bare `_scaled_mm`, the quantization kernel alone, the
+dequantizing fallback, and up to 16 tokens the quantization followed by the few-token Triton
+GEMM (kernels/fp8_gemm.py) in its default tiling; with `--sweep`, that GEMM alone in every
+tiling at M = 1 and 16. Each is timed as 50 calls captured in one CUDA graph (decode runs in
+graphs, so launch cost is left out).
 """
 
 from __future__ import annotations
@@ -20,7 +21,12 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from radixmesh.kernels.fp8_gemm import SmallMConfig, fits_small_m, fp8_gemm_small_m
+from radixmesh.kernels.fp8_gemm import (
+    SmallMConfig,
+    fits_small_m,
+    fp8_gemm_small_m,
+    small_m_config,
+)
 from radixmesh.kernels.fp8_quant import per_token_quant_fp8
 from radixmesh.kernels.fused_gate import set_fused_kernels
 from radixmesh.services.worker.quantization.fp8 import (
@@ -33,6 +39,7 @@ from radixmesh.services.worker.quantization.fp8 import (
 SHAPES = {"qkv_proj": (4096, 6144), "o_proj": (4096, 4096), "gate_up_proj": (4096, 28672),
           "down_proj": (14336, 4096)}
 TOKENS = (1, 16, 128, 1024, 4096)
+SMS = torch.cuda.get_device_properties(0).multi_processor_count if torch.cuda.is_available() else 0
 CALLS = 50
 
 
@@ -68,7 +75,7 @@ def unfused_linear(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> tor
 def time_gemms(x: torch.Tensor, w: torch.Tensor, q: torch.Tensor,
                scale: torch.Tensor) -> dict[str, float]:
     xq, x_scale = quantize_rows(x)
-    return {
+    times = {
         "bf16_us": graph_time_us(lambda: F.linear(x, w)),
         "fp8_us": graph_time_us(lambda: scaled_mm_linear(x, q, scale, None)),
         "fp8_torch_quant_us": graph_time_us(lambda: unfused_linear(x, q, scale)),
@@ -77,6 +84,12 @@ def time_gemms(x: torch.Tensor, w: torch.Tensor, q: torch.Tensor,
         "quant_kernel_us": graph_time_us(lambda: per_token_quant_fp8(x, AMAX_FLOOR)[0]),
         "dequant_us": graph_time_us(lambda: dequant_linear(x, q, scale, None)),
     }
+    config = small_m_config(q.shape[0], q.shape[1], SMS)
+    if fits_small_m(x.shape[0], q.shape[0], q.shape[1], config):
+        # What the layer would cost with the few-token GEMM: the quantization, then the kernel.
+        times["fp8_small_m_us"] = graph_time_us(lambda: fp8_gemm_small_m(
+            *per_token_quant_fp8(x, AMAX_FLOOR), q, scale, config))
+    return times
 
 
 def sweep(q: torch.Tensor, scale: torch.Tensor, name: str) -> list[dict]:
