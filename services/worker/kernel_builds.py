@@ -1,11 +1,11 @@
-"""JIT kernel builds run on threads while the worker loads its weights and sets up.
+"""JIT kernel modules built on a thread while the worker loads its weights and sets up.
 
 On a bare GPU machine the first use of a JIT-compiled kernel waits for its compiler (FlashInfer's
 sampling module alone is about a minute of nvcc, its attention modules as long again), and the
-worker's warm-up met them one after another. The builds the backends name (`kernel_builds`)
-need neither the weights nor the KV pool, and a build waits on a compiler process, not on the
-GIL: started first, each on a thread of its own, they overlap one another and everything up to
-the warm-up, which then loads what they built.
+worker's warm-up met them one after another. The modules the backends name (`kernel_builds`)
+need neither the weights nor the KV pool, and a build waits on compiler processes, not on the
+GIL: started first, on a thread beside start-up, they are built in one compiler run (all their
+sources in parallel, see jit_module.py) and loaded, and the warm-up finds them ready.
 """
 
 from __future__ import annotations
@@ -14,11 +14,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
 from radixmesh.services.worker.attention import ATTENTION_BACKENDS
 from radixmesh.services.worker.attention.base import KernelShapes
+from radixmesh.services.worker.jit_module import JitModule, build_specs_together
 from radixmesh.services.worker.kv_pool import resolve_kv_dtype
 from radixmesh.services.worker.model_config import ModelConfig
 from radixmesh.services.worker.parallel.sharding import even_range, kv_head_range
@@ -29,49 +31,48 @@ logger = logging.getLogger(__name__)
 
 
 class BackgroundKernelBuilds:
-    """Runs each of `builds` on a daemon thread of its own from construction. `wait` returns
-    once all have ended; a build that failed is logged and left for its first use, which
-    builds it again and fails there with the real error, where the worker reports start-up
-    errors."""
+    """Builds `modules` together, then loads each, on a daemon thread from construction.
+    `wait` returns once that ended. A failure is logged and the modules are left for their
+    first use, which builds them again and fails there with the real error, where the worker
+    reports start-up errors."""
 
-    def __init__(self, builds: Sequence[Callable[[], object]]) -> None:
+    def __init__(self, modules: Sequence[JitModule],
+                 build_specs: Callable[[list[Any]], None] = build_specs_together) -> None:
+        self.modules = list(modules)
         self.failures: list[BaseException] = []
-        self._started = time.perf_counter()
-        self._ended: list[float] = []  # each build's end, appended by its own thread
-        self._threads = [threading.Thread(target=self._run, args=(build,), daemon=True,
-                                          name=f"kernel-build-{index}")
-                         for index, build in enumerate(builds)]
-        for thread in self._threads:
-            thread.start()
-
-    @property
-    def seconds(self) -> float:
-        """From construction to the end of the last build that has ended."""
-        return max(self._ended, default=self._started) - self._started
+        self.seconds = 0.0
+        self._build_specs = build_specs
+        self._thread: threading.Thread | None = None
+        if self.modules:
+            self._thread = threading.Thread(target=self._run, daemon=True, name="kernel-builds")
+            self._thread.start()
 
     def wait(self) -> bool:
-        """Blocks until every build has ended; False when there was none to wait for."""
-        for thread in self._threads:
-            thread.join()
-        if self._threads:
-            logger.info("kernel builds: %d on threads beside start-up, the last ended %.1f s "
-                        "after they began (%d failed)", len(self._threads), self.seconds,
-                        len(self.failures))
-        return bool(self._threads)
+        """Blocks until the modules are built and loaded; False when there were none."""
+        if self._thread is None:
+            return False
+        self._thread.join()
+        logger.info("kernel builds: %s built in one compiler run and loaded beside start-up, "
+                    "ended %.1f s after they began (%s)", ", ".join(m.name for m in self.modules),
+                    self.seconds, "failed" if self.failures else "ok")
+        return True
 
-    def _run(self, build: Callable[[], object]) -> None:
+    def _run(self) -> None:
+        started = time.perf_counter()
         try:
-            build()
+            self._build_specs([module.spec() for module in self.modules])
+            for module in self.modules:
+                module.load()
         except Exception as error:  # noqa: BLE001 (the first use reports it)
             logger.warning("background kernel build failed (it runs again on first use, "
                            "where its error counts): %s: %s", type(error).__name__, error)
             self.failures.append(error)
-        self._ended.append(time.perf_counter())
+        self.seconds = time.perf_counter() - started
 
 
 def worker_kernel_builds(model_config: ModelConfig, dtype: torch.dtype, kv_cache_dtype: str,
                          attention_backend: str, sampling_backend: str, parallel: TensorParallel,
-                         prefix_groups: bool, device: torch.device) -> list[Callable[[], object]]:
+                         prefix_groups: bool, device: torch.device) -> list[JitModule]:
     """What the chosen attention and sampling backends will compile for this model, from its
     config alone (the weights need not exist yet); the heads are this rank's share, cut as the
     model cuts them."""

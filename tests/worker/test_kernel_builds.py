@@ -1,5 +1,5 @@
-"""Background JIT kernel builds: they run beside the caller, a failed one is logged and left
-for its first use, and the sampling backends name theirs."""
+"""Background JIT kernel builds: one compiler run for every module beside the caller, then
+the loads; a failure is logged and left for the first use; the sampling backends name theirs."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import torch
 from radixmesh.services.worker.attention import ATTENTION_BACKENDS
 from radixmesh.services.worker.attention.base import KernelShapes
 from radixmesh.services.worker.attention.torch_backend import TorchAttentionBackend
+from radixmesh.services.worker.jit_module import JitModule
 from radixmesh.services.worker.kernel_builds import BackgroundKernelBuilds, worker_kernel_builds
 from radixmesh.services.worker.model_config import ModelConfig
 from radixmesh.services.worker.parallel.tensor_parallel import SINGLE, TensorParallel
@@ -21,43 +22,44 @@ from radixmesh.services.worker.sampling import SAMPLING_BACKENDS
 from tests.worker.test_model_config import LLAMA_31_V4
 
 
-def test_builds_run_beside_the_caller_and_one_another() -> None:
-    caller_went_on, second_ran = threading.Event(), threading.Event()
-    ran: list[str] = []
+def test_the_modules_are_built_in_one_run_beside_the_caller_then_loaded() -> None:
+    caller_went_on = threading.Event()
+    events: list[object] = []
 
-    def first() -> None:  # ends only once the caller went on and the build after it ran
-        assert caller_went_on.wait(10) and second_ran.wait(10)
-        ran.append("first")
+    def build_specs(specs: list) -> None:  # ends only once the caller went on
+        assert caller_went_on.wait(10)
+        events.append(("built", tuple(specs)))
 
-    def second() -> None:
-        ran.append("second")
-        second_ran.set()
-
-    builds = BackgroundKernelBuilds([first, second])
+    modules = [JitModule(name, spec=lambda name=name: f"spec-{name}",
+                         load=lambda name=name: events.append(("loaded", name)))
+               for name in ("prefill", "sampling")]
+    builds = BackgroundKernelBuilds(modules, build_specs)
     caller_went_on.set()
     assert builds.wait() is True
-    assert ran == ["second", "first"]
+    assert events == [("built", ("spec-prefill", "spec-sampling")), ("loaded", "prefill"),
+                      ("loaded", "sampling")]
     assert builds.failures == [] and builds.seconds > 0
 
 
-def test_a_failed_build_is_logged_and_the_rest_still_run(
+def test_a_failed_build_is_logged_and_the_loads_are_left_for_first_use(
         caplog: pytest.LogCaptureFixture) -> None:
-    ran: list[str] = []
+    loaded: list[str] = []
 
-    def broken() -> None:
+    def broken(specs: list) -> None:
         raise RuntimeError("nvcc: not found")
 
+    module = JitModule("prefill", spec=lambda: "spec", load=lambda: loaded.append("prefill"))
     with caplog.at_level(logging.WARNING):
-        builds = BackgroundKernelBuilds([broken, lambda: ran.append("next")])
+        builds = BackgroundKernelBuilds([module], broken)
         builds.wait()
-    assert ran == ["next"]
+    assert loaded == []
     assert [str(error) for error in builds.failures] == ["nvcc: not found"]
     assert "RuntimeError: nvcc: not found" in caplog.text
 
 
-def test_no_builds_start_no_thread() -> None:
+def test_no_modules_start_no_thread() -> None:
     builds = BackgroundKernelBuilds([])
-    assert builds.wait() is False and builds._threads == []
+    assert builds.wait() is False and builds._thread is None
 
 
 def test_torch_attention_and_pytorch_sampling_build_nothing() -> None:
@@ -67,13 +69,13 @@ def test_torch_attention_and_pytorch_sampling_build_nothing() -> None:
 
 
 class ShapesBackend(TorchAttentionBackend):
-    """Builds nothing; its one "build" hands back the shapes it was asked to build for."""
+    """Builds nothing; its one module's load hands back the shapes it was asked to build for."""
 
     name = "test-shapes"
 
     @classmethod
     def kernel_builds(cls, shapes: KernelShapes, device: torch.device) -> list:
-        return [lambda: shapes]
+        return [JitModule("shapes", spec=lambda: None, load=lambda: shapes)]
 
 
 @pytest.fixture
@@ -84,10 +86,10 @@ def shapes_backend(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def shapes_for(config: dict, tp_size: int = 1, kv_cache_dtype: str = "auto") -> KernelShapes:
     parallel = TensorParallel(rank=tp_size - 1, size=tp_size)  # the last rank: any rank's share
-    [build] = worker_kernel_builds(ModelConfig.from_dicts(config), torch.bfloat16,
-                                   kv_cache_dtype, ShapesBackend.name, "pytorch", parallel,
-                                   prefix_groups=True, device=torch.device("cpu"))
-    return build()
+    [module] = worker_kernel_builds(ModelConfig.from_dicts(config), torch.bfloat16,
+                                    kv_cache_dtype, ShapesBackend.name, "pytorch", parallel,
+                                    prefix_groups=True, device=torch.device("cpu"))
+    return module.load()
 
 
 @pytest.mark.usefixtures("shapes_backend")
@@ -109,6 +111,8 @@ def test_the_pytorch_sampler_has_no_kernel_to_build() -> None:
 
 @pytest.mark.skipif(importlib.util.find_spec("flashinfer") is None,
                     reason="needs flashinfer (its sampling module's build also needs nvcc)")
-def test_flashinfer_names_its_sampling_module_getter() -> None:
-    [build] = SAMPLING_BACKENDS.get("flashinfer").kernel_builds()
-    assert build is importlib.import_module("flashinfer.sampling").get_sampling_module
+def test_flashinfer_names_its_sampling_module() -> None:
+    [module] = SAMPLING_BACKENDS.get("flashinfer").kernel_builds()
+    sampling = importlib.import_module("flashinfer.sampling")
+    assert module.spec is sampling.gen_sampling_module
+    assert module.load is sampling.get_sampling_module

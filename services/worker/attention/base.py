@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from radixmesh.services.worker.forward_batch import ForwardBatch
+from radixmesh.services.worker.jit_module import JitModule
 from radixmesh.services.worker.kv_pool import KVPool
 
 
@@ -84,10 +84,10 @@ class AttentionBackend(ABC):
 
     @classmethod
     def kernel_builds(cls, shapes: KernelShapes,
-                      device: torch.device) -> list[Callable[[], object]]:
-        """Builds of the kernels this backend compiles on first use, for `shapes` on `device`,
-        each safe to run on a thread of its own while the worker loads its weights (see
-        kernel_builds.py); none by default. A build that turns out not to be needed only
+                      device: torch.device) -> list[JitModule]:
+        """The JIT modules this backend compiles on first use, for `shapes` on `device`, safe
+        to build and load on another thread while the worker loads its weights (see
+        kernel_builds.py); none by default. A module that turns out not to be needed only
         costs compiler time."""
         return []
 

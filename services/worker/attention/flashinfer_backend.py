@@ -22,7 +22,6 @@ time and every replay is re-planned first), and so is each kind's integer plan w
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +37,7 @@ from radixmesh.services.worker.attention.flashinfer_builds import (
 )
 from radixmesh.services.worker.attention.flashinfer_graph import GraphBuffers
 from radixmesh.services.worker.forward_batch import ForwardBatch
+from radixmesh.services.worker.jit_module import JitModule
 from radixmesh.services.worker.kv_pool import KVPool
 
 # FlashInfer's scratch for split-KV partial results; one buffer serves every wrapper because
@@ -139,8 +139,7 @@ class FlashInferAttentionBackend(AttentionBackend):
         self._plans_copied: torch.cuda.Event | None = None
 
     @classmethod
-    def kernel_builds(cls, shapes: KernelShapes,
-                      device: torch.device) -> list[Callable[[], object]]:
+    def kernel_builds(cls, shapes: KernelShapes, device: torch.device) -> list[JitModule]:
         return flashinfer_kernel_builds(shapes, device)
 
     def enable_prefix_groups(self) -> None:

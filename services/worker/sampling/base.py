@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
 
+from radixmesh.services.worker.jit_module import JitModule
 from radixmesh.services.worker.sampling.penalties import PenaltyState
 from radixmesh.services.worker.sampling.sampling_batch import SamplingBatch
 from radixmesh.shared.sampling_params import SamplingParams
@@ -51,10 +52,10 @@ class SamplingBackend(ABC):
         return None
 
     @classmethod
-    def kernel_builds(cls) -> list[Callable[[], object]]:
-        """JIT builds the backend's kernels need, each safe to run on another thread before
-        the backend is made, at most once per process (a build that ran makes the first use
-        a load); the worker runs them while it loads weights (kernel_builds.py). Called on
+    def kernel_builds(cls) -> list[JitModule]:
+        """The JIT modules the backend's kernels need, safe to build and load on another
+        thread before the backend is made (a module loaded there makes the first use a
+        lookup); the worker builds them while it loads weights (kernel_builds.py). Called on
         the worker's main thread, only where `missing` found nothing."""
         return []
 

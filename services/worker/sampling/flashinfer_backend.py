@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from collections.abc import Callable
 from types import ModuleType
 
 import torch
 
+from radixmesh.services.worker.jit_module import JitModule
 from radixmesh.services.worker.sampling.pytorch_backend import PyTorchSampler
 from radixmesh.services.worker.sampling.sampling_batch import SamplingBatch
 
@@ -53,12 +53,12 @@ class FlashInferSampler(PyTorchSampler):
         return None
 
     @classmethod
-    def kernel_builds(cls) -> list[Callable[[], object]]:
+    def kernel_builds(cls) -> list[JitModule]:
         # FlashInfer compiles its sampling module on first use (about a minute with nvcc on
-        # a bare machine) and keeps it: its getter builds under a file lock, then loads. The
-        # import happens here, on the caller's thread: imports racing on two threads are
-        # what the build's thread need not risk.
-        return [importlib.import_module("flashinfer.sampling").get_sampling_module]
+        # a bare machine) and keeps it. The import happens here, on the caller's thread:
+        # imports racing on two threads are what the build's thread need not risk.
+        sampling = importlib.import_module("flashinfer.sampling")
+        return [JitModule("sampling", sampling.gen_sampling_module, sampling.get_sampling_module)]
 
     def draw(self, logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
         if batch.all_own_seeds:
