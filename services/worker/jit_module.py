@@ -3,12 +3,13 @@ library here that compiles at run time).
 
 FlashInfer compiles each module with a ninja run of its own, all in one build directory whose
 `.ninja_log` and `.ninja_deps` hold every module's records. Ninja takes no lock on them, so two
-runs at once (as when each module was built on a thread of its own) keep one run's records or
-garble them, and the next start finds outputs without records and compiles them all again: on
-an H100 every start on a warm machine spent 60-70 s in ninja
-(`load-tests/results/fresh-start-*`). So the worker builds the modules it names in one ninja
-run, which compiles their sources in parallel and keeps its records whole, and only then loads
-them, each load's own ninja run finding its module up to date.
+runs at once (as when each module was built on a thread of its own) can keep one run's records
+or garble them, and a start that finds outputs without records compiles them all again: on an
+H100 every start on a warm machine spent 60-70 s in ninja (`load-tests/results/fresh-start-*`),
+which this explains (not yet confirmed with `ninja -d explain`). So the worker builds the
+modules it names in one ninja run, which compiles their sources in parallel and keeps its
+records whole, and only then loads them, each load's own ninja run finding its module up to
+date.
 """
 
 from __future__ import annotations
