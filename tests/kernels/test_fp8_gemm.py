@@ -33,8 +33,9 @@ def test_the_product_of_the_dequantized_operands(device: str, m: int, n: int, k:
     config = SmallMConfig(block_n=block_n, block_k=block_k, split_k=split_k)
     out = fp8_gemm_small_m(x_q, x_scale, w_q, w_scale, config, out_dtype=torch.float32)
     want = (x_q.float() * x_scale[:, None]) @ (w_q.float() * w_scale[:, None]).T
-    # Exact products summed in float32 in another order: a few float32 ulps of the sums.
-    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+    # Exact products summed in float32 in another order (on Hopper, tensor-core partial sums
+    # promoted to float32 every few products): far below e4m3's own 2^-4 rounding.
+    torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.gpu
