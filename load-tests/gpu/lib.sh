@@ -8,6 +8,9 @@ declare -A MESH_VARIANTS=(
   [mesh]=""
   [mesh-noradix]="--disable-radix-cache"
   [mesh-cascade]="--enable-cascade-attn"
+  # Issue 16's `online` ITL: decodes ride along with each prefill chunk, and smaller chunks.
+  [mesh-mixed]="--enable-mixed-chunk"
+  [mesh-mixed-2k]="--enable-mixed-chunk --chunked-prefill-size 2048"
   [mesh-null]="--worker null"
   [mesh-hicache]="--enable-hierarchical-cache"
   # Tracing on, every request sampled, spans exported to span_sink.py (started with the mesh).

@@ -12,6 +12,8 @@
 #        mesh-noradix:WORKLOAD ... against `radixmesh up --disable-radix-cache`
 #        mesh-null:WORKLOAD    ... against `radixmesh up --worker null`
 #        mesh-hicache:WORKLOAD ... against `radixmesh up --enable-hierarchical-cache`
+#        mesh-cascade, mesh-mixed, mesh-mixed-2k:WORKLOAD ... with cascade attention; with
+#                              decodes mixed into prefill steps (and 2,048-token chunks)
 #        mesh-trace:WORKLOAD   ... against `radixmesh up --enable-trace` (every request traced,
 #                              spans exported to span_sink.py on 127.0.0.1:4317)
 #        mesh-breakdown:WORKLOAD ... traced into the bench itself (`--trace-breakdown`): the
