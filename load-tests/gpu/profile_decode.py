@@ -1,7 +1,8 @@
 """Where a decode step's time goes: host-side cProfile and device-side kernel totals.
 
     python3 load-tests/gpu/profile_decode.py MODEL_DIR [--steps 64] [--batch-size 1]
-        [--disable-cuda-graph] [--attention-backend auto]          (on the GPU machine)
+        [--disable-cuda-graph] [--attention-backend auto] [--quantization fp8]
+        [--kv-cache-dtype fp8_e4m3]                                (on the GPU machine)
 
 Runs `--batch-size` requests of 128 prompt tokens through their prefill, then profiles
 `--steps` decode steps of the whole batch.
@@ -28,10 +29,14 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--disable-cuda-graph", action="store_true")
     parser.add_argument("--attention-backend", default="auto")
+    parser.add_argument("--quantization", default=None, choices=("fp8",))
+    parser.add_argument("--kv-cache-dtype", default="auto")
     args = parser.parse_args()
     engine = Engine(WorkerConfig(model_path=args.model_path, load_format="dummy",
                                  dtype="bfloat16", disable_cuda_graph=args.disable_cuda_graph,
-                                 attention_backend=args.attention_backend), SchedulerConfig())
+                                 attention_backend=args.attention_backend,
+                                 quantization=args.quantization,
+                                 kv_cache_dtype=args.kv_cache_dtype), SchedulerConfig())
     engine.submit("warm", {"input_ids": list(range(5, 133)), "max_new_tokens": 8,
                            "ignore_eos": True, "temperature": 0})
     while engine.has_work:
@@ -59,7 +64,8 @@ def main() -> None:
     print(events.table(sort_by="cuda_time_total", row_limit=20))
     kernel_ms = sum(e.self_device_time_total for e in events) / 1e3 / args.steps
     print(f"batch {args.batch_size}, cuda graph {not args.disable_cuda_graph}, "
-          f"{args.attention_backend} attention")
+          f"{args.attention_backend} attention, weights {args.quantization or 'bf16'}, "
+          f"KV {args.kv_cache_dtype}")
     print(f"per decode step (profiled, so slower than a bench): wall {wall_ms:.2f} ms, "
           f"GPU kernels {kernel_ms:.2f} ms, GPU idle {wall_ms - kernel_ms:.2f} ms")
 
