@@ -12,11 +12,13 @@ and their float32 accumulation are `_scaled_mm`'s; only the order of the sum dif
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import triton
 import triton.language as tl
+
+MAX_ROWS = 16  # the one row block a program computes (tensor-core dots need 16)
 
 
 @dataclass(frozen=True)
@@ -71,16 +73,17 @@ def small_m_config(n: int, k: int, num_sms: int) -> SmallMConfig:
     """The tiling for an [N, K] weight: 64-column blocks, K cut into as few slices as give at
     least two programs per SM (the weight streams from every SM at once), each slice whole
     256-element blocks."""
-    columns = triton.cdiv(n, 64)
+    tiling = SmallMConfig()
+    columns = triton.cdiv(n, tiling.block_n)
     split = 1
-    while columns * split < 2 * num_sms and k % (2 * split * 256) == 0 and split < 8:
+    while columns * split < 2 * num_sms and k % (2 * split * tiling.block_k) == 0 and split < 8:
         split *= 2
-    return SmallMConfig(block_n=64, block_k=256, split_k=split)
+    return replace(tiling, split_k=split)
 
 
 def fits_small_m(m: int, n: int, k: int, config: SmallMConfig) -> bool:
     """Whether this kernel takes the shape: few rows, K cut evenly into whole blocks."""
-    return 0 < m <= 16 and k % (config.split_k * config.block_k) == 0 and n > 0
+    return 0 < m <= MAX_ROWS and k % (config.split_k * config.block_k) == 0 and n > 0
 
 
 def fp8_gemm_small_m(x_q: torch.Tensor, x_scale: torch.Tensor, w_q: torch.Tensor,
@@ -98,7 +101,7 @@ def fp8_gemm_small_m(x_q: torch.Tensor, x_scale: torch.Tensor, w_q: torch.Tensor
     grid = (triton.cdiv(n, config.block_n), config.split_k)
     _partial_sums_kernel[grid](
         x_q, w_q, partial, m, n, k, x_q.stride(0), w_q.stride(0),
-        BLOCK_M=16, BLOCK_N=config.block_n, BLOCK_K=config.block_k, SPLIT_K=config.split_k,
+        BLOCK_M=MAX_ROWS, BLOCK_N=config.block_n, BLOCK_K=config.block_k, SPLIT_K=config.split_k,
         num_warps=config.num_warps, num_stages=config.num_stages)
     block = 1024
     _scale_sum_kernel[(m, triton.cdiv(n, block))](

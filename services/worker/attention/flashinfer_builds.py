@@ -60,8 +60,7 @@ def flashinfer_kernel_builds(shapes: KernelShapes, device: torch.device) -> list
             modules[decode_args] = _module("decode", decode, "batch_decode", decode_args)
     if shapes.prefix_groups:
         cascade = importlib.import_module("flashinfer.cascade")
-        modules[("merge",)] = JitModule("cascade", cascade.gen_cascade_module,
-                                        cascade.get_cascade_module)
+        modules[("merge",)] = _module("cascade", cascade, "cascade", ())
     return list(modules.values())
 
 
