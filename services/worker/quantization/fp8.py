@@ -10,9 +10,9 @@ Two ways to compute x @ W.T:
   Blackwell), `torch._scaled_mm` with row-wise scales: x is quantized per token on the fly
   (amax(|x_t|) / 448, the dynamic scheme), the GEMM runs in FP8 and the scales are applied in
   its epilogue. Halves the weight bytes each decode step reads and doubles the GEMM peak.
-  With triton installed the per-token quantization is one kernel (kernels/fp8_quant.py).
-  kernels/fp8_gemm.py is a GEMM for up to 16 tokens meant to replace `_scaled_mm` at decode
-  sizes, where cuBLASLt leaves bandwidth unused; it is wired in once a GPU has timed it.
+  With triton installed the per-token quantization is one kernel (kernels/fp8_quant.py), and
+  for up to 16 tokens (decode) so is the GEMM (kernels/fp8_gemm.py), which streams the weight
+  at a higher bandwidth than cuBLASLt's FP8 kernels at those sizes.
 - elsewhere (the CPU, older GPUs) the weight is dequantized per call into the activation dtype
   and multiplied as usual: FP8 storage keeps the memory saving; the activations stay unrounded.
 """
@@ -35,6 +35,13 @@ if TYPE_CHECKING:
     from radixmesh.services.worker.quantization.linear import QuantLinear
 
 if TRITON_USABLE:
+    from radixmesh.kernels.fp8_gemm import (
+        MAX_ROWS,
+        SmallMConfig,
+        fits_small_m,
+        fp8_gemm_small_m,
+        small_m_config,
+    )
     from radixmesh.kernels.fp8_quant import per_token_quant_fp8
 
 logger = logging.getLogger(__name__)
@@ -80,17 +87,37 @@ def scaled_mm_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.
     2.1); `weight.t()` of a contiguous [N, K] weight is the column-major b it wants.
     """
     tokens = x.reshape(-1, x.shape[-1])
-    if use_triton(tokens) and tokens.stride(-1) == 1:
+    fused = use_triton(tokens) and tokens.stride(-1) == 1
+    if fused:
         xq, x_scale = per_token_quant_fp8(tokens, AMAX_FLOOR)  # one launch, same bits
     else:
         xq, x_scale = quantize_rows(tokens)
     fused_bias = bias is not None and bias.dtype == SCALED_MM_OUT
-    out = torch._scaled_mm(xq, weight.t(), x_scale.unsqueeze(-1), weight_scale.unsqueeze(0),
-                           bias=bias if fused_bias else None, out_dtype=SCALED_MM_OUT)
+    config = fused and _small_m_config(xq.shape[0], weight.shape[0], xq.shape[1], xq.device)
+    if config:
+        out = fp8_gemm_small_m(xq, x_scale, weight, weight_scale, config, SCALED_MM_OUT)
+        fused_bias = False
+    else:
+        out = torch._scaled_mm(xq, weight.t(), x_scale.unsqueeze(-1), weight_scale.unsqueeze(0),
+                               bias=bias if fused_bias else None, out_dtype=SCALED_MM_OUT)
     out = out.to(x.dtype)
     if bias is not None and not fused_bias:
         out = out + bias
     return out.view(*x.shape[:-1], weight.shape[0])
+
+
+def _small_m_config(m: int, n: int, k: int, device: torch.device) -> SmallMConfig | None:
+    """The few-token kernel's tiling where it takes the shape (decode sizes), else None."""
+    if m > MAX_ROWS:
+        return None
+    config = _tiling(n, k, torch.cuda.current_device() if device.index is None else device.index)
+    return config if fits_small_m(m, n, k, config) else None
+
+
+@cache
+def _tiling(n: int, k: int, device_index: int) -> SmallMConfig:
+    sms = torch.cuda.get_device_properties(device_index).multi_processor_count
+    return small_m_config(n, k, sms)
 
 
 def scaled_mm_usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
