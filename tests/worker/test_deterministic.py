@@ -211,6 +211,11 @@ def test_on_the_gpu_too_with_triton_attention(tmp_path: Path, vocab: int) -> Non
         assert other_tokens == tokens and torch.equal(other_logits, logits), name
     chunked = gpu_engine(True, disable_radix_cache=True, chunked_prefill_size=5)
     assert torch.equal(target_run(chunked, batches["alone"])[1], logits)
+    cached = gpu_engine(True)
+    sibling = prompt(vocab, TARGET_LEN, 7)[:32] + prompt(vocab, 9, 8)
+    run(cached, [{"sibling": body(sibling, GREEDY)}])
+    cached_tokens, cached_logits, hit = target_run(cached, batches["alone"])
+    assert hit >= 32 and cached_tokens == tokens and torch.equal(cached_logits, logits)
     unflagged = gpu_engine(False, disable_radix_cache=True)
     _, alone, _ = target_run(unflagged, batches["alone"])
     _, batched, _ = target_run(unflagged, batches["with 64"])
