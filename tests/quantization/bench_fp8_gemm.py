@@ -5,9 +5,9 @@
 Per shape and token count M: bf16 `F.linear`, the FP8 path as layers run it (the Triton
 per-token quantization, then row-wise `torch._scaled_mm`), the same with the fused kernels off
 (quantization in torch ops), the bare `_scaled_mm`, the quantization kernel alone, the
-dequantizing fallback, and up to 16 tokens the few-token Triton GEMM (kernels/fp8_gemm.py) in
-its default tiling on bf16 activations (what the layers run) and after quantizing them; with
-`--sweep`, the first in every tiling at M = 1 and 16. Each is timed as 50 calls captured in one CUDA graph (decode runs in
+dequantizing fallback, and up to 16 tokens the quantization followed by the few-token Triton
+GEMM (kernels/fp8_gemm.py) in its default tiling; with `--sweep`, that GEMM alone in every
+tiling at M = 1 and 16. Each is timed as 50 calls captured in one CUDA graph (decode runs in
 graphs, so launch cost is left out).
 """
 
@@ -86,10 +86,8 @@ def time_gemms(x: torch.Tensor, w: torch.Tensor, q: torch.Tensor,
     }
     config = small_m_config(q.shape[0], q.shape[1], SMS)
     if fits_small_m(x.shape[0], q.shape[0], q.shape[1], config):
-        # The few-token GEMM on bf16 activations (the layers' path), and after quantizing them.
-        times["fp8_small_m_us"] = graph_time_us(lambda: fp8_gemm_small_m(x, None, q, scale,
-                                                                         config))
-        times["fp8_small_m_a8_us"] = graph_time_us(lambda: fp8_gemm_small_m(
+        # What the layer costs with the few-token GEMM: the quantization, then the kernel.
+        times["fp8_small_m_us"] = graph_time_us(lambda: fp8_gemm_small_m(
             *per_token_quant_fp8(x, AMAX_FLOOR), q, scale, config))
     return times
 
@@ -99,14 +97,14 @@ def sweep(q: torch.Tensor, scale: torch.Tensor, name: str) -> list[dict]:
     rows = []
     n, k = q.shape
     for m in (1, 16):
-        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        xq, x_scale = quantize_rows(torch.randn(m, k, device="cuda", dtype=torch.bfloat16))
         for block_n in (32, 64, 128):
             for block_k in (128, 256):
                 for split_k in (1, 2, 4, 8):
                     config = SmallMConfig(block_n=block_n, block_k=block_k, split_k=split_k)
                     if not fits_small_m(m, n, k, config):
                         continue
-                    us = graph_time_us(partial(fp8_gemm_small_m, x, None, q, scale, config))
+                    us = graph_time_us(partial(fp8_gemm_small_m, xq, x_scale, q, scale, config))
                     rows.append({"layer": name, "M": m, "block_n": block_n, "block_k": block_k,
                                  "split_k": split_k, "us": us, "tb_s": n * k / us / 1e6})
         best = min((r for r in rows if r["M"] == m), key=lambda r: r["us"])

@@ -10,10 +10,9 @@ Two ways to compute x @ W.T:
   Blackwell), `torch._scaled_mm` with row-wise scales: x is quantized per token on the fly
   (amax(|x_t|) / 448, the dynamic scheme), the GEMM runs in FP8 and the scales are applied in
   its epilogue. Halves the weight bytes each decode step reads and doubles the GEMM peak.
-  With triton installed the per-token quantization is one kernel (kernels/fp8_quant.py).
-  Up to 16 tokens (decode) the GEMM is instead kernels/fp8_gemm.py with the activations as they
-  are (weight-only FP8): there the GEMM only streams the weight, cuBLASLt's FP8 kernels leave
-  bandwidth unused, and quantizing the activations would cost a launch per layer for nothing.
+  With triton installed the per-token quantization is one kernel (kernels/fp8_quant.py), and
+  up to 16 tokens (decode) so is the GEMM (kernels/fp8_gemm.py): there it only streams the
+  weight, and cuBLASLt's FP8 kernels leave bandwidth unused.
 - elsewhere (the CPU, older GPUs) the weight is dequantized per call into the activation dtype
   and multiplied as usual: FP8 storage keeps the memory saving; the activations stay unrounded.
 """
@@ -58,9 +57,11 @@ _scaled_mm_failed = False  # set once a device refused the row-wise scaled GEMM
 
 def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(q, scale) with weight[i] ~= q[i] * scale[i] per row (last dim reduced): q in e4m3,
-    scale = amax(|row|) / 448 in float32. Computed in float32 whatever the input dtype."""
+    scale = amax(|row|) * (1 / 448) in float32. Computed in float32 whatever the input dtype."""
     rows = weight.float()
-    scale = rows.abs().amax(dim=-1).clamp(min=AMAX_FLOOR) / FP8_MAX
+    # Times the reciprocal, written out: that is what `/ FP8_MAX` runs on CUDA (a division by a
+    # scalar becomes a product there), and the quantization kernel does the same on any device.
+    scale = rows.abs().amax(dim=-1).clamp(min=AMAX_FLOOR) * (1.0 / FP8_MAX)
     # The clamp keeps a quotient that rounds up past 448 finite (e4m3fn has no infinity).
     q = (rows / scale.unsqueeze(-1)).clamp(-FP8_MAX, FP8_MAX).to(FP8)
     return q, scale
@@ -89,30 +90,30 @@ def scaled_mm_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.
     """
     tokens = x.reshape(-1, x.shape[-1])
     fused = use_triton(tokens) and tokens.stride(-1) == 1
-    config = fused and _small_m_config(tokens, weight)
-    if config:
-        out = fp8_gemm_small_m(tokens, None, weight, weight_scale, config, x.dtype)
-        return (out if bias is None else out + bias).view(*x.shape[:-1], weight.shape[0])
     if fused:
         xq, x_scale = per_token_quant_fp8(tokens, AMAX_FLOOR)  # one launch, same bits
     else:
         xq, x_scale = quantize_rows(tokens)
     fused_bias = bias is not None and bias.dtype == SCALED_MM_OUT
-    out = torch._scaled_mm(xq, weight.t(), x_scale.unsqueeze(-1), weight_scale.unsqueeze(0),
-                           bias=bias if fused_bias else None, out_dtype=SCALED_MM_OUT)
+    config = fused and _small_m_config(xq, weight)
+    if config:
+        out = fp8_gemm_small_m(xq, x_scale, weight, weight_scale, config, SCALED_MM_OUT)
+        fused_bias = False
+    else:
+        out = torch._scaled_mm(xq, weight.t(), x_scale.unsqueeze(-1), weight_scale.unsqueeze(0),
+                               bias=bias if fused_bias else None, out_dtype=SCALED_MM_OUT)
     out = out.to(x.dtype)
     if bias is not None and not fused_bias:
         out = out + bias
     return out.view(*x.shape[:-1], weight.shape[0])
 
 
-def _small_m_config(tokens: torch.Tensor, weight: torch.Tensor) -> SmallMConfig | None:
-    """The weight-only kernel's tiling where it takes the product (up to 16 bf16/fp16 tokens:
-    decode sizes), else None."""
-    (m, k), n = tokens.shape, weight.shape[0]
-    if m > MAX_ROWS or tokens.dtype not in (torch.bfloat16, torch.float16):
+def _small_m_config(xq: torch.Tensor, weight: torch.Tensor) -> SmallMConfig | None:
+    """The few-token kernel's tiling where it takes the product (decode sizes), else None."""
+    (m, k), n = xq.shape, weight.shape[0]
+    if m > MAX_ROWS:
         return None
-    index = tokens.device.index
+    index = xq.device.index
     config = _tiling(n, k, torch.cuda.current_device() if index is None else index)
     return config if fits_small_m(m, n, k, config) else None
 
