@@ -17,7 +17,9 @@ the row's place in the block, the block is one row: see `CPU_ROW_BLOCK`). Produc
 backends' batched products, whose shapes they fix themselves) pass through untouched.
 
 Cost: M / row_block kernel calls instead of one, and the weights read once per block
-(`row_block_for` gives each device's block).
+(`row_block_for` gives each device's block). On a GPU with triton, products of one float dtype
+run instead as one launch of kernels/invariant_matmul.py, invariant by its fixed tiling: the
+weights are read once per step however many blocks of rows there are.
 
 What is covered: the torch ops on any device for the products above. Not covered: FP8 GEMMs
 through `torch._scaled_mm` (use the dequantizing path, i.e. no --quantization, for determinism),
@@ -34,6 +36,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from radixmesh.kernels.fused_gate import TRITON_USABLE, use_triton
+
+if TRITON_USABLE:
+    from radixmesh.kernels.invariant_matmul import invariant_mm
+
 aten = torch.ops.aten
 
 # Rows per product. On a CPU, one: MKL's bits for a row also depend on the row's place inside
@@ -48,6 +55,20 @@ GPU_ROW_BLOCK = 128
 
 def row_block_for(device: torch.device) -> int:
     return GPU_ROW_BLOCK if device.type == "cuda" else CPU_ROW_BLOCK
+
+
+INVARIANT_KERNEL_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+
+def invariant_product(a: torch.Tensor, b: torch.Tensor, row_block: int,
+                      bias: torch.Tensor | None = None, beta: float = 1, alpha: float = 1
+                      ) -> torch.Tensor:
+    """a @ b (or beta * bias + alpha * a @ b) with bitwise the same rows whatever M is: the
+    one-launch kernel where it runs (a CUDA tensor, triton, one float dtype), else
+    `blocked_mm`."""
+    if use_triton(a) and a.dtype == b.dtype and a.dtype in INVARIANT_KERNEL_DTYPES:
+        return invariant_mm(a, b, bias, beta, alpha)
+    return blocked_mm(a, b, row_block, bias, beta, alpha)
 
 
 def blocked_mm(a: torch.Tensor, b: torch.Tensor, row_block: int,
@@ -77,7 +98,7 @@ def blocked_mm(a: torch.Tensor, b: torch.Tensor, row_block: int,
 
 class BatchInvariantMatmul(TorchDispatchMode):
     """While active (a context manager, per thread), routes `aten.linear`, `aten.mm`,
-    `aten.addmm` and matrix-by-matrix `aten.matmul` through `blocked_mm`; every other op runs as it would. Nested ops inside the handler run outside the
+    `aten.addmm` and matrix-by-matrix `aten.matmul` through `invariant_product`; every other op runs as it would. Nested ops inside the handler run outside the
     mode, so the blocks' own `mm` calls are the real kernels."""
 
     def __init__(self, row_block: int) -> None:
@@ -97,20 +118,20 @@ class BatchInvariantMatmul(TorchDispatchMode):
         return handler(*args, **(kwargs or {}))
 
     def _mm(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return blocked_mm(a, b, self.row_block)
+        return invariant_product(a, b, self.row_block)
 
     def _linear(self, x: torch.Tensor, weight: torch.Tensor,
                 bias: torch.Tensor | None = None) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])
-        out = blocked_mm(rows, weight.t(), self.row_block, bias)
+        out = invariant_product(rows, weight.t(), self.row_block, bias)
         return out.view(*x.shape[:-1], weight.shape[0])
 
     def _matmul(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         if b.dim() != 2 or a.dim() < 2:  # batched products: shapes their callers fix
             return torch.matmul(a, b)
-        out = blocked_mm(a.reshape(-1, a.shape[-1]), b, self.row_block)
+        out = invariant_product(a.reshape(-1, a.shape[-1]), b, self.row_block)
         return out.view(*a.shape[:-1], b.shape[1])
 
     def _addmm(self, bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *,
                beta: float = 1, alpha: float = 1) -> torch.Tensor:
-        return blocked_mm(a, b, self.row_block, bias, beta, alpha)
+        return invariant_product(a, b, self.row_block, bias, beta, alpha)

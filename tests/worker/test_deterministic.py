@@ -189,8 +189,8 @@ def test_blocked_products_give_each_row_the_same_bits_at_any_row_count(shape):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_on_the_gpu_too_with_triton_attention(tmp_path: Path, vocab: int) -> None:
-    """The same guarantee on a GPU (Triton attention unsplit, GEMMs in blocks of 128 rows, CUDA
-    graphs on), and without the flag the same runs differ there. The model is wider than the
+    """The same guarantee on a GPU (Triton attention unsplit, GEMMs in the one-launch invariant
+    kernel, CUDA graphs on), and without the flag the same runs differ there. The model is wider than the
     CPU tests' (products over K = 1024): over the tiny one's 64 terms cuBLAS summed every batch
     size alike on an H100, and the unflagged runs did not differ."""
     model_dir = make_model(tmp_path / "wide", "llama", hidden_size=1024, num_heads=16,
