@@ -46,4 +46,6 @@ def discover_packages() -> list[str]:
 
 # Every build (wheel, sdist or editable) regenerates the stubs before packages are listed.
 generate_stubs()
-setup(package_dir=ROOTS, packages=discover_packages())
+# Tilings swept on GPUs (kernels/tuned_configs.py) ship with the kernels.
+setup(package_dir=ROOTS, packages=discover_packages(),
+      package_data={"radixmesh.kernels": ["configs/*.json"]})

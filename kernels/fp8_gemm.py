@@ -24,6 +24,7 @@ import triton
 import triton.language as tl
 
 MAX_ROWS = 16  # the one row block a program computes (tensor-core dots need 16)
+SMALL_M_KERNEL = "fp8-small-m"  # its name in kernels/configs/ (tuned_configs.py)
 
 
 @dataclass(frozen=True)

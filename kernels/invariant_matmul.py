@@ -18,10 +18,13 @@ the strip comes from L2, not DRAM, for all but the first.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 import torch
 import triton
 import triton.language as tl
+
+from radixmesh.kernels.tuned_configs import tuned
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,15 @@ class InvariantTiling:
 
 
 TILING = InvariantTiling()
+INVARIANT_KERNEL = "invariant-mm"  # its name in kernels/configs/ (tuned_configs.py)
+
+
+@cache
+def tiling_for(n: int, k: int, device_index: int) -> InvariantTiling:
+    """The tiling of every product with a [K, N] right-hand side on this device: swept per GPU
+    model and shape (kernels/configs/), never per M, so a row's bits still do not depend on M."""
+    return tuned(INVARIANT_KERNEL, torch.cuda.get_device_properties(device_index).name, n, k,
+                 TILING)
 
 
 @triton.jit(do_not_specialize=["M"])
@@ -83,15 +95,19 @@ def _invariant_mm_kernel(a_ptr, b_ptr, bias_ptr, c_ptr, M, N, K,
 
 def invariant_mm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None,
                  beta: float = 1, alpha: float = 1,
-                 tiling: InvariantTiling = TILING) -> torch.Tensor:
+                 tiling: InvariantTiling | None = None) -> torch.Tensor:
     """alpha * a @ b (+ beta * bias) for a [M, K] and b [K, N] of one float dtype, any strides;
     `bias` broadcasts to [M, N] (a row [N] or a full [M, N]). Row i of the result has the same
-    bits whatever the other rows of `a` are, and however many there are."""
+    bits whatever the other rows of `a` are, and however many there are. `tiling` defaults to
+    `tiling_for` the shape (on a CPU, in Triton's interpreter, to TILING)."""
     (m, k), n = a.shape, b.shape[1]
     assert b.shape[0] == k and a.dtype == b.dtype, (a.shape, b.shape, a.dtype, b.dtype)
     out = torch.empty((m, n), dtype=a.dtype, device=a.device)
     if m == 0 or n == 0:
         return out
+    if tiling is None:
+        tiling = TILING if a.device.type != "cuda" else tiling_for(
+            n, k, a.device.index if a.device.index is not None else torch.cuda.current_device())
     if bias is not None:
         bias = bias.expand(m, n)  # strides of 0 where it broadcasts
     grid = (triton.cdiv(m, tiling.block_m) * triton.cdiv(n, tiling.block_n),)

@@ -1,27 +1,32 @@
 """FP8 GEMM vs bf16 at Llama-3.1-8B's projection shapes, on a CUDA GPU (not a test).
 
-    python tests/quantization/bench_fp8_gemm.py [--json OUT] [--sweep]
+    python -m tests.quantization.bench_fp8_gemm [--json OUT] [--sweep [--configs-out DIR]]
 
 Per shape and token count M: bf16 `F.linear`, the FP8 path as layers run it (the Triton
 per-token quantization, then row-wise `torch._scaled_mm`), the same with the fused kernels off
 (quantization in torch ops), the bare `_scaled_mm`, the quantization kernel alone, the
 dequantizing fallback, and up to 16 tokens the quantization followed by the few-token Triton
 GEMM (kernels/fp8_gemm.py) in its default tiling; with `--sweep`, that GEMM alone in every
-tiling at M = 1 and 16. Each is timed as 50 calls captured in one CUDA graph (decode runs in
-graphs, so launch cost is left out).
+tiling at M = 1 and 16, the fastest per shape (summed over both) written as this GPU's table
+(kernels/tuned_configs.py) into the installed package, so later meshes of the same machine use
+it, and into --configs-out for committing. Each is timed as calls captured in one CUDA graph
+(decode runs in graphs, so launch cost is left out).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
-from collections.abc import Callable
+import time
 from functools import partial
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from radixmesh.kernels.fp8_gemm import (
+    SMALL_M_KERNEL,
     SmallMConfig,
     fits_small_m,
     fp8_gemm_small_m,
@@ -29,39 +34,21 @@ from radixmesh.kernels.fp8_gemm import (
 )
 from radixmesh.kernels.fp8_quant import per_token_quant_fp8
 from radixmesh.kernels.fused_gate import set_fused_kernels
+from radixmesh.kernels.tuned_configs import CONFIG_DIR, write_table
 from radixmesh.services.worker.quantization.fp8 import (
     AMAX_FLOOR,
     dequant_linear,
     quantize_rows,
     scaled_mm_linear,
 )
+from tests.kernels.graph_timing import graph_time_us
 
 SHAPES = {"qkv_proj": (4096, 6144), "o_proj": (4096, 4096), "gate_up_proj": (4096, 28672),
           "down_proj": (14336, 4096)}
 TOKENS = (1, 16, 128, 1024, 4096)
 SMS = torch.cuda.get_device_properties(0).multi_processor_count if torch.cuda.is_available() else 0
-CALLS = 50
-
-
-def graph_time_us(fn: Callable[[], torch.Tensor]) -> float:
-    """Microseconds per call, from a CUDA graph of CALLS calls replayed a few times."""
-    stream = torch.cuda.Stream()
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()  # warm-up outside capture (cuBLASLt picks its kernels here)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(CALLS):
-            fn()
-    graph.replay()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(5):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) * 1000 / (5 * CALLS)
+# The sweep's grid: BLOCK_N, BLOCK_K, SPLIT_K, (num_warps, num_stages).
+SWEEP_GRID = ((32, 64, 128), (128, 256, 512), (1, 2, 4, 8), ((4, 3), (4, 5), (8, 4)))
 
 
 def unfused_linear(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -92,28 +79,34 @@ def time_gemms(x: torch.Tensor, w: torch.Tensor, q: torch.Tensor,
     return times
 
 
-def sweep(q: torch.Tensor, scale: torch.Tensor, name: str) -> list[dict]:
-    """The few-token GEMM alone (quantized input given) under every tiling that fits."""
-    rows = []
+def sweep(q: torch.Tensor, scale: torch.Tensor, name: str) -> tuple[list[dict], SmallMConfig]:
+    """The few-token GEMM alone (quantized input given) under every tiling of SWEEP_GRID that
+    fits, at 1 and 16 rows; returns the rows and the tiling fastest over both."""
+    rows, totals = [], {}
     n, k = q.shape
-    for m in (1, 16):
-        xq, x_scale = quantize_rows(torch.randn(m, k, device="cuda", dtype=torch.bfloat16))
-        for block_n in (32, 64, 128):
-            for block_k in (128, 256):
-                for split_k in (1, 2, 4, 8):
-                    config = SmallMConfig(block_n=block_n, block_k=block_k, split_k=split_k)
-                    if not fits_small_m(m, n, k, config):
-                        continue
-                    us = graph_time_us(partial(fp8_gemm_small_m, xq, x_scale, q, scale, config))
-                    rows.append({"layer": name, "M": m, "block_n": block_n, "block_k": block_k,
-                                 "split_k": split_k, "us": us, "tb_s": n * k / us / 1e6})
-        best = min((r for r in rows if r["M"] == m), key=lambda r: r["us"])
-        print(f"sweep layer={name} M={m} best: {best}", flush=True)
-    return rows
+    inputs = {m: quantize_rows(torch.randn(m, k, device="cuda", dtype=torch.bfloat16))
+              for m in (1, 16)}
+    for block_n, block_k, split_k, (warps, stages) in itertools.product(*SWEEP_GRID):
+        config = SmallMConfig(block_n=block_n, block_k=block_k, split_k=split_k,
+                              num_warps=warps, num_stages=stages)
+        if not fits_small_m(16, n, k, config):
+            continue
+        try:
+            times = {m: graph_time_us(partial(fp8_gemm_small_m, *inputs[m], q, scale, config),
+                                      calls=20, replays=3) for m in inputs}
+        except Exception as error:  # noqa: BLE001 (a tiling the GPU cannot run: too much smem)
+            print(f"sweep layer={name} {config}: {type(error).__name__}", flush=True)
+            continue
+        totals[config] = sum(times.values())
+        rows += [{"layer": name, "M": m, **vars(config), "us": us, "tb_s": n * k / us / 1e6}
+                 for m, us in times.items()]
+    best = min(totals, key=totals.get)
+    print(f"sweep layer={name} best: {best} ({totals[best]:.1f} us at M=1 plus M=16)", flush=True)
+    return rows, best
 
 
-def bench(with_sweep: bool) -> tuple[list[dict], list[dict]]:
-    rows, sweeps = [], []
+def bench(with_sweep: bool) -> tuple[list[dict], list[dict], dict]:
+    rows, sweeps, best = [], [], {}
     for name, (k, n) in SHAPES.items():
         w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
         q, scale = quantize_rows(w)
@@ -124,17 +117,28 @@ def bench(with_sweep: bool) -> tuple[list[dict], list[dict]]:
             print(" ".join(f"{key}={value:.1f}" if isinstance(value, float) else
                            f"{key}={value}" for key, value in row.items()), flush=True)
         if with_sweep:
-            sweeps += sweep(q, scale, name)
-    return rows, sweeps
+            swept, best[(n, k)] = sweep(q, scale, name)
+            sweeps += swept
+    return rows, sweeps, best
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--json", default=None)
     parser.add_argument("--sweep", action="store_true")
+    parser.add_argument("--configs-out", type=Path, default=None)
+    parser.add_argument("--commit", default="?", help="the wheel's commit, for the table")
     args = parser.parse_args()
     print(torch.cuda.get_device_name(), torch.__version__)
-    rows, sweeps = bench(args.sweep)
+    started = time.perf_counter()
+    rows, sweeps, best = bench(args.sweep)
+    print(f"benched in {time.perf_counter() - started:.0f} s")
+    provenance = {"commit": args.commit,
+                  "command": "python -m tests.quantization.bench_fp8_gemm --sweep"}
+    for directory in (CONFIG_DIR, args.configs_out):
+        if best and directory is not None:
+            print("table:", write_table(SMALL_M_KERNEL, torch.cuda.get_device_name(), best,
+                                        provenance, directory))
     if args.json:
         with open(args.json, "w") as out:
             json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__,

@@ -37,12 +37,14 @@ if TYPE_CHECKING:
 if TRITON_USABLE:
     from radixmesh.kernels.fp8_gemm import (
         MAX_ROWS,
+        SMALL_M_KERNEL,
         SmallMConfig,
         fits_small_m,
         fp8_gemm_small_m,
         small_m_config,
     )
     from radixmesh.kernels.fp8_quant import per_token_quant_fp8
+    from radixmesh.kernels.tuned_configs import tuned
 
 logger = logging.getLogger(__name__)
 
@@ -120,8 +122,10 @@ def _small_m_config(xq: torch.Tensor, weight: torch.Tensor) -> SmallMConfig | No
 
 @cache
 def _tiling(n: int, k: int, device_index: int) -> SmallMConfig:
-    sms = torch.cuda.get_device_properties(device_index).multi_processor_count
-    return small_m_config(n, k, sms)
+    """The tiling swept on this GPU model for the shape (kernels/configs/), else the guess."""
+    properties = torch.cuda.get_device_properties(device_index)
+    return tuned(SMALL_M_KERNEL, properties.name, n, k,
+                 small_m_config(n, k, properties.multi_processor_count))
 
 
 def scaled_mm_usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
