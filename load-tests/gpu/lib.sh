@@ -250,6 +250,18 @@ step_tests() {
     ${TESTS:-tests/kernels tests/worker}
 }
 
+# Sweeps the tilings of the Triton GEMMs that read kernels/configs/ (kernels/tuned_configs.py):
+# this GPU's tables go into the installed package, so the meshes started after it on this
+# machine use them, and into $OUT/configs, to be copied into kernels/configs/ and committed.
+step_tune() {
+  local status=0 bench
+  for bench in tests.quantization.bench_fp8_gemm tests.kernels.bench_invariant_mm; do
+    run_logged "$OUT/tune-${bench##*.}.log" "$PY" -m "$bench" --sweep --configs-out "$OUT/configs" \
+      --commit "${RADIXMESH_COMMIT:-?}" --json "$OUT/${bench##*.}.json" || status=$?
+  done
+  return "$status"
+}
+
 step_offline() {
   local workload=$1 log="$OUT/offline-$1.log"
   # shellcheck disable=SC2086

@@ -7,6 +7,8 @@
 #   bash load-tests/gpu/run.sh [STEP ...]        (default: offline:decode-b1)
 #
 # STEPs: tests                 tests/kernels and tests/worker
+#        tune                  sweep the Triton GEMMs' tilings (step_tune): this GPU's tables
+#                              in $OUT/configs and used by the meshes started after it
 #        offline:WORKLOAD      `radixmesh bench --path offline` (the engine in-process)
 #        mesh:WORKLOAD         `radixmesh bench --path mesh` against `radixmesh up`
 #        mesh-noradix:WORKLOAD ... against `radixmesh up --disable-radix-cache`
@@ -72,6 +74,7 @@ for step in "${@:-offline:decode-b1}"; do
   started=$SECONDS status=0
   case $kind in
     tests) step_tests || status=$? ;;
+    tune) step_tune || status=$? ;;
     hf) step_hf || status=$? ;;
     offline) step_offline "$workload" || status=$? ;;
     *) if [[ -v "MESH_VARIANTS[$kind]" && $workload != "$step" ]]; then
