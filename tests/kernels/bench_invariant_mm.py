@@ -37,7 +37,7 @@ from tests.kernels.graph_timing import graph_time_us
 SHAPES = {"qkv_proj": (4096, 6144), "o_proj": (4096, 4096), "gate_up_proj": (4096, 28672),
           "down_proj": (14336, 4096), "lm_head": (4096, 128256)}  # (K, N)
 TOKENS = (1, 64, 256, 1024, 4096)
-# BLOCK_M, BLOCK_N, BLOCK_K, (num_warps, num_stages)
+# BLOCK_M, BLOCK_N, BLOCK_K, (num_warps, num_stages): 36 tilings, one compile each.
 SWEEP_GRID = ((64, 128), (64, 128, 256), (64, 128), ((4, 3), (8, 3), (8, 4)))
 
 
