@@ -14,7 +14,6 @@ between decode (few rows: many column tiles wanted) and prefill (thousands of ro
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import time
@@ -30,9 +29,9 @@ from radixmesh.kernels.invariant_matmul import (
     invariant_mm,
     tiling_for,
 )
-from radixmesh.kernels.tuned_configs import CONFIG_DIR, write_table
 from radixmesh.services.worker.batch_invariant import GPU_ROW_BLOCK, blocked_mm
 from tests.kernels.graph_timing import graph_time_us
+from tests.kernels.sweep_cli import parse_bench_args, write_tables
 
 SHAPES = {"qkv_proj": (4096, 6144), "o_proj": (4096, 4096), "gate_up_proj": (4096, 28672),
           "down_proj": (14336, 4096), "lm_head": (4096, 128256)}  # (K, N)
@@ -81,12 +80,7 @@ def sweep(name: str, k: int, n: int, cublas_us: dict[int, float]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--json", default=None)
-    parser.add_argument("--sweep", action="store_true")
-    parser.add_argument("--configs-out", type=Path, default=None)
-    parser.add_argument("--commit", default="?", help="the wheel's commit, for the table")
-    args = parser.parse_args()
+    args = parse_bench_args(__doc__)
     device = torch.cuda.get_device_name()
     print(device, torch.__version__, "default tiling:", tiling_for(4096, 4096, 0))
     started = time.perf_counter()
@@ -98,11 +92,7 @@ def main() -> None:
             swept, best[(n, k)] = sweep(name, k, n, {r["M"]: r["cublas_us"] for r in shape_rows})
             sweeps += swept
     print(f"benched in {time.perf_counter() - started:.0f} s")
-    provenance = {"commit": args.commit,
-                  "command": "python -m tests.kernels.bench_invariant_mm --sweep"}
-    for directory in (CONFIG_DIR, args.configs_out):
-        if best and directory is not None:
-            print("table:", write_table(INVARIANT_KERNEL, device, best, provenance, directory))
+    write_tables(INVARIANT_KERNEL, best, args, "python -m tests.kernels.bench_invariant_mm --sweep")
     if args.json:
         Path(args.json).write_text(json.dumps({"device": device, "torch": torch.__version__,
                                                "rows": rows, "sweep": sweeps}, indent=1))

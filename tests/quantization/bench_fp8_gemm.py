@@ -15,12 +15,10 @@ it, and into --configs-out for committing. Each is timed as calls captured in on
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import time
 from functools import partial
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +32,6 @@ from radixmesh.kernels.fp8_gemm import (
 )
 from radixmesh.kernels.fp8_quant import per_token_quant_fp8
 from radixmesh.kernels.fused_gate import set_fused_kernels
-from radixmesh.kernels.tuned_configs import CONFIG_DIR, write_table
 from radixmesh.services.worker.quantization.fp8 import (
     AMAX_FLOOR,
     dequant_linear,
@@ -42,6 +39,7 @@ from radixmesh.services.worker.quantization.fp8 import (
     scaled_mm_linear,
 )
 from tests.kernels.graph_timing import graph_time_us
+from tests.kernels.sweep_cli import parse_bench_args, write_tables
 
 SHAPES = {"qkv_proj": (4096, 6144), "o_proj": (4096, 4096), "gate_up_proj": (4096, 28672),
           "down_proj": (14336, 4096)}
@@ -124,22 +122,12 @@ def bench(with_sweep: bool) -> tuple[list[dict], list[dict], dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--json", default=None)
-    parser.add_argument("--sweep", action="store_true")
-    parser.add_argument("--configs-out", type=Path, default=None)
-    parser.add_argument("--commit", default="?", help="the wheel's commit, for the table")
-    args = parser.parse_args()
+    args = parse_bench_args(__doc__)
     print(torch.cuda.get_device_name(), torch.__version__)
     started = time.perf_counter()
     rows, sweeps, best = bench(args.sweep)
     print(f"benched in {time.perf_counter() - started:.0f} s")
-    provenance = {"commit": args.commit,
-                  "command": "python -m tests.quantization.bench_fp8_gemm --sweep"}
-    for directory in (CONFIG_DIR, args.configs_out):
-        if best and directory is not None:
-            print("table:", write_table(SMALL_M_KERNEL, torch.cuda.get_device_name(), best,
-                                        provenance, directory))
+    write_tables(SMALL_M_KERNEL, best, args, "python -m tests.quantization.bench_fp8_gemm --sweep")
     if args.json:
         with open(args.json, "w") as out:
             json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
