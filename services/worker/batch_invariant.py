@@ -21,8 +21,8 @@ Cost: M / row_block kernel calls instead of one, and the weights read once per b
 run instead as one launch of kernels/invariant_matmul.py, invariant by its fixed tiling: the
 weights are read once per step however many blocks of rows there are.
 
-What is covered: the torch ops on any device for the products above. Not covered: FP8 GEMMs
-through `torch._scaled_mm` (use the dequantizing path, i.e. no --quantization, for determinism),
+What is covered: the torch ops on any device for the products above. Not covered: a quantized
+model's FP8 GEMMs on a GPU (refused with the flag: `check_quantization`),
 and cuBLAS's own guarantee that one shape always runs one kernel (it holds for a fixed workspace
 and stream, which the worker keeps, but NVIDIA documents no batch invariance).
 """
@@ -58,6 +58,16 @@ def row_block_for(device: torch.device) -> int:
 
 
 INVARIANT_KERNEL_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+
+def check_quantization(quantized: bool, device: torch.device) -> None:
+    """FP8 layers on a GPU run their own GEMMs (a few-token Triton kernel up to 16 rows,
+    cuBLASLt above), outside this dispatch, so a row's bits would follow its batch: refused.
+    On a CPU they dequantize into `F.linear`, which the dispatch covers."""
+    if quantized and device.type != "cpu":
+        raise ValueError("a quantized model (--quantization or an FP8 checkpoint) cannot run "
+                         "with --enable-deterministic-inference on a GPU: its FP8 GEMMs pick "
+                         "their kernel by batch size")
 
 
 def invariant_product(a: torch.Tensor, b: torch.Tensor, row_block: int,

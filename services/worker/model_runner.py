@@ -20,7 +20,11 @@ import torch
 from radixmesh.services.worker.attention import make_attention_backend, pick_attention_backend
 from radixmesh.services.worker.base import FinishedStep, LaunchedStep, ModelWorker
 from radixmesh.services.worker.batch_builder import BatchEntry, StepRows, build_forward_batch
-from radixmesh.services.worker.batch_invariant import BatchInvariantMatmul, row_block_for
+from radixmesh.services.worker.batch_invariant import (
+    BatchInvariantMatmul,
+    check_quantization,
+    row_block_for,
+)
 from radixmesh.services.worker.config import WorkerConfig
 from radixmesh.services.worker.cuda_graph import CudaGraphRunner, graph_batch_sizes
 from radixmesh.services.worker.forward_batch import ForwardBatch
@@ -86,6 +90,9 @@ class ModelRunner(ModelWorker):
         sampling_backend = pick_sampling_backend(config.sampling_backend, self.device,
                                                  deterministic)
         self.model_config = ModelConfig.from_pretrained(model_path)
+        if deterministic:
+            check_quantization(bool(config.quantization or self.model_config.quantization),
+                               self.device)
         self.context_len = config.context_length or self.model_config.context_len
         self.dtype = resolve_dtype(config.dtype, self.model_config)
         attention_backend = pick_attention_backend(config.attention_backend, self.device,

@@ -220,3 +220,12 @@ def test_on_the_gpu_too_with_triton_attention(tmp_path: Path, vocab: int) -> Non
     _, alone, _ = target_run(unflagged, batches["alone"])
     _, batched, _ = target_run(unflagged, batches["with 64"])
     assert not torch.equal(alone, batched)
+
+
+def test_a_quantized_model_is_refused_on_a_gpu_only() -> None:
+    from radixmesh.services.worker.batch_invariant import check_quantization
+
+    with pytest.raises(ValueError, match="cannot run with --enable-deterministic-inference"):
+        check_quantization(True, torch.device("cuda", 0))
+    check_quantization(True, torch.device("cpu"))  # dequantized into the covered F.linear
+    check_quantization(False, torch.device("cuda", 0))
