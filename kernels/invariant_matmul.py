@@ -114,7 +114,7 @@ def invariant_mm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = N
     _invariant_mm_kernel[grid](
         a, b, out if bias is None else bias, out, m, n, k, a.stride(0), a.stride(1),
         b.stride(0), b.stride(1), out.stride(0), 0 if bias is None else bias.stride(0),
-        0 if bias is None else bias.stride(1), alpha, beta, HAS_BIAS=bias is not None,
+        0 if bias is None else bias.stride(1), float(alpha), float(beta), HAS_BIAS=bias is not None,
         IEEE=a.dtype == torch.float32, BLOCK_M=tiling.block_m, BLOCK_N=tiling.block_n,
         BLOCK_K=tiling.block_k, GROUP_M=tiling.group_m, num_warps=tiling.num_warps,
         num_stages=tiling.num_stages)
