@@ -24,6 +24,22 @@ workloads=("${@:-decode-b1}")
 work=/tmp/alternate && rm -rf "$work" && mkdir -p "$work" "$OUT"
 
 source "$REPO/load-tests/gpu/lib.sh"  # install_wheel_dir, gpu_record
+
+# Each arm runs in the background and is waited for, so that a TERM (the device call's time
+# limit, `timeout`) is passed on to it and waited out: run.sh then stops its mesh before this
+# script exits. Killed outright instead, run.sh died mid-stop and a worker kept 69 GB of the
+# GPU into the next call, whose meshes then failed for memory.
+child=""
+run_child() {
+  "$@" &
+  child=$!
+  local status=0
+  wait "$child" || status=$?
+  child=""
+  return "$status"
+}
+trap 'if [[ -n $child ]]; then kill -TERM "$child" 2>/dev/null; wait "$child"; fi
+      (cd "$work" && tar czf "$OUT/alternate.tgz" .); exit 130' INT TERM
 install_wheel_dir "$REPO/.whl" /tmp/site || { echo "!! installing .whl failed"; exit 1; }
 if [[ " ${arms[*]} " == *@baseline* ]]; then
   install_wheel_dir "$REPO/${BASELINE_WHEELS:?set BASELINE_WHEELS for @baseline arms}" \
@@ -37,7 +53,7 @@ run_peer_arm() {
   mkdir -p "$dir/logs"
   echo "##### arm $index: peer"
   gpu_record "$dir/gpu.txt" >/dev/null
-  OUT=$dir bash "$REPO/load-tests/gpu/peer.sh" "$(IFS=,; echo "${arm_workloads[*]}")" \
+  OUT=$dir run_child bash "$REPO/load-tests/gpu/peer.sh" "$(IFS=,; echo "${arm_workloads[*]}")" \
     >/dev/null 2>&1 || status=$?
   mv "$dir/peer/peer.log" "$dir/logs/server-peer.log" 2>/dev/null
   grep -h '^{' "$dir/logs/server-peer.log"
@@ -65,7 +81,8 @@ for arm_spec in "${arms[@]}"; do
   # The wheels are installed above: run.sh installs none (WHEELS empty) and runs what
   # PYTHONPATH names; the result JSONs name the commit of the wheel that ran.
   PYTHONPATH=$site RADIXMESH_COMMIT=$(<"$wheels/COMMIT") WHEELS= \
-    OUT="$work/$(printf %02d "$index")-$arm" bash "$REPO/load-tests/gpu/run.sh" "${steps[@]}" ||
+    OUT="$work/$(printf %02d "$index")-$arm" \
+    run_child bash "$REPO/load-tests/gpu/run.sh" "${steps[@]}" ||
     failures=$((failures + 1))
   # After every arm, so a call cut off at its limit still brings back the arms that ran.
   (cd "$work" && tar czf "$OUT/alternate.tgz" .)
