@@ -106,8 +106,8 @@ def invariant_mm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = N
     if m == 0 or n == 0:
         return out
     if tiling is None:
-        tiling = TILING if a.device.type != "cuda" else tiling_for(
-            n, k, a.device.index if a.device.index is not None else torch.cuda.current_device())
+        # A CUDA tensor's device always has its index.
+        tiling = TILING if a.device.type != "cuda" else tiling_for(n, k, a.device.index)
     if bias is not None:
         bias = bias.expand(m, n)  # strides of 0 where it broadcasts
     grid = (triton.cdiv(m, tiling.block_m) * triton.cdiv(n, tiling.block_n),)

@@ -115,8 +115,7 @@ def _small_m_config(xq: torch.Tensor, weight: torch.Tensor) -> SmallMConfig | No
     (m, k), n = xq.shape, weight.shape[0]
     if m > MAX_ROWS:
         return None
-    index = xq.device.index
-    config = _tiling(n, k, torch.cuda.current_device() if index is None else index)
+    config = _tiling(n, k, xq.device.index)  # a CUDA tensor's device always has its index
     return config if fits_small_m(m, n, k, config) else None
 
 
